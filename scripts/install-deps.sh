@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what meshd's demo and tests need on Debian/Ubuntu: Blender (the distribution's
+# package), ffmpeg and OpenSSH. Does nothing for what is already there.
+set -euo pipefail
+
+need=()
+command -v blender >/dev/null 2>&1 || need+=(blender)
+command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+[ ${#need[@]} -eq 0 ] && exit 0
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "error: need root or sudo to install: ${need[*]}" >&2; exit 1; }
+    sudo="sudo"
+fi
+echo "installing: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1,0 +1,83 @@
+//! The CLI's side of the local API: finds the daemon through its data dir.
+
+use std::path::Path;
+
+use anyhow::{Context, anyhow, bail};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::types::{ApiEndpoint, ErrorBody};
+
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+fn not_running(data_dir: &Path) -> anyhow::Error {
+    anyhow!(
+        "no meshd daemon is running for data dir {}: start one with `meshd join` (or pass --data-dir)",
+        data_dir.display()
+    )
+}
+
+impl ApiClient {
+    pub fn connect(data_dir: &Path) -> anyhow::Result<Self> {
+        let ep: ApiEndpoint =
+            crate::daemon::read_endpoint(data_dir).ok_or_else(|| not_running(data_dir))?;
+        let pid_alive = Path::new(&format!("/proc/{}", ep.pid)).exists();
+        if !pid_alive {
+            return Err(not_running(data_dir));
+        }
+        Ok(ApiClient {
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .context("HTTP client")?,
+            base: format!("http://{}", ep.addr),
+            token: ep.token,
+        })
+    }
+
+    async fn finish<T: DeserializeOwned>(resp: reqwest::Response) -> anyhow::Result<T> {
+        let status = resp.status();
+        if status.is_success() {
+            return resp
+                .json()
+                .await
+                .context("unreadable answer from the daemon");
+        }
+        let body: Option<ErrorBody> = resp.json().await.ok();
+        match body {
+            Some(b) => bail!("{}", b.error),
+            None => bail!("the daemon answered {status}"),
+        }
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach the daemon at {}: {e}", self.base))?;
+        Self::finish(resp).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach the daemon at {}: {e}", self.base))?;
+        Self::finish(resp).await
+    }
+}

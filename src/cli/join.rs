@@ -1,0 +1,106 @@
+//! `meshd join [TICKET]`: runs a daemon in the foreground until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use libp2p::Multiaddr;
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::DaemonConfig;
+use crate::net::Ticket;
+
+/// Default TCP port for peers (all interfaces) and for the local API (loopback).
+pub const DEFAULT_P2P_PORT: u16 = 4747;
+pub const DEFAULT_API_PORT: u16 = 4748;
+
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// Ticket printed by `meshd invite` (or by the first daemon). Omit to found a new mesh.
+    pub ticket: Option<String>,
+    /// Address to listen on for peers (repeatable). `/ip4/127.0.0.1/tcp/0` picks a free port.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<Multiaddr>,
+    /// Address of the local control API. Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)))]
+    pub api: SocketAddr,
+    /// Do not look for peers on the local network with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Blender executable (else $BLENDER, else `blender` on PATH).
+    #[arg(long, env = "BLENDER", value_name = "PATH")]
+    pub blender: Option<PathBuf>,
+    /// Another peer to dial at start (repeatable), e.g. /ip4/10.0.0.5/tcp/4747/p2p/12D3...
+    #[arg(long = "peer", value_name = "MULTIADDR")]
+    pub peers: Vec<Multiaddr>,
+    /// Seconds a frame claim holds without a heartbeat from its holder.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_secs: u64,
+    /// Let Python inside .blend files run, for jobs that allow it.
+    #[arg(long)]
+    pub allow_scripts: bool,
+    /// Do not render: only submit, store and relay.
+    #[arg(long)]
+    pub no_render: bool,
+    /// Frames one Blender process renders before it is restarted.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub frames_per_worker: u32,
+}
+
+pub async fn run(data_dir: PathBuf, args: JoinArgs) -> anyhow::Result<i32> {
+    let ticket = match &args.ticket {
+        Some(t) => Some(Ticket::decode(t).context("invalid ticket")?),
+        None => None,
+    };
+    let listen = if args.listen.is_empty() {
+        vec![format!("/ip4/0.0.0.0/tcp/{DEFAULT_P2P_PORT}").parse()?]
+    } else {
+        args.listen
+    };
+    let cfg = DaemonConfig {
+        data_dir,
+        listen,
+        api: args.api,
+        mdns: !args.no_mdns,
+        blender: args.blender,
+        ticket,
+        peers: args.peers,
+        lease: Duration::from_secs(args.lease_secs),
+        allow_scripts: args.allow_scripts,
+        render: !args.no_render,
+        frames_per_worker: args.frames_per_worker,
+    };
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot listen for SIGTERM: {e}");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        signals.cancel();
+    });
+    let joined = cfg.ticket.is_some();
+    crate::daemon::run(cfg, shutdown, move |invite| {
+        if joined {
+            println!("joined mesh {}", invite.mesh_id);
+        } else {
+            println!("mesh {} is up", invite.mesh_id);
+        }
+        println!(
+            "invite other machines with:\n  meshd join {}",
+            invite.ticket
+        );
+    })
+    .await?;
+    Ok(0)
+}

@@ -1,0 +1,72 @@
+//! Command-line interface: clap definitions and one module per command group.
+
+mod client;
+mod join;
+mod status;
+mod submit;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use client::ApiClient;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "meshd",
+    version,
+    about = "A peer-to-peer render mesh for Blender"
+)]
+pub struct Cli {
+    /// Where this daemon keeps its identity, mesh key, database and blobs.
+    #[arg(long, global = true, env = "MESHD_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start a daemon: found a new mesh, or join one with a ticket. Runs in the foreground.
+    Join(join::JoinArgs),
+    /// Print a ticket that lets another machine join this daemon's mesh.
+    Invite {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand a .blend to the mesh to render.
+    Submit(Box<submit::SubmitArgs>),
+    /// Jobs, frames done/total, who rendered what.
+    Status {
+        /// A job id (or its first characters) or a job name.
+        job: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Peers of the mesh: id, addresses, Blender, render device, frames rendered.
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Cli {
+    fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(crate::daemon::data_dir_default)
+    }
+}
+
+/// Runs the parsed command. The returned code is the process exit status.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let data_dir = cli.data_dir();
+    match cli.command {
+        Command::Join(args) => join::run(data_dir, args).await,
+        Command::Invite { json } => status::invite(&data_dir, json).await,
+        Command::Submit(args) => submit::run(&data_dir, *args).await,
+        Command::Status { job, json } => status::status(&data_dir, job.as_deref(), json).await,
+        Command::Peers { json } => status::peers(&data_dir, json).await,
+    }
+}

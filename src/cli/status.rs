@@ -1,0 +1,133 @@
+//! `meshd status`, `meshd peers`, `meshd invite`: read-only views, human or `--json`.
+
+use std::path::Path;
+
+use anyhow::bail;
+
+use super::ApiClient;
+use crate::api::types::{InviteResponse, JobView, PeersResponse, StatusResponse};
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// The last 8 characters of a peer id: enough to tell peers apart in a table.
+fn short_peer(id: &str) -> &str {
+    &id[id.len().saturating_sub(8)..]
+}
+
+fn state_name(j: &JobView) -> String {
+    serde_json::to_value(j.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+pub async fn status(data_dir: &Path, job: Option<&str>, json: bool) -> anyhow::Result<i32> {
+    let client = ApiClient::connect(data_dir)?;
+    let mut resp: StatusResponse = client.get("/v1/status").await?;
+    if let Some(sel) = job {
+        resp.jobs
+            .retain(|j| j.id.starts_with(&sel.to_ascii_lowercase()) || j.name == sel);
+        if resp.jobs.is_empty() {
+            bail!("no job matches '{sel}': run `meshd status` to list jobs");
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+        return Ok(0);
+    }
+    if resp.jobs.is_empty() {
+        println!("no jobs yet: submit one with `meshd submit scene.blend 1-250`");
+        return Ok(0);
+    }
+    println!(
+        "{:<12}  {:<20}  {:<8}  {:>11}  {:>9}  {:>6}",
+        "JOB", "NAME", "STATE", "DONE", "RENDERING", "FAILED"
+    );
+    for j in &resp.jobs {
+        println!(
+            "{:<12}  {:<20}  {:<8}  {:>11}  {:>9}  {:>6}",
+            short(&j.id),
+            j.name,
+            state_name(j),
+            format!("{}/{}", j.frames_done, j.frames_total),
+            j.frames_in_flight,
+            j.frames_failed
+        );
+        if let Some(f) = &j.failure {
+            println!("  failed: {f}");
+        }
+    }
+    if job.is_some() {
+        for j in &resp.jobs {
+            if let Some(out) = &j.out_dir {
+                println!(
+                    "\n{}: {} of {} frames written to {}",
+                    j.name,
+                    j.frames_written.unwrap_or(0),
+                    j.frames_total,
+                    out.display()
+                );
+            }
+            for f in &j.frames {
+                let who = f.peer.as_deref().map(short_peer).unwrap_or("-");
+                let time = f
+                    .render_ms
+                    .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+                    .unwrap_or_default();
+                println!(
+                    "  frame {:>6}  {:<9}  {:<8}  {}",
+                    f.frame, f.state, who, time
+                );
+                for r in &f.failures {
+                    println!("      failed: {r}");
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub async fn peers(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
+    let client = ApiClient::connect(data_dir)?;
+    let resp: PeersResponse = client.get("/v1/peers").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<54}  {:<9}  {:<8}  {:<7}  {:>6}  ADDRESSES",
+        "PEER", "STATE", "BLENDER", "DEVICE", "FRAMES"
+    );
+    for p in &resp.peers {
+        let state = if p.is_self {
+            "self"
+        } else if p.connected {
+            "connected"
+        } else {
+            "gone"
+        };
+        println!(
+            "{:<54}  {:<9}  {:<8}  {:<7}  {:>6}  {}",
+            p.id,
+            state,
+            p.blender.as_deref().unwrap_or("-"),
+            p.render_device.as_deref().unwrap_or("-"),
+            p.frames_rendered,
+            p.addrs.join(" ")
+        );
+    }
+    Ok(0)
+}
+
+pub async fn invite(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
+    let client = ApiClient::connect(data_dir)?;
+    let resp: InviteResponse = client.get("/v1/invite").await?;
+    if json {
+        println!("{}", serde_json::to_string(&resp)?);
+    } else {
+        println!("meshd join {}", resp.ticket);
+    }
+    Ok(0)
+}

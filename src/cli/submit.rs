@@ -1,0 +1,232 @@
+//! `meshd submit FILE FRAMES`: checks the input, hands the job to the local daemon and, with
+//! `--wait`, follows it with a progress bar until every frame is in the output dir.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+
+use super::ApiClient;
+use crate::api::types::{StatusResponse, SubmitRequest, SubmitResponse};
+use crate::ledger::{FrameSet, JobState};
+use crate::render::settings::{
+    DeviceKind, DeviceRequirement, Engine, OutputFormat, RenderSettings,
+};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum EngineArg {
+    Cycles,
+    Eevee,
+    Workbench,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FormatArg {
+    Png,
+    Jpeg,
+    Exr,
+    ExrMultilayer,
+    Tiff,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DeviceArg {
+    Optix,
+    Cuda,
+    Hip,
+    Oneapi,
+    Metal,
+    Cpu,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// The .blend file (may be gzip- or zstd-compressed).
+    pub file: PathBuf,
+    /// Frames: `7`, `1-250`, `1,5,10-20`, or with a step `1-250x10`.
+    #[arg(allow_hyphen_values = true)]
+    pub frames: String,
+    /// Output directory (default ./meshd-out/<name>/). Frames are written as frame_####.<ext>.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Job name (default: the file name without .blend).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Show progress and exit when every frame is in (non-zero if the job fails).
+    #[arg(long)]
+    pub wait: bool,
+    /// Higher renders first.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub priority: i32,
+    /// Render engine (default: the file's).
+    #[arg(long, value_enum)]
+    pub engine: Option<EngineArg>,
+    /// Output image format.
+    #[arg(long, value_enum, default_value = "png")]
+    pub format: FormatArg,
+    /// Bits per channel: 8/16 for PNG and TIFF, 16/32 for EXR.
+    #[arg(long, value_parser = ["8", "16", "32"])]
+    pub color_depth: Option<String>,
+    /// Scene inside the .blend to render (default: the active scene).
+    #[arg(long)]
+    pub scene: Option<String>,
+    /// Camera object to render through (default: the scene camera).
+    #[arg(long)]
+    pub camera: Option<String>,
+    /// Resolution percentage (1-1000).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub resolution: Option<u16>,
+    /// Samples per pixel (Cycles samples, Eevee TAA samples).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub samples: Option<u32>,
+    /// Only peers with a GPU render this job.
+    #[arg(long)]
+    pub gpu_only: bool,
+    /// Only peers with this device type render this job.
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceArg>,
+    /// Only devices with at least this much memory (MiB).
+    #[arg(long, value_name = "MIB")]
+    pub min_vram: Option<u64>,
+    /// Let Python inside the .blend run (only on peers started with --allow-scripts).
+    #[arg(long)]
+    pub allow_scripts: bool,
+    /// Accept frames that are entirely black or transparent.
+    #[arg(long)]
+    pub allow_blank: bool,
+    /// Print the submitted job as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl SubmitArgs {
+    fn settings(&self) -> RenderSettings {
+        RenderSettings {
+            engine: self.engine.map(|e| match e {
+                EngineArg::Cycles => Engine::Cycles,
+                EngineArg::Eevee => Engine::Eevee,
+                EngineArg::Workbench => Engine::Workbench,
+            }),
+            format: match self.format {
+                FormatArg::Png => OutputFormat::Png,
+                FormatArg::Jpeg => OutputFormat::Jpeg,
+                FormatArg::Exr => OutputFormat::OpenExr,
+                FormatArg::ExrMultilayer => OutputFormat::OpenExrMultilayer,
+                FormatArg::Tiff => OutputFormat::Tiff,
+            },
+            color_depth: self.color_depth.as_deref().and_then(|d| d.parse().ok()),
+            scene: self.scene.clone(),
+            camera: self.camera.clone(),
+            resolution_pct: self.resolution,
+            samples: self.samples,
+            device: DeviceRequirement {
+                gpu_only: self.gpu_only,
+                kind: self.device.map(|d| match d {
+                    DeviceArg::Optix => DeviceKind::Optix,
+                    DeviceArg::Cuda => DeviceKind::Cuda,
+                    DeviceArg::Hip => DeviceKind::Hip,
+                    DeviceArg::Oneapi => DeviceKind::OneApi,
+                    DeviceArg::Metal => DeviceKind::Metal,
+                    DeviceArg::Cpu => DeviceKind::Cpu,
+                }),
+                min_vram_mib: self.min_vram,
+            },
+            allow_scripts: self.allow_scripts,
+            allow_blank: self.allow_blank,
+        }
+    }
+}
+
+pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result<i32> {
+    // Check everything we can before touching the daemon, so bad input changes nothing.
+    crate::render::check_blend_file(&args.file)?;
+    let frames: FrameSet = args.frames.parse()?;
+    let path = std::fs::canonicalize(&args.file)
+        .with_context(|| format!("cannot resolve {}", args.file.display()))?;
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("job")
+            .to_string(),
+    };
+    if name.is_empty()
+        || name.len() > crate::ledger::job::MAX_JOB_NAME
+        || name.contains(['/', '\\'])
+    {
+        bail!("job name must be 1 to 200 characters without / or \\: pass --name");
+    }
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let out_dir = match &args.out {
+        Some(o) => cwd.join(o),
+        None => cwd.join("meshd-out").join(&name),
+    };
+    let client = ApiClient::connect(data_dir)?;
+    let req = SubmitRequest {
+        path,
+        frames: frames.to_string(),
+        name,
+        out_dir,
+        settings: args.settings(),
+        priority: args.priority,
+    };
+    let resp: SubmitResponse = client.post("/v1/jobs", &req).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&resp)?);
+    } else {
+        println!(
+            "submitted job {} ({}): {} frames -> {}",
+            &resp.id[..12],
+            resp.name,
+            resp.frames_total,
+            resp.out_dir.display()
+        );
+    }
+    if !args.wait {
+        return Ok(0);
+    }
+    wait(&client, &resp).await
+}
+
+/// Follows a job until all its frames are written locally, or it fails.
+async fn wait(client: &ApiClient, job: &SubmitResponse) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    let bar = indicatif::ProgressBar::new(job.frames_total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} frames  {per_sec}  ETA {eta}  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    loop {
+        let status: StatusResponse = client.get("/v1/status").await?;
+        let Some(view) = status.jobs.iter().find(|j| j.id == job.id) else {
+            bail!("the daemon no longer knows job {}", &job.id[..12]);
+        };
+        let written = view.frames_written.unwrap_or(0);
+        bar.set_position(written as u64);
+        bar.set_message(format!("{} rendering", view.frames_in_flight));
+        if written == view.frames_total {
+            bar.finish_and_clear();
+            println!(
+                "all {} frames in {} ({:.1} s)",
+                view.frames_total,
+                job.out_dir.display(),
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(0);
+        }
+        if view.state == JobState::Failed {
+            bar.abandon();
+            eprintln!(
+                "error: job {} failed: {}",
+                view.name,
+                view.failure.as_deref().unwrap_or("unknown reason")
+            );
+            return Ok(2);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -1,0 +1,542 @@
+//! The daemon: wires the network node, the ledger, the store, the renderer and the local API,
+//! and owns the main select loop.
+//!
+//! One task owns all mutable state ([`Daemon`]). Network events, API requests and results of
+//! background tasks (fetches, renders, syncs) arrive as messages; the loop applies them to the
+//! ledger, persists what changed, and publishes deltas. Nothing in the loop waits on a peer.
+
+mod outputs;
+mod peers;
+mod render;
+mod setup;
+mod views;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::api::types::{InviteResponse, PeersResponse, StatusResponse, SubmitResponse};
+use crate::ids::{BlobId, JobId};
+use crate::ledger::{FrameUpdate, JobSpec, Ledger, RetryPolicy};
+use crate::net::{Client, GossipMsg, Heartbeat, MeshKey, NetEvent, SyncRequest, SyncResponse};
+use crate::render::BlenderInfo;
+use crate::store::Store;
+
+use peers::{LiveView, PeerTable};
+
+pub use setup::{DaemonError, data_dir_default, read_endpoint};
+
+/// How a daemon is started (`meshd join`).
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub data_dir: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub api: SocketAddr,
+    pub mdns: bool,
+    pub blender: Option<PathBuf>,
+    /// A ticket to join; `None` founds a mesh (or resumes the one in the data dir).
+    pub ticket: Option<crate::net::Ticket>,
+    /// Extra addresses to dial at start.
+    pub peers: Vec<Multiaddr>,
+    pub lease: Duration,
+    /// Let Python in .blend files run for jobs that allow it.
+    pub allow_scripts: bool,
+    /// Take frames (false: this peer only submits and relays).
+    pub render: bool,
+    /// Frames a Blender process renders before it is recycled.
+    pub frames_per_worker: u32,
+}
+
+/// Requests from the local API.
+pub enum ApiRequest {
+    Submit(
+        Box<JobSpec>,
+        PathBuf,
+        oneshot::Sender<Result<SubmitResponse, String>>,
+    ),
+    Status(oneshot::Sender<StatusResponse>),
+    Peers(oneshot::Sender<PeersResponse>),
+    Invite(oneshot::Sender<Result<InviteResponse, String>>),
+}
+
+/// Results of background tasks, delivered back to the loop.
+enum TaskDone {
+    Synced {
+        peer: PeerId,
+        result: Result<SyncResponse, String>,
+    },
+    SceneFetched {
+        job: JobId,
+        result: Result<PathBuf, String>,
+    },
+    Rendered(Box<render::RenderDone>),
+    OutputWritten {
+        job: JobId,
+        frame: u32,
+        blob: BlobId,
+        result: Result<(), String>,
+    },
+    Probed(Result<BlenderInfo, String>),
+}
+
+/// Where a job's scene stands on this peer.
+enum SceneState {
+    Fetching,
+    Ready(PathBuf),
+    /// Fetch failed; try again after the instant.
+    Retry(Instant),
+}
+
+struct Daemon {
+    cfg: DaemonConfig,
+    me: PeerId,
+    incarnation: u64,
+    key: MeshKey,
+    store: Store,
+    ledger: Ledger,
+    net: Client,
+    peers: PeerTable,
+    policy: RetryPolicy,
+    blender: Option<BlenderInfo>,
+    scenes: HashMap<JobId, SceneState>,
+    render: render::RenderState,
+    /// Output files being written (submitter side).
+    writing: HashSet<(JobId, u32)>,
+    local_jobs: HashMap<JobId, crate::store::LocalJob>,
+    written: HashMap<JobId, HashMap<u32, BlobId>>,
+    tasks: JoinSet<TaskDone>,
+    hb_seq: u64,
+    started: Instant,
+}
+
+/// Runs a daemon until `shutdown` fires. `on_ready` receives the invite ticket once listening.
+pub async fn run(
+    cfg: DaemonConfig,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&InviteResponse) + Send,
+) -> Result<(), DaemonError> {
+    let boot = setup::boot(&cfg, shutdown.child_token()).await?;
+    let (api_tx, mut api_rx) = mpsc::channel(64);
+    let api_handle = crate::api::serve(
+        boot.api_listener,
+        boot.token.clone(),
+        api_tx,
+        boot.store.clone(),
+        boot.net.local_peer_id(),
+    )
+    .map_err(DaemonError::Api)?;
+
+    let mut d = Daemon {
+        me: boot.net.local_peer_id(),
+        incarnation: boot.incarnation,
+        key: boot.key,
+        ledger: boot.ledger,
+        net: boot.net,
+        store: boot.store,
+        peers: PeerTable::default(),
+        policy: RetryPolicy::default(),
+        blender: None,
+        scenes: HashMap::new(),
+        render: render::RenderState::default(),
+        writing: HashSet::new(),
+        local_jobs: HashMap::new(),
+        written: HashMap::new(),
+        tasks: JoinSet::new(),
+        hb_seq: 0,
+        started: Instant::now(),
+        cfg,
+    };
+    d.load_local_jobs();
+    let mut net_events = boot.events;
+    if d.cfg.render {
+        let blender = d.cfg.blender.clone();
+        d.tasks
+            .spawn(async move { TaskDone::Probed(render::probe_blender(blender).await) });
+    }
+    for addr in boot.dial {
+        let _ = d.net.dial(addr).await;
+    }
+
+    // Announce readiness once the node has a listen address.
+    let mut on_ready = Some(on_ready);
+    let ready_deadline = Instant::now() + Duration::from_secs(10);
+    while on_ready.is_some() && Instant::now() < ready_deadline {
+        match d.invite().await {
+            Ok(inv) => {
+                if let Some(f) = on_ready.take() {
+                    f(&inv);
+                }
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+
+    let hb_every = (d.cfg.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+    let mut heartbeat = tokio::time::interval(hb_every);
+    let mut schedule = tokio::time::interval(Duration::from_millis(200));
+    let mut anti_entropy = tokio::time::interval(Duration::from_secs(5));
+    let mut redial = tokio::time::interval(Duration::from_secs(10));
+    for t in [
+        &mut heartbeat,
+        &mut schedule,
+        &mut anti_entropy,
+        &mut redial,
+    ] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+
+    info!(peer = %d.me, incarnation = d.incarnation, "daemon running");
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(res) = d.tasks.join_next() => match res {
+                Ok(done) => d.on_task_done(done).await,
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => warn!("background task failed: {e}"),
+            },
+            ev = net_events.recv() => match ev {
+                Some(ev) => d.on_net_event(ev).await,
+                None => {
+                    warn!("network task stopped; shutting down");
+                    break;
+                }
+            },
+            Some(req) = api_rx.recv() => d.on_api(req).await,
+            _ = heartbeat.tick() => d.send_heartbeat().await,
+            _ = schedule.tick() => d.tick().await,
+            _ = anti_entropy.tick() => d.anti_entropy(),
+            _ = redial.tick() => d.redial().await,
+        }
+    }
+
+    info!("shutting down");
+    d.render.stop();
+    d.tasks.shutdown().await;
+    api_handle.abort();
+    let _ = d.store.flush();
+    let _ = std::fs::remove_file(d.cfg.data_dir.join(setup::API_FILE));
+    Ok(())
+}
+
+impl Daemon {
+    fn view(&self) -> LiveView<'_> {
+        LiveView {
+            me: self.me,
+            incarnation: self.incarnation,
+            can_render: self.can_render(),
+            table: &self.peers,
+            lease: self.cfg.lease,
+            now: Instant::now(),
+        }
+    }
+
+    fn can_render(&self) -> bool {
+        self.cfg.render && self.blender.is_some()
+    }
+
+    async fn publish(&self, msg: GossipMsg) {
+        if let Err(e) = self.net.publish(msg).await {
+            warn!("publish failed: {e}");
+        }
+    }
+
+    /// Joins frame deltas into the ledger and persists what changed. Returns the changed keys.
+    fn merge_updates(&mut self, updates: &[FrameUpdate]) -> Vec<(JobId, u32)> {
+        let mut changed = Vec::new();
+        for u in updates {
+            match self.ledger.apply(u) {
+                Ok(true) => {
+                    if let Some(state) = self.ledger.frame(&u.job, u.frame)
+                        && let Err(e) = self.store.put_frame(&u.job, u.frame, state)
+                    {
+                        warn!("cannot persist frame state: {e}");
+                    }
+                    changed.push((u.job, u.frame));
+                }
+                Ok(false) => {}
+                Err(e) => debug!("ignored frame update: {e}"),
+            }
+        }
+        changed
+    }
+
+    /// Adds a job from a peer or a submit. Returns true if it was new.
+    fn add_job(&mut self, spec: JobSpec) -> bool {
+        match self.ledger.insert_job(spec.clone()) {
+            Ok((id, true)) => {
+                if let Err(e) = self.store.put_job(&spec) {
+                    warn!("cannot persist job: {e}");
+                }
+                info!(job = %id.short(), name = %spec.name, frames = spec.frames.len(), "new job");
+                true
+            }
+            Ok((_, false)) => false,
+            Err(e) => {
+                warn!("rejected job: {e}");
+                false
+            }
+        }
+    }
+
+    async fn on_net_event(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Gossip(g) => match g.msg {
+                GossipMsg::Job(spec) => {
+                    self.add_job(spec);
+                }
+                GossipMsg::Frames(updates) => {
+                    let changed = self.merge_updates(&updates);
+                    self.after_ledger_change(&changed);
+                }
+                GossipMsg::Heartbeat(hb) => self.peers.heartbeat(g.source, hb, Instant::now()),
+            },
+            NetEvent::PeerConnected(peer) => {
+                self.peers.entry(peer).connected = true;
+                self.start_sync(peer);
+            }
+            NetEvent::PeerDisconnected(peer) => self.peers.entry(peer).connected = false,
+            NetEvent::Identified { peer, agent, addrs } => {
+                let e = self.peers.entry(peer);
+                e.agent = Some(agent);
+                e.addrs = crate::net::node::unique_addrs(addrs);
+                if let Err(err) = self.store.put_peer_addrs(&peer, &e.addrs) {
+                    warn!("cannot persist peer addresses: {err}");
+                }
+            }
+            NetEvent::SyncRequest { peer, req, channel } => {
+                let resp = self.sync_response(&req);
+                debug!(%peer, jobs = resp.jobs.len(), updates = resp.updates.len(), "answering sync");
+                if let Err(e) = self.net.respond_sync(channel, resp).await {
+                    warn!("cannot answer sync: {e}");
+                }
+            }
+            NetEvent::ListenAddr(_) => {}
+        }
+    }
+
+    fn sync_request(&self) -> SyncRequest {
+        SyncRequest {
+            version: crate::net::wire::WIRE_VERSION,
+            digests: self.ledger.digests(),
+        }
+    }
+
+    /// Everything the requester lacks, judged by its per-job digests.
+    fn sync_response(&self, req: &SyncRequest) -> SyncResponse {
+        let theirs: HashMap<JobId, [u8; 32]> = req.digests.iter().copied().collect();
+        let mut jobs = Vec::new();
+        let mut updates = Vec::new();
+        for (id, entry) in self.ledger.jobs() {
+            match theirs.get(id) {
+                None => {
+                    jobs.push(entry.spec.clone());
+                    updates.extend(self.ledger.updates_for(id));
+                }
+                Some(d) if Some(*d) != self.ledger.job_digest(id) => {
+                    updates.extend(self.ledger.updates_for(id));
+                }
+                Some(_) => {}
+            }
+        }
+        SyncResponse {
+            version: crate::net::wire::WIRE_VERSION,
+            jobs,
+            updates,
+        }
+    }
+
+    fn start_sync(&mut self, peer: PeerId) {
+        let net = self.net.clone();
+        let req = self.sync_request();
+        self.tasks.spawn(async move {
+            let result = net.sync(peer, req).await.map_err(|e| e.to_string());
+            TaskDone::Synced { peer, result }
+        });
+    }
+
+    /// Periodic anti-entropy with one random connected peer.
+    fn anti_entropy(&mut self) {
+        let connected = self.peers.connected();
+        if connected.is_empty() {
+            return;
+        }
+        let peer = connected[rand::random::<usize>() % connected.len()];
+        self.start_sync(peer);
+    }
+
+    async fn redial(&mut self) {
+        let Ok(known) = self.store.peer_addrs() else {
+            return;
+        };
+        for (peer, addrs) in known {
+            if peer == self.me || self.peers.peers.get(&peer).is_some_and(|s| s.connected) {
+                continue;
+            }
+            for a in addrs.into_iter().take(4) {
+                let _ = self.net.dial(a.with_p2p(peer).unwrap_or_else(|a| a)).await;
+            }
+        }
+    }
+
+    async fn send_heartbeat(&mut self) {
+        self.hb_seq += 1;
+        let hb = Heartbeat {
+            seq: self.hb_seq,
+            incarnation: self.incarnation,
+            can_render: self.can_render(),
+            blender: self.blender.as_ref().map(|b| b.version.clone()),
+            devices: self
+                .blender
+                .as_ref()
+                .map(|b| b.devices.clone())
+                .unwrap_or_default(),
+            render_device: self.render_device().map(|k| k.blender_name().to_string()),
+            rendering: self.render.current().into_iter().collect(),
+        };
+        self.publish(GossipMsg::Heartbeat(hb)).await;
+    }
+
+    async fn on_task_done(&mut self, done: TaskDone) {
+        match done {
+            TaskDone::Synced { peer, result } => match result {
+                Ok(resp) => {
+                    for spec in resp.jobs {
+                        self.add_job(spec);
+                    }
+                    let changed = self.merge_updates(&resp.updates);
+                    if !changed.is_empty() {
+                        debug!(%peer, changed = changed.len(), "sync brought news");
+                    }
+                    self.after_ledger_change(&changed);
+                }
+                Err(e) => debug!(%peer, "sync failed: {e}"),
+            },
+            TaskDone::SceneFetched { job, result } => match result {
+                Ok(path) => {
+                    info!(job = %job.short(), "scene ready");
+                    self.scenes.insert(job, SceneState::Ready(path));
+                }
+                Err(e) => {
+                    warn!(job = %job.short(), "scene fetch failed: {e}; will retry");
+                    self.scenes.insert(
+                        job,
+                        SceneState::Retry(Instant::now() + Duration::from_secs(3)),
+                    );
+                }
+            },
+            TaskDone::Rendered(done) => self.on_rendered(*done).await,
+            TaskDone::OutputWritten {
+                job,
+                frame,
+                blob,
+                result,
+            } => {
+                self.writing.remove(&(job, frame));
+                match result {
+                    Ok(()) => {
+                        if let Err(e) = self.store.mark_written(&job, frame, &blob) {
+                            warn!("cannot record written frame: {e}");
+                        }
+                        self.written.entry(job).or_default().insert(frame, blob);
+                    }
+                    Err(e) => warn!(job = %job.short(), frame, "writing frame failed: {e}"),
+                }
+            }
+            TaskDone::Probed(result) => match result {
+                Ok(info) => {
+                    info!(version = %info.version, device = ?info.best_device(), "Blender found");
+                    self.blender = Some(info);
+                }
+                Err(e) => warn!("this peer will not render: {e}"),
+            },
+        }
+    }
+
+    /// Periodic work: start scene fetches, claim a frame, write finished frames.
+    async fn tick(&mut self) {
+        self.fetch_scenes();
+        self.claim_and_render().await;
+        self.write_outputs();
+    }
+
+    async fn on_api(&mut self, req: ApiRequest) {
+        match req {
+            ApiRequest::Submit(spec, out_dir, reply) => {
+                let _ = reply.send(self.submit(*spec, out_dir).await);
+            }
+            ApiRequest::Status(reply) => {
+                let _ = reply.send(self.status_view());
+            }
+            ApiRequest::Peers(reply) => {
+                let _ = reply.send(self.peers_view());
+            }
+            ApiRequest::Invite(reply) => {
+                let _ = reply.send(self.invite().await);
+            }
+        }
+    }
+
+    async fn submit(&mut self, spec: JobSpec, out_dir: PathBuf) -> Result<SubmitResponse, String> {
+        spec.validate()?;
+        std::fs::create_dir_all(&out_dir)
+            .map_err(|e| format!("cannot create output dir {}: {e}", out_dir.display()))?;
+        let id = spec.id();
+        let local = crate::store::LocalJob {
+            out_dir: out_dir.clone(),
+        };
+        self.store
+            .put_local_job(&id, &local)
+            .map_err(|e| e.to_string())?;
+        self.local_jobs.insert(id, local);
+        self.add_job(spec.clone());
+        let _ = self.store.flush();
+        let resp = SubmitResponse {
+            id: id.to_hex(),
+            name: spec.name.clone(),
+            frames_total: spec.frames.len(),
+            out_dir,
+        };
+        self.publish(GossipMsg::Job(spec)).await;
+        Ok(resp)
+    }
+
+    async fn invite(&self) -> Result<InviteResponse, String> {
+        let mut addrs = self.net.listen_addrs().await.map_err(|e| e.to_string())?;
+        if addrs.is_empty() {
+            return Err("the daemon is not listening yet".into());
+        }
+        // Addresses reachable from other machines first; loopback last.
+        addrs.sort_by_key(|a| {
+            a.to_string().starts_with("/ip4/127.") || a.to_string().starts_with("/ip6/::1")
+        });
+        let addrs: Vec<Multiaddr> = addrs
+            .into_iter()
+            .map(|a| a.with_p2p(self.me).unwrap_or_else(|a| a))
+            .collect();
+        Ok(InviteResponse {
+            ticket: crate::net::Ticket::new(self.key, &addrs).encode(),
+            mesh_id: self.key.mesh_id(),
+        })
+    }
+
+    fn load_local_jobs(&mut self) {
+        match self.store.local_jobs() {
+            Ok(jobs) => {
+                for (id, local) in jobs {
+                    let written = self.store.written_frames(&id).unwrap_or_default();
+                    self.written.insert(id, written.into_iter().collect());
+                    self.local_jobs.insert(id, local);
+                }
+            }
+            Err(e) => warn!("cannot read local jobs: {e}"),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! What this daemon knows about other peers, and the liveness view the ledger policy asks.
+//!
+//! Liveness is judged only by the local time at which a peer's latest heartbeat arrived
+//! (DESIGN principle 6); the heartbeat's content never carries a clock.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+
+use crate::ledger::PeerView;
+use crate::net::Heartbeat;
+
+#[derive(Debug, Default)]
+pub struct PeerState {
+    pub connected: bool,
+    pub addrs: Vec<Multiaddr>,
+    pub agent: Option<String>,
+    /// Local receive time of the latest heartbeat.
+    pub heard: Option<Instant>,
+    pub heartbeat: Option<Heartbeat>,
+}
+
+#[derive(Debug, Default)]
+pub struct PeerTable {
+    pub peers: HashMap<PeerId, PeerState>,
+}
+
+impl PeerTable {
+    pub fn entry(&mut self, peer: PeerId) -> &mut PeerState {
+        self.peers.entry(peer).or_default()
+    }
+
+    pub fn heartbeat(&mut self, peer: PeerId, hb: Heartbeat, now: Instant) {
+        let e = self.entry(peer);
+        // Ignore reordered gossip: an older seq from the same incarnation says nothing new.
+        if let Some(old) = &e.heartbeat
+            && old.incarnation == hb.incarnation
+            && old.seq > hb.seq
+        {
+            return;
+        }
+        e.heard = Some(now);
+        e.heartbeat = Some(hb);
+    }
+
+    pub fn connected(&self) -> Vec<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, s)| s.connected)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
+
+/// The ledger's view of who is alive, at one instant.
+pub struct LiveView<'a> {
+    pub me: PeerId,
+    pub incarnation: u64,
+    pub can_render: bool,
+    pub table: &'a PeerTable,
+    pub lease: Duration,
+    pub now: Instant,
+}
+
+impl LiveView<'_> {
+    fn fresh(&self, s: &PeerState) -> bool {
+        s.heard
+            .is_some_and(|t| self.now.saturating_duration_since(t) <= self.lease)
+    }
+}
+
+impl PeerView for LiveView<'_> {
+    fn claim_live(&self, peer: &PeerId, incarnation: u64) -> bool {
+        if *peer == self.me {
+            return incarnation == self.incarnation;
+        }
+        self.table.peers.get(peer).is_some_and(|s| {
+            self.fresh(s)
+                && s.heartbeat
+                    .as_ref()
+                    .is_some_and(|h| h.incarnation == incarnation)
+        })
+    }
+
+    fn live_renderers(&self) -> Vec<PeerId> {
+        let mut out: Vec<PeerId> = self
+            .table
+            .peers
+            .iter()
+            .filter(|(_, s)| self.fresh(s) && s.heartbeat.as_ref().is_some_and(|h| h.can_render))
+            .map(|(p, _)| *p)
+            .collect();
+        if self.can_render {
+            out.push(self.me);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(incarnation: u64, seq: u64) -> Heartbeat {
+        Heartbeat {
+            seq,
+            incarnation,
+            can_render: true,
+            blender: None,
+            devices: vec![],
+            render_device: None,
+            rendering: vec![],
+        }
+    }
+
+    #[test]
+    fn lease_follows_local_receive_time() {
+        let me = PeerId::random();
+        let other = PeerId::random();
+        let mut t = PeerTable::default();
+        let t0 = Instant::now();
+        t.heartbeat(other, hb(2, 1), t0);
+        let view = |now| LiveView {
+            me,
+            incarnation: 1,
+            can_render: false,
+            table: &t,
+            lease: Duration::from_secs(30),
+            now,
+        };
+        assert!(view(t0 + Duration::from_secs(29)).claim_live(&other, 2));
+        assert!(
+            !view(t0 + Duration::from_secs(29)).claim_live(&other, 1),
+            "old incarnation"
+        );
+        assert!(
+            !view(t0 + Duration::from_secs(31)).claim_live(&other, 2),
+            "lease expired"
+        );
+        assert_eq!(view(t0).live_renderers(), vec![other]);
+        assert!(view(t0).claim_live(&me, 1));
+        assert!(!view(t0).claim_live(&me, 0));
+    }
+
+    #[test]
+    fn stale_heartbeat_is_ignored() {
+        let p = PeerId::random();
+        let mut t = PeerTable::default();
+        let t0 = Instant::now();
+        t.heartbeat(p, hb(1, 5), t0);
+        t.heartbeat(p, hb(1, 3), t0 + Duration::from_secs(1));
+        assert_eq!(t.peers[&p].heartbeat.as_ref().unwrap().seq, 5);
+        assert_eq!(t.peers[&p].heard, Some(t0));
+    }
+}

@@ -1,0 +1,214 @@
+//! Start-up: the data dir, identity, mesh key, store and network, before the loop runs.
+//!
+//! Data dir layout: `identity.key` (libp2p keypair, protobuf), `mesh.key` (hex pre-shared key),
+//! `api.json` (where the running daemon's API listens, with its token), `db/` (sled),
+//! `blobs/` (content-addressed files), `work/` (per-job Blender dirs and scratch).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use libp2p::identity::Keypair;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::DaemonConfig;
+use crate::api::types::ApiEndpoint;
+use crate::ledger::Ledger;
+use crate::net::{Client, MeshKey, NetEvent};
+use crate::store::Store;
+
+pub const API_FILE: &str = "api.json";
+const IDENTITY_FILE: &str = "identity.key";
+const MESH_KEY_FILE: &str = "mesh.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot use data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Identity(String),
+    #[error("data dir {0} belongs to another mesh; use a fresh --data-dir to join this one")]
+    OtherMesh(PathBuf),
+    #[error(
+        "another meshd is already running with data dir {0}; stop it or use another --data-dir"
+    )]
+    AlreadyRunning(PathBuf),
+    #[error("cannot open the database: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("network: {0}")]
+    Net(String),
+    #[error("cannot start the local API on {addr}: {source}")]
+    ApiBind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("local API: {0}")]
+    Api(String),
+}
+
+pub(super) struct Boot {
+    pub key: MeshKey,
+    pub store: Store,
+    pub incarnation: u64,
+    pub ledger: Ledger,
+    pub net: Client,
+    pub events: mpsc::Receiver<NetEvent>,
+    pub api_listener: tokio::net::TcpListener,
+    pub token: String,
+    pub dial: Vec<Multiaddr>,
+}
+
+/// The platform's data dir for meshd (e.g. `~/.local/share/meshd`).
+pub fn data_dir_default() -> PathBuf {
+    directories::ProjectDirs::from("", "", "meshd")
+        .map(|d| d.data_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from(".meshd"))
+}
+
+/// Where the daemon of `data_dir` listens, if one is running.
+pub fn read_endpoint(data_dir: &Path) -> Option<ApiEndpoint> {
+    let bytes = std::fs::read(data_dir.join(API_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
+    move |source| DaemonError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes a file only the owner can read (keys, tokens), atomically.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+fn load_identity(dir: &Path) -> Result<Keypair, DaemonError> {
+    let path = dir.join(IDENTITY_FILE);
+    if path.exists() {
+        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        return Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| DaemonError::Identity(format!("{} is damaged: {e}", path.display())));
+    }
+    let key = Keypair::generate_ed25519();
+    let bytes = key
+        .to_protobuf_encoding()
+        .map_err(|e| DaemonError::Identity(e.to_string()))?;
+    write_private(&path, &bytes).map_err(io_err(&path))?;
+    Ok(key)
+}
+
+/// The mesh key: the ticket's (checked against a stored one), the stored one, or a new one.
+fn load_mesh_key(dir: &Path, ticket: Option<&crate::net::Ticket>) -> Result<MeshKey, DaemonError> {
+    let path = dir.join(MESH_KEY_FILE);
+    let stored = if path.exists() {
+        let s = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        Some(MeshKey::from_hex(&s).ok_or_else(|| {
+            DaemonError::Identity(format!(
+                "{} is damaged; remove it to found a new mesh",
+                path.display()
+            ))
+        })?)
+    } else {
+        None
+    };
+    let key = match (stored, ticket) {
+        (Some(s), Some(t)) if s != t.key => return Err(DaemonError::OtherMesh(dir.to_path_buf())),
+        (Some(s), _) => return Ok(s),
+        (None, Some(t)) => t.key,
+        (None, None) => MeshKey::generate(),
+    };
+    write_private(&path, key.to_hex().as_bytes()).map_err(io_err(&path))?;
+    Ok(key)
+}
+
+pub(super) async fn boot(
+    cfg: &DaemonConfig,
+    cancel: CancellationToken,
+) -> Result<Boot, DaemonError> {
+    let dir = &cfg.data_dir;
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let keypair = load_identity(dir)?;
+    let key = load_mesh_key(dir, cfg.ticket.as_ref())?;
+    let store = match Store::open(dir) {
+        Ok(s) => s,
+        Err(crate::store::StoreError::Db(sled::Error::Io(e)))
+            if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
+        {
+            return Err(DaemonError::AlreadyRunning(dir.clone()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let incarnation = store.next_incarnation()?;
+    let ledger = store.load_ledger()?;
+    let _ = std::fs::remove_dir_all(dir.join("blobs/tmp"));
+    std::fs::create_dir_all(dir.join("blobs/tmp")).map_err(io_err(dir))?;
+
+    let agent = format!("meshd/{}", env!("CARGO_PKG_VERSION"));
+    let heartbeat = if cfg.lease < Duration::from_secs(10) {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(1)
+    };
+    let swarm = crate::net::swarm::build(keypair, key, cfg.mdns, agent, heartbeat)
+        .map_err(|e| DaemonError::Net(e.to_string()))?;
+    let server: Arc<dyn crate::net::BlobServer> = Arc::new(store.clone());
+    let (net, events, _handle) =
+        crate::net::node::spawn(swarm, key.mesh_id(), &cfg.listen, server, cancel)
+            .map_err(DaemonError::Net)?;
+
+    let api_listener = tokio::net::TcpListener::bind(cfg.api)
+        .await
+        .map_err(|source| DaemonError::ApiBind {
+            addr: cfg.api,
+            source,
+        })?;
+    let api_addr = api_listener
+        .local_addr()
+        .map_err(|source| DaemonError::ApiBind {
+            addr: cfg.api,
+            source,
+        })?;
+    let token = hex::encode(rand::random::<[u8; 16]>());
+    let endpoint = ApiEndpoint {
+        addr: api_addr.to_string(),
+        token: token.clone(),
+        pid: std::process::id(),
+        peer_id: net.local_peer_id().to_string(),
+    };
+    let api_path = dir.join(API_FILE);
+    let json = serde_json::to_vec_pretty(&endpoint).unwrap_or_default();
+    write_private(&api_path, &json).map_err(io_err(&api_path))?;
+
+    let mut dial: Vec<Multiaddr> = cfg.peers.clone();
+    if let Some(t) = &cfg.ticket {
+        dial.extend(t.multiaddrs());
+    }
+    Ok(Boot {
+        key,
+        store,
+        incarnation,
+        ledger,
+        net,
+        events,
+        api_listener,
+        token,
+        dial,
+    })
+}

@@ -1,0 +1,503 @@
+//! One frame's CRDT state: a claim register and grow-only sets of results and failures.
+//!
+//! [`FrameState::merge`] is the join of a semilattice, so states can be merged in any order,
+//! any number of times, and always converge.
+
+use std::collections::BTreeSet;
+
+use libp2p_identity::PeerId;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{BlobId, JobId};
+
+/// Longest failure reason accepted, in bytes.
+pub const MAX_REASON: usize = 2048;
+
+/// Most `Done` results kept per frame (the least ones; the canonical one is always kept).
+pub const MAX_DONE: usize = 16;
+
+/// Most failures kept per frame (the least ones).
+pub const MAX_FAILURES: usize = 64;
+
+/// A peer's claim on a frame. `incarnation` counts the holder daemon's starts: the claim is
+/// live only while that peer's heartbeat for that incarnation is fresh.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Claim {
+    pub peer: PeerId,
+    pub incarnation: u64,
+    pub epoch: u32,
+}
+
+/// A finished render. Ordered by field order; the least `Done` of a frame is canonical.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Done {
+    pub epoch: u32,
+    pub peer: PeerId,
+    pub output: BlobId,
+    pub render_ms: u64,
+}
+
+/// A failed render attempt by `peer` under its claim at `epoch`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Failure {
+    pub epoch: u32,
+    pub peer: PeerId,
+    pub reason: String,
+}
+
+/// The hash that orders claims of equal epoch: `blake3(job ‖ frame ‖ epoch ‖ peer ‖
+/// incarnation)`, integers little-endian.
+fn claim_rank(job: &JobId, frame: u32, c: &Claim) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(job.as_bytes());
+    h.update(&frame.to_le_bytes());
+    h.update(&c.epoch.to_le_bytes());
+    h.update(&c.peer.to_bytes());
+    h.update(&c.incarnation.to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// Whether claim `a` beats claim `b` on `frame` of `job`: the higher epoch wins; at equal
+/// epoch the lower `blake3(job ‖ frame ‖ epoch ‖ peer ‖ incarnation)` wins. A strict total
+/// order: identical claims give `false`, and of two different claims exactly one beats the
+/// other.
+pub fn claim_beats(job: &JobId, frame: u32, a: &Claim, b: &Claim) -> bool {
+    if a.epoch != b.epoch {
+        return a.epoch > b.epoch;
+    }
+    if a == b {
+        return false;
+    }
+    let (ra, rb) = (claim_rank(job, frame, a), claim_rank(job, frame, b));
+    if ra != rb {
+        return ra < rb;
+    }
+    // Only on a blake3 collision: fall back to the claims themselves so the order stays total.
+    (a.peer.to_bytes(), a.incarnation) < (b.peer.to_bytes(), b.incarnation)
+}
+
+/// The CRDT state of one frame. The empty state (the default) means nothing is known.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameState {
+    /// The winning claim seen so far.
+    pub claim: Option<Claim>,
+    /// Finished renders; the least is canonical.
+    pub done: BTreeSet<Done>,
+    /// Failed attempts.
+    pub failures: BTreeSet<Failure>,
+}
+
+/// Inserts the elements of `from` missing from `into`, then keeps the `cap` least.
+/// Returns whether `into` changed. Keeping the least `cap` elements of a union is itself
+/// a join, so the result does not depend on merge order.
+fn union_capped<T: Ord + Clone>(into: &mut BTreeSet<T>, from: &BTreeSet<T>, cap: usize) -> bool {
+    let mut changed = false;
+    for x in from {
+        if into.len() >= cap && into.last().is_some_and(|max| x > max) {
+            // `into` is full of smaller elements; so is everything after `x` in `from`.
+            break;
+        }
+        if into.insert(x.clone()) {
+            changed = true;
+            if into.len() > cap {
+                into.pop_last();
+            }
+        }
+    }
+    // Only a state built by hand can hold more than `cap`; bring it back into the lattice.
+    while into.len() > cap {
+        into.pop_last();
+        changed = true;
+    }
+    changed
+}
+
+impl FrameState {
+    /// A delta holding only a claim.
+    pub fn from_claim(claim: Claim) -> Self {
+        FrameState {
+            claim: Some(claim),
+            ..Default::default()
+        }
+    }
+
+    /// A delta holding only a result.
+    pub fn from_done(done: Done) -> Self {
+        FrameState {
+            done: BTreeSet::from([done]),
+            ..Default::default()
+        }
+    }
+
+    /// A delta holding only a failure.
+    pub fn from_failure(failure: Failure) -> Self {
+        FrameState {
+            failures: BTreeSet::from([failure]),
+            ..Default::default()
+        }
+    }
+
+    /// Joins `other` into `self`: the winning claim by [`claim_beats`], the union of the
+    /// results and of the failures (each capped at its least [`MAX_DONE`] / [`MAX_FAILURES`]
+    /// elements). Returns `true` iff `self` changed.
+    pub fn merge(&mut self, job: &JobId, frame: u32, other: &FrameState) -> bool {
+        let mut changed = false;
+        if let Some(theirs) = &other.claim {
+            let take = match &self.claim {
+                None => true,
+                Some(ours) => claim_beats(job, frame, theirs, ours),
+            };
+            if take {
+                self.claim = Some(theirs.clone());
+                changed = true;
+            }
+        }
+        changed |= union_capped(&mut self.done, &other.done, MAX_DONE);
+        changed |= union_capped(&mut self.failures, &other.failures, MAX_FAILURES);
+        changed
+    }
+
+    /// The canonical result: the least `Done`.
+    pub fn canonical(&self) -> Option<&Done> {
+        self.done.first()
+    }
+
+    /// Results beyond the canonical one.
+    pub fn duplicates(&self) -> usize {
+        self.done.len().saturating_sub(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.claim.is_none() && self.done.is_empty() && self.failures.is_empty()
+    }
+
+    /// Number of distinct epochs at which `peer` failed this frame (several reasons given
+    /// for one attempt count once).
+    pub fn failed_by(&self, peer: &PeerId) -> usize {
+        let epochs: BTreeSet<u32> = self
+            .failures
+            .iter()
+            .filter(|f| f.peer == *peer)
+            .map(|f| f.epoch)
+            .collect();
+        epochs.len()
+    }
+
+    /// Number of distinct failed attempts, `(epoch, peer)` pairs.
+    pub fn failure_count(&self) -> usize {
+        let mut n = 0;
+        let mut prev: Option<(u32, &PeerId)> = None;
+        // Sorted by (epoch, peer, reason), so equal attempts are adjacent.
+        for f in &self.failures {
+            let key = (f.epoch, &f.peer);
+            if prev != Some(key) {
+                n += 1;
+                prev = Some(key);
+            }
+        }
+        n
+    }
+
+    /// Whether `peer` reported a failure at `epoch`.
+    pub fn failed_at(&self, peer: &PeerId, epoch: u32) -> bool {
+        self.failures
+            .iter()
+            .any(|f| f.epoch == epoch && f.peer == *peer)
+    }
+
+    /// The highest epoch this state mentions (claim, results or failures); 0 if none.
+    pub fn max_epoch(&self) -> u32 {
+        let claim = self.claim.as_ref().map_or(0, |c| c.epoch);
+        let done = self.done.last().map_or(0, |d| d.epoch);
+        let failed = self.failures.last().map_or(0, |f| f.epoch);
+        claim.max(done).max(failed)
+    }
+
+    /// Checks a state received from a peer against the size limits.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.done.len() > MAX_DONE {
+            return Err(format!(
+                "{} results for one frame (at most {MAX_DONE})",
+                self.done.len()
+            ));
+        }
+        if self.failures.len() > MAX_FAILURES {
+            return Err(format!(
+                "{} failures for one frame (at most {MAX_FAILURES})",
+                self.failures.len()
+            ));
+        }
+        if let Some(f) = self.failures.iter().find(|f| f.reason.len() > MAX_REASON) {
+            return Err(format!(
+                "failure reason of {} bytes (at most {MAX_REASON})",
+                f.reason.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Makes `s` fit a [`Failure::reason`]: line breaks become spaces and the text is cut to
+/// at most [`MAX_REASON`] bytes on a character boundary.
+pub fn truncate_reason(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(MAX_REASON));
+    for c in s.chars() {
+        let c = if matches!(c, '\n' | '\r') { ' ' } else { c };
+        if out.len() + c.len_utf8() > MAX_REASON {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use libp2p_identity::Keypair;
+    use proptest::prelude::*;
+
+    /// A deterministic peer id for tests.
+    pub(crate) fn peer(i: u8) -> PeerId {
+        Keypair::ed25519_from_bytes([i; 32])
+            .expect("32 bytes is a valid ed25519 secret")
+            .public()
+            .to_peer_id()
+    }
+
+    pub(crate) fn job_id() -> JobId {
+        JobId::of(b"test job")
+    }
+
+    pub(crate) fn arb_claim() -> impl Strategy<Value = Claim> {
+        (0u8..4, 0u64..2, 0u32..4).prop_map(|(p, incarnation, epoch)| Claim {
+            peer: peer(p),
+            incarnation,
+            epoch,
+        })
+    }
+
+    pub(crate) fn arb_state() -> impl Strategy<Value = FrameState> {
+        let done = (0u32..3, 0u8..4, 0u8..2, 0u64..2).prop_map(|(epoch, p, o, render_ms)| Done {
+            epoch,
+            peer: peer(p),
+            output: BlobId::of(&[o]),
+            render_ms,
+        });
+        let failure = (0u32..3, 0u8..4, 0u8..2).prop_map(|(epoch, p, r)| Failure {
+            epoch,
+            peer: peer(p),
+            reason: format!("reason {r}"),
+        });
+        (
+            prop::option::of(arb_claim()),
+            prop::collection::btree_set(done, 0..3),
+            prop::collection::btree_set(failure, 0..3),
+        )
+            .prop_map(|(claim, done, failures)| FrameState {
+                claim,
+                done,
+                failures,
+            })
+    }
+
+    fn join(a: &FrameState, b: &FrameState) -> FrameState {
+        let mut out = a.clone();
+        out.merge(&job_id(), 7, b);
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn merge_commutative(a in arb_state(), b in arb_state()) {
+            prop_assert_eq!(join(&a, &b), join(&b, &a));
+        }
+
+        #[test]
+        fn merge_associative(a in arb_state(), b in arb_state(), c in arb_state()) {
+            prop_assert_eq!(join(&join(&a, &b), &c), join(&a, &join(&b, &c)));
+        }
+
+        #[test]
+        fn merge_idempotent(a in arb_state(), b in arb_state()) {
+            prop_assert_eq!(join(&a, &a), a.clone());
+            let ab = join(&a, &b);
+            let mut again = ab.clone();
+            prop_assert!(!again.merge(&job_id(), 7, &b));
+            prop_assert_eq!(again, ab);
+        }
+
+        #[test]
+        fn merge_reports_change(a in arb_state(), b in arb_state()) {
+            let mut m = a.clone();
+            let changed = m.merge(&job_id(), 7, &b);
+            prop_assert_eq!(changed, m != a);
+        }
+
+        #[test]
+        fn canonical_is_least_done(a in arb_state(), b in arb_state()) {
+            let ab = join(&a, &b);
+            let least = a.done.iter().chain(&b.done).min();
+            prop_assert_eq!(ab.canonical(), least);
+            prop_assert_eq!(ab.duplicates(), ab.done.len().saturating_sub(1));
+        }
+
+        #[test]
+        fn claim_order_is_strict_total(
+            a in arb_claim(), b in arb_claim(), c in arb_claim(), frame in 0u32..3,
+        ) {
+            let j = job_id();
+            let beats = |x: &Claim, y: &Claim| claim_beats(&j, frame, x, y);
+            prop_assert!(!beats(&a, &a));
+            if a != b {
+                prop_assert!(beats(&a, &b) != beats(&b, &a));
+            } else {
+                prop_assert!(!beats(&a, &b) && !beats(&b, &a));
+            }
+            if beats(&a, &b) && beats(&b, &c) {
+                prop_assert!(beats(&a, &c));
+            }
+        }
+    }
+
+    #[test]
+    fn higher_epoch_wins_and_hash_breaks_ties() {
+        let j = job_id();
+        let c = |p: u8, inc: u64, epoch: u32| Claim {
+            peer: peer(p),
+            incarnation: inc,
+            epoch,
+        };
+        assert!(claim_beats(&j, 1, &c(0, 0, 2), &c(1, 0, 1)));
+        assert!(!claim_beats(&j, 1, &c(0, 0, 1), &c(1, 0, 2)));
+        let (a, b) = (c(0, 0, 1), c(1, 0, 1));
+        assert_eq!(
+            claim_beats(&j, 1, &a, &b),
+            claim_rank(&j, 1, &a) < claim_rank(&j, 1, &b)
+        );
+        // The winner at equal epoch varies with the frame.
+        let wins: BTreeSet<bool> = (0..32).map(|f| claim_beats(&j, f, &a, &b)).collect();
+        assert_eq!(wins.len(), 2);
+    }
+
+    #[test]
+    fn caps_keep_least_elements() {
+        let j = job_id();
+        let mut s = FrameState::default();
+        for e in (0..40u32).rev() {
+            let d = FrameState::from_done(Done {
+                epoch: e,
+                peer: peer(0),
+                output: BlobId::of(b"x"),
+                render_ms: 1,
+            });
+            s.merge(&j, 1, &d);
+        }
+        assert_eq!(s.done.len(), MAX_DONE);
+        assert_eq!(s.canonical().map(|d| d.epoch), Some(0));
+        assert_eq!(s.duplicates(), MAX_DONE - 1);
+        assert!(s.validate().is_ok());
+        let late = FrameState::from_done(Done {
+            epoch: 99,
+            peer: peer(1),
+            output: BlobId::of(b"y"),
+            render_ms: 1,
+        });
+        assert!(!s.merge(&j, 1, &late));
+        for e in 0..100u32 {
+            s.merge(
+                &j,
+                1,
+                &FrameState::from_failure(Failure {
+                    epoch: e,
+                    peer: peer(1),
+                    reason: "boom".into(),
+                }),
+            );
+        }
+        assert_eq!(s.failures.len(), MAX_FAILURES);
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn failure_counts() {
+        let mut s = FrameState::default();
+        for (epoch, p, reason) in [(1, 0, "a"), (1, 0, "b"), (2, 0, "a"), (2, 1, "a")] {
+            s.failures.insert(Failure {
+                epoch,
+                peer: peer(p),
+                reason: reason.into(),
+            });
+        }
+        assert_eq!(s.failed_by(&peer(0)), 2);
+        assert_eq!(s.failed_by(&peer(1)), 1);
+        assert_eq!(s.failed_by(&peer(2)), 0);
+        assert_eq!(s.failure_count(), 3);
+        assert!(s.failed_at(&peer(1), 2));
+        assert!(!s.failed_at(&peer(1), 1));
+        assert_eq!(s.max_epoch(), 2);
+    }
+
+    #[test]
+    fn validate_limits() {
+        let mut s = FrameState::from_failure(Failure {
+            epoch: 1,
+            peer: peer(0),
+            reason: "x".repeat(MAX_REASON),
+        });
+        assert!(s.validate().is_ok());
+        s.failures.insert(Failure {
+            epoch: 2,
+            peer: peer(0),
+            reason: "x".repeat(MAX_REASON + 1),
+        });
+        assert!(s.validate().is_err());
+        let mut s = FrameState::default();
+        for e in 0..=MAX_DONE as u32 {
+            s.done.insert(Done {
+                epoch: e,
+                peer: peer(0),
+                output: BlobId::of(b"x"),
+                render_ms: 0,
+            });
+        }
+        assert!(s.validate().is_err());
+        let mut s = FrameState::default();
+        for e in 0..=MAX_FAILURES as u32 {
+            s.failures.insert(Failure {
+                epoch: e,
+                peer: peer(0),
+                reason: String::new(),
+            });
+        }
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn truncate_reason_is_safe() {
+        assert_eq!(truncate_reason("a\nb\r\nc"), "a b  c");
+        let long = "é".repeat(MAX_REASON);
+        let t = truncate_reason(&long);
+        assert!(t.len() <= MAX_REASON);
+        assert_eq!(t.len(), MAX_REASON);
+        let odd = format!("a{}", "é".repeat(MAX_REASON));
+        let t = truncate_reason(&odd);
+        assert_eq!(t.len(), MAX_REASON - 1);
+        assert!(t.is_char_boundary(t.len()));
+    }
+
+    #[test]
+    fn deltas_and_empty() {
+        assert!(FrameState::default().is_empty());
+        let c = Claim {
+            peer: peer(0),
+            incarnation: 1,
+            epoch: 1,
+        };
+        let s = FrameState::from_claim(c.clone());
+        assert!(!s.is_empty());
+        assert_eq!(s.claim, Some(c));
+        assert_eq!(s.canonical(), None);
+        assert_eq!(s.duplicates(), 0);
+    }
+}

@@ -1,0 +1,545 @@
+//! Pure decisions over the merged ledger: what each frame's status is, how far a job has
+//! come, and which frame this peer should claim next.
+//!
+//! Liveness is not in the CRDT. The caller passes what it knows about peers as a
+//! [`PeerView`], built from the local receive times of their heartbeats.
+
+use std::collections::BTreeMap;
+
+use libp2p_identity::PeerId;
+use serde::{Deserialize, Serialize};
+
+use super::frame::{Claim, Done, FrameState};
+use super::state::{JobEntry, Ledger};
+use crate::ids::JobId;
+
+/// What the caller knows about other peers, judged by local receive times only.
+pub trait PeerView {
+    /// Whether `peer`'s heartbeat for `incarnation` arrived recently, so its claims hold.
+    /// For this peer itself: whether `incarnation` is the running one.
+    fn claim_live(&self, peer: &PeerId, incarnation: u64) -> bool;
+    /// Peers (this one included) that are alive and able to render.
+    fn live_renderers(&self) -> Vec<PeerId>;
+}
+
+/// Retry limits.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// A frame with this many failed attempts is given up.
+    pub max_failures_per_frame: usize,
+    /// A peer with this many failed attempts in a job renders no more of it.
+    pub max_failures_per_peer_job: usize,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_failures_per_frame: 3,
+            max_failures_per_peer_job: 3,
+        }
+    }
+}
+
+/// A frame's status as this peer sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FrameStatus {
+    /// Nobody holds a live claim: free to claim.
+    Pending,
+    /// Held by a live claim.
+    InFlight(Claim),
+    /// Rendered; the canonical result.
+    Done(Done),
+    /// Given up after too many failed attempts.
+    Failed,
+}
+
+/// The status of a frame: `Done` if it has any result (the canonical one); `Failed` after
+/// `max_failures_per_frame` failed attempts; `InFlight` if its claim's holder has not
+/// reported a failure under that claim and is live for the claim's incarnation; else
+/// `Pending`.
+pub fn frame_status(state: &FrameState, view: &impl PeerView, policy: &RetryPolicy) -> FrameStatus {
+    if let Some(done) = state.canonical() {
+        return FrameStatus::Done(done.clone());
+    }
+    if state.failure_count() >= policy.max_failures_per_frame {
+        return FrameStatus::Failed;
+    }
+    if let Some(c) = &state.claim
+        && !state.failed_at(&c.peer, c.epoch)
+        && view.claim_live(&c.peer, c.incarnation)
+    {
+        return FrameStatus::InFlight(c.clone());
+    }
+    FrameStatus::Pending
+}
+
+/// Failed attempts per peer over the job's frames.
+fn failures_by_peer(entry: &JobEntry) -> BTreeMap<PeerId, usize> {
+    let mut counts = BTreeMap::new();
+    for state in entry.frames.values() {
+        let mut prev = None;
+        // Sorted by (epoch, peer, reason): repeats of one attempt are adjacent.
+        for f in &state.failures {
+            let key = (f.epoch, f.peer);
+            if prev != Some(key) {
+                *counts.entry(f.peer).or_insert(0) += 1;
+                prev = Some(key);
+            }
+        }
+    }
+    counts
+}
+
+fn blocked_in(counts: &BTreeMap<PeerId, usize>, peer: &PeerId, policy: &RetryPolicy) -> bool {
+    counts.get(peer).copied().unwrap_or(0) >= policy.max_failures_per_peer_job
+}
+
+/// Whether `peer` has failed `max_failures_per_peer_job` attempts or more in this job.
+pub fn peer_blocked(entry: &JobEntry, peer: &PeerId, policy: &RetryPolicy) -> bool {
+    let failed: usize = entry.frames.values().map(|s| s.failed_by(peer)).sum();
+    failed >= policy.max_failures_per_peer_job
+}
+
+/// Overall state of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Running,
+    Done,
+    Failed,
+}
+
+/// Frame counts of a job by status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JobProgress {
+    pub total: usize,
+    pub done: usize,
+    pub in_flight: usize,
+    pub pending: usize,
+    pub failed: usize,
+    /// Results beyond the canonical one, over all frames.
+    pub duplicates: usize,
+    pub state: JobState,
+}
+
+/// Counts the job's frames by [`frame_status`]. The job is `Done` when every frame is;
+/// `Failed` when every frame is done or failed and some failed, or when frames are pending,
+/// none is in flight, and every live renderer is [blocked](peer_blocked) on it; otherwise
+/// `Running` (also when no renderer is live: one may join later).
+pub fn job_progress(entry: &JobEntry, view: &impl PeerView, policy: &RetryPolicy) -> JobProgress {
+    let total = entry.spec.frames.len();
+    let (mut done, mut in_flight, mut pending, mut failed, mut duplicates) = (0, 0, 0, 0, 0);
+    let mut seen = 0;
+    for (&frame, state) in &entry.frames {
+        if !entry.spec.frames.contains(frame) {
+            continue;
+        }
+        seen += 1;
+        duplicates += state.duplicates();
+        match frame_status(state, view, policy) {
+            FrameStatus::Pending => pending += 1,
+            FrameStatus::InFlight(_) => in_flight += 1,
+            FrameStatus::Done(_) => done += 1,
+            FrameStatus::Failed => failed += 1,
+        }
+    }
+    // Frames without an entry have the empty state: pending.
+    pending += total.saturating_sub(seen);
+
+    let state = if done == total {
+        JobState::Done
+    } else if failed > 0 && done + failed == total {
+        JobState::Failed
+    } else if pending > 0 && in_flight == 0 {
+        let live = view.live_renderers();
+        let counts = failures_by_peer(entry);
+        if !live.is_empty() && live.iter().all(|p| blocked_in(&counts, p, policy)) {
+            JobState::Failed
+        } else {
+            JobState::Running
+        }
+    } else {
+        JobState::Running
+    };
+    JobProgress {
+        total,
+        done,
+        in_flight,
+        pending,
+        failed,
+        duplicates,
+        state,
+    }
+}
+
+/// A frame this peer should claim, with the claim to announce.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClaimChoice {
+    pub job: JobId,
+    pub frame: u32,
+    pub claim: Claim,
+}
+
+/// The rendezvous hash `blake3(job ‖ frame ‖ peer)` (frame little-endian).
+fn rendezvous(job: &JobId, frame: u32, peer: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(job.as_bytes());
+    h.update(&frame.to_le_bytes());
+    h.update(peer);
+    *h.finalize().as_bytes()
+}
+
+/// Picks the next frame for `me` (running as `incarnation`) to claim, or `None`.
+///
+/// Jobs are tried by priority (highest first), then `created_unix_ms` (oldest first), then
+/// id. A job is skipped unless `eligible` accepts it, it is `Running`, and `me` is not
+/// [blocked](peer_blocked) on it. Its candidates are its `Pending` frames in ascending
+/// order, less those `me` has failed while another live renderer, not blocked on the job,
+/// has not. Of the first `window` candidates (at least 1) `me` takes the one with the least
+/// `blake3(job ‖ frame ‖ me)`, so peers choosing at once mostly pick different frames. The
+/// claim's epoch is one above the highest epoch the frame's state mentions (1 for a fresh
+/// frame), so it beats every earlier claim. The first job with a candidate wins.
+pub fn choose_claim(
+    ledger: &Ledger,
+    me: &PeerId,
+    incarnation: u64,
+    view: &impl PeerView,
+    policy: &RetryPolicy,
+    eligible: impl Fn(&JobId, &JobEntry) -> bool,
+    window: usize,
+) -> Option<ClaimChoice> {
+    let window = window.max(1);
+    let me_bytes = me.to_bytes();
+    let live = view.live_renderers();
+
+    let mut jobs: Vec<(&JobId, &JobEntry)> = ledger.jobs().collect();
+    jobs.sort_by(|(ia, a), (ib, b)| {
+        b.spec
+            .priority
+            .cmp(&a.spec.priority)
+            .then(a.spec.created_unix_ms.cmp(&b.spec.created_unix_ms))
+            .then(ia.cmp(ib))
+    });
+
+    for (id, entry) in jobs {
+        if !eligible(id, entry) {
+            continue;
+        }
+        let counts = failures_by_peer(entry);
+        if blocked_in(&counts, me, policy) {
+            continue;
+        }
+        if job_progress(entry, view, policy).state != JobState::Running {
+            continue;
+        }
+        let others: Vec<&PeerId> = live
+            .iter()
+            .filter(|p| *p != me && !blocked_in(&counts, p, policy))
+            .collect();
+
+        let mut best: Option<([u8; 32], u32)> = None;
+        let mut taken = 0;
+        for frame in entry.spec.frames.iter() {
+            if let Some(state) = entry.frames.get(&frame) {
+                if frame_status(state, view, policy) != FrameStatus::Pending {
+                    continue;
+                }
+                if state.failed_by(me) > 0 && others.iter().any(|p| state.failed_by(p) == 0) {
+                    // Someone who has not failed it yet should try it.
+                    continue;
+                }
+            }
+            let rank = rendezvous(id, frame, &me_bytes);
+            if best.is_none_or(|(b, _)| rank < b) {
+                best = Some((rank, frame));
+            }
+            taken += 1;
+            if taken == window {
+                break;
+            }
+        }
+        if let Some((_, frame)) = best {
+            let epoch = entry
+                .frames
+                .get(&frame)
+                .map_or(0, FrameState::max_epoch)
+                .saturating_add(1);
+            return Some(ClaimChoice {
+                job: *id,
+                frame,
+                claim: Claim {
+                    peer: *me,
+                    incarnation,
+                    epoch,
+                },
+            });
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::BlobId;
+    use crate::ledger::frame::tests::peer;
+    use crate::ledger::frame::{Done, Failure};
+    use crate::ledger::state::FrameUpdate;
+    use crate::ledger::state::tests::spec;
+    use std::collections::BTreeSet;
+
+    /// Peers with a fresh heartbeat, by incarnation; all of them render.
+    #[derive(Default)]
+    struct View {
+        live: BTreeSet<(PeerId, u64)>,
+    }
+
+    impl View {
+        fn with(peers: &[(u8, u64)]) -> Self {
+            View {
+                live: peers.iter().map(|&(p, i)| (peer(p), i)).collect(),
+            }
+        }
+    }
+
+    impl PeerView for View {
+        fn claim_live(&self, peer: &PeerId, incarnation: u64) -> bool {
+            self.live.contains(&(*peer, incarnation))
+        }
+        fn live_renderers(&self) -> Vec<PeerId> {
+            let set: BTreeSet<PeerId> = self.live.iter().map(|(p, _)| *p).collect();
+            set.into_iter().collect()
+        }
+    }
+
+    fn claim(p: u8, incarnation: u64, epoch: u32) -> Claim {
+        Claim {
+            peer: peer(p),
+            incarnation,
+            epoch,
+        }
+    }
+
+    fn failure(p: u8, epoch: u32) -> FrameState {
+        FrameState::from_failure(Failure {
+            epoch,
+            peer: peer(p),
+            reason: "crashed".into(),
+        })
+    }
+
+    fn apply(l: &mut Ledger, job: JobId, frame: u32, state: FrameState) {
+        l.apply(&FrameUpdate { job, frame, state }).unwrap();
+    }
+
+    fn one_job(frames: &str) -> (Ledger, JobId) {
+        let mut l = Ledger::new();
+        let (id, _) = l.insert_job(spec(frames, 0, 1)).unwrap();
+        (l, id)
+    }
+
+    fn choose(l: &Ledger, me: u8, view: &View, window: usize) -> Option<ClaimChoice> {
+        let p = RetryPolicy::default();
+        choose_claim(l, &peer(me), 1, view, &p, |_, _| true, window)
+    }
+
+    #[test]
+    fn dead_holder_frees_the_frame() {
+        let (mut l, id) = one_job("1");
+        apply(&mut l, id, 1, FrameState::from_claim(claim(1, 7, 4)));
+        let p = RetryPolicy::default();
+        let state = l.frame(&id, 1).unwrap();
+        let alive = View::with(&[(0, 1), (1, 7)]);
+        assert_eq!(
+            frame_status(state, &alive, &p),
+            FrameStatus::InFlight(claim(1, 7, 4))
+        );
+        assert_eq!(choose(&l, 0, &alive, 4), None);
+        // Peer 1 restarted (incarnation 8): its old claim is dead.
+        let restarted = View::with(&[(0, 1), (1, 8)]);
+        assert_eq!(frame_status(state, &restarted, &p), FrameStatus::Pending);
+        let c = choose(&l, 0, &restarted, 4).unwrap();
+        assert_eq!((c.job, c.frame), (id, 1));
+        assert_eq!(c.claim, claim(0, 1, 5));
+        // The new claim wins once merged.
+        apply(&mut l, id, 1, FrameState::from_claim(c.claim.clone()));
+        assert_eq!(l.frame(&id, 1).unwrap().claim, Some(c.claim));
+    }
+
+    #[test]
+    fn holder_failure_frees_the_frame() {
+        let (mut l, id) = one_job("1");
+        apply(&mut l, id, 1, FrameState::from_claim(claim(1, 1, 1)));
+        apply(&mut l, id, 1, failure(1, 1));
+        let view = View::with(&[(0, 1), (1, 1)]);
+        let p = RetryPolicy::default();
+        assert_eq!(
+            frame_status(l.frame(&id, 1).unwrap(), &view, &p),
+            FrameStatus::Pending
+        );
+        assert_eq!(choose(&l, 0, &view, 1).unwrap().claim.epoch, 2);
+        // Peer 1 leaves it to peer 0, who has not failed it.
+        assert_eq!(choose(&l, 1, &view, 1), None);
+        // Alone, peer 1 retries it.
+        assert_eq!(
+            choose(&l, 1, &View::with(&[(1, 1)]), 1).map(|c| c.frame),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn done_wins_and_counts_duplicates() {
+        let (mut l, id) = one_job("1-2");
+        for p in [2, 1] {
+            let done = Done {
+                epoch: 1,
+                peer: peer(p),
+                output: BlobId::of(&[p]),
+                render_ms: 10,
+            };
+            apply(&mut l, id, 1, FrameState::from_done(done));
+        }
+        apply(&mut l, id, 1, FrameState::from_claim(claim(3, 1, 9)));
+        let view = View::with(&[(3, 1)]);
+        let p = RetryPolicy::default();
+        let state = l.frame(&id, 1).unwrap();
+        let FrameStatus::Done(d) = frame_status(state, &view, &p) else {
+            panic!("not done")
+        };
+        assert_eq!(Some(&d), state.canonical());
+        let prog = job_progress(l.job(&id).unwrap(), &view, &p);
+        assert_eq!((prog.done, prog.pending, prog.duplicates), (1, 1, 1));
+        assert_eq!(prog.state, JobState::Running);
+        assert_eq!(choose(&l, 3, &view, 8).map(|c| c.frame), Some(2));
+    }
+
+    #[test]
+    fn frame_failed_three_times_is_failed() {
+        let (mut l, id) = one_job("1-2");
+        for (p, e) in [(1, 1), (2, 2), (1, 3)] {
+            apply(&mut l, id, 1, failure(p, e));
+        }
+        let view = View::with(&[(0, 1)]);
+        let p = RetryPolicy::default();
+        assert_eq!(
+            frame_status(l.frame(&id, 1).unwrap(), &view, &p),
+            FrameStatus::Failed
+        );
+        assert_eq!(choose(&l, 0, &view, 8).map(|c| c.frame), Some(2));
+        let done = Done {
+            epoch: 1,
+            peer: peer(0),
+            output: BlobId::of(b"2"),
+            render_ms: 1,
+        };
+        apply(&mut l, id, 2, FrameState::from_done(done));
+        let prog = job_progress(l.job(&id).unwrap(), &view, &p);
+        assert_eq!(
+            (prog.done, prog.failed, prog.state),
+            (1, 1, JobState::Failed)
+        );
+        assert_eq!(choose(&l, 0, &view, 8), None);
+    }
+
+    #[test]
+    fn blocked_peer_never_chooses_the_job() {
+        let (mut l, id) = one_job("1-10");
+        for f in 1..=3 {
+            apply(&mut l, id, f, failure(1, 1));
+        }
+        let p = RetryPolicy::default();
+        let entry = l.job(&id).unwrap();
+        assert!(peer_blocked(entry, &peer(1), &p));
+        assert!(!peer_blocked(entry, &peer(0), &p));
+        let view = View::with(&[(0, 1), (1, 1)]);
+        assert_eq!(choose(&l, 1, &view, 8), None);
+        assert!(choose(&l, 0, &view, 8).is_some());
+        assert_eq!(job_progress(entry, &view, &p).state, JobState::Running);
+        // Only the blocked peer is left: the job has failed.
+        let alone = View::with(&[(1, 1)]);
+        assert_eq!(job_progress(entry, &alone, &p).state, JobState::Failed);
+        // Nobody is live: it waits for a renderer to join.
+        assert_eq!(
+            job_progress(entry, &View::default(), &p).state,
+            JobState::Running
+        );
+    }
+
+    #[test]
+    fn job_failed_when_all_live_renderers_blocked() {
+        let (mut l, id) = one_job("1-10");
+        for f in 1..=3 {
+            apply(&mut l, id, f, failure(1, 1));
+            apply(&mut l, id, f + 3, failure(2, 1));
+        }
+        let p = RetryPolicy::default();
+        let view = View::with(&[(1, 1), (2, 1)]);
+        let prog = job_progress(l.job(&id).unwrap(), &view, &p);
+        assert_eq!(prog.state, JobState::Failed);
+        assert_eq!((prog.pending, prog.failed, prog.total), (10, 0, 10));
+        assert_eq!(choose(&l, 1, &view, 8), None);
+        assert_eq!(choose(&l, 2, &view, 8), None);
+        // A fresh renderer joins: the job runs again.
+        let more = View::with(&[(1, 1), (2, 1), (3, 1)]);
+        assert_eq!(
+            job_progress(l.job(&id).unwrap(), &more, &p).state,
+            JobState::Running
+        );
+        assert!(choose(&l, 3, &more, 8).is_some());
+    }
+
+    #[test]
+    fn peers_mostly_choose_different_frames() {
+        let mut l = Ledger::new();
+        let ids: Vec<JobId> = (0..40)
+            .map(|t| l.insert_job(spec("1-100", 0, t)).unwrap().0)
+            .collect();
+        let view = View::with(&[(1, 1), (2, 1)]);
+        let p = RetryPolicy::default();
+        let mut same = 0;
+        for id in &ids {
+            let only = |j: &JobId, _: &JobEntry| j == id;
+            let a = choose_claim(&l, &peer(1), 1, &view, &p, only, 16).unwrap();
+            let b = choose_claim(&l, &peer(2), 1, &view, &p, only, 16).unwrap();
+            assert!(a.frame <= 16 && b.frame <= 16);
+            if a.frame == b.frame {
+                same += 1;
+            }
+        }
+        assert!(same <= 10, "{same} of 40 collided");
+        // Window 1 is plain first-pending order.
+        assert_eq!(choose(&l, 1, &view, 1).map(|c| c.frame), Some(1));
+        assert_eq!(choose(&l, 1, &view, 0).map(|c| c.frame), Some(1));
+    }
+
+    #[test]
+    fn priority_then_age_order() {
+        let mut l = Ledger::new();
+        let (old_low, _) = l.insert_job(spec("1", 0, 1)).unwrap();
+        let (new_high, _) = l.insert_job(spec("1", 5, 3)).unwrap();
+        let (old_high, _) = l.insert_job(spec("1", 5, 2)).unwrap();
+        let view = View::with(&[(0, 1)]);
+        let mut order = Vec::new();
+        while let Some(c) = choose(&l, 0, &view, 4) {
+            order.push(c.job);
+            apply(&mut l, c.job, c.frame, FrameState::from_claim(c.claim));
+        }
+        assert_eq!(order, vec![old_high, new_high, old_low]);
+        // Eligibility filters jobs out.
+        let p = RetryPolicy::default();
+        let mut l2 = l.clone();
+        l2.remove_job(&old_high);
+        let c = choose_claim(&l2, &peer(1), 1, &view, &p, |j, _| *j == old_low, 4);
+        assert_eq!(c, None, "old_low is claimed by a live peer");
+        let c = choose_claim(
+            &l2,
+            &peer(0),
+            2,
+            &View::with(&[(0, 2)]),
+            &p,
+            |j, _| *j == old_low,
+            4,
+        );
+        assert_eq!(c.map(|c| (c.job, c.claim.epoch)), Some((old_low, 2)));
+    }
+}

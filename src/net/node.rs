@@ -1,0 +1,586 @@
+//! The swarm's event loop and the cheap, cloneable [`Client`] that talks to it.
+//!
+//! One task owns the `Swarm`. Everything else sends it [`Command`]s over an mpsc channel and
+//! gets replies on oneshots. Events go to the daemon over a bounded channel with `try_send`:
+//! the swarm never waits on the daemon. Blob requests are answered here (through a
+//! [`BlobServer`] on a blocking thread) so bulk data never passes through the daemon's loop.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, PublishError, TopicHash};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::swarm::{Behaviour, BehaviourEvent};
+use super::wire::{BlobRequest, BlobResponse, Gossip, GossipMsg, SyncRequest, SyncResponse, Topic};
+
+/// Answers blob requests from peers. Called on a blocking thread.
+pub trait BlobServer: Send + Sync + 'static {
+    fn serve(&self, req: &BlobRequest) -> BlobResponse;
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NetError {
+    #[error("request to {peer} failed: {reason}")]
+    Request { peer: PeerId, reason: String },
+    #[error("the network task has stopped")]
+    Stopped,
+}
+
+/// What the node tells the daemon.
+#[derive(Debug)]
+pub enum NetEvent {
+    Gossip(Box<Gossip>),
+    PeerConnected(PeerId),
+    PeerDisconnected(PeerId),
+    Identified {
+        peer: PeerId,
+        agent: String,
+        addrs: Vec<Multiaddr>,
+    },
+    SyncRequest {
+        peer: PeerId,
+        req: SyncRequest,
+        channel: ResponseChannel<SyncResponse>,
+    },
+    ListenAddr(Multiaddr),
+}
+
+/// A connected (or recently seen) peer, as the node knows it.
+#[derive(Debug, Clone)]
+pub struct PeerConn {
+    pub id: PeerId,
+    pub addrs: Vec<Multiaddr>,
+    pub agent: Option<String>,
+    pub rtt_ms: Option<u64>,
+}
+
+enum Command {
+    Publish(GossipMsg),
+    Sync {
+        peer: PeerId,
+        req: SyncRequest,
+        reply: oneshot::Sender<Result<SyncResponse, NetError>>,
+    },
+    Blob {
+        peer: PeerId,
+        req: BlobRequest,
+        reply: oneshot::Sender<Result<BlobResponse, NetError>>,
+    },
+    RespondSync {
+        channel: ResponseChannel<SyncResponse>,
+        resp: SyncResponse,
+    },
+    RespondBlob {
+        channel: ResponseChannel<BlobResponse>,
+        resp: BlobResponse,
+    },
+    Dial(Multiaddr),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Peers(oneshot::Sender<Vec<PeerConn>>),
+}
+
+/// Handle to the network task.
+#[derive(Clone)]
+pub struct Client {
+    tx: mpsc::Sender<Command>,
+    local_peer_id: PeerId,
+}
+
+impl Client {
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), NetError> {
+        self.tx.send(cmd).await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Publishes on the message's topic. Queued until some peer subscribes.
+    pub async fn publish(&self, msg: GossipMsg) -> Result<(), NetError> {
+        self.send(Command::Publish(msg)).await
+    }
+
+    pub async fn sync(&self, peer: PeerId, req: SyncRequest) -> Result<SyncResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Sync { peer, req, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    pub async fn blob(&self, peer: PeerId, req: BlobRequest) -> Result<BlobResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Blob { peer, req, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    pub async fn respond_sync(
+        &self,
+        channel: ResponseChannel<SyncResponse>,
+        resp: SyncResponse,
+    ) -> Result<(), NetError> {
+        self.send(Command::RespondSync { channel, resp }).await
+    }
+
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.send(Command::Dial(addr)).await
+    }
+
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ListenAddrs(reply)).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Currently connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerConn>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Peers(reply)).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+}
+
+/// Most publishes kept while no peer is subscribed; the oldest go first (sync repairs them).
+const MAX_QUEUED_PUBLISHES: usize = 512;
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    mesh_id: String,
+    commands: mpsc::Receiver<Command>,
+    self_tx: mpsc::WeakSender<Command>,
+    events: mpsc::Sender<NetEvent>,
+    blob_server: Arc<dyn BlobServer>,
+    pending_sync: HashMap<OutboundRequestId, oneshot::Sender<Result<SyncResponse, NetError>>>,
+    pending_blob: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse, NetError>>>,
+    queued: VecDeque<GossipMsg>,
+    listen_addrs: Vec<Multiaddr>,
+    connected: HashMap<PeerId, PeerConn>,
+    topics: HashMap<TopicHash, Topic>,
+}
+
+/// Starts listening and spawns the event loop. Returns the client and the event stream.
+pub fn spawn(
+    mut swarm: Swarm<Behaviour>,
+    mesh_id: String,
+    listen: &[Multiaddr],
+    blob_server: Arc<dyn BlobServer>,
+    cancel: CancellationToken,
+) -> Result<
+    (
+        Client,
+        mpsc::Receiver<NetEvent>,
+        tokio::task::JoinHandle<()>,
+    ),
+    String,
+> {
+    let mut topics = HashMap::new();
+    for t in Topic::ALL {
+        let topic = IdentTopic::new(t.name(&mesh_id));
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|e| format!("cannot subscribe to {topic}: {e}"))?;
+        topics.insert(topic.hash(), t);
+    }
+    for addr in listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    }
+    let local_peer_id = *swarm.local_peer_id();
+    let (tx, commands) = mpsc::channel(256);
+    let (events_tx, events) = mpsc::channel(4096);
+    let event_loop = EventLoop {
+        swarm,
+        mesh_id,
+        commands,
+        self_tx: tx.downgrade(),
+        events: events_tx,
+        blob_server,
+        pending_sync: HashMap::new(),
+        pending_blob: HashMap::new(),
+        queued: VecDeque::new(),
+        listen_addrs: Vec::new(),
+        connected: HashMap::new(),
+        topics,
+    };
+    let handle = tokio::spawn(event_loop.run(cancel));
+    Ok((Client { tx, local_peer_id }, events, handle))
+}
+
+impl EventLoop {
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut retry = tokio::time::interval(Duration::from_secs(2));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                _ = retry.tick() => self.flush_queue(),
+            }
+        }
+        debug!("network loop stopped");
+    }
+
+    fn emit(&self, ev: NetEvent) {
+        if let Err(e) = self.events.try_send(ev) {
+            warn!("daemon is not keeping up with network events; dropped one: {e}");
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Publish(msg) => self.publish(msg),
+            Command::Sync { peer, req, reply } => {
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, req);
+                self.pending_sync.insert(id, reply);
+            }
+            Command::Blob { peer, req, reply } => {
+                let id = self.swarm.behaviour_mut().blob.send_request(&peer, req);
+                self.pending_blob.insert(id, reply);
+            }
+            Command::RespondSync { channel, resp } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, resp)
+                    .is_err()
+                {
+                    debug!("sync requester went away before the response");
+                }
+            }
+            Command::RespondBlob { channel, resp } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .blob
+                    .send_response(channel, resp)
+                    .is_err()
+                {
+                    debug!("blob requester went away before the response");
+                }
+            }
+            Command::Dial(addr) => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    debug!(%addr, "dial failed: {e}");
+                }
+            }
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.listen_addrs.clone());
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.connected.values().cloned().collect());
+            }
+        }
+    }
+
+    fn publish(&mut self, msg: GossipMsg) {
+        let topic = IdentTopic::new(msg.topic().name(&self.mesh_id));
+        let bytes = msg.clone().encode();
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+            Ok(_) | Err(PublishError::Duplicate) => {}
+            Err(e @ (PublishError::NoPeersSubscribedToTopic | PublishError::AllQueuesFull(_))) => {
+                debug!(topic = ?msg.topic(), "publish deferred: {e}");
+                if self.queued.len() >= MAX_QUEUED_PUBLISHES {
+                    self.queued.pop_front();
+                }
+                self.queued.push_back(msg);
+            }
+            Err(e) => warn!("cannot publish: {e}"),
+        }
+    }
+
+    fn flush_queue(&mut self) {
+        for msg in std::mem::take(&mut self.queued) {
+            self.publish(msg);
+        }
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                self.listen_addrs.push(address.clone());
+                self.emit(NetEvent::ListenAddr(address));
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let entry = self.connected.entry(peer_id).or_insert_with(|| PeerConn {
+                    id: peer_id,
+                    addrs: Vec::new(),
+                    agent: None,
+                    rtt_ms: None,
+                });
+                if endpoint.is_dialer() {
+                    let addr = endpoint.get_remote_address().clone();
+                    if !entry.addrs.contains(&addr) {
+                        entry.addrs.push(addr);
+                    }
+                }
+                if num_established.get() == 1 {
+                    info!(peer = %peer_id, "connected");
+                    self.emit(NetEvent::PeerConnected(peer_id));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                info!(peer = %peer_id, "disconnected");
+                self.connected.remove(&peer_id);
+                self.emit(NetEvent::PeerDisconnected(peer_id));
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                warn!(peer = ?peer_id, "outgoing connection failed: {error}");
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                warn!(from = %send_back_addr, "incoming connection failed (another mesh key?): {error}");
+            }
+            SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Gossipsub(ev) => self.on_gossip(ev),
+            BehaviourEvent::Sync(ev) => self.on_sync(ev),
+            BehaviourEvent::Blob(ev) => self.on_blob(ev),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let addrs: Vec<Multiaddr> =
+                    info.listen_addrs.into_iter().filter(is_dialable).collect();
+                for a in &addrs {
+                    self.swarm.add_peer_address(peer_id, a.clone());
+                }
+                if let Some(c) = self.connected.get_mut(&peer_id) {
+                    c.agent = Some(info.agent_version.clone());
+                    for a in &addrs {
+                        if !c.addrs.contains(a) {
+                            c.addrs.push(a.clone());
+                        }
+                    }
+                }
+                self.emit(NetEvent::Identified {
+                    peer: peer_id,
+                    agent: info.agent_version,
+                    addrs,
+                });
+            }
+            BehaviourEvent::Identify(_) => {}
+            BehaviourEvent::Ping(ev) => {
+                if let (Ok(rtt), Some(c)) = (ev.result, self.connected.get_mut(&ev.peer)) {
+                    c.rtt_ms = Some(rtt.as_millis() as u64);
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if peer == *self.swarm.local_peer_id() {
+                        continue;
+                    }
+                    self.swarm.add_peer_address(peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        debug!(%peer, %addr, "mDNS found a peer; dialing");
+                        let _ = self.swarm.dial(addr.with_p2p(peer).unwrap_or_else(|a| a));
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
+        }
+    }
+
+    fn on_gossip(&mut self, ev: gossipsub::Event) {
+        match ev {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let gs = &mut self.swarm.behaviour_mut().gossipsub;
+                let known_topic = self.topics.get(&message.topic).copied();
+                let decoded = GossipMsg::decode(&message.data).and_then(|m| {
+                    if Some(m.topic()) == known_topic {
+                        Ok(m)
+                    } else {
+                        Err("message on the wrong topic".to_string())
+                    }
+                });
+                match decoded {
+                    Ok(msg) => {
+                        gs.report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            MessageAcceptance::Accept,
+                        );
+                        let source = message.source.unwrap_or(propagation_source);
+                        self.emit(NetEvent::Gossip(Box::new(Gossip { source, msg })));
+                    }
+                    Err(reason) => {
+                        warn!(peer = %propagation_source, "rejected gossip: {reason}; disconnecting");
+                        gs.report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            MessageAcceptance::Reject,
+                        );
+                        let _ = self.swarm.disconnect_peer_id(propagation_source);
+                    }
+                }
+            }
+            gossipsub::Event::Subscribed { peer_id, .. } => {
+                debug!(peer = %peer_id, "peer subscribed");
+                self.flush_queue();
+            }
+            _ => {}
+        }
+    }
+
+    fn on_sync(&mut self, ev: request_response::Event<SyncRequest, SyncResponse>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                self.emit(NetEvent::SyncRequest {
+                    peer,
+                    req: request,
+                    channel,
+                });
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(tx) = self.pending_sync.remove(&request_id) {
+                    let _ = tx.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(tx) = self.pending_sync.remove(&request_id) {
+                    let _ = tx.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, "inbound sync failed: {error}");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_blob(&mut self, ev: request_response::Event<BlobRequest, BlobResponse>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let server = self.blob_server.clone();
+                let Some(tx) = self.self_tx.upgrade() else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let resp = tokio::task::spawn_blocking(move || server.serve(&request))
+                        .await
+                        .unwrap_or(BlobResponse::NotFound);
+                    let _ = tx.send(Command::RespondBlob { channel, resp }).await;
+                });
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(tx) = self.pending_blob.remove(&request_id) {
+                    let _ = tx.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(tx) = self.pending_blob.remove(&request_id) {
+                    let _ = tx.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, "inbound blob request failed: {error}");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+/// Addresses worth dialing: TCP over IPv4/IPv6/DNS, not unspecified.
+fn is_dialable(a: &Multiaddr) -> bool {
+    let mut tcp = false;
+    for p in a.iter() {
+        match p {
+            Protocol::Ip4(ip) if ip.is_unspecified() => return false,
+            Protocol::Ip6(ip) if ip.is_unspecified() => return false,
+            Protocol::Tcp(_) => tcp = true,
+            _ => {}
+        }
+    }
+    tcp
+}
+
+/// Shorthand used by the daemon to dedupe a peer's known addresses.
+pub fn unique_addrs(addrs: impl IntoIterator<Item = Multiaddr>) -> Vec<Multiaddr> {
+    let mut seen = HashSet::new();
+    addrs
+        .into_iter()
+        .filter(|a| seen.insert(a.clone()))
+        .collect()
+}

@@ -1,0 +1,148 @@
+//! Building the libp2p swarm: TCP + pnet (the mesh key) + noise + yamux, and the behaviours.
+
+use std::time::Duration;
+
+use libp2p::core::upgrade;
+use libp2p::identity::Keypair;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, Swarm, SwarmBuilder, Transport, gossipsub, identify, mdns, noise, ping,
+    request_response, tcp, yamux,
+};
+
+use super::codec::PostcardCodec;
+use super::ticket::MeshKey;
+use super::wire::{BlobRequest, BlobResponse, MAX_GOSSIP_BYTES, SyncRequest, SyncResponse};
+
+pub const SYNC_PROTOCOL: &str = "/meshd/sync/1";
+pub const BLOB_PROTOCOL: &str = "/meshd/blob/1";
+pub const IDENTIFY_PROTOCOL: &str = "/meshd/id/1";
+
+/// Limits on request-response bodies. A chunk is at most 1 MiB (see `transfer::chunk`).
+const MAX_SYNC_REQUEST: usize = 4 * 1024 * 1024;
+const MAX_SYNC_RESPONSE: usize = 64 * 1024 * 1024;
+const MAX_BLOB_REQUEST: usize = 1024;
+const MAX_BLOB_RESPONSE: usize = 4 * 1024 * 1024;
+
+pub type SyncCodec = PostcardCodec<SyncRequest, SyncResponse>;
+pub type BlobCodec = PostcardCodec<BlobRequest, BlobResponse>;
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub gossipsub: gossipsub::Behaviour,
+    pub sync: request_response::Behaviour<SyncCodec>,
+    pub blob: request_response::Behaviour<BlobCodec>,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("could not set up the transport: {0}")]
+    Transport(String),
+    #[error("could not set up the network behaviour: {0}")]
+    Behaviour(String),
+}
+
+/// Builds the swarm for one mesh. `gossip_heartbeat` is gossipsub's heartbeat interval.
+pub fn build(
+    keypair: Keypair,
+    key: MeshKey,
+    mdns_enabled: bool,
+    agent: String,
+    gossip_heartbeat: Duration,
+) -> Result<Swarm<Behaviour>, BuildError> {
+    let psk = PreSharedKey::new(key.0);
+    let builder = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_other_transport(|key| {
+            let noise = noise::Config::new(key)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                    .upgrade(upgrade::Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .timeout(Duration::from_secs(20)),
+            )
+        })
+        .map_err(|e| BuildError::Transport(e.to_string()))?
+        .with_dns()
+        .map_err(|e| BuildError::Transport(e.to_string()))?;
+
+    let builder = builder
+        .with_behaviour(|key| {
+            let gossip_cfg = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(gossip_heartbeat)
+                .mesh_n(4)
+                .mesh_n_low(2)
+                .mesh_n_high(8)
+                .mesh_outbound_min(1)
+                .max_transmit_size(MAX_GOSSIP_BYTES)
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                // Content id scoped to the author: two peers may publish identical bytes
+                // (e.g. equal heartbeats), and those are different messages.
+                .message_id_fn(|m: &gossipsub::Message| {
+                    let mut h = blake3::Hasher::new();
+                    if let Some(source) = &m.source {
+                        h.update(&source.to_bytes());
+                    }
+                    h.update(&m.data);
+                    gossipsub::MessageId::from(h.finalize().as_bytes()[..20].to_vec())
+                })
+                .build()
+                .map_err(|e| e.to_string())?;
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_cfg,
+            )?;
+            let sync = request_response::Behaviour::with_codec(
+                SyncCodec::new(MAX_SYNC_REQUEST, MAX_SYNC_RESPONSE),
+                [(
+                    StreamProtocol::new(SYNC_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+            );
+            let blob = request_response::Behaviour::with_codec(
+                BlobCodec::new(MAX_BLOB_REQUEST, MAX_BLOB_RESPONSE),
+                [(
+                    StreamProtocol::new(BLOB_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(60))
+                    .with_max_concurrent_streams(64),
+            );
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                    .with_agent_version(agent.clone()),
+            );
+            let ping = ping::Behaviour::new(ping::Config::new());
+            let mdns = if mdns_enabled {
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    key.public().to_peer_id(),
+                )?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                gossipsub,
+                sync,
+                blob,
+                identify,
+                ping,
+                mdns: Toggle::from(mdns),
+            })
+        })
+        .map_err(|e| BuildError::Behaviour(e.to_string()))?;
+
+    Ok(builder
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build())
+}

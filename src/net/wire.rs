@@ -1,0 +1,169 @@
+//! Every message meshd peers exchange. See `docs/protocol.md` for the prose version.
+//!
+//! All messages are postcard. Enums are append-only (postcard encodes the variant index), and
+//! every gossip envelope carries [`WIRE_VERSION`]. Decoders never trust a length: request and
+//! response sizes are bounded by the codec, gossip by gossipsub's `max_transmit_size`.
+
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{BlobId, ChunkId, JobId};
+use crate::ledger::{FrameUpdate, JobSpec};
+use crate::render::DeviceInfo;
+
+/// Version of the gossip envelope and the request/response bodies.
+pub const WIRE_VERSION: u16 = 1;
+
+/// Largest gossip message we publish or accept.
+pub const MAX_GOSSIP_BYTES: usize = 256 * 1024;
+
+/// Gossip topics of one mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Job announcements ([`GossipMsg::Job`]).
+    Jobs,
+    /// Frame claims, results and failures ([`GossipMsg::Frames`]).
+    Claims,
+    /// Heartbeats ([`GossipMsg::Heartbeat`]).
+    Peers,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 3] = [Topic::Jobs, Topic::Claims, Topic::Peers];
+
+    /// Topic string, scoped to the mesh so that two meshes never share a topic.
+    pub fn name(self, mesh_id: &str) -> String {
+        let t = match self {
+            Topic::Jobs => "jobs",
+            Topic::Claims => "claims",
+            Topic::Peers => "peers",
+        };
+        format!("/meshd/{mesh_id}/{t}/1")
+    }
+}
+
+/// What travels on a gossip topic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u16,
+    pub msg: GossipMsg,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum GossipMsg {
+    /// A job was submitted (or is re-announced).
+    Job(JobSpec),
+    /// Frame-state deltas: claims, results, failures. Joined into the ledger.
+    Frames(Vec<FrameUpdate>),
+    /// A peer is alive; what it can do.
+    Heartbeat(Heartbeat),
+}
+
+impl GossipMsg {
+    pub fn topic(&self) -> Topic {
+        match self {
+            GossipMsg::Job(_) => Topic::Jobs,
+            GossipMsg::Frames(_) => Topic::Claims,
+            GossipMsg::Heartbeat(_) => Topic::Peers,
+        }
+    }
+
+    pub fn encode(self) -> Vec<u8> {
+        postcard::to_stdvec(&Envelope {
+            version: WIRE_VERSION,
+            msg: self,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Decodes and checks a gossip payload from a peer.
+    pub fn decode(bytes: &[u8]) -> Result<GossipMsg, String> {
+        if bytes.len() > MAX_GOSSIP_BYTES {
+            return Err("oversized gossip message".into());
+        }
+        let env: Envelope = postcard::from_bytes(bytes).map_err(|e| format!("undecodable: {e}"))?;
+        if env.version != WIRE_VERSION {
+            return Err(format!("unsupported wire version {}", env.version));
+        }
+        match &env.msg {
+            GossipMsg::Job(spec) => spec.validate()?,
+            GossipMsg::Frames(updates) => {
+                for u in updates {
+                    u.state.validate()?;
+                }
+            }
+            GossipMsg::Heartbeat(hb) => hb.validate()?,
+        }
+        Ok(env.msg)
+    }
+}
+
+/// Sent on [`Topic::Peers`] every few seconds. Leases are judged by the local time at which a
+/// peer's latest heartbeat arrived, never by a timestamp inside it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Increases with every heartbeat (keeps gossip message ids distinct).
+    pub seq: u64,
+    /// The sender's start counter: claims of an older incarnation are dead.
+    pub incarnation: u64,
+    /// Whether the sender has a working Blender and takes frames.
+    pub can_render: bool,
+    /// Blender version, e.g. "3.4.1".
+    pub blender: Option<String>,
+    pub devices: Vec<DeviceInfo>,
+    /// The device kind this peer renders with.
+    pub render_device: Option<String>,
+    /// Frames being rendered right now.
+    pub rendering: Vec<(JobId, u32)>,
+}
+
+impl Heartbeat {
+    fn validate(&self) -> Result<(), String> {
+        if self.devices.len() > 64 || self.rendering.len() > 64 {
+            return Err("heartbeat too large".into());
+        }
+        Ok(())
+    }
+}
+
+/// `/meshd/sync/1` request: "here is what I have, send me what I lack".
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    pub version: u16,
+    /// Per job, the digest of the requester's frame states.
+    pub digests: Vec<(JobId, [u8; 32])>,
+}
+
+/// `/meshd/sync/1` response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncResponse {
+    pub version: u16,
+    /// Jobs the requester did not list.
+    pub jobs: Vec<JobSpec>,
+    /// Every non-empty frame state of each job whose digest differs (or was missing).
+    pub updates: Vec<FrameUpdate>,
+}
+
+/// `/meshd/blob/1` request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobRequest {
+    /// The postcard-encoded manifest of a blob.
+    Manifest(BlobId),
+    /// One chunk's bytes.
+    Chunk(ChunkId),
+}
+
+/// `/meshd/blob/1` response. The requester verifies every byte against the hash it asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobResponse {
+    Manifest(Vec<u8>),
+    Chunk(Vec<u8>),
+    NotFound,
+}
+
+/// Who sent what, for events the node hands to the daemon.
+#[derive(Clone, Debug)]
+pub struct Gossip {
+    pub source: PeerId,
+    pub msg: GossipMsg,
+}

@@ -1,0 +1,181 @@
+//! Blob files: each blob lives whole at `blobs/<hex id>`, with its manifest in sled and every
+//! chunk indexed by hash (`ChunkId → (blob, offset, len)`) so chunks can be served to peers
+//! and reused locally when a new version of a file shares them.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::{Store, StoreError};
+use crate::ids::{BlobId, ChunkId};
+use crate::net::{BlobRequest, BlobResponse, BlobServer};
+use crate::transfer::manifest::Manifest;
+
+/// Where a chunk's bytes are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkLoc {
+    pub blob: BlobId,
+    pub offset: u64,
+    pub len: u32,
+}
+
+impl Store {
+    pub fn blob_path(&self, id: &BlobId) -> PathBuf {
+        self.blob_dir.join(id.to_hex())
+    }
+
+    pub fn has_blob(&self, id: &BlobId) -> bool {
+        self.manifests.contains_key(id.0).unwrap_or(false) && self.blob_path(id).is_file()
+    }
+
+    /// A fresh temporary path inside the blob dir (same filesystem, so renames are atomic).
+    pub fn temp_path(&self) -> PathBuf {
+        self.blob_dir
+            .join("tmp")
+            .join(format!("{:016x}", rand::random::<u64>()))
+    }
+
+    pub fn manifest(&self, id: &BlobId) -> Option<Manifest> {
+        let bytes = self.manifests.get(id.0).ok()??;
+        Manifest::decode_verified(&bytes, id).ok()
+    }
+
+    /// Copies `path` into the store and returns its id.
+    pub fn import_copy(&self, path: &Path) -> Result<BlobId, StoreError> {
+        let tmp = self.temp_path();
+        std::fs::copy(path, &tmp)?;
+        self.import_owned(&tmp)
+    }
+
+    /// Moves `path` (which must be on the data dir's filesystem) into the store.
+    pub fn import_owned(&self, path: &Path) -> Result<BlobId, StoreError> {
+        let manifest = Manifest::build(File::open(path)?)?;
+        self.commit(path, &manifest)
+    }
+
+    /// Files a complete, verified blob at `tmp` under its manifest's id.
+    pub fn commit(&self, tmp: &Path, manifest: &Manifest) -> Result<BlobId, StoreError> {
+        let id = manifest.id();
+        let dest = self.blob_path(&id);
+        if self.has_blob(&id) {
+            let _ = std::fs::remove_file(tmp);
+            return Ok(id);
+        }
+        File::open(tmp)?.sync_all()?;
+        std::fs::rename(tmp, &dest)?;
+        for (offset, c) in manifest.offsets() {
+            let loc = ChunkLoc {
+                blob: id,
+                offset,
+                len: c.len,
+            };
+            let bytes =
+                postcard::to_stdvec(&loc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            self.chunks.insert(c.id.0, bytes)?;
+        }
+        self.manifests.insert(id.0, manifest.encode())?;
+        Ok(id)
+    }
+
+    /// Reads one chunk from whichever local blob holds it, verified against its hash.
+    pub fn read_chunk(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        let loc_bytes = self.chunks.get(id.0).ok()??;
+        let loc: ChunkLoc = postcard::from_bytes(&loc_bytes).ok()?;
+        let mut f = File::open(self.blob_path(&loc.blob)).ok()?;
+        f.seek(SeekFrom::Start(loc.offset)).ok()?;
+        let mut buf = vec![0u8; loc.len as usize];
+        f.read_exact(&mut buf).ok()?;
+        if ChunkId::of(&buf) != *id {
+            warn!(chunk = %id.short(), blob = %loc.blob.short(), "stored chunk is corrupt");
+            return None;
+        }
+        Some(buf)
+    }
+
+    /// Writes `bytes` at `offset` of the file at `path`.
+    pub fn write_at(path: &Path, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        let f = std::fs::OpenOptions::new().write(true).open(path)?;
+        f.write_all_at(bytes, offset)
+    }
+}
+
+impl BlobServer for Store {
+    fn serve(&self, req: &BlobRequest) -> BlobResponse {
+        match req {
+            BlobRequest::Manifest(id) => match self.manifests.get(id.0) {
+                Ok(Some(bytes)) if self.blob_path(id).is_file() => {
+                    BlobResponse::Manifest(bytes.to_vec())
+                }
+                _ => BlobResponse::NotFound,
+            },
+            BlobRequest::Chunk(id) => match self.read_chunk(id) {
+                Some(bytes) => BlobResponse::Chunk(bytes),
+                None => BlobResponse::NotFound,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_serve_and_reuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let src = dir.path().join("scene.blend");
+        let data: Vec<u8> = (0..700_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(&src, &data).unwrap();
+        let id = store.import_copy(&src).unwrap();
+        assert!(store.has_blob(&id));
+        assert_eq!(std::fs::read(store.blob_path(&id)).unwrap(), data);
+
+        let BlobResponse::Manifest(mbytes) = store.serve(&BlobRequest::Manifest(id)) else {
+            panic!("manifest not served")
+        };
+        let m = Manifest::decode_verified(&mbytes, &id).unwrap();
+        let mut rebuilt = Vec::new();
+        for c in &m.chunks {
+            let BlobResponse::Chunk(b) = store.serve(&BlobRequest::Chunk(c.id)) else {
+                panic!("chunk not served")
+            };
+            rebuilt.extend_from_slice(&b);
+        }
+        assert_eq!(rebuilt, data);
+        assert_eq!(
+            store.serve(&BlobRequest::Manifest(BlobId::of(b"nope"))),
+            BlobResponse::NotFound
+        );
+
+        // Importing the same bytes again yields the same id and leaves no temp file behind.
+        assert_eq!(store.import_copy(&src).unwrap(), id);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn corrupt_chunk_on_disk_is_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let src = dir.path().join("f");
+        std::fs::write(&src, vec![7u8; 100_000]).unwrap();
+        let id = store.import_copy(&src).unwrap();
+        let m = store.manifest(&id).unwrap();
+        Store::write_at(&store.blob_path(&id), 10, b"X").unwrap();
+        assert_eq!(
+            store.serve(&BlobRequest::Chunk(m.chunks[0].id)),
+            BlobResponse::NotFound
+        );
+    }
+}

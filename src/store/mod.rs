@@ -1,0 +1,222 @@
+//! Persistent state: a sled database for jobs, frame states and local bookkeeping, and
+//! blob files on disk named by their id (see [`blobs`]).
+//!
+//! Trees:
+//! - `meta`: `incarnation` (u64 BE, bumped at every start)
+//! - `jobs`: JobId → postcard `JobSpec`
+//! - `frames`: JobId ‖ frame (u32 BE) → postcard `FrameState`
+//! - `local`: JobId → postcard [`LocalJob`] (jobs submitted here: where their frames go)
+//! - `written`: JobId ‖ frame → BlobId of the frame file written to the output dir
+//! - `peers`: PeerId bytes → postcard list of multiaddr strings
+//! - `manifests`: BlobId → manifest bytes; `chunks`: ChunkId → [`blobs::ChunkLoc`]
+
+pub mod blobs;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::ids::{BlobId, JobId};
+use crate::ledger::{FrameState, FrameUpdate, JobSpec, Ledger};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sled::Error),
+    #[error("file error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Manifest(#[from] crate::transfer::manifest::ManifestError),
+}
+
+/// A job submitted from this machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalJob {
+    /// Where finished frames are written.
+    pub out_dir: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    jobs: sled::Tree,
+    frames: sled::Tree,
+    local: sled::Tree,
+    written: sled::Tree,
+    peers: sled::Tree,
+    pub(crate) manifests: sled::Tree,
+    pub(crate) chunks: sled::Tree,
+    blob_dir: PathBuf,
+}
+
+fn frame_key(job: &JobId, frame: u32) -> [u8; 36] {
+    let mut k = [0u8; 36];
+    k[..32].copy_from_slice(&job.0);
+    k[32..].copy_from_slice(&frame.to_be_bytes());
+    k
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+impl Store {
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(data_dir.join("db"))
+            .flush_every_ms(Some(200))
+            .open()?;
+        let blob_dir = data_dir.join("blobs");
+        std::fs::create_dir_all(blob_dir.join("tmp"))?;
+        Ok(Store {
+            meta: db.open_tree("meta")?,
+            jobs: db.open_tree("jobs")?,
+            frames: db.open_tree("frames")?,
+            local: db.open_tree("local")?,
+            written: db.open_tree("written")?,
+            peers: db.open_tree("peers")?,
+            manifests: db.open_tree("manifests")?,
+            chunks: db.open_tree("chunks")?,
+            db,
+            blob_dir,
+        })
+    }
+
+    /// Increments and returns this daemon's start counter.
+    pub fn next_incarnation(&self) -> Result<u64, StoreError> {
+        let v = self.meta.update_and_fetch("incarnation", |old| {
+            let n = old
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            Some((n + 1).to_be_bytes().to_vec())
+        })?;
+        let bytes: [u8; 8] = v
+            .as_deref()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| StoreError::Corrupt("incarnation".into()))?;
+        self.db.flush()?;
+        Ok(u64::from_be_bytes(bytes))
+    }
+
+    pub fn put_job(&self, spec: &JobSpec) -> Result<(), StoreError> {
+        self.jobs.insert(spec.id().0, spec.encode())?;
+        Ok(())
+    }
+
+    pub fn put_frame(&self, job: &JobId, frame: u32, state: &FrameState) -> Result<(), StoreError> {
+        let bytes = postcard::to_stdvec(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.frames.insert(frame_key(job, frame), bytes)?;
+        Ok(())
+    }
+
+    /// Rebuilds the ledger from disk. Entries that no longer decode are skipped with a warning.
+    pub fn load_ledger(&self) -> Result<Ledger, StoreError> {
+        let mut ledger = Ledger::new();
+        for item in self.jobs.iter() {
+            let (_, v) = item?;
+            match decode::<JobSpec>("job", &v).map(|s| ledger.insert_job(s)) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!("skipping stored job: {e}"),
+                Err(e) => warn!("skipping stored job: {e}"),
+            }
+        }
+        for item in self.frames.iter() {
+            let (k, v) = item?;
+            if k.len() != 36 {
+                continue;
+            }
+            let mut job = [0u8; 32];
+            job.copy_from_slice(&k[..32]);
+            let frame = u32::from_be_bytes([k[32], k[33], k[34], k[35]]);
+            let state: FrameState = match decode("frame", &v) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("skipping stored frame: {e}");
+                    continue;
+                }
+            };
+            let update = FrameUpdate {
+                job: JobId(job),
+                frame,
+                state,
+            };
+            if let Err(e) = ledger.apply(&update) {
+                warn!("skipping stored frame: {e}");
+            }
+        }
+        Ok(ledger)
+    }
+
+    pub fn put_local_job(&self, job: &JobId, local: &LocalJob) -> Result<(), StoreError> {
+        let bytes = postcard::to_stdvec(local).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.local.insert(job.0, bytes)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn local_jobs(&self) -> Result<BTreeMap<JobId, LocalJob>, StoreError> {
+        let mut out = BTreeMap::new();
+        for item in self.local.iter() {
+            let (k, v) = item?;
+            let Ok(id) = <[u8; 32]>::try_from(&k[..]) else {
+                continue;
+            };
+            out.insert(JobId(id), decode("local job", &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Frames of `job` already written to its output dir, with the blob written.
+    pub fn written_frames(&self, job: &JobId) -> Result<BTreeMap<u32, BlobId>, StoreError> {
+        let mut out = BTreeMap::new();
+        for item in self.written.scan_prefix(job.0) {
+            let (k, v) = item?;
+            if k.len() != 36 {
+                continue;
+            }
+            let frame = u32::from_be_bytes([k[32], k[33], k[34], k[35]]);
+            let Ok(blob) = <[u8; 32]>::try_from(&v[..]) else {
+                continue;
+            };
+            out.insert(frame, BlobId(blob));
+        }
+        Ok(out)
+    }
+
+    pub fn mark_written(&self, job: &JobId, frame: u32, blob: &BlobId) -> Result<(), StoreError> {
+        self.written.insert(frame_key(job, frame), &blob.0)?;
+        Ok(())
+    }
+
+    pub fn put_peer_addrs(&self, peer: &PeerId, addrs: &[Multiaddr]) -> Result<(), StoreError> {
+        let list: Vec<String> = addrs.iter().take(16).map(|a| a.to_string()).collect();
+        let bytes = postcard::to_stdvec(&list).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.peers.insert(peer.to_bytes(), bytes)?;
+        Ok(())
+    }
+
+    pub fn peer_addrs(&self) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.peers.iter() {
+            let (k, v) = item?;
+            let Ok(peer) = PeerId::from_bytes(&k) else {
+                continue;
+            };
+            let list: Vec<String> = decode("peer", &v)?;
+            out.push((peer, list.iter().filter_map(|a| a.parse().ok()).collect()));
+        }
+        Ok(out)
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}

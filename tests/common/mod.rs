@@ -1,0 +1,283 @@
+//! Test harness: daemons as separate processes of the built binary on 127.0.0.1, each with its
+//! own data dir, killed when the test ends (pass or fail). Waits are bounded polls of a
+//! condition, never fixed sleeps.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_meshd");
+
+/// Polls `cond` every 100 ms until it holds; panics with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// The Blender the tests use: $BLENDER or `blender` on PATH. Missing Blender fails the test.
+pub fn blender() -> PathBuf {
+    if let Some(b) = std::env::var_os("BLENDER") {
+        return PathBuf::from(b);
+    }
+    let ok = Command::new("blender")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match ok {
+        Ok(s) if s.success() => PathBuf::from("blender"),
+        _ => panic!(
+            "Blender is required for this test: install it (apt-get install blender) or set BLENDER"
+        ),
+    }
+}
+
+/// Generates the test scene with the project's own script.
+pub fn make_scene(
+    dir: &Path,
+    name: &str,
+    frames: u32,
+    width: u32,
+    height: u32,
+    samples: u32,
+) -> PathBuf {
+    let out = dir.join(name);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make_demo_scene.py");
+    let status = Command::new(blender())
+        .args(["-b", "--factory-startup", "-noaudio", "--python"])
+        .arg(&script)
+        .arg("--")
+        .arg(&out)
+        .args([
+            "--frames",
+            &frames.to_string(),
+            "--width",
+            &width.to_string(),
+        ])
+        .args([
+            "--height",
+            &height.to_string(),
+            "--samples",
+            &samples.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run blender");
+    assert!(status.success() && out.is_file(), "scene generation failed");
+    out
+}
+
+pub struct Daemon {
+    pub name: String,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `meshd join` with its data dir under `root`, and waits until its API answers.
+    pub fn start(root: &Path, name: &str, ticket: Option<&str>, extra: &[&str]) -> Daemon {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = root.join(format!("{name}.log"));
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--data-dir").arg(&dir).arg("join");
+        if let Some(t) = ticket {
+            cmd.arg(t);
+        }
+        cmd.args([
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "127.0.0.1:0",
+            "--no-mdns",
+        ])
+        .args(extra)
+        .env("BLENDER", blender())
+        .env("RUST_LOG", "info,libp2p_gossipsub=error")
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf);
+        let child = cmd.spawn().expect("spawn meshd");
+        let d = Daemon {
+            name: name.into(),
+            dir,
+            child: Some(child),
+            log,
+        };
+        d.wait_ready();
+        d
+    }
+
+    /// Restarts a killed daemon with the same data dir.
+    pub fn restart(&mut self, root: &Path, extra: &[&str]) {
+        self.kill();
+        let name = self.name.clone();
+        let fresh = Daemon::start(root, &name, None, extra);
+        *self = fresh;
+    }
+
+    fn wait_ready(&self) {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{} to answer on its API", self.name),
+            || {
+                let out = self.cli(&["invite", "--json"]);
+                out.status.success()
+            },
+        );
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run meshd")
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("valid JSON")
+    }
+
+    pub fn ticket(&self) -> String {
+        self.cli_json(&["invite", "--json"])["ticket"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn peer_id(&self) -> String {
+        let peers = self.cli_json(&["peers", "--json"]);
+        peers["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["self"] == true)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Ids of the peers this daemon is connected to.
+    pub fn connected_peers(&self) -> Vec<String> {
+        let peers = self.cli_json(&["peers", "--json"]);
+        peers["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["self"] == false && p["connected"] == true)
+            .map(|p| p["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Peers (self included) that this daemon sees able to render.
+    pub fn renderers(&self) -> usize {
+        let peers = self.cli_json(&["peers", "--json"]);
+        peers["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["can_render"] == true)
+            .count()
+    }
+
+    pub fn status(&self) -> Value {
+        self.cli_json(&["status", "--json"])
+    }
+
+    pub fn job(&self, id: &str) -> Value {
+        let s = self.status();
+        s["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- last lines of {} ----", self.name);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// Submits `scene` with `frames` from `d`; returns the job id.
+pub fn submit(d: &Daemon, scene: &Path, frames: &str, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "submit",
+        scene.to_str().unwrap(),
+        frames,
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    d.cli_json(&args)["id"].as_str().unwrap().to_string()
+}
+
+/// Asserts that `dir` holds exactly `frames` as valid PNGs of `size` and nothing else.
+pub fn assert_frames(dir: &Path, frames: &[u32], size: (u32, u32)) {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = frames.iter().map(|f| format!("frame_{f:04}.png")).collect();
+    want.sort();
+    assert_eq!(names, want, "output dir holds exactly one file per frame");
+    for n in &names {
+        let img = image::open(dir.join(n)).unwrap_or_else(|e| panic!("{n} does not decode: {e}"));
+        assert_eq!((img.width(), img.height()), size, "{n} has the wrong size");
+    }
+}

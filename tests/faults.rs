@@ -1,0 +1,108 @@
+//! Faults: a renderer killed mid-job, a daemon restarted with its data dir.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn killed_renderer_mid_job_still_yields_every_frame_once() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "kill.blend", 12, 160, 90, 32);
+    let lease = ["--lease-secs", "3"];
+    // The submitter does not render, so the killed peer surely holds frames mid-job.
+    let a = Daemon::start(
+        root.path(),
+        "a",
+        None,
+        &["--lease-secs", "3", "--no-render"],
+    );
+    let ticket = a.ticket();
+    let mut b = Daemon::start(root.path(), "b", Some(&ticket), &lease);
+    let c = Daemon::start(root.path(), "c", Some(&ticket), &lease);
+    wait_until(
+        Duration::from_secs(60),
+        "two renderers visible to the submitter",
+        || a.renderers() == 2,
+    );
+    let b_id = b.peer_id();
+
+    let out = root.path().join("out");
+    let id = submit(&a, &scene, "1-12", &out, &[]);
+    // Kill b while it holds a claim.
+    let mut held = None;
+    wait_until(
+        Duration::from_secs(120),
+        "b to be rendering a frame",
+        || {
+            let job = a.job(&id);
+            held = job["frames"].as_array().and_then(|fs| {
+                fs.iter()
+                    .find(|f| f["state"] == "rendering" && f["peer"] == b_id.as_str())
+                    .map(|f| f["frame"].as_u64().unwrap())
+            });
+            held.is_some()
+        },
+    );
+    b.kill();
+    let held = held.unwrap();
+
+    wait_until(
+        Duration::from_secs(300),
+        "every frame written despite the dead peer",
+        || a.job(&id)["frames_written"] == 12,
+    );
+    let frames: Vec<u32> = (1..=12).collect();
+    assert_frames(&out, &frames, (160, 90));
+    let job = a.job(&id);
+    assert_eq!(job["state"], "done");
+    let f = job["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["frame"] == held)
+        .unwrap()
+        .clone();
+    assert_eq!(f["state"], "done");
+    assert_ne!(
+        f["peer"],
+        b_id.as_str(),
+        "the frame b held was rendered by another peer"
+    );
+    drop(c);
+}
+
+#[test]
+fn restarted_daemon_carries_on_and_finished_job_stays_finished() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "restart.blend", 8, 120, 68, 16);
+    let mut a = Daemon::start(root.path(), "a", None, &[]);
+    let out = root.path().join("out");
+    let id = submit(&a, &scene, "1-8", &out, &[]);
+    wait_until(Duration::from_secs(120), "a few frames done", || {
+        a.job(&id)["frames_done"].as_u64().unwrap_or(0) >= 2
+    });
+    // kill -9 mid-job, then start again on the same data dir.
+    a.restart(root.path(), &[]);
+    assert_eq!(
+        a.job(&id)["frames_total"],
+        8,
+        "the job survived the restart"
+    );
+    wait_until(
+        Duration::from_secs(180),
+        "the restarted daemon to finish the job",
+        || a.job(&id)["frames_written"] == 8,
+    );
+    assert_frames(&out, &(1..=8).collect::<Vec<_>>(), (120, 68));
+
+    // A finished job stays finished across another restart, and nothing is rendered again.
+    let before = a.job(&id);
+    a.restart(root.path(), &[]);
+    let after = a.job(&id);
+    assert_eq!(after["state"], "done");
+    assert_eq!(after["frames_done"], 8);
+    assert_eq!(after["frames_written"], 8);
+    assert_eq!(before["frames"], after["frames"]);
+}

@@ -1,0 +1,108 @@
+//! Three daemons as separate processes on 127.0.0.1 render a generated scene with real Blender.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn three_daemons_render_a_job_together() {
+    let root = tempfile::tempdir().unwrap();
+    // Frames slow enough (~0.3-1 s each) that all three peers get a share.
+    let scene = make_scene(root.path(), "shot.blend", 12, 160, 90, 16);
+    let a = Daemon::start(root.path(), "a", None, &["--lease-secs", "5"]);
+    let ticket = a.ticket();
+    let b = Daemon::start(root.path(), "b", Some(&ticket), &["--lease-secs", "5"]);
+    let c = Daemon::start(root.path(), "c", Some(&ticket), &["--lease-secs", "5"]);
+    wait_until(
+        Duration::from_secs(60),
+        "all three peers to see three renderers",
+        || [&a, &b, &c].iter().all(|d| d.renderers() == 3),
+    );
+
+    let out = root.path().join("out");
+    let id = submit(&a, &scene, "1-12", &out, &[]);
+    wait_until(
+        Duration::from_secs(300),
+        "every frame written to the output dir",
+        || a.job(&id)["frames_written"] == 12,
+    );
+
+    let frames: Vec<u32> = (1..=12).collect();
+    assert_frames(&out, &frames, (160, 90));
+
+    // `meshd status --json` has the documented shape on every peer, and all agree.
+    let job = a.job(&id);
+    assert_eq!(job["state"], "done");
+    assert_eq!(job["frames_total"], 12);
+    assert_eq!(job["frames_done"], 12);
+    assert_eq!(job["name"], "shot");
+    let list = job["frames"].as_array().unwrap();
+    assert_eq!(list.len(), 12);
+    let mut renderers = std::collections::HashSet::new();
+    for f in list {
+        assert_eq!(f["state"], "done");
+        renderers.insert(f["peer"].as_str().unwrap().to_string());
+    }
+    assert!(
+        renderers.len() >= 2,
+        "frames spread over at least two peers: {renderers:?}"
+    );
+    for d in [&b, &c] {
+        wait_until(
+            Duration::from_secs(30),
+            "the other peers to agree the job is done",
+            || d.job(&id)["frames_done"] == 12,
+        );
+    }
+
+    // `meshd peers --json`: ids and frames_rendered add up to the job.
+    let peers = a.cli_json(&["peers", "--json"]);
+    let peers = peers["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 3);
+    let total: u64 = peers
+        .iter()
+        .map(|p| p["frames_rendered"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 12);
+    assert!(
+        peers
+            .iter()
+            .all(|p| p["id"].as_str().is_some_and(|s| s.starts_with("12D3")))
+    );
+    assert!(peers.iter().all(|p| p["blender"].as_str().is_some()));
+
+    // Human-readable status names the job; `status JOB` lists frames.
+    let human = a.cli(&["status", &id[..8]]);
+    assert!(human.status.success());
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("shot") && text.contains("12/12") && text.contains("frame"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_late_peer_catches_up_by_sync() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "late.blend", 3, 64, 48, 4);
+    let a = Daemon::start(root.path(), "a", None, &[]);
+    let out = root.path().join("out");
+    let id = submit(&a, &scene, "1-3", &out, &[]);
+    wait_until(
+        Duration::from_secs(120),
+        "the job to finish on a single peer",
+        || a.job(&id)["frames_written"] == 3,
+    );
+    // A peer that joins afterwards never saw the gossip; state sync brings the whole job.
+    let b = Daemon::start(root.path(), "b", Some(&a.ticket()), &[]);
+    wait_until(
+        Duration::from_secs(30),
+        "the late peer to learn the finished job",
+        || {
+            let j = b.job(&id);
+            j["state"] == "done" && j["frames_done"] == 3
+        },
+    );
+}
