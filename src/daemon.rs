@@ -52,6 +52,10 @@ pub struct DaemonConfig {
     pub render: bool,
     /// Frames a Blender process renders before it is recycled.
     pub frames_per_worker: u32,
+    /// Recycle a Blender process whose memory grows above this (MiB).
+    pub max_worker_rss_mib: Option<u64>,
+    /// One worker for all GPUs instead of one per GPU.
+    pub gpus_together: bool,
 }
 
 /// Requests from the local API.
@@ -109,11 +113,12 @@ struct Daemon {
     render: render::RenderState,
     /// Output files being written (submitter side).
     writing: HashSet<(JobId, u32)>,
+    /// Output writes that failed, and when to try again.
+    write_retry: HashMap<(JobId, u32), Instant>,
     local_jobs: HashMap<JobId, crate::store::LocalJob>,
     written: HashMap<JobId, HashMap<u32, BlobId>>,
     tasks: JoinSet<TaskDone>,
     hb_seq: u64,
-    started: Instant,
 }
 
 /// Runs a daemon until `shutdown` fires. `on_ready` receives the invite ticket once listening.
@@ -133,6 +138,7 @@ pub async fn run(
     )
     .map_err(DaemonError::Api)?;
 
+    let (render, mut progress_rx) = render::RenderState::new();
     let mut d = Daemon {
         me: boot.net.local_peer_id(),
         incarnation: boot.incarnation,
@@ -144,13 +150,13 @@ pub async fn run(
         policy: RetryPolicy::default(),
         blender: None,
         scenes: HashMap::new(),
-        render: render::RenderState::default(),
+        render,
         writing: HashSet::new(),
+        write_retry: HashMap::new(),
         local_jobs: HashMap::new(),
         written: HashMap::new(),
         tasks: JoinSet::new(),
         hb_seq: 0,
-        started: Instant::now(),
         cfg,
     };
     d.load_local_jobs();
@@ -159,6 +165,9 @@ pub async fn run(
         let blender = d.cfg.blender.clone();
         d.tasks
             .spawn(async move { TaskDone::Probed(render::probe_blender(blender).await) });
+    }
+    if let Err(e) = d.store.add_bootstrap(&boot.dial) {
+        warn!("cannot remember bootstrap addresses: {e}");
     }
     for addr in boot.dial {
         let _ = d.net.dial(addr).await;
@@ -183,7 +192,10 @@ pub async fn run(
     let mut schedule = tokio::time::interval(Duration::from_millis(200));
     let mut anti_entropy = tokio::time::interval(Duration::from_secs(5));
     let mut redial = tokio::time::interval(Duration::from_secs(10));
+    // Live progress goes out with an early heartbeat, at most this often.
+    let mut progress = tokio::time::interval(Duration::from_secs(1));
     for t in [
+        &mut progress,
         &mut heartbeat,
         &mut schedule,
         &mut anti_entropy,
@@ -200,7 +212,10 @@ pub async fn run(
             Some(res) = d.tasks.join_next() => match res {
                 Ok(done) => d.on_task_done(done).await,
                 Err(e) if e.is_cancelled() => {}
-                Err(e) => warn!("background task failed: {e}"),
+                Err(e) => {
+                    warn!("background task failed: {e}");
+                    d.on_task_panicked(e.id()).await;
+                }
             },
             ev = net_events.recv() => match ev {
                 Some(ev) => d.on_net_event(ev).await,
@@ -210,10 +225,14 @@ pub async fn run(
                 }
             },
             Some(req) = api_rx.recv() => d.on_api(req).await,
+            Some(p) = progress_rx.recv() => d.render.on_progress(p),
             _ = heartbeat.tick() => d.send_heartbeat().await,
             _ = schedule.tick() => d.tick().await,
             _ = anti_entropy.tick() => d.anti_entropy(),
             _ = redial.tick() => d.redial().await,
+            _ = progress.tick() => if d.render.progress_dirty {
+                d.send_heartbeat().await;
+            },
         }
     }
 
@@ -289,10 +308,18 @@ impl Daemon {
     async fn on_net_event(&mut self, ev: NetEvent) {
         match ev {
             NetEvent::Gossip(g) => match g.msg {
+                GossipMsg::Job(spec) if spec.submitter != g.source => {
+                    warn!(peer = %g.source, "ignoring a job announced in another peer's name");
+                }
                 GossipMsg::Job(spec) => {
                     self.add_job(spec);
                 }
                 GossipMsg::Frames(updates) => {
+                    // A delta may only speak for its author: its claims, results and failures.
+                    if !updates.iter().all(|u| authored_by(&u.state, &g.source)) {
+                        warn!(peer = %g.source, "ignoring frame updates made in another peer's name");
+                        return;
+                    }
                     let changed = self.merge_updates(&updates);
                     self.after_ledger_change(&changed);
                 }
@@ -312,6 +339,10 @@ impl Daemon {
                 }
             }
             NetEvent::SyncRequest { peer, req, channel } => {
+                if req.version != crate::net::wire::WIRE_VERSION {
+                    warn!(%peer, version = req.version, "ignoring sync request of another wire version");
+                    return;
+                }
                 let resp = self.sync_response(&req);
                 debug!(%peer, jobs = resp.jobs.len(), updates = resp.updates.len(), "answering sync");
                 if let Err(e) = self.net.respond_sync(channel, resp).await {
@@ -372,7 +403,19 @@ impl Daemon {
         self.start_sync(peer);
     }
 
+    /// Dials known peers we are not connected to: the addresses from tickets and `--peer`,
+    /// and those peers announced about themselves.
     async fn redial(&mut self) {
+        for addr in self.store.bootstrap().unwrap_or_default() {
+            let peer = addr.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            });
+            if peer.is_some_and(|p| self.peers.peers.get(&p).is_some_and(|s| s.connected)) {
+                continue;
+            }
+            let _ = self.net.dial(addr).await;
+        }
         let Ok(known) = self.store.peer_addrs() else {
             return;
         };
@@ -399,14 +442,18 @@ impl Daemon {
                 .map(|b| b.devices.clone())
                 .unwrap_or_default(),
             render_device: self.render_device().map(|k| k.blender_name().to_string()),
-            rendering: self.render.current().into_iter().collect(),
+            rendering: self.render.in_flight(),
         };
+        self.render.progress_dirty = false;
         self.publish(GossipMsg::Heartbeat(hb)).await;
     }
 
     async fn on_task_done(&mut self, done: TaskDone) {
         match done {
             TaskDone::Synced { peer, result } => match result {
+                Ok(resp) if resp.version != crate::net::wire::WIRE_VERSION => {
+                    warn!(%peer, version = resp.version, "ignoring sync answer of another wire version");
+                }
                 Ok(resp) => {
                     for spec in resp.jobs {
                         self.add_job(spec);
@@ -447,13 +494,25 @@ impl Daemon {
                         }
                         self.written.entry(job).or_default().insert(frame, blob);
                     }
-                    Err(e) => warn!(job = %job.short(), frame, "writing frame failed: {e}"),
+                    Err(e) => {
+                        warn!(job = %job.short(), frame, "writing frame failed: {e}; will retry");
+                        self.write_retry
+                            .insert((job, frame), Instant::now() + Duration::from_secs(2));
+                    }
                 }
             }
             TaskDone::Probed(result) => match result {
                 Ok(info) => {
-                    info!(version = %info.version, device = ?info.best_device(), "Blender found");
+                    let slots = render::plan_slots(&info, self.cfg.gpus_together);
+                    info!(
+                        version = %info.version,
+                        device = ?info.best_device(),
+                        slots = slots.len(),
+                        "Blender found"
+                    );
+                    self.render.set_slots(slots);
                     self.blender = Some(info);
+                    self.send_heartbeat().await;
                 }
                 Err(e) => warn!("this peer will not render: {e}"),
             },
@@ -539,4 +598,11 @@ impl Daemon {
             Err(e) => warn!("cannot read local jobs: {e}"),
         }
     }
+}
+
+/// Whether every claim, result and failure in `state` names `author` as its peer.
+fn authored_by(state: &crate::ledger::FrameState, author: &PeerId) -> bool {
+    state.claim.as_ref().is_none_or(|c| c.peer == *author)
+        && state.done.iter().all(|d| d.peer == *author)
+        && state.failures.iter().all(|f| f.peer == *author)
 }

@@ -74,6 +74,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         &["join", "meshd1zzzz", "--api", "127.0.0.1:0"],
         "ticket",
     );
+    assert_one_line_error(&fresh, &["join", "--api", "0.0.0.0:0"], "loopback");
     assert!(!fresh.exists(), "a refused join leaves no data dir behind");
 
     let d = Daemon::start(r, "d", None, &["--no-render"]);

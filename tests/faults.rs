@@ -45,8 +45,13 @@ fn killed_renderer_mid_job_still_yields_every_frame_once() {
             held.is_some()
         },
     );
+    let blenders = child_pids(b.pid().unwrap());
+    assert!(!blenders.is_empty(), "b runs a Blender while it renders");
     b.kill();
     let held = held.unwrap();
+    wait_until(Duration::from_secs(10), "b's Blender to die with b", || {
+        blenders.iter().all(|p| !alive(*p))
+    });
 
     wait_until(
         Duration::from_secs(300),

@@ -79,6 +79,9 @@ pub struct FrameView {
     /// The peer that rendered it (done) or holds the claim (rendering).
     pub peer: Option<String>,
     pub render_ms: Option<u64>,
+    /// While rendering: samples done and total, as the renderer last reported.
+    pub samples_done: Option<u32>,
+    pub samples_total: Option<u32>,
     /// Failure reasons so far, one per failed attempt.
     pub failures: Vec<String>,
 }
@@ -102,7 +105,10 @@ pub struct PeerInfo {
     /// Canonical results this peer produced, over all known jobs.
     pub frames_rendered: usize,
     pub last_seen_secs: Option<u64>,
+    /// Frames in flight as `<job>:<frame>`, with `samples a/b` when known.
     pub rendering: Vec<String>,
+    /// Render devices the peer's Blender reports.
+    pub devices: Vec<crate::render::DeviceInfo>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use crate::api::types::{ApiEndpoint, ErrorBody};
 
 pub struct ApiClient {
+    data_dir: std::path::PathBuf,
     http: reqwest::Client,
     base: String,
     token: String,
@@ -25,11 +26,8 @@ impl ApiClient {
     pub fn connect(data_dir: &Path) -> anyhow::Result<Self> {
         let ep: ApiEndpoint =
             crate::daemon::read_endpoint(data_dir).ok_or_else(|| not_running(data_dir))?;
-        let pid_alive = Path::new(&format!("/proc/{}", ep.pid)).exists();
-        if !pid_alive {
-            return Err(not_running(data_dir));
-        }
         Ok(ApiClient {
+            data_dir: data_dir.to_path_buf(),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .build()
@@ -54,6 +52,15 @@ impl ApiClient {
         }
     }
 
+    /// A daemon that left `api.json` behind (killed) refuses connections: say it is not running.
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        if e.is_connect() {
+            not_running(&self.data_dir)
+        } else {
+            anyhow!("cannot reach the daemon at {}: {e}", self.base)
+        }
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let resp = self
             .http
@@ -61,7 +68,7 @@ impl ApiClient {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|e| anyhow!("cannot reach the daemon at {}: {e}", self.base))?;
+            .map_err(|e| self.unreachable(e))?;
         Self::finish(resp).await
     }
 
@@ -77,7 +84,7 @@ impl ApiClient {
             .json(body)
             .send()
             .await
-            .map_err(|e| anyhow!("cannot reach the daemon at {}: {e}", self.base))?;
+            .map_err(|e| self.unreachable(e))?;
         Self::finish(resp).await
     }
 }

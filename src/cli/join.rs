@@ -47,9 +47,21 @@ pub struct JoinArgs {
     /// Frames one Blender process renders before it is restarted.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub frames_per_worker: u32,
+    /// Restart a Blender process whose memory grows above this many MiB.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(64..))]
+    pub max_worker_rss_mib: Option<u64>,
+    /// Render with all GPUs in one Blender instead of one Blender per GPU.
+    #[arg(long)]
+    pub gpus_together: bool,
 }
 
 pub async fn run(data_dir: PathBuf, args: JoinArgs) -> anyhow::Result<i32> {
+    if !args.api.ip().is_loopback() {
+        anyhow::bail!(
+            "--api {} is not a loopback address: the control API must stay on this machine (use 127.0.0.1)",
+            args.api
+        );
+    }
     let ticket = match &args.ticket {
         Some(t) => Some(Ticket::decode(t).context("invalid ticket")?),
         None => None,
@@ -71,6 +83,8 @@ pub async fn run(data_dir: PathBuf, args: JoinArgs) -> anyhow::Result<i32> {
         allow_scripts: args.allow_scripts,
         render: !args.no_render,
         frames_per_worker: args.frames_per_worker,
+        max_worker_rss_mib: args.max_worker_rss_mib,
+        gpus_together: args.gpus_together,
     };
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();

@@ -117,6 +117,16 @@ pub async fn peers(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
             p.frames_rendered,
             p.addrs.join(" ")
         );
+        for d in &p.devices {
+            let mem = d
+                .memory_mib
+                .map(|m| format!(", {m} MiB"))
+                .unwrap_or_default();
+            println!("    {} {}{}", d.kind.blender_name(), d.name, mem);
+        }
+        for r in &p.rendering {
+            println!("    rendering {r}");
+        }
     }
     Ok(0)
 }

@@ -207,7 +207,7 @@ async fn wait(client: &ApiClient, job: &SubmitResponse) -> anyhow::Result<i32> {
         };
         let written = view.frames_written.unwrap_or(0);
         bar.set_position(written as u64);
-        bar.set_message(format!("{} rendering", view.frames_in_flight));
+        bar.set_message(in_flight_message(view));
         if written == view.frames_total {
             bar.finish_and_clear();
             println!(
@@ -228,5 +228,24 @@ async fn wait(client: &ApiClient, job: &SubmitResponse) -> anyhow::Result<i32> {
             return Ok(2);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// "rendering 5 (40%), 6 (12%)": frames in flight with their sample progress.
+fn in_flight_message(view: &crate::api::types::JobView) -> String {
+    let parts: Vec<String> = view
+        .frames
+        .iter()
+        .filter(|f| f.state == "rendering")
+        .take(6)
+        .map(|f| match (f.samples_done, f.samples_total) {
+            (Some(d), Some(t)) if t > 0 => format!("{} ({}%)", f.frame, d * 100 / t),
+            _ => f.frame.to_string(),
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("rendering {}", parts.join(", "))
     }
 }

@@ -47,16 +47,21 @@ impl Daemon {
                 let Some(done) = state.canonical() else {
                     continue;
                 };
+                let backing_off = self
+                    .write_retry
+                    .get(&(*job, *frame))
+                    .is_some_and(|t| *t > std::time::Instant::now());
                 if written.and_then(|w| w.get(frame)) == Some(&done.output)
                     || self.writing.contains(&(*job, *frame))
+                    || backing_off
                 {
                     continue;
                 }
                 let mut providers = vec![done.peer];
                 providers.extend(state.done.iter().map(|d| d.peer));
                 providers.extend(self.peers.connected());
-                providers.retain(|p| *p != self.me);
-                providers.dedup();
+                let mut seen = std::collections::HashSet::new();
+                providers.retain(|p| *p != self.me && seen.insert(*p));
                 todo.push((
                     *job,
                     *frame,

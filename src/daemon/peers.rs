@@ -35,8 +35,7 @@ impl PeerTable {
         let e = self.entry(peer);
         // Ignore reordered gossip: an older seq from the same incarnation says nothing new.
         if let Some(old) = &e.heartbeat
-            && old.incarnation == hb.incarnation
-            && old.seq > hb.seq
+            && (old.incarnation, old.seq) > (hb.incarnation, hb.seq)
         {
             return;
         }
@@ -152,5 +151,9 @@ mod tests {
         t.heartbeat(p, hb(1, 3), t0 + Duration::from_secs(1));
         assert_eq!(t.peers[&p].heartbeat.as_ref().unwrap().seq, 5);
         assert_eq!(t.peers[&p].heard, Some(t0));
+        // A restarted peer (higher incarnation) replaces it; a late one from before does not.
+        t.heartbeat(p, hb(2, 1), t0 + Duration::from_secs(2));
+        t.heartbeat(p, hb(1, 9), t0 + Duration::from_secs(3));
+        assert_eq!(t.peers[&p].heartbeat.as_ref().unwrap().incarnation, 2);
     }
 }

@@ -1,14 +1,16 @@
-//! Claiming frames and rendering them with one persistent Blender per job.
+//! Claiming frames and rendering them with persistent Blender workers.
 //!
-//! The daemon renders one frame at a time per peer. A claim is published before the render
-//! starts; if the ledger later shows the claim lost (a higher epoch, or someone else's result),
-//! the render task is aborted, which drops its [`Worker`] and so kills that Blender.
+//! A peer has one or more render *slots*: one per GPU (or one for all GPUs of the best kind
+//! with `--gpus-together`), or one CPU slot. Each slot renders one frame at a time and keeps a
+//! warm [`Worker`] (one Blender process) per job between frames. A claim is published before a
+//! render starts; if the ledger later shows the claim lost (a higher epoch, or someone else's
+//! result), the render task is aborted, which drops its worker and so kills that Blender.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::time::Instant;
 
 use libp2p::PeerId;
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
@@ -17,40 +19,155 @@ use crate::ids::JobId;
 use crate::ledger::{
     Done, Failure, FrameState, FrameUpdate, JobEntry, JobState, choose_claim, job_progress,
 };
-use crate::net::GossipMsg;
+use crate::net::{GossipMsg, InFlight};
 use crate::render::settings::{DeviceKind, DeviceRequirement};
-use crate::render::{BlenderInfo, FrameError, RenderedFrame, Worker, WorkerConfig};
+use crate::render::{BlenderInfo, FrameError, FrameProgress, RenderedFrame, Worker, WorkerConfig};
 
-/// The frame being rendered right now.
+/// What one slot renders with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotSpec {
+    pub device: DeviceKind,
+    /// One device by its Blender id; `None` uses every device of the kind.
+    pub device_id: Option<String>,
+    /// Memory of the slot's device(s) in MiB, the least of them when several; if known.
+    pub memory_mib: Option<u64>,
+}
+
+/// The slots a peer runs: one per GPU of the best kind (or one for all of them when
+/// `together`), else one CPU slot.
+pub fn plan_slots(info: &BlenderInfo, together: bool) -> Vec<SlotSpec> {
+    let best = info.best_device();
+    let devices: Vec<_> = info.devices_of(best).collect();
+    if best == DeviceKind::Cpu || devices.is_empty() {
+        return vec![SlotSpec {
+            device: DeviceKind::Cpu,
+            device_id: None,
+            memory_mib: None,
+        }];
+    }
+    if together || devices.len() == 1 {
+        let memory_mib = devices.iter().map(|d| d.memory_mib).min().flatten();
+        return vec![SlotSpec {
+            device: best,
+            device_id: None,
+            memory_mib,
+        }];
+    }
+    devices
+        .into_iter()
+        .map(|d| SlotSpec {
+            device: best,
+            device_id: Some(d.id.clone()),
+            memory_mib: d.memory_mib,
+        })
+        .collect()
+}
+
+/// Whether a job's device requirement lets this slot render it.
+pub fn slot_fits(req: &DeviceRequirement, slot: &SlotSpec) -> bool {
+    if req.gpu_only && !slot.device.is_gpu() {
+        return false;
+    }
+    if req.kind.is_some_and(|k| k != slot.device) {
+        return false;
+    }
+    match req.min_vram_mib {
+        None => true,
+        Some(min) => slot.device.is_gpu() && slot.memory_mib.is_some_and(|m| m >= min),
+    }
+}
+
+/// The frame a slot is rendering right now.
 struct Active {
     job: JobId,
     frame: u32,
     epoch: u32,
     abort: AbortHandle,
-    started: Instant,
+    progress: Option<FrameProgress>,
 }
 
-#[derive(Default)]
-pub(super) struct RenderState {
+struct Slot {
+    spec: SlotSpec,
     active: Option<Active>,
     /// Warm workers between frames, one per job.
     idle: HashMap<JobId, Worker>,
 }
 
+/// Progress of a frame, from a render task to the daemon loop.
+pub(super) struct ProgressMsg {
+    slot: usize,
+    job: JobId,
+    progress: FrameProgress,
+}
+
+pub(super) struct RenderState {
+    slots: Vec<Slot>,
+    progress_tx: mpsc::UnboundedSender<ProgressMsg>,
+    /// Progress changed since the last heartbeat.
+    pub(super) progress_dirty: bool,
+}
+
 impl RenderState {
-    pub(super) fn current(&self) -> Option<(JobId, u32)> {
-        self.active.as_ref().map(|a| (a.job, a.frame))
+    pub(super) fn new() -> (Self, mpsc::UnboundedReceiver<ProgressMsg>) {
+        let (progress_tx, rx) = mpsc::unbounded_channel();
+        (
+            RenderState {
+                slots: Vec::new(),
+                progress_tx,
+                progress_dirty: false,
+            },
+            rx,
+        )
+    }
+
+    pub(super) fn set_slots(&mut self, specs: Vec<SlotSpec>) {
+        self.stop();
+        self.slots = specs
+            .into_iter()
+            .map(|spec| Slot {
+                spec,
+                active: None,
+                idle: HashMap::new(),
+            })
+            .collect();
+    }
+
+    /// Frames in flight on this peer, with progress.
+    pub(super) fn in_flight(&self) -> Vec<InFlight> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.active.as_ref())
+            .map(|a| InFlight {
+                job: a.job,
+                frame: a.frame,
+                current: a.progress.as_ref().map_or(0, |p| p.current),
+                total: a.progress.as_ref().map_or(0, |p| p.total),
+            })
+            .collect()
+    }
+
+    pub(super) fn on_progress(&mut self, msg: ProgressMsg) {
+        let Some(a) = self.slots.get_mut(msg.slot).and_then(|s| s.active.as_mut()) else {
+            return;
+        };
+        if a.job == msg.job && a.frame == msg.progress.frame {
+            a.progress = Some(msg.progress);
+            self.progress_dirty = true;
+        }
     }
 
     pub(super) fn stop(&mut self) {
-        if let Some(a) = self.active.take() {
-            a.abort.abort();
+        for s in &mut self.slots {
+            if let Some(a) = s.active.take() {
+                a.abort.abort();
+            }
+            s.idle.clear();
         }
-        self.idle.clear();
     }
 }
 
 pub(super) struct RenderDone {
+    slot: usize,
     job: JobId,
     frame: u32,
     epoch: u32,
@@ -61,27 +178,6 @@ pub(super) struct RenderDone {
 pub(super) async fn probe_blender(explicit: Option<PathBuf>) -> Result<BlenderInfo, String> {
     let path = crate::render::find_blender(explicit.as_deref()).map_err(|e| e.to_string())?;
     crate::render::probe(&path).await.map_err(|e| e.to_string())
-}
-
-/// Whether this peer's Blender satisfies a job's device requirement; the kind to use if so.
-pub(super) fn device_for(req: &DeviceRequirement, info: &BlenderInfo) -> Option<DeviceKind> {
-    DeviceKind::PREFERENCE.into_iter().find(|kind| {
-        if req.gpu_only && !kind.is_gpu() {
-            return false;
-        }
-        if req.kind.is_some_and(|k| k != *kind) {
-            return false;
-        }
-        let devices: Vec<_> = info.devices.iter().filter(|d| d.kind == *kind).collect();
-        let present = *kind == DeviceKind::Cpu || !devices.is_empty();
-        let memory_ok = match req.min_vram_mib {
-            None => true,
-            Some(min) => devices
-                .iter()
-                .any(|d| d.memory_mib.is_some_and(|m| m >= min)),
-        };
-        present && memory_ok
-    })
 }
 
 impl Daemon {
@@ -97,12 +193,20 @@ impl Daemon {
         job_progress(entry, &self.view(), &self.policy).state == JobState::Running
     }
 
+    /// Whether some slot of this peer can render the job.
+    fn can_take(&self, entry: &JobEntry) -> bool {
+        self.render
+            .slots
+            .iter()
+            .any(|s| slot_fits(&entry.spec.settings.device, &s.spec))
+    }
+
     /// Starts fetching the scene of every running job this peer could render.
     pub(super) fn fetch_scenes(&mut self) {
         if !self.can_render() {
             return;
         }
-        let now = Instant::now();
+        let now = std::time::Instant::now();
         let mut wanted = Vec::new();
         for (id, entry) in self.ledger.jobs() {
             let due = match self.scenes.get(id) {
@@ -110,8 +214,8 @@ impl Daemon {
                 Some(SceneState::Retry(at)) => *at <= now,
                 Some(_) => false,
             };
-            if due && self.job_running(entry) {
-                wanted.push((*id, entry.spec.clone(), self.providers_for(id, entry)));
+            if due && self.can_take(entry) && self.job_running(entry) {
+                wanted.push((*id, entry.spec.clone(), self.providers_for(entry)));
             }
         }
         for (id, spec, providers) in wanted {
@@ -136,51 +240,65 @@ impl Daemon {
                 TaskDone::SceneFetched { job: id, result }
             });
         }
-        // Let go of warm Blenders for jobs that are over.
-        let over: Vec<JobId> = self
-            .render
-            .idle
-            .keys()
-            .filter(|j| self.ledger.job(j).is_none_or(|e| !self.job_running(e)))
-            .copied()
+        self.release_finished_workers();
+    }
+
+    /// Lets go of warm Blenders for jobs that are over.
+    fn release_finished_workers(&mut self) {
+        let running: HashSet<JobId> = self
+            .ledger
+            .jobs()
+            .filter(|(_, e)| self.job_running(e))
+            .map(|(id, _)| *id)
             .collect();
-        for j in over {
-            debug!(job = %j.short(), "job over; stopping its Blender");
-            self.render.idle.remove(&j);
+        for slot in &mut self.render.slots {
+            slot.idle.retain(|job, _| {
+                let keep = running.contains(job);
+                if !keep {
+                    debug!(job = %job.short(), "job over; stopping its Blender");
+                }
+                keep
+            });
         }
     }
 
     /// Peers likely to hold a job's blobs: the submitter, then those that rendered its frames,
     /// then everyone connected.
-    pub(super) fn providers_for(&self, id: &JobId, entry: &JobEntry) -> Vec<PeerId> {
+    pub(super) fn providers_for(&self, entry: &JobEntry) -> Vec<PeerId> {
         let mut out = vec![entry.spec.submitter];
         for state in entry.frames.values() {
-            for d in &state.done {
-                out.push(d.peer);
-            }
+            out.extend(state.done.iter().map(|d| d.peer));
         }
-        let _ = id;
         out.extend(self.peers.connected());
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         out.retain(|p| *p != self.me && seen.insert(*p));
         out
     }
 
-    /// Claims the best frame this peer may take and starts rendering it.
+    /// Fills every free slot with the best frame it may take.
     pub(super) async fn claim_and_render(&mut self) {
-        if !self.can_render() || self.render.active.is_some() {
+        if !self.can_render() {
             return;
         }
+        for slot in 0..self.render.slots.len() {
+            if self.render.slots[slot].active.is_none() {
+                self.claim_for_slot(slot).await;
+            }
+        }
+    }
+
+    async fn claim_for_slot(&mut self, slot: usize) {
         let Some(info) = self.blender.clone() else {
             return;
         };
+        let spec = self.render.slots[slot].spec.clone();
         let choice = {
             let view = self.view();
             let window = (2 * crate::ledger::PeerView::live_renderers(&view).len()).max(4);
             let scenes = &self.scenes;
             let eligible = |id: &JobId, e: &JobEntry| {
                 matches!(scenes.get(id), Some(SceneState::Ready(_)))
-                    && device_for(&e.spec.settings.device, &info).is_some()
+                    && slot_fits(&e.spec.settings.device, &spec)
             };
             choose_claim(
                 &self.ledger,
@@ -209,28 +327,44 @@ impl Daemon {
             return;
         };
         let settings = entry.spec.settings.clone();
-        let device = device_for(&settings.device, &info).unwrap_or(DeviceKind::Cpu);
         let job_dir = self.job_dir(&job);
-        let worker = self.render.idle.remove(&job).unwrap_or_else(|| {
-            Worker::new(WorkerConfig {
-                blender: info.path.clone(),
-                scene: scene.clone(),
-                work_dir: job_dir.join("worker"),
-                scripts_allowed: settings.allow_scripts && self.cfg.allow_scripts,
-                settings,
-                device,
-                device_id: None,
-                max_frames_per_process: self.cfg.frames_per_worker,
-                max_rss_mib: None,
-                frame_timeout: None,
-            })
-        });
-        let out_dir = job_dir.join("out");
-        info!(job = %job.short(), frame, epoch, "rendering");
+        let worker = self.render.slots[slot]
+            .idle
+            .remove(&job)
+            .unwrap_or_else(|| {
+                Worker::new(WorkerConfig {
+                    blender: info.path.clone(),
+                    scene: scene.clone(),
+                    work_dir: job_dir.join(format!("worker-{slot}")),
+                    scripts_allowed: settings.allow_scripts && self.cfg.allow_scripts,
+                    settings,
+                    device: spec.device,
+                    device_id: spec.device_id.clone(),
+                    max_frames_per_process: self.cfg.frames_per_worker,
+                    max_rss_mib: self.cfg.max_worker_rss_mib,
+                    frame_timeout: None,
+                })
+            });
+        let out_dir = job_dir.join(format!("out-{slot}"));
+        let central = self.render.progress_tx.clone();
+        info!(job = %job.short(), frame, epoch, slot, "rendering");
         let abort = self.tasks.spawn(async move {
             let mut worker = worker;
-            let result = worker.render(frame, &out_dir, None).await;
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let result = {
+                let render = worker.render(frame, &out_dir, Some(&tx));
+                tokio::pin!(render);
+                loop {
+                    tokio::select! {
+                        r = &mut render => break r,
+                        Some(progress) = rx.recv() => {
+                            let _ = central.send(ProgressMsg { slot, job, progress });
+                        }
+                    }
+                }
+            };
             TaskDone::Rendered(Box::new(RenderDone {
+                slot,
                 job,
                 frame,
                 epoch,
@@ -238,32 +372,37 @@ impl Daemon {
                 result,
             }))
         });
-        self.render.active = Some(Active {
+        self.render.slots[slot].active = Some(Active {
             job,
             frame,
             epoch,
             abort,
-            started: Instant::now(),
+            progress: None,
         });
+        self.render.progress_dirty = true;
     }
 
     pub(super) async fn on_rendered(&mut self, done: RenderDone) {
         let RenderDone {
+            slot,
             job,
             frame,
             epoch,
             worker,
             result,
         } = done;
-        let is_current = self
-            .render
+        let Some(s) = self.render.slots.get_mut(slot) else {
+            return;
+        };
+        let is_current = s
             .active
             .as_ref()
             .is_some_and(|a| a.job == job && a.frame == frame && a.epoch == epoch);
         if !is_current {
             return;
         }
-        let started = self.render.active.take().map(|a| a.started);
+        s.active = None;
+        self.render.progress_dirty = true;
         let state = match result {
             Ok(rf) => match self.store.import_owned(&rf.path) {
                 Ok(output) => {
@@ -279,12 +418,11 @@ impl Daemon {
             },
             Err(e) => self.failure(job, frame, epoch, e.reason()),
         };
-        let _ = started;
         let update = FrameUpdate { job, frame, state };
         self.merge_updates(std::slice::from_ref(&update));
         self.publish(GossipMsg::Frames(vec![update])).await;
         if self.ledger.job(&job).is_some_and(|e| self.job_running(e)) {
-            self.render.idle.insert(job, worker);
+            self.render.slots[slot].idle.insert(job, worker);
         }
         // Go straight on to the next frame: no idle gap between frames.
         self.claim_and_render().await;
@@ -299,27 +437,145 @@ impl Daemon {
         })
     }
 
-    /// After remote news: stop rendering a frame whose claim this peer lost.
+    /// A render task panicked: free its slot and record the frame as failed.
+    pub(super) async fn on_task_panicked(&mut self, task: tokio::task::Id) {
+        let Some(slot) = self
+            .render
+            .slots
+            .iter_mut()
+            .find(|s| s.active.as_ref().is_some_and(|a| a.abort.id() == task))
+        else {
+            return;
+        };
+        let Some(a) = slot.active.take() else { return };
+        self.render.progress_dirty = true;
+        let state = self.failure(a.job, a.frame, a.epoch, "the render task crashed".into());
+        let update = FrameUpdate {
+            job: a.job,
+            frame: a.frame,
+            state,
+        };
+        self.merge_updates(std::slice::from_ref(&update));
+        self.publish(GossipMsg::Frames(vec![update])).await;
+    }
+
+    /// After remote news: stop rendering frames whose claim this peer lost.
     pub(super) fn after_ledger_change(&mut self, changed: &[(JobId, u32)]) {
-        let Some(active) = &self.render.active else {
-            return;
-        };
-        if !changed.contains(&(active.job, active.frame)) {
-            return;
-        }
-        let Some(state) = self.ledger.frame(&active.job, active.frame) else {
-            return;
-        };
-        let still_ours = state.done.is_empty()
-            && state
-                .claim
-                .as_ref()
-                .is_some_and(|c| c.peer == self.me && c.epoch == active.epoch);
-        if !still_ours {
-            info!(job = %active.job.short(), frame = active.frame, "claim lost; stopping this frame");
-            if let Some(a) = self.render.active.take() {
-                a.abort.abort();
+        for slot in &mut self.render.slots {
+            let Some(active) = &slot.active else { continue };
+            if !changed.contains(&(active.job, active.frame)) {
+                continue;
+            }
+            let Some(state) = self.ledger.frame(&active.job, active.frame) else {
+                continue;
+            };
+            let still_ours = state.done.is_empty()
+                && state
+                    .claim
+                    .as_ref()
+                    .is_some_and(|c| c.peer == self.me && c.epoch == active.epoch);
+            if !still_ours {
+                info!(job = %active.job.short(), frame = active.frame, "claim lost; stopping this frame");
+                if let Some(a) = slot.active.take() {
+                    a.abort.abort();
+                }
+                self.render.progress_dirty = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::DeviceInfo;
+
+    fn info(devices: Vec<(DeviceKind, &str, Option<u64>)>) -> BlenderInfo {
+        BlenderInfo {
+            path: "blender".into(),
+            version: "4.2.0".into(),
+            devices: devices
+                .into_iter()
+                .map(|(kind, id, memory_mib)| DeviceInfo {
+                    kind,
+                    name: id.into(),
+                    id: id.into(),
+                    memory_mib,
+                })
+                .collect(),
+            has_oidn: true,
+        }
+    }
+
+    #[test]
+    fn one_slot_per_gpu_of_the_best_kind() {
+        let i = info(vec![
+            (DeviceKind::Cpu, "CPU", None),
+            (DeviceKind::Cuda, "CUDA_0", Some(24_000)),
+            (DeviceKind::Cuda, "CUDA_1", Some(12_000)),
+            (DeviceKind::Optix, "OPTIX_0", Some(24_000)),
+            (DeviceKind::Optix, "OPTIX_1", Some(12_000)),
+        ]);
+        let slots = plan_slots(&i, false);
+        assert_eq!(slots.len(), 2);
+        assert!(slots.iter().all(|s| s.device == DeviceKind::Optix));
+        assert_eq!(slots[1].device_id.as_deref(), Some("OPTIX_1"));
+        let together = plan_slots(&i, true);
+        assert_eq!(
+            together,
+            vec![SlotSpec {
+                device: DeviceKind::Optix,
+                device_id: None,
+                memory_mib: Some(12_000)
+            }]
+        );
+    }
+
+    #[test]
+    fn cpu_only_machine_has_one_cpu_slot() {
+        let slots = plan_slots(&info(vec![(DeviceKind::Cpu, "CPU", None)]), false);
+        assert_eq!(
+            slots,
+            vec![SlotSpec {
+                device: DeviceKind::Cpu,
+                device_id: None,
+                memory_mib: None
+            }]
+        );
+    }
+
+    #[test]
+    fn requirements_select_slots() {
+        let gpu = SlotSpec {
+            device: DeviceKind::Cuda,
+            device_id: Some("CUDA_0".into()),
+            memory_mib: Some(8_000),
+        };
+        let cpu = SlotSpec {
+            device: DeviceKind::Cpu,
+            device_id: None,
+            memory_mib: None,
+        };
+        let any = DeviceRequirement::default();
+        assert!(slot_fits(&any, &gpu) && slot_fits(&any, &cpu));
+        let gpu_only = DeviceRequirement {
+            gpu_only: true,
+            ..Default::default()
+        };
+        assert!(slot_fits(&gpu_only, &gpu) && !slot_fits(&gpu_only, &cpu));
+        let optix = DeviceRequirement {
+            kind: Some(DeviceKind::Optix),
+            ..Default::default()
+        };
+        assert!(!slot_fits(&optix, &gpu));
+        let big = DeviceRequirement {
+            min_vram_mib: Some(16_000),
+            ..Default::default()
+        };
+        let small = DeviceRequirement {
+            min_vram_mib: Some(4_000),
+            ..Default::default()
+        };
+        assert!(!slot_fits(&big, &gpu) && slot_fits(&small, &gpu) && !slot_fits(&small, &cpu));
     }
 }

@@ -7,7 +7,9 @@ use libp2p::PeerId;
 
 use super::Daemon;
 use crate::api::types::{FrameView, JobView, PeerInfo, PeersResponse, StatusResponse};
+use crate::ids::JobId;
 use crate::ledger::{FrameStatus, JobState, frame_status, job_progress};
+use crate::net::InFlight;
 
 impl Daemon {
     pub(super) fn status_view(&self) -> StatusResponse {
@@ -30,6 +32,10 @@ impl Daemon {
                             .collect()
                     })
                     .unwrap_or_default();
+                let samples = match &status {
+                    FrameStatus::InFlight(c) => self.progress_of(&c.peer, id, frame),
+                    _ => None,
+                };
                 let (state_name, peer, render_ms) = match &status {
                     FrameStatus::Pending => ("pending", None, None),
                     FrameStatus::InFlight(c) => ("rendering", Some(c.peer.to_string()), None),
@@ -51,6 +57,8 @@ impl Daemon {
                     state: state_name.into(),
                     peer,
                     render_ms,
+                    samples_done: samples.map(|p| p.0),
+                    samples_total: samples.map(|p| p.1),
                     failures,
                 });
             }
@@ -104,6 +112,7 @@ impl Daemon {
             }
         }
         let now = Instant::now();
+        let own = self.render.in_flight();
         let mut peers = vec![PeerInfo {
             id: self.me.to_string(),
             is_self: true,
@@ -114,12 +123,12 @@ impl Daemon {
             can_render: self.can_render(),
             frames_rendered: rendered.get(&self.me).copied().unwrap_or(0),
             last_seen_secs: Some(0),
-            rendering: self
-                .render
-                .current()
-                .map(|(j, f)| format!("{}:{f}", j.short()))
-                .into_iter()
-                .collect(),
+            rendering: own.iter().map(in_flight_label).collect(),
+            devices: self
+                .blender
+                .as_ref()
+                .map(|b| b.devices.clone())
+                .unwrap_or_default(),
         }];
         for (id, s) in &self.peers.peers {
             if !s.connected && s.heard.is_none() {
@@ -137,17 +146,44 @@ impl Daemon {
                 frames_rendered: rendered.get(id).copied().unwrap_or(0),
                 last_seen_secs: s.heard.map(|t| now.saturating_duration_since(t).as_secs()),
                 rendering: hb
-                    .map(|h| {
-                        h.rendering
-                            .iter()
-                            .map(|(j, f)| format!("{}:{f}", j.short()))
-                            .collect()
-                    })
+                    .map(|h| h.rendering.iter().map(in_flight_label).collect())
                     .unwrap_or_default(),
+                devices: hb.map(|h| h.devices.clone()).unwrap_or_default(),
             });
         }
-        let _ = self.started;
         PeersResponse { peers }
+    }
+
+    /// Samples done/total of a frame in flight on `peer`, from our own slots or its heartbeat.
+    fn progress_of(&self, peer: &PeerId, job: &JobId, frame: u32) -> Option<(u32, u32)> {
+        let list = if *peer == self.me {
+            self.render.in_flight()
+        } else {
+            self.peers
+                .peers
+                .get(peer)?
+                .heartbeat
+                .as_ref()?
+                .rendering
+                .clone()
+        };
+        list.iter()
+            .find(|f| f.job == *job && f.frame == frame && f.total > 0)
+            .map(|f| (f.current, f.total))
+    }
+}
+
+fn in_flight_label(f: &InFlight) -> String {
+    if f.total > 0 {
+        format!(
+            "{}:{} samples {}/{}",
+            f.job.short(),
+            f.frame,
+            f.current,
+            f.total
+        )
+    } else {
+        format!("{}:{}", f.job.short(), f.frame)
     }
 }
 

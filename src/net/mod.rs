@@ -14,4 +14,6 @@ pub mod wire;
 
 pub use node::{BlobServer, Client, NetError, NetEvent, PeerConn};
 pub use ticket::{MeshKey, Ticket, TicketError};
-pub use wire::{BlobRequest, BlobResponse, GossipMsg, Heartbeat, SyncRequest, SyncResponse, Topic};
+pub use wire::{
+    BlobRequest, BlobResponse, GossipMsg, Heartbeat, InFlight, SyncRequest, SyncResponse, Topic,
+};

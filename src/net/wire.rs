@@ -113,8 +113,19 @@ pub struct Heartbeat {
     pub devices: Vec<DeviceInfo>,
     /// The device kind this peer renders with.
     pub render_device: Option<String>,
-    /// Frames being rendered right now.
-    pub rendering: Vec<(JobId, u32)>,
+    /// Frames being rendered right now, with their progress.
+    pub rendering: Vec<InFlight>,
+}
+
+/// A frame a peer is rendering, as its heartbeat reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub job: JobId,
+    pub frame: u32,
+    /// Samples done and total (Cycles `Sample a/b`, Eevee `Rendering a / b samples`);
+    /// 0/0 while Blender prepares the scene.
+    pub current: u32,
+    pub total: u32,
 }
 
 impl Heartbeat {

@@ -130,7 +130,10 @@ def set_device(scenes, device, device_id):
         prefs.compute_device_type = device
     except TypeError:
         raise ValueError("this Blender has no %s support" % device)
-    prefs.refresh_devices()
+    if hasattr(prefs, "refresh_devices"):
+        prefs.refresh_devices()
+    else:
+        prefs.get_devices()  # before 3.0
     enabled = 0
     for d in prefs.devices:
         d.use = d.type == device and (not device_id or d.id == device_id)

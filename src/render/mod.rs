@@ -39,6 +39,7 @@
 pub mod blendfile;
 pub mod logparse;
 pub mod probe;
+mod process;
 pub mod settings;
 pub mod verify;
 pub mod worker;

@@ -62,7 +62,8 @@ pub struct DeviceInfo {
     pub name: String,
     /// Cycles' device id (e.g. `CUDA_NVIDIA GeForce RTX 4090_0000:01:00`), used to pick one GPU.
     pub id: String,
-    /// Device memory, when known (Blender itself does not report it).
+    /// Device memory in MiB, when known: from `nvidia-smi` for CUDA/OptiX devices
+    /// (Blender itself does not report it).
     pub memory_mib: Option<u64>,
 }
 
@@ -174,7 +175,69 @@ pub async fn probe(blender: &Path) -> Result<BlenderInfo, ProbeError> {
     if let Err(e) = std::fs::remove_dir_all(&dir) {
         tracing::debug!(dir = %dir.display(), "cannot remove probe dir: {e}");
     }
-    result
+    let mut info = result?;
+    if info
+        .devices
+        .iter()
+        .any(|d| matches!(d.kind, DeviceKind::Cuda | DeviceKind::Optix))
+    {
+        attach_nvidia_memory(&mut info.devices).await;
+    }
+    Ok(info)
+}
+
+/// Fills `memory_mib` of CUDA/OptiX devices from `nvidia-smi`, matched by PCI address;
+/// leaves them `None` when `nvidia-smi` is missing or says nothing usable.
+async fn attach_nvidia_memory(devices: &mut [DeviceInfo]) {
+    let run = Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=pci.bus_id,memory.total",
+            "--format=csv,noheader,nounits",
+        ])
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(Duration::from_secs(10), run).await {
+        Ok(Ok(out)) if out.status.success() => out,
+        other => {
+            tracing::debug!("nvidia-smi gave no memory sizes: {other:?}");
+            return;
+        }
+    };
+    let table = parse_nvidia_smi(&String::from_utf8_lossy(&out.stdout));
+    for d in devices {
+        if let Some(pci) = pci_location(&d.id) {
+            d.memory_mib = table.iter().find(|(p, _)| *p == pci).map(|(_, m)| *m);
+        }
+    }
+}
+
+/// Parses `pci.bus_id, memory.total` lines (`00000000:01:00.0, 24564`) into
+/// (`0000:01:00`, MiB) pairs, the PCI form Cycles puts in its device ids.
+pub fn parse_nvidia_smi(out: &str) -> Vec<(String, u64)> {
+    out.lines()
+        .filter_map(|l| {
+            let (bus, mem) = l.split_once(',')?;
+            let mem = mem.trim().parse().ok()?;
+            let (domain, rest) = bus.trim().split_once(':')?;
+            let domain = domain.get(domain.len().checked_sub(4)?..)?;
+            let rest = rest.split('.').next()?;
+            Some((format!("{domain}:{rest}").to_ascii_lowercase(), mem))
+        })
+        .collect()
+}
+
+/// The `dddd:bb:dd` PCI location at the end of a Cycles GPU id
+/// (`CUDA_NVIDIA GeForce RTX 4090_0000:01:00`, optionally followed by `_OptiX`).
+fn pci_location(id: &str) -> Option<String> {
+    let id = id.strip_suffix("_OptiX").unwrap_or(id);
+    let loc = id.rsplit('_').next()?;
+    let parts: Vec<&str> = loc.split(':').collect();
+    let ok = parts.len() == 3
+        && [4, 2, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(n, p)| p.len() == *n && p.chars().all(|c| c.is_ascii_hexdigit()));
+    ok.then(|| loc.to_ascii_lowercase())
 }
 
 async fn run_probe(blender: &Path, dir: &Path) -> Result<BlenderInfo, ProbeError> {
@@ -366,6 +429,24 @@ Blender quit\n";
         let kinds: Vec<_> = info.devices.iter().map(|d| d.kind).collect();
         assert_eq!(kinds, [DeviceKind::Metal, DeviceKind::Cpu]);
         assert_eq!(info.best_device(), DeviceKind::Metal);
+    }
+
+    #[test]
+    fn nvidia_smi_memory_matches_cycles_ids() {
+        let smi = "00000000:01:00.0, 24564\n00000000:02:00.0, 24576\n00000000:C1:00.0, 81559\n";
+        let table = parse_nvidia_smi(smi);
+        assert_eq!(table[0], ("0000:01:00".to_string(), 24564));
+        assert_eq!(table[2], ("0000:c1:00".to_string(), 81559));
+        assert_eq!(
+            pci_location("CUDA_NVIDIA GeForce RTX 4090_0000:01:00_OptiX").as_deref(),
+            Some("0000:01:00")
+        );
+        assert_eq!(
+            pci_location("CUDA_NVIDIA H100 80GB HBM3_0000:C1:00").as_deref(),
+            Some("0000:c1:00")
+        );
+        assert_eq!(pci_location("CPU"), None);
+        assert!(parse_nvidia_smi("NVIDIA-SMI has failed\n").is_empty());
     }
 
     #[test]

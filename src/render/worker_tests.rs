@@ -95,10 +95,10 @@ fn config(scene: &Path, work: &Path) -> WorkerConfig {
     }
 }
 
-/// Frames of a second or two: the tiny scene at 50% (32x24) with 2000 samples.
+/// Frames of about a second on 2 cores: the tiny scene at 50% (32x24), 1000 samples.
 fn slow_config(work: &Path) -> WorkerConfig {
     let mut c = config(tiny_scene(), work);
-    c.settings.samples = Some(2000);
+    c.settings.samples = Some(1000);
     c.settings.resolution_pct = Some(50);
     c
 }
@@ -164,6 +164,8 @@ async fn formats_depths_and_resolution_percentage() {
         c.settings.format = format;
         c.settings.color_depth = depth;
         c.settings.resolution_pct = Some(50);
+        c.settings.scene = Some("Scene".into());
+        c.settings.camera = Some("Camera".into());
         let mut w = Worker::new(c);
         let r = timeout(LIMIT, w.render(5, d.path(), None))
             .await
@@ -175,6 +177,27 @@ async fn formats_depths_and_resolution_percentage() {
         );
         assert_eq!((r.width, r.height), (32, 24), "{format:?}");
     }
+}
+
+#[tokio::test]
+async fn eevee_engine_override_reports_progress() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = config(tiny_scene(), &d.path().join("w"));
+    c.settings.engine = Some(Engine::Eevee);
+    c.settings.samples = Some(3);
+    let mut w = Worker::new(c);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let r = timeout(LIMIT, w.render(2, d.path(), Some(&tx)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.width, r.height), (64, 48));
+    let mut last = None;
+    while let Ok(p) = rx.try_recv() {
+        last = Some(p);
+    }
+    let last = last.expect("EEVEE progress");
+    assert_eq!((last.current, last.total), (3, 3));
 }
 
 #[tokio::test]
@@ -282,6 +305,15 @@ async fn killed_blender_fails_the_frame_and_the_next_one_restarts() {
         assert_ne!(w.pid(), Some(pid));
         assert_eq!(r.path, out.join(format!("frame_{frame:04}.png")));
     }
+    // Killed while idle: the next frame just gets a new Blender.
+    let idle = w.pid().unwrap();
+    kill(idle, "-9");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    timeout(LIMIT, w.render(4, &out, None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(w.pid(), Some(idle));
 }
 
 #[tokio::test]
@@ -368,7 +400,7 @@ async fn recycles_after_max_frames_and_rss_and_times_out() {
     assert_eq!(w.pid(), None, "above the RSS limit: recycled");
 
     let mut c = slow_config(&d.path().join("w3"));
-    c.frame_timeout = Some(Duration::from_millis(300));
+    c.frame_timeout = Some(Duration::from_millis(50));
     let mut w = Worker::new(c);
     let e = timeout(LIMIT, w.render(1, d.path(), None))
         .await

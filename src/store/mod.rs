@@ -215,6 +215,29 @@ impl Store {
         Ok(out)
     }
 
+    /// Remembers addresses to dial at every start (from tickets and `--peer`), at most 64.
+    pub fn add_bootstrap(&self, addrs: &[Multiaddr]) -> Result<(), StoreError> {
+        let mut all = self.bootstrap()?;
+        for a in addrs {
+            if !all.contains(a) {
+                all.push(a.clone());
+            }
+        }
+        let keep = all.len().saturating_sub(64);
+        let list: Vec<String> = all[keep..].iter().map(|a| a.to_string()).collect();
+        let bytes = postcard::to_stdvec(&list).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.meta.insert("bootstrap", bytes)?;
+        Ok(())
+    }
+
+    pub fn bootstrap(&self) -> Result<Vec<Multiaddr>, StoreError> {
+        let Some(bytes) = self.meta.get("bootstrap")? else {
+            return Ok(Vec::new());
+        };
+        let list: Vec<String> = decode("bootstrap", &bytes)?;
+        Ok(list.iter().filter_map(|a| a.parse().ok()).collect())
+    }
+
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())

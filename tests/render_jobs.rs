@@ -1,0 +1,114 @@
+//! Job settings, live progress and failure reporting, seen through the CLI of a real daemon.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn overrides_apply_and_progress_is_live() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "prog.blend", 2, 320, 180, 4);
+    let d = Daemon::start(root.path(), "d", None, &[]);
+    let out = root.path().join("out");
+    // 50% of 320x180 at 256 samples: slow enough to watch the samples climb.
+    let id = submit(
+        &d,
+        &scene,
+        "1-2",
+        &out,
+        &["--resolution", "50", "--samples", "256"],
+    );
+    let mut seen = None;
+    wait_until(
+        Duration::from_secs(120),
+        "a frame in flight with sample progress",
+        || {
+            let job = d.job(&id);
+            seen = job["frames"].as_array().and_then(|fs| {
+                fs.iter()
+                    .find(|f| {
+                        f["state"] == "rendering" && f["samples_done"].as_u64().unwrap_or(0) > 0
+                    })
+                    .cloned()
+            });
+            seen.is_some()
+        },
+    );
+    let f = seen.unwrap();
+    assert_eq!(
+        f["samples_total"], 256,
+        "the samples override reached Blender: {f}"
+    );
+    let peers = d.cli_json(&["peers", "--json"]);
+    let me = &peers["peers"][0];
+    assert!(
+        me["rendering"][0].as_str().unwrap().contains("samples"),
+        "{me}"
+    );
+    assert!(
+        me["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|dev| dev["kind"] == "Cpu"),
+        "{me}"
+    );
+
+    wait_until(Duration::from_secs(300), "both frames written", || {
+        d.job(&id)["frames_written"] == 2
+    });
+    assert_frames(&out, &[1, 2], (160, 90));
+}
+
+#[test]
+fn failing_job_ends_failed_with_the_reason() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "broken.blend", 4, 64, 48, 1);
+    let d = Daemon::start(root.path(), "d", None, &[]);
+    let out = root.path().join("out");
+    // `--wait` must end, non-zero, with the reason — not hang.
+    let run = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&d.dir)
+        .args([
+            "submit",
+            scene.to_str().unwrap(),
+            "1-4",
+            "--camera",
+            "NoSuchCamera",
+            "--wait",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "a failed job exits non-zero");
+    assert!(
+        err.contains("NoSuchCamera"),
+        "the reason names the camera: {err}"
+    );
+
+    let status = d.status();
+    let job = &status["jobs"][0];
+    assert_eq!(job["state"], "failed");
+    assert!(
+        job["failure"].as_str().unwrap().contains("NoSuchCamera"),
+        "{job}"
+    );
+    let failures: usize = job["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["failures"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(failures, 3, "a peer stops after failing 3 frames of a job");
+    assert!(
+        !out.exists() || std::fs::read_dir(&out).unwrap().next().is_none(),
+        "no output"
+    );
+}
