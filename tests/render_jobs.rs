@@ -112,3 +112,68 @@ fn failing_job_ends_failed_with_the_reason() {
         "no output"
     );
 }
+
+#[test]
+fn frames_a_peer_fails_are_rendered_by_another_and_it_stops_claiming() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "retry.blend", 8, 64, 48, 2);
+    // A Blender that answers the probe but dies whenever it is asked to render.
+    let broken = root.path().join("broken-blender");
+    std::fs::write(
+        &broken,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *meshd_driver*) echo 'Error: simulated GPU failure'; exit 3;; esac\nexec {} \"$@\"\n",
+            blender().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let bad = Daemon::start(
+        root.path(),
+        "bad",
+        None,
+        &["--blender", broken.to_str().unwrap()],
+    );
+    let good = Daemon::start(root.path(), "good", Some(&bad.ticket()), &[]);
+    wait_until(Duration::from_secs(60), "both peers able to render", || {
+        bad.renderers() == 2
+    });
+    let bad_id = bad.peer_id();
+    let good_id = good.peer_id();
+
+    let out = root.path().join("out");
+    let id = submit(&bad, &scene, "1-8", &out, &[]);
+    wait_until(Duration::from_secs(180), "every frame written", || {
+        bad.job(&id)["frames_written"] == 8
+    });
+    assert_frames(&out, &(1..=8).collect::<Vec<_>>(), (64, 48));
+
+    let job = bad.job(&id);
+    assert_eq!(job["state"], "done");
+    let frames = job["frames"].as_array().unwrap();
+    assert!(
+        frames.iter().all(|f| f["peer"] == good_id.as_str()),
+        "only the good peer produced frames"
+    );
+    let failed: Vec<_> = frames
+        .iter()
+        .filter(|f| !f["failures"].as_array().unwrap().is_empty())
+        .collect();
+    assert!(!failed.is_empty(), "the bad peer did try, and failed");
+    assert!(
+        failed.len() <= 3,
+        "the bad peer stopped after 3 failed frames: {}",
+        failed.len()
+    );
+    for f in &failed {
+        let reasons = f["failures"].as_array().unwrap();
+        assert!(
+            reasons
+                .iter()
+                .all(|r| r.as_str().unwrap().contains("simulated GPU failure")),
+            "{f}"
+        );
+    }
+    assert!(frames.iter().all(|f| f["peer"] != bad_id.as_str()));
+}

@@ -233,6 +233,14 @@ impl Daemon {
         }
     }
 
+    /// Waits for the process to exit by itself; its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        self.child
+            .take()
+            .and_then(|mut c| c.wait().ok())
+            .and_then(|s| s.code())
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
@@ -286,10 +294,16 @@ pub fn assert_frames(dir: &Path, frames: &[u32], size: (u32, u32)) {
 pub fn child_pids(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
         // Field 4 is the parent pid; the command name (field 2) may hold spaces, so split after ')'.
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
         if ppid == Some(pid) {
             out.push(child);
         }
@@ -299,6 +313,9 @@ pub fn child_pids(pid: u32) -> Vec<u32> {
 
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
