@@ -8,6 +8,7 @@ command -v blender >/dev/null 2>&1 || need+=(blender)
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=""

@@ -83,11 +83,55 @@ pub struct Daemon {
     pub dir: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    /// Network namespace the daemon (and its CLI calls) run in.
+    netns: Option<String>,
+}
+
+/// A command for the meshd binary, inside `netns` when given.
+fn meshd_command(netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, BIN]);
+            c
+        }
+        None => Command::new(BIN),
+    }
 }
 
 impl Daemon {
     /// Starts `meshd join` with its data dir under `root`, and waits until its API answers.
     pub fn start(root: &Path, name: &str, ticket: Option<&str>, extra: &[&str]) -> Daemon {
+        let args = [
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "127.0.0.1:0",
+            "--no-mdns",
+        ];
+        Self::start_with(root, name, ticket, &args, extra, None)
+    }
+
+    /// Starts a daemon inside network namespace `ns`, listening on all its interfaces, with mDNS.
+    pub fn start_in_netns(
+        root: &Path,
+        name: &str,
+        ns: &str,
+        ticket: Option<&str>,
+        extra: &[&str],
+    ) -> Daemon {
+        let args = ["--listen", "/ip4/0.0.0.0/tcp/0", "--api", "127.0.0.1:0"];
+        Self::start_with(root, name, ticket, &args, extra, Some(ns))
+    }
+
+    fn start_with(
+        root: &Path,
+        name: &str,
+        ticket: Option<&str>,
+        net_args: &[&str],
+        extra: &[&str],
+        netns: Option<&str>,
+    ) -> Daemon {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let log = root.join(format!("{name}.log"));
@@ -96,30 +140,25 @@ impl Daemon {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = meshd_command(netns);
         cmd.arg("--data-dir").arg(&dir).arg("join");
         if let Some(t) = ticket {
             cmd.arg(t);
         }
-        cmd.args([
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api",
-            "127.0.0.1:0",
-            "--no-mdns",
-        ])
-        .args(extra)
-        .env("BLENDER", blender())
-        .env("RUST_LOG", "info,libp2p_gossipsub=error")
-        .stdin(Stdio::null())
-        .stdout(logf.try_clone().unwrap())
-        .stderr(logf);
+        cmd.args(net_args)
+            .args(extra)
+            .env("BLENDER", blender())
+            .env("RUST_LOG", "info,libp2p_gossipsub=error")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
         let child = cmd.spawn().expect("spawn meshd");
         let d = Daemon {
             name: name.into(),
             dir,
             child: Some(child),
             log,
+            netns: netns.map(String::from),
         };
         d.wait_ready();
         d
@@ -145,7 +184,7 @@ impl Daemon {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        meshd_command(self.netns.as_deref())
             .arg("--data-dir")
             .arg(&self.dir)
             .args(args)
@@ -318,4 +357,58 @@ pub fn alive(pid: u32) -> bool {
                 .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
         })
         .unwrap_or(false)
+}
+
+/// A two-host LAN made of network namespaces joined by a veth pair (10.201.x.1 and .2 on a
+/// /24, multicast routed on it), deleted when dropped. Needs root and iproute2.
+pub struct TestLan {
+    pub ns: [String; 2],
+}
+
+impl TestLan {
+    pub fn new() -> TestLan {
+        let tag = std::process::id() % 100_000;
+        let ns = [format!("meshd-a-{tag}"), format!("meshd-b-{tag}")];
+        let veth = [format!("mda{tag}"), format!("mdb{tag}")];
+        let net = 100 + tag % 150;
+        let lan = TestLan { ns: ns.clone() };
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip")
+                .args(args)
+                .status()
+                .expect("run ip (install iproute2)");
+            assert!(st.success(), "ip {args:?} failed (these tests need root)");
+        };
+        ip(&["netns", "add", &ns[0]]);
+        ip(&["netns", "add", &ns[1]]);
+        ip(&[
+            "link", "add", &veth[0], "type", "veth", "peer", "name", &veth[1],
+        ]);
+        for i in 0..2 {
+            ip(&["link", "set", &veth[i], "netns", &ns[i]]);
+            let addr = format!("10.201.{net}.{}/24", i + 1);
+            ip(&["-n", &ns[i], "addr", "add", &addr, "dev", &veth[i]]);
+            ip(&[
+                "-n",
+                &ns[i],
+                "link",
+                "set",
+                &veth[i],
+                "up",
+                "multicast",
+                "on",
+            ]);
+            ip(&["-n", &ns[i], "link", "set", "lo", "up"]);
+            ip(&["-n", &ns[i], "route", "add", "224.0.0.0/4", "dev", &veth[i]]);
+        }
+        lan
+    }
+}
+
+impl Drop for TestLan {
+    fn drop(&mut self) {
+        for ns in &self.ns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
 }
