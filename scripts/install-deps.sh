@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what meshd's demo and tests need on Debian/Ubuntu: Blender (the distribution's
-# package), ffmpeg and OpenSSH. Does nothing for what is already there.
+# package), ffmpeg, OpenSSH and iproute2 (the mDNS test builds its own LAN from network
+# namespaces). Does nothing for what is already there.
 set -euo pipefail
 
 need=()
