@@ -9,6 +9,7 @@ mod outputs;
 mod peers;
 mod render;
 mod setup;
+mod sync;
 mod views;
 
 use std::collections::{HashMap, HashSet};
@@ -25,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::api::types::{InviteResponse, PeersResponse, StatusResponse, SubmitResponse};
 use crate::ids::{BlobId, JobId};
 use crate::ledger::{FrameUpdate, JobSpec, Ledger, RetryPolicy};
-use crate::net::{Client, GossipMsg, Heartbeat, MeshKey, NetEvent, SyncRequest, SyncResponse};
+use crate::net::{Client, GossipMsg, Heartbeat, MeshKey, NetEvent, SyncResponse};
 use crate::render::BlenderInfo;
 use crate::store::Store;
 
@@ -350,82 +351,6 @@ impl Daemon {
                 }
             }
             NetEvent::ListenAddr(_) => {}
-        }
-    }
-
-    fn sync_request(&self) -> SyncRequest {
-        SyncRequest {
-            version: crate::net::wire::WIRE_VERSION,
-            digests: self.ledger.digests(),
-        }
-    }
-
-    /// Everything the requester lacks, judged by its per-job digests.
-    fn sync_response(&self, req: &SyncRequest) -> SyncResponse {
-        let theirs: HashMap<JobId, [u8; 32]> = req.digests.iter().copied().collect();
-        let mut jobs = Vec::new();
-        let mut updates = Vec::new();
-        for (id, entry) in self.ledger.jobs() {
-            match theirs.get(id) {
-                None => {
-                    jobs.push(entry.spec.clone());
-                    updates.extend(self.ledger.updates_for(id));
-                }
-                Some(d) if Some(*d) != self.ledger.job_digest(id) => {
-                    updates.extend(self.ledger.updates_for(id));
-                }
-                Some(_) => {}
-            }
-        }
-        SyncResponse {
-            version: crate::net::wire::WIRE_VERSION,
-            jobs,
-            updates,
-        }
-    }
-
-    fn start_sync(&mut self, peer: PeerId) {
-        let net = self.net.clone();
-        let req = self.sync_request();
-        self.tasks.spawn(async move {
-            let result = net.sync(peer, req).await.map_err(|e| e.to_string());
-            TaskDone::Synced { peer, result }
-        });
-    }
-
-    /// Periodic anti-entropy with one random connected peer.
-    fn anti_entropy(&mut self) {
-        let connected = self.peers.connected();
-        if connected.is_empty() {
-            return;
-        }
-        let peer = connected[rand::random::<usize>() % connected.len()];
-        self.start_sync(peer);
-    }
-
-    /// Dials known peers we are not connected to: the addresses from tickets and `--peer`,
-    /// and those peers announced about themselves.
-    async fn redial(&mut self) {
-        for addr in self.store.bootstrap().unwrap_or_default() {
-            let peer = addr.iter().find_map(|p| match p {
-                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
-                _ => None,
-            });
-            if peer.is_some_and(|p| self.peers.peers.get(&p).is_some_and(|s| s.connected)) {
-                continue;
-            }
-            let _ = self.net.dial(addr).await;
-        }
-        let Ok(known) = self.store.peer_addrs() else {
-            return;
-        };
-        for (peer, addrs) in known {
-            if peer == self.me || self.peers.peers.get(&peer).is_some_and(|s| s.connected) {
-                continue;
-            }
-            for a in addrs.into_iter().take(4) {
-                let _ = self.net.dial(a.with_p2p(peer).unwrap_or_else(|a| a)).await;
-            }
         }
     }
 

@@ -155,3 +155,22 @@ mod tests {
         assert_ne!(a.mesh_id(), b.mesh_id());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn ticket_decoder_survives_garbage(s in "meshd1[a-z2-7]{0,200}") {
+            let _ = Ticket::decode(&s);
+        }
+
+        #[test]
+        fn ticket_decoder_survives_any_text(s in ".{0,300}") {
+            let _ = Ticket::decode(&s);
+        }
+    }
+}

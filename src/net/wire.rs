@@ -178,3 +178,75 @@ pub struct Gossip {
     pub source: PeerId,
     pub msg: GossipMsg,
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::ledger::{Claim, FrameState};
+
+    fn sample_messages() -> Vec<Vec<u8>> {
+        let peer = libp2p::identity::Keypair::ed25519_from_bytes([7; 32])
+            .unwrap()
+            .public()
+            .to_peer_id();
+        let update = FrameUpdate {
+            job: JobId::of(b"job"),
+            frame: 3,
+            state: FrameState::from_claim(Claim {
+                peer,
+                incarnation: 2,
+                epoch: 1,
+            }),
+        };
+        let hb = Heartbeat {
+            seq: 1,
+            incarnation: 2,
+            can_render: true,
+            blender: Some("3.4.1".into()),
+            devices: vec![],
+            render_device: Some("CPU".into()),
+            rendering: vec![InFlight {
+                job: JobId::of(b"job"),
+                frame: 3,
+                current: 1,
+                total: 4,
+            }],
+        };
+        vec![
+            GossipMsg::Frames(vec![update]).encode(),
+            GossipMsg::Heartbeat(hb).encode(),
+        ]
+    }
+
+    #[test]
+    fn valid_messages_round_trip() {
+        for bytes in sample_messages() {
+            let msg = GossipMsg::decode(&bytes).unwrap();
+            assert_eq!(msg.encode(), bytes);
+        }
+    }
+
+    proptest! {
+        /// Whatever a peer sends, decoding returns, never panics or allocates without bound.
+        #[test]
+        fn gossip_decoder_survives_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = GossipMsg::decode(&bytes);
+            let _ = postcard::from_bytes::<SyncRequest>(&bytes);
+            let _ = postcard::from_bytes::<SyncResponse>(&bytes);
+            let _ = postcard::from_bytes::<BlobRequest>(&bytes);
+            let _ = postcard::from_bytes::<BlobResponse>(&bytes);
+        }
+
+        #[test]
+        fn gossip_decoder_survives_mutations(which in 0usize..2, at in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<prop::sample::Index>()) {
+            let mut bytes = sample_messages()[which].clone();
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+            let _ = GossipMsg::decode(&bytes);
+            bytes.truncate(cut.index(bytes.len() + 1));
+            let _ = GossipMsg::decode(&bytes);
+        }
+    }
+}

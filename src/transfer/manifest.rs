@@ -167,3 +167,23 @@ mod tests {
         assert!(m.chunks.is_empty());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// A manifest from a peer is checked against the id asked for, so garbage is refused;
+        /// bytes that hash right but lie about sizes are refused too.
+        #[test]
+        fn manifest_decoder_survives_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let id = BlobId::of(&bytes);
+            if let Ok(m) = Manifest::decode_verified(&bytes, &id) {
+                let sum: u64 = m.chunks.iter().map(|c| c.len as u64).sum();
+                prop_assert_eq!(sum, m.size);
+            }
+        }
+    }
+}
