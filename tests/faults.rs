@@ -111,3 +111,51 @@ fn restarted_daemon_carries_on_and_finished_job_stays_finished() {
     assert_eq!(after["frames_written"], 8);
     assert_eq!(before["frames"], after["frames"]);
 }
+
+#[test]
+fn job_survives_the_submitter_going_away() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "away.blend", 8, 120, 68, 16);
+    let mut a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let ticket = a.ticket();
+    let b = Daemon::start(root.path(), "b", Some(&ticket), &[]);
+    let c = Daemon::start(root.path(), "c", Some(&ticket), &[]);
+    wait_until(
+        Duration::from_secs(60),
+        "two renderers visible to the submitter",
+        || a.renderers() == 2,
+    );
+
+    let out = root.path().join("out");
+    let id = submit(&a, &scene, "1-8", &out, &[]);
+    wait_until(
+        Duration::from_secs(120),
+        "both renderers to have started on the job",
+        || {
+            let job = a.job(&id);
+            let workers: std::collections::HashSet<_> = job["frames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| f["state"] == "rendering" || f["state"] == "done")
+                .filter_map(|f| f["peer"].as_str().map(String::from))
+                .collect();
+            workers.len() == 2
+        },
+    );
+    // The submitter goes away; the renderers already hold the scene and finish without it.
+    a.kill();
+    wait_until(
+        Duration::from_secs(180),
+        "the renderers to finish without the submitter",
+        || b.job(&id)["frames_done"] == 8,
+    );
+    // Back again: it catches up by sync and fetches every frame from the renderers.
+    a.restart(root.path(), &["--no-render"]);
+    wait_until(
+        Duration::from_secs(60),
+        "the submitter to collect every frame",
+        || a.job(&id)["frames_written"] == 8,
+    );
+    assert_frames(&out, &(1..=8).collect::<Vec<_>>(), (120, 68));
+}
