@@ -119,7 +119,7 @@ fn job_survives_the_submitter_going_away() {
     let mut a = Daemon::start(root.path(), "a", None, &["--no-render"]);
     let ticket = a.ticket();
     let b = Daemon::start(root.path(), "b", Some(&ticket), &[]);
-    let c = Daemon::start(root.path(), "c", Some(&ticket), &[]);
+    let _c = Daemon::start(root.path(), "c", Some(&ticket), &[]);
     wait_until(
         Duration::from_secs(60),
         "two renderers visible to the submitter",
