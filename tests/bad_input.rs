@@ -97,6 +97,28 @@ fn bad_input_is_refused_and_changes_nothing() {
         (vec![g.into(), "a-b".into()], "number"),
         (vec![g.into(), "1-10x0".into()], "step"),
         (vec![g.into(), "1,,3".into()], "empty"),
+        (
+            vec![
+                g.into(),
+                "1".into(),
+                "--format".into(),
+                "jpeg".into(),
+                "--color-depth".into(),
+                "16".into(),
+            ],
+            "8",
+        ),
+        (
+            vec![
+                g.into(),
+                "1".into(),
+                "--format".into(),
+                "exr".into(),
+                "--color-depth".into(),
+                "8".into(),
+            ],
+            "16 or 32",
+        ),
     ];
     for (args, needle) in &cases {
         let mut full = vec!["submit"];

@@ -142,6 +142,25 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
     // Check everything we can before touching the daemon, so bad input changes nothing.
     crate::render::check_blend_file(&args.file)?;
     let frames: FrameSet = args.frames.parse()?;
+    let settings = args.settings();
+    if let Some(depth) = settings.color_depth {
+        let allowed: &[u8] = match settings.format {
+            OutputFormat::Png | OutputFormat::Tiff => &[8, 16],
+            OutputFormat::Jpeg => &[8],
+            OutputFormat::OpenExr | OutputFormat::OpenExrMultilayer => &[16, 32],
+        };
+        if !allowed.contains(&depth) {
+            bail!(
+                "--color-depth {depth} is not available for {}: use {}",
+                settings.format.blender_name(),
+                allowed
+                    .iter()
+                    .map(u8::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            );
+        }
+    }
     let path = std::fs::canonicalize(&args.file)
         .with_context(|| format!("cannot resolve {}", args.file.display()))?;
     let name = match &args.name {
@@ -169,7 +188,7 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
         frames: frames.to_string(),
         name,
         out_dir,
-        settings: args.settings(),
+        settings,
         priority: args.priority,
     };
     let resp: SubmitResponse = client.post("/v1/jobs", &req).await?;
