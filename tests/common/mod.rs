@@ -379,6 +379,17 @@ impl TestLan {
                 .expect("run ip (install iproute2)");
             assert!(st.success(), "ip {args:?} failed (these tests need root)");
         };
+        // Leftovers of an earlier run killed before its cleanup (same pid, reused): remove.
+        for n in &ns {
+            let _ = Command::new("ip")
+                .args(["netns", "del", n])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &veth[0]])
+            .stderr(Stdio::null())
+            .status();
         ip(&["netns", "add", &ns[0]]);
         ip(&["netns", "add", &ns[1]]);
         ip(&[
