@@ -120,6 +120,8 @@ struct Daemon {
     written: HashMap<JobId, HashMap<u32, BlobId>>,
     tasks: JoinSet<TaskDone>,
     hb_seq: u64,
+    /// Where this daemon listens, as the node reported it.
+    listen_addrs: Vec<Multiaddr>,
 }
 
 /// Runs a daemon until `shutdown` fires. `on_ready` receives the invite ticket once listening.
@@ -158,6 +160,7 @@ pub async fn run(
         written: HashMap::new(),
         tasks: JoinSet::new(),
         hb_seq: 0,
+        listen_addrs: Vec::new(),
         cfg,
     };
     d.load_local_jobs();
@@ -324,13 +327,24 @@ impl Daemon {
                     let changed = self.merge_updates(&updates);
                     self.after_ledger_change(&changed);
                 }
-                GossipMsg::Heartbeat(hb) => self.peers.heartbeat(g.source, hb, Instant::now()),
+                GossipMsg::Heartbeat(hb) => {
+                    self.learn_addrs(g.source, &hb.addrs).await;
+                    self.peers.heartbeat(g.source, hb, Instant::now());
+                }
             },
             NetEvent::PeerConnected(peer) => {
                 self.peers.entry(peer).connected = true;
                 self.start_sync(peer);
             }
             NetEvent::PeerDisconnected(peer) => self.peers.entry(peer).connected = false,
+            NetEvent::Discovered { peer, addrs } => {
+                let e = self.peers.entry(peer);
+                let known = std::mem::take(&mut e.addrs);
+                e.addrs = crate::net::node::unique_addrs(known.into_iter().chain(addrs));
+                if let Err(err) = self.store.put_peer_addrs(&peer, &e.addrs) {
+                    warn!("cannot persist peer addresses: {err}");
+                }
+            }
             NetEvent::Identified { peer, agent, addrs } => {
                 let e = self.peers.entry(peer);
                 e.agent = Some(agent);
@@ -350,7 +364,11 @@ impl Daemon {
                     warn!("cannot answer sync: {e}");
                 }
             }
-            NetEvent::ListenAddr(_) => {}
+            NetEvent::ListenAddr(addr) => {
+                if !self.listen_addrs.contains(&addr) {
+                    self.listen_addrs.push(addr);
+                }
+            }
         }
     }
 
@@ -368,6 +386,12 @@ impl Daemon {
                 .unwrap_or_default(),
             render_device: self.render_device().map(|k| k.blender_name().to_string()),
             rendering: self.render.in_flight(),
+            addrs: self
+                .listen_addrs
+                .iter()
+                .take(16)
+                .map(|a| a.to_string())
+                .collect(),
         };
         self.render.progress_dirty = false;
         self.publish(GossipMsg::Heartbeat(hb)).await;

@@ -106,3 +106,28 @@ fn a_late_peer_catches_up_by_sync() {
         },
     );
 }
+
+#[test]
+fn peers_find_each_other_and_any_peer_can_submit() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "any.blend", 4, 64, 48, 4);
+    let mut a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let ticket = a.ticket();
+    let b = Daemon::start(root.path(), "b", Some(&ticket), &["--no-render"]);
+    let c = Daemon::start(root.path(), "c", Some(&ticket), &[]);
+    // b and c only know a's address; heartbeats tell them about each other.
+    let c_id = c.peer_id();
+    wait_until(
+        Duration::from_secs(60),
+        "b and c to connect to each other",
+        || b.connected_peers().contains(&c_id),
+    );
+    // Without the founder, a joiner submits and another joiner renders from its scene.
+    a.kill();
+    let out = root.path().join("out");
+    let id = submit(&b, &scene, "1-4", &out, &[]);
+    wait_until(Duration::from_secs(120), "every frame written on b", || {
+        b.job(&id)["frames_written"] == 4
+    });
+    assert_frames(&out, &[1, 2, 3, 4], (64, 48));
+}

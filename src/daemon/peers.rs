@@ -110,6 +110,7 @@ mod tests {
             devices: vec![],
             render_device: None,
             rendering: vec![],
+            addrs: vec![],
         }
     }
 

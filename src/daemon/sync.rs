@@ -85,4 +85,28 @@ impl Daemon {
             }
         }
     }
+
+    /// Peer exchange: a heartbeat says where its sender listens. Unknown addresses of a peer
+    /// we are not connected to are remembered (the redial loop retries them) and, when our id
+    /// is the lower one, dialled at once — one side only, so two dials never cross.
+    pub(super) async fn learn_addrs(&mut self, peer: PeerId, addrs: &[String]) {
+        if peer == self.me || self.peers.peers.get(&peer).is_some_and(|s| s.connected) {
+            return;
+        }
+        let addrs: Vec<libp2p::Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        let e = self.peers.entry(peer);
+        if addrs.is_empty() || addrs.iter().all(|a| e.addrs.contains(a)) {
+            return;
+        }
+        let known = std::mem::take(&mut e.addrs);
+        e.addrs = crate::net::node::unique_addrs(known.into_iter().chain(addrs.iter().cloned()));
+        if let Err(err) = self.store.put_peer_addrs(&peer, &e.addrs) {
+            tracing::warn!("cannot persist peer addresses: {err}");
+        }
+        if self.me < peer {
+            for a in addrs.into_iter().take(4) {
+                let _ = self.net.dial(a.with_p2p(peer).unwrap_or_else(|a| a)).await;
+            }
+        }
+    }
 }

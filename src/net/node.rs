@@ -46,6 +46,11 @@ pub enum NetEvent {
         agent: String,
         addrs: Vec<Multiaddr>,
     },
+    /// mDNS found a peer on the local network (the daemon keeps the address for redials).
+    Discovered {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
     SyncRequest {
         peer: PeerId,
         req: SyncRequest,
@@ -399,15 +404,26 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                let me = *self.swarm.local_peer_id();
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (peer, addr) in found {
-                    if peer == *self.swarm.local_peer_id() {
-                        continue;
+                    if peer != me {
+                        by_peer.entry(peer).or_default().push(addr);
                     }
-                    self.swarm.add_peer_address(peer, addr.clone());
-                    if !self.swarm.is_connected(&peer) {
-                        debug!(%peer, %addr, "mDNS found a peer; dialing");
-                        let _ = self.swarm.dial(addr.with_p2p(peer).unwrap_or_else(|a| a));
+                }
+                for (peer, addrs) in by_peer {
+                    for a in &addrs {
+                        self.swarm.add_peer_address(peer, a.clone());
                     }
+                    // Both sides see each other at once; if both dialed, TCP port reuse can
+                    // cross the two SYNs into one connection where both act as initiator and
+                    // the handshake fails. So only the lower id dials now; the other side's
+                    // periodic redial covers the case where that dial never comes.
+                    if me < peer && !self.swarm.is_connected(&peer) {
+                        debug!(%peer, "mDNS found a peer; dialing");
+                        let _ = self.swarm.dial(peer);
+                    }
+                    self.emit(NetEvent::Discovered { peer, addrs });
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}

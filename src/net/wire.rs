@@ -115,6 +115,8 @@ pub struct Heartbeat {
     pub render_device: Option<String>,
     /// Frames being rendered right now, with their progress.
     pub rendering: Vec<InFlight>,
+    /// Where the sender listens (peer exchange: every peer learns how to reach every other).
+    pub addrs: Vec<String>,
 }
 
 /// A frame a peer is rendering, as its heartbeat reports it.
@@ -130,7 +132,7 @@ pub struct InFlight {
 
 impl Heartbeat {
     fn validate(&self) -> Result<(), String> {
-        if self.devices.len() > 64 || self.rendering.len() > 64 {
+        if self.devices.len() > 64 || self.rendering.len() > 64 || self.addrs.len() > 16 {
             return Err("heartbeat too large".into());
         }
         Ok(())
@@ -213,6 +215,7 @@ mod tests {
                 current: 1,
                 total: 4,
             }],
+            addrs: vec!["/ip4/127.0.0.1/tcp/4747".into()],
         };
         vec![
             GossipMsg::Frames(vec![update]).encode(),
