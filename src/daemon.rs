@@ -57,6 +57,8 @@ pub struct DaemonConfig {
     pub max_worker_rss_mib: Option<u64>,
     /// One worker for all GPUs instead of one per GPU.
     pub gpus_together: bool,
+    /// Longest a frame may render before it fails and its Blender is restarted.
+    pub frame_timeout: Option<Duration>,
 }
 
 /// Requests from the local API.

@@ -244,3 +244,30 @@ fn scripts_in_the_blend_run_only_when_job_and_peer_allow_them() {
         );
     }
 }
+
+#[test]
+fn a_frame_past_the_timeout_fails_instead_of_hanging() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "slow.blend", 3, 320, 180, 4);
+    let d = Daemon::start(root.path(), "d", None, &["--frame-timeout", "1"]);
+    let out = root.path().join("out");
+    // Far more than a second per frame on any CPU.
+    let id = submit(
+        &d,
+        &scene,
+        "1-3",
+        &out,
+        &["--samples", "4096", "--resolution", "200"],
+    );
+    wait_until(
+        Duration::from_secs(180),
+        "the job to fail on its timeouts",
+        || d.job(&id)["state"] == "failed",
+    );
+    let job = d.job(&id);
+    let failure = job["failure"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        failure.contains("1s") || failure.contains("time"),
+        "the reason names the timeout: {job}"
+    );
+}

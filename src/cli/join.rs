@@ -50,6 +50,9 @@ pub struct JoinArgs {
     /// Restart a Blender process whose memory grows above this many MiB.
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(64..))]
     pub max_worker_rss_mib: Option<u64>,
+    /// Fail a frame (and restart its Blender) when it renders longer than this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub frame_timeout: Option<u64>,
     /// Render with all GPUs in one Blender instead of one Blender per GPU.
     #[arg(long)]
     pub gpus_together: bool,
@@ -85,6 +88,7 @@ pub async fn run(data_dir: PathBuf, args: JoinArgs) -> anyhow::Result<i32> {
         frames_per_worker: args.frames_per_worker,
         max_worker_rss_mib: args.max_worker_rss_mib,
         gpus_together: args.gpus_together,
+        frame_timeout: args.frame_timeout.map(Duration::from_secs),
     };
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();

@@ -342,7 +342,7 @@ impl Daemon {
                     device_id: spec.device_id.clone(),
                     max_frames_per_process: self.cfg.frames_per_worker,
                     max_rss_mib: self.cfg.max_worker_rss_mib,
-                    frame_timeout: None,
+                    frame_timeout: self.cfg.frame_timeout,
                 })
             });
         let out_dir = job_dir.join(format!("out-{slot}"));
