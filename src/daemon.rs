@@ -140,8 +140,7 @@ pub async fn run(
         api_tx,
         boot.store.clone(),
         boot.net.local_peer_id(),
-    )
-    .map_err(DaemonError::Api)?;
+    );
 
     let (render, mut progress_rx) = render::RenderState::new();
     let mut d = Daemon {
@@ -340,20 +339,11 @@ impl Daemon {
             }
             NetEvent::PeerDisconnected(peer) => self.peers.entry(peer).connected = false,
             NetEvent::Discovered { peer, addrs } => {
-                let e = self.peers.entry(peer);
-                let known = std::mem::take(&mut e.addrs);
-                e.addrs = crate::net::node::unique_addrs(known.into_iter().chain(addrs));
-                if let Err(err) = self.store.put_peer_addrs(&peer, &e.addrs) {
-                    warn!("cannot persist peer addresses: {err}");
-                }
+                self.remember_addrs(peer, addrs);
             }
             NetEvent::Identified { peer, agent, addrs } => {
-                let e = self.peers.entry(peer);
-                e.agent = Some(agent);
-                e.addrs = crate::net::node::unique_addrs(addrs);
-                if let Err(err) = self.store.put_peer_addrs(&peer, &e.addrs) {
-                    warn!("cannot persist peer addresses: {err}");
-                }
+                self.peers.entry(peer).agent = Some(agent);
+                self.remember_addrs(peer, addrs);
             }
             NetEvent::SyncRequest { peer, req, channel } => {
                 if req.version != crate::net::wire::WIRE_VERSION {

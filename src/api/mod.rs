@@ -157,7 +157,7 @@ pub fn serve(
     tx: mpsc::Sender<ApiRequest>,
     store: Store,
     me: PeerId,
-) -> Result<tokio::task::JoinHandle<()>, String> {
+) -> tokio::task::JoinHandle<()> {
     let ctx = Arc::new(Ctx {
         token,
         tx,
@@ -170,9 +170,9 @@ pub fn serve(
         .route("/v1/invite", get(invite))
         .route("/v1/jobs", post(submit))
         .with_state(ctx);
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("local API stopped: {e}");
         }
-    }))
+    })
 }

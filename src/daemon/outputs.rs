@@ -57,11 +57,8 @@ impl Daemon {
                 {
                     continue;
                 }
-                let mut providers = vec![done.peer];
-                providers.extend(state.done.iter().map(|d| d.peer));
-                providers.extend(self.peers.connected());
-                let mut seen = std::collections::HashSet::new();
-                providers.retain(|p| *p != self.me && seen.insert(*p));
+                let providers = self
+                    .providers(std::iter::once(done.peer).chain(state.done.iter().map(|d| d.peer)));
                 todo.push((
                     *job,
                     *frame,

@@ -265,14 +265,21 @@ impl Daemon {
     /// Peers likely to hold a job's blobs: the submitter, then those that rendered its frames,
     /// then everyone connected.
     pub(super) fn providers_for(&self, entry: &JobEntry) -> Vec<PeerId> {
-        let mut out = vec![entry.spec.submitter];
-        for state in entry.frames.values() {
-            out.extend(state.done.iter().map(|d| d.peer));
-        }
-        out.extend(self.peers.connected());
+        let renderers = entry
+            .frames
+            .values()
+            .flat_map(|s| s.done.iter().map(|d| d.peer));
+        self.providers(std::iter::once(entry.spec.submitter).chain(renderers))
+    }
+
+    /// `likely` peers first, then every connected one; without this peer, each once.
+    pub(super) fn providers(&self, likely: impl IntoIterator<Item = PeerId>) -> Vec<PeerId> {
         let mut seen = HashSet::new();
-        out.retain(|p| *p != self.me && seen.insert(*p));
-        out
+        likely
+            .into_iter()
+            .chain(self.peers.connected())
+            .filter(|p| *p != self.me && seen.insert(*p))
+            .collect()
     }
 
     /// Fills every free slot with the best frame it may take.

@@ -48,8 +48,6 @@ pub enum DaemonError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("local API: {0}")]
-    Api(String),
 }
 
 pub(super) struct Boot {

@@ -94,19 +94,36 @@ impl Daemon {
             return;
         }
         let addrs: Vec<libp2p::Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
-        let e = self.peers.entry(peer);
-        if addrs.is_empty() || addrs.iter().all(|a| e.addrs.contains(a)) {
+        if !self.remember_addrs(peer, addrs.clone()) {
             return;
-        }
-        let known = std::mem::take(&mut e.addrs);
-        e.addrs = crate::net::node::unique_addrs(known.into_iter().chain(addrs.iter().cloned()));
-        if let Err(err) = self.store.put_peer_addrs(&peer, &e.addrs) {
-            tracing::warn!("cannot persist peer addresses: {err}");
         }
         if self.me < peer {
             for a in addrs.into_iter().take(4) {
                 let _ = self.net.dial(a.with_p2p(peer).unwrap_or_else(|a| a)).await;
             }
         }
+    }
+
+    /// Adds addresses to what we know of `peer` (kept for redials, persisted). Returns whether
+    /// any was new.
+    pub(super) fn remember_addrs(
+        &mut self,
+        peer: PeerId,
+        addrs: impl IntoIterator<Item = libp2p::Multiaddr>,
+    ) -> bool {
+        let e = self.peers.entry(peer);
+        let fresh: Vec<_> = addrs.into_iter().collect();
+        let new = fresh.iter().any(|a| !e.addrs.contains(a));
+        if !new {
+            return false;
+        }
+        // Newest first, so the 16 kept are the freshest.
+        let known = std::mem::take(&mut e.addrs);
+        e.addrs = crate::net::node::unique_addrs(fresh.into_iter().chain(known));
+        e.addrs.truncate(16);
+        if let Err(err) = self.store.put_peer_addrs(&peer, &e.addrs) {
+            tracing::warn!("cannot persist peer addresses: {err}");
+        }
+        true
     }
 }
