@@ -430,6 +430,7 @@ impl Daemon {
                 self.writing.remove(&(job, frame));
                 match result {
                     Ok(()) => {
+                        self.write_retry.remove(&(job, frame));
                         if let Err(e) = self.store.mark_written(&job, frame, &blob) {
                             warn!("cannot record written frame: {e}");
                         }

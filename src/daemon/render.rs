@@ -245,20 +245,20 @@ impl Daemon {
 
     /// Lets go of warm Blenders for jobs that are over.
     fn release_finished_workers(&mut self) {
-        let running: HashSet<JobId> = self
-            .ledger
-            .jobs()
-            .filter(|(_, e)| self.job_running(e))
-            .map(|(id, _)| *id)
+        // Only jobs holding a warm worker matter: usually one or two, not the whole ledger.
+        let over: HashSet<JobId> = self
+            .render
+            .slots
+            .iter()
+            .flat_map(|s| s.idle.keys())
+            .filter(|job| self.ledger.job(job).is_none_or(|e| !self.job_running(e)))
+            .copied()
             .collect();
+        for job in &over {
+            debug!(job = %job.short(), "job over; stopping its Blender");
+        }
         for slot in &mut self.render.slots {
-            slot.idle.retain(|job, _| {
-                let keep = running.contains(job);
-                if !keep {
-                    debug!(job = %job.short(), "job over; stopping its Blender");
-                }
-                keep
-            });
+            slot.idle.retain(|job, _| !over.contains(job));
         }
     }
 

@@ -12,7 +12,7 @@ pub mod swarm;
 pub mod ticket;
 pub mod wire;
 
-pub use node::{BlobServer, Client, NetError, NetEvent, PeerConn};
+pub use node::{BlobServer, Client, NetError, NetEvent};
 pub use ticket::{MeshKey, Ticket, TicketError};
 pub use wire::{
     BlobRequest, BlobResponse, GossipMsg, Heartbeat, InFlight, SyncRequest, SyncResponse, Topic,

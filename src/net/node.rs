@@ -59,15 +59,6 @@ pub enum NetEvent {
     ListenAddr(Multiaddr),
 }
 
-/// A connected (or recently seen) peer, as the node knows it.
-#[derive(Debug, Clone)]
-pub struct PeerConn {
-    pub id: PeerId,
-    pub addrs: Vec<Multiaddr>,
-    pub agent: Option<String>,
-    pub rtt_ms: Option<u64>,
-}
-
 enum Command {
     Publish(GossipMsg),
     Sync {
@@ -90,7 +81,6 @@ enum Command {
     },
     Dial(Multiaddr),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
-    Peers(oneshot::Sender<Vec<PeerConn>>),
 }
 
 /// Handle to the network task.
@@ -143,13 +133,6 @@ impl Client {
         self.send(Command::ListenAddrs(reply)).await?;
         rx.await.map_err(|_| NetError::Stopped)
     }
-
-    /// Currently connected peers.
-    pub async fn peers(&self) -> Result<Vec<PeerConn>, NetError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Peers(reply)).await?;
-        rx.await.map_err(|_| NetError::Stopped)
-    }
 }
 
 /// Most publishes kept while no peer is subscribed; the oldest go first (sync repairs them).
@@ -166,7 +149,6 @@ struct EventLoop {
     pending_blob: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse, NetError>>>,
     queued: VecDeque<GossipMsg>,
     listen_addrs: Vec<Multiaddr>,
-    connected: HashMap<PeerId, PeerConn>,
     topics: HashMap<TopicHash, Topic>,
 }
 
@@ -214,7 +196,6 @@ pub fn spawn(
         pending_blob: HashMap::new(),
         queued: VecDeque::new(),
         listen_addrs: Vec::new(),
-        connected: HashMap::new(),
         topics,
     };
     let handle = tokio::spawn(event_loop.run(cancel));
@@ -287,9 +268,6 @@ impl EventLoop {
             Command::ListenAddrs(reply) => {
                 let _ = reply.send(self.listen_addrs.clone());
             }
-            Command::Peers(reply) => {
-                let _ = reply.send(self.connected.values().cloned().collect());
-            }
         }
     }
 
@@ -327,26 +305,11 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
-                endpoint,
                 num_established,
                 ..
-            } => {
-                let entry = self.connected.entry(peer_id).or_insert_with(|| PeerConn {
-                    id: peer_id,
-                    addrs: Vec::new(),
-                    agent: None,
-                    rtt_ms: None,
-                });
-                if endpoint.is_dialer() {
-                    let addr = endpoint.get_remote_address().clone();
-                    if !entry.addrs.contains(&addr) {
-                        entry.addrs.push(addr);
-                    }
-                }
-                if num_established.get() == 1 {
-                    info!(peer = %peer_id, "connected");
-                    self.emit(NetEvent::PeerConnected(peer_id));
-                }
+            } if num_established.get() == 1 => {
+                info!(peer = %peer_id, "connected");
+                self.emit(NetEvent::PeerConnected(peer_id));
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -354,7 +317,6 @@ impl EventLoop {
                 ..
             } => {
                 info!(peer = %peer_id, "disconnected");
-                self.connected.remove(&peer_id);
                 self.emit(NetEvent::PeerDisconnected(peer_id));
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -383,14 +345,6 @@ impl EventLoop {
                 for a in &addrs {
                     self.swarm.add_peer_address(peer_id, a.clone());
                 }
-                if let Some(c) = self.connected.get_mut(&peer_id) {
-                    c.agent = Some(info.agent_version.clone());
-                    for a in &addrs {
-                        if !c.addrs.contains(a) {
-                            c.addrs.push(a.clone());
-                        }
-                    }
-                }
                 self.emit(NetEvent::Identified {
                     peer: peer_id,
                     agent: info.agent_version,
@@ -398,11 +352,7 @@ impl EventLoop {
                 });
             }
             BehaviourEvent::Identify(_) => {}
-            BehaviourEvent::Ping(ev) => {
-                if let (Ok(rtt), Some(c)) = (ev.result, self.connected.get_mut(&ev.peer)) {
-                    c.rtt_ms = Some(rtt.as_millis() as u64);
-                }
-            }
+            BehaviourEvent::Ping(_) => {}
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let me = *self.swarm.local_peer_id();
                 let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
