@@ -40,9 +40,15 @@ def clear_file():
             coll.remove(item)
 
 
+def use_nodes(idblock):
+    """Node trees are always on in 5.0, where setting `use_nodes` is deprecated."""
+    if bpy.app.version < (5, 0, 0) or idblock.node_tree is None:
+        idblock.use_nodes = True
+
+
 def material(name, rgb):
     mat = bpy.data.materials.new(name)
-    mat.use_nodes = True
+    use_nodes(mat)
     bsdf = mat.node_tree.nodes.get("Principled BSDF")
     if bsdf is not None:
         bsdf.inputs["Base Color"].default_value = (*rgb, 1.0)
@@ -86,7 +92,7 @@ def build(args):
 
     world = bpy.data.worlds.get("World") or bpy.data.worlds.new("World")
     scene.world = world
-    world.use_nodes = True
+    use_nodes(world)
     bg = world.node_tree.nodes.get("Background")
     color = (0.0, 0.0, 0.0) if args.black else (0.25, 0.35, 0.5)
     world.color = color

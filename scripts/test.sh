@@ -11,8 +11,8 @@ else
     echo "note: rustfmt not installed, format check skipped (rustup component add rustfmt)"
 fi
 if cargo clippy --version >/dev/null 2>&1; then
-    cargo clippy --all-targets --locked -- -D warnings
+    cargo clippy --all-targets --all-features --locked -- -D warnings
 else
     echo "note: clippy not installed, lints skipped (rustup component add clippy)"
 fi
-cargo test --locked "$@"
+cargo test --locked --features test-faults "$@"

@@ -5,6 +5,7 @@
 //! background tasks (fetches, renders, syncs) arrive as messages; the loop applies them to the
 //! ledger, persists what changed, and publishes deltas. Nothing in the loop waits on a peer.
 
+mod cache;
 mod outputs;
 mod peers;
 mod render;
@@ -15,6 +16,7 @@ mod views;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
@@ -29,6 +31,8 @@ use crate::ledger::{FrameUpdate, JobSpec, Ledger, RetryPolicy};
 use crate::net::{Client, GossipMsg, Heartbeat, MeshKey, NetEvent, SyncResponse};
 use crate::render::BlenderInfo;
 use crate::store::Store;
+use crate::transfer::FetchStats;
+use crate::transfer::checkout::Checkout;
 
 use peers::{LiveView, PeerTable};
 
@@ -59,6 +63,9 @@ pub struct DaemonConfig {
     pub gpus_together: bool,
     /// Longest a frame may render before it fails and its Blender is restarted.
     pub frame_timeout: Option<Duration>,
+    /// Keep the blob store at most this big (bytes), dropping least recently used blobs of
+    /// jobs that are over.
+    pub cache_size: Option<u64>,
 }
 
 /// Requests from the local API.
@@ -71,6 +78,7 @@ pub enum ApiRequest {
     Status(oneshot::Sender<StatusResponse>),
     Peers(oneshot::Sender<PeersResponse>),
     Invite(oneshot::Sender<Result<InviteResponse, String>>),
+    Gc(oneshot::Sender<Result<crate::store::gc::GcReport, String>>),
 }
 
 /// Results of background tasks, delivered back to the loop.
@@ -81,7 +89,7 @@ enum TaskDone {
     },
     SceneFetched {
         job: JobId,
-        result: Result<PathBuf, String>,
+        result: Result<crate::transfer::checkout::Checkout, String>,
     },
     Rendered(Box<render::RenderDone>),
     OutputWritten {
@@ -91,14 +99,26 @@ enum TaskDone {
         result: Result<(), String>,
     },
     Probed(Result<BlenderInfo, String>),
+    Collected {
+        result: Result<crate::store::gc::GcReport, String>,
+        reply: Option<oneshot::Sender<Result<crate::store::gc::GcReport, String>>>,
+    },
 }
 
-/// Where a job's scene stands on this peer.
+/// Where a job's project stands on this peer.
 enum SceneState {
-    Fetching,
-    Ready(PathBuf),
-    /// Fetch failed; try again after the instant.
-    Retry(Instant),
+    Fetching(Arc<FetchStats>),
+    Ready(Arc<Checkout>, Arc<FetchStats>),
+    /// Fetch failed (why); try again after the instant.
+    Retry(Instant, Arc<FetchStats>, String),
+}
+
+impl SceneState {
+    fn stats(&self) -> &Arc<FetchStats> {
+        match self {
+            SceneState::Fetching(s) | SceneState::Ready(_, s) | SceneState::Retry(_, s, _) => s,
+        }
+    }
 }
 
 struct Daemon {
@@ -124,6 +144,8 @@ struct Daemon {
     hb_seq: u64,
     /// Where this daemon listens, as the node reported it.
     listen_addrs: Vec<Multiaddr>,
+    /// A cache collection is running.
+    collecting: bool,
 }
 
 /// Runs a daemon until `shutdown` fires. `on_ready` receives the invite ticket once listening.
@@ -140,6 +162,10 @@ pub async fn run(
         api_tx,
         boot.store.clone(),
         boot.net.local_peer_id(),
+        crate::api::SubmitEnv {
+            blender: cfg.blender.clone(),
+            scratch: cfg.data_dir.join("tmp"),
+        },
     );
 
     let (render, mut progress_rx) = render::RenderState::new();
@@ -162,6 +188,7 @@ pub async fn run(
         tasks: JoinSet::new(),
         hb_seq: 0,
         listen_addrs: Vec::new(),
+        collecting: false,
         cfg,
     };
     d.load_local_jobs();
@@ -197,6 +224,7 @@ pub async fn run(
     let mut schedule = tokio::time::interval(Duration::from_millis(200));
     let mut anti_entropy = tokio::time::interval(Duration::from_secs(5));
     let mut redial = tokio::time::interval(Duration::from_secs(10));
+    let mut cache = tokio::time::interval(Duration::from_secs(10));
     // Live progress goes out with an early heartbeat, at most this often.
     let mut progress = tokio::time::interval(Duration::from_secs(1));
     for t in [
@@ -205,6 +233,7 @@ pub async fn run(
         &mut schedule,
         &mut anti_entropy,
         &mut redial,
+        &mut cache,
     ] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
@@ -235,6 +264,10 @@ pub async fn run(
             _ = schedule.tick() => d.tick().await,
             _ = anti_entropy.tick() => d.anti_entropy(),
             _ = redial.tick() => d.redial().await,
+            _ = cache.tick(), if d.cfg.cache_size.is_some() => {
+                let limit = d.cfg.cache_size.unwrap_or(u64::MAX);
+                d.collect_garbage(limit, None);
+            }
             _ = progress.tick() => if d.render.progress_dirty {
                 d.send_heartbeat().await;
             },
@@ -384,6 +417,7 @@ impl Daemon {
                 .take(16)
                 .map(|a| a.to_string())
                 .collect(),
+            projects: self.have_projects(),
         };
         self.render.progress_dirty = false;
         self.publish(GossipMsg::Heartbeat(hb)).await;
@@ -407,19 +441,31 @@ impl Daemon {
                 }
                 Err(e) => debug!(%peer, "sync failed: {e}"),
             },
-            TaskDone::SceneFetched { job, result } => match result {
-                Ok(path) => {
-                    info!(job = %job.short(), "scene ready");
-                    self.scenes.insert(job, SceneState::Ready(path));
-                }
-                Err(e) => {
-                    warn!(job = %job.short(), "scene fetch failed: {e}; will retry");
-                    self.scenes.insert(
-                        job,
-                        SceneState::Retry(Instant::now() + Duration::from_secs(3)),
-                    );
-                }
-            },
+            TaskDone::SceneFetched { job, result } => {
+                let stats = self
+                    .scenes
+                    .get(&job)
+                    .map(|s| s.stats().clone())
+                    .unwrap_or_default();
+                let state = match result {
+                    Ok(checkout) => {
+                        info!(
+                            job = %job.short(),
+                            files = checkout.manifest.files.len(),
+                            fetched = stats.fetched(),
+                            reused = stats.reused(),
+                            "project ready"
+                        );
+                        SceneState::Ready(Arc::new(checkout), stats)
+                    }
+                    Err(e) => {
+                        warn!(job = %job.short(), "project fetch failed: {e}; will retry");
+                        let at = Instant::now() + Duration::from_secs(3);
+                        SceneState::Retry(at, stats, e)
+                    }
+                };
+                self.scenes.insert(job, state);
+            }
             TaskDone::Rendered(done) => self.on_rendered(*done).await,
             TaskDone::OutputWritten {
                 job,
@@ -443,6 +489,7 @@ impl Daemon {
                     }
                 }
             }
+            TaskDone::Collected { result, reply } => self.on_collected(result, reply),
             TaskDone::Probed(result) => match result {
                 Ok(info) => {
                     let slots = render::plan_slots(&info, self.cfg.gpus_together);
@@ -482,6 +529,7 @@ impl Daemon {
             ApiRequest::Invite(reply) => {
                 let _ = reply.send(self.invite().await);
             }
+            ApiRequest::Gc(reply) => self.collect_garbage(0, Some(reply)),
         }
     }
 
@@ -504,6 +552,12 @@ impl Daemon {
             name: spec.name.clone(),
             frames_total: spec.frames.len(),
             out_dir,
+            files: 0,
+            bytes: 0,
+            root: None,
+            blender: None,
+            missing: Vec::new(),
+            warnings: Vec::new(),
         };
         self.publish(GossipMsg::Job(spec)).await;
         Ok(resp)

@@ -11,9 +11,11 @@
 //! | GET    | /v1/peers    | [`types::PeersResponse`]                       |
 //! | GET    | /v1/invite   | [`types::InviteResponse`]                      |
 //! | POST   | /v1/jobs     | [`types::SubmitRequest`] → [`types::SubmitResponse`] |
+//! | POST   | /v1/gc       | — → [`crate::store::gc::GcReport`]             |
 
 pub mod types;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -36,12 +38,28 @@ struct Ctx {
     tx: mpsc::Sender<ApiRequest>,
     store: Store,
     me: PeerId,
+    env: SubmitEnv,
+}
+
+/// What submit needs from the daemon's configuration.
+#[derive(Clone, Debug)]
+pub struct SubmitEnv {
+    /// `--blender` of `meshd join` (else $BLENDER, else PATH): walks the scene's dependencies.
+    pub blender: Option<PathBuf>,
+    /// A private scratch directory (under the data dir).
+    pub scratch: PathBuf,
 }
 
 type ApiResult<T> = Result<Json<T>, (StatusCode, Json<ErrorBody>)>;
 
 fn err(status: StatusCode, msg: impl Into<String>) -> (StatusCode, Json<ErrorBody>) {
-    (status, Json(ErrorBody { error: msg.into() }))
+    (
+        status,
+        Json(ErrorBody {
+            error: msg.into(),
+            missing: Vec::new(),
+        }),
+    )
 }
 
 fn check_token(ctx: &Ctx, headers: &HeaderMap) -> Result<(), (StatusCode, Json<ErrorBody>)> {
@@ -98,6 +116,17 @@ async fn invite(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> ApiResult<In
         .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, e))
 }
 
+async fn gc(
+    State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
+) -> ApiResult<crate::store::gc::GcReport> {
+    check_token(&ctx, &headers)?;
+    ask(&ctx, ApiRequest::Gc)
+        .await?
+        .map(Json)
+        .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, e))
+}
+
 async fn submit(
     State(ctx): State<Arc<Ctx>>,
     headers: HeaderMap,
@@ -113,24 +142,69 @@ async fn submit(
         .frames
         .parse()
         .map_err(|e: crate::ledger::FrameSetError| bad(e.to_string()))?;
-    let scene_file = req
-        .path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| !n.starts_with('.'))
-        .map(str::to_string)
-        .ok_or_else(|| bad("the scene's file name must be valid UTF-8".into()))?;
+    if let Some(v) = &req.require_blender
+        && crate::ledger::job::parse_major_minor(v).is_none()
+    {
+        return Err(bad(format!(
+            "--blender-version {v:?} is not MAJOR.MINOR: give it like 4.2"
+        )));
+    }
+    let scene = std::fs::canonicalize(&req.path)
+        .map_err(|e| bad(format!("cannot resolve {}: {e}", req.path.display())))?;
+    if scene.to_str().is_none() {
+        return Err(bad(format!(
+            "the scene's path {} is not valid UTF-8: rename it",
+            scene.display()
+        )));
+    }
+
+    // 1. What the scene needs, found by this machine's Blender.
+    let mut warnings = Vec::new();
+    let (deps, blender) = if req.no_deps {
+        warnings.push(
+            "--no-deps: only the .blend is sent; textures, linked libraries and caches it \
+             needs will be missing on renderers"
+                .to_string(),
+        );
+        (Vec::new(), None)
+    } else {
+        let found = discover_deps(&ctx.env, &scene).await.map_err(bad)?;
+        warnings.extend(found.errors.iter().map(|e| format!("not inspected: {e}")));
+        (found.deps, Some(found.blender))
+    };
+    let plan = crate::transfer::project::plan(&scene, &deps).map_err(|e| bad(e.to_string()))?;
+
+    // 2. Missing files are named before anything is stored or sent.
+    if req.strict && !plan.missing.is_empty() {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(ErrorBody {
+                error: format!(
+                    "{} dependenc{} missing; nothing was submitted (fix the paths, or submit without --strict)",
+                    plan.missing.len(),
+                    if plan.missing.len() == 1 {
+                        "y is"
+                    } else {
+                        "ies are"
+                    }
+                ),
+                missing: plan.missing,
+            }),
+        ));
+    }
+
+    // 3. Every file into the store, then the project manifest.
     let store = ctx.store.clone();
-    let path = req.path.clone();
-    let scene = tokio::task::spawn_blocking(move || store.import_copy(&path))
+    let plan2 = plan.clone();
+    let project = tokio::task::spawn_blocking(move || import_project(&store, &plan2))
         .await
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| bad(format!("cannot read {}: {e}", req.path.display())))?;
+        .map_err(bad)?;
+
     let spec = JobSpec {
         version: JOB_SPEC_VERSION,
         name: req.name,
-        scene,
-        scene_file,
+        project: project.id,
         frames,
         settings: req.settings,
         submitter: ctx.me,
@@ -139,15 +213,84 @@ async fn submit(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         priority: req.priority,
+        blender_version: blender.clone(),
+        require_blender: req.require_blender,
     };
     spec.validate().map_err(bad)?;
     let out_dir = req.out_dir;
-    ask(&ctx, |reply| {
+    let mut resp = ask(&ctx, |reply| {
         ApiRequest::Submit(Box::new(spec), out_dir, reply)
     })
     .await?
-    .map(Json)
-    .map_err(bad)
+    .map_err(bad)?;
+    resp.files = project.files;
+    resp.bytes = project.bytes;
+    resp.root = Some(plan.root);
+    resp.blender = blender;
+    resp.missing = plan.missing;
+    resp.warnings = warnings;
+    Ok(Json(resp))
+}
+
+/// Runs the dependency walk in this machine's Blender.
+async fn discover_deps(
+    env: &SubmitEnv,
+    scene: &std::path::Path,
+) -> Result<crate::render::discover::Discovery, String> {
+    let blender = crate::render::find_blender(env.blender.as_deref()).map_err(|e| {
+        format!(
+            "this daemon has no Blender to find the files the scene needs ({e}); install \
+             Blender (or start `meshd join --blender PATH`), or submit with --no-deps to send \
+             only the .blend"
+        )
+    })?;
+    let work = env
+        .scratch
+        .join(format!("discover-{:016x}", rand::random::<u64>()));
+    let result = crate::render::discover::discover(&blender, scene, &work).await;
+    let _ = std::fs::remove_dir_all(&work);
+    result.map_err(|e| format!("cannot list the scene's dependencies: {e}"))
+}
+
+struct ImportedProject {
+    id: crate::ids::BlobId,
+    files: usize,
+    bytes: u64,
+}
+
+/// Copies every planned file into the store and stores the project manifest.
+fn import_project(
+    store: &Store,
+    plan: &crate::transfer::project::ProjectPlan,
+) -> Result<ImportedProject, String> {
+    use crate::transfer::project::{ProjectFile, ProjectManifest};
+    let mut files = Vec::with_capacity(plan.files.len());
+    for (rel, abs) in &plan.files {
+        let blob = store
+            .import_copy(abs)
+            .map_err(|e| format!("cannot read {}: {e}", abs.display()))?;
+        let size = store.manifest(&blob).map(|m| m.size).unwrap_or(0);
+        files.push(ProjectFile {
+            path: rel.clone(),
+            blob,
+            size,
+        });
+    }
+    let root = plan
+        .root
+        .to_str()
+        .ok_or_else(|| format!("{} is not valid UTF-8", plan.root.display()))?
+        .to_string();
+    let manifest =
+        ProjectManifest::new(root, plan.scene.clone(), files).map_err(|e| e.to_string())?;
+    let id = store
+        .import_bytes(&manifest.encode())
+        .map_err(|e| format!("cannot store the project manifest: {e}"))?;
+    Ok(ImportedProject {
+        id,
+        files: manifest.files.len(),
+        bytes: manifest.total_size(),
+    })
 }
 
 /// Serves the API on `listener` until the returned task is aborted.
@@ -157,18 +300,21 @@ pub fn serve(
     tx: mpsc::Sender<ApiRequest>,
     store: Store,
     me: PeerId,
+    env: SubmitEnv,
 ) -> tokio::task::JoinHandle<()> {
     let ctx = Arc::new(Ctx {
         token,
         tx,
         store,
         me,
+        env,
     });
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/invite", get(invite))
         .route("/v1/jobs", post(submit))
+        .route("/v1/gc", post(gc))
         .with_state(ctx);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::JobState;
 use crate::render::settings::RenderSettings;
+use crate::transfer::project::Dependency;
 
 /// Where the daemon's API listens; written to `<data dir>/api.json` at start.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -27,6 +28,15 @@ pub struct SubmitRequest {
     pub out_dir: PathBuf,
     pub settings: RenderSettings,
     pub priority: i32,
+    /// Refuse the job when a dependency is missing.
+    #[serde(default)]
+    pub strict: bool,
+    /// Send only the .blend: no dependency discovery (and no Blender needed here).
+    #[serde(default)]
+    pub no_deps: bool,
+    /// Only peers whose Blender has this major.minor render the job.
+    #[serde(default)]
+    pub require_blender: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -35,11 +45,31 @@ pub struct SubmitResponse {
     pub name: String,
     pub frames_total: usize,
     pub out_dir: PathBuf,
+    /// Files sent with the scene (the .blend included) and their total size.
+    #[serde(default)]
+    pub files: usize,
+    #[serde(default)]
+    pub bytes: u64,
+    /// The project root on this machine: every file's path is relative to it.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// The Blender that found the dependencies (recorded in the job).
+    #[serde(default)]
+    pub blender: Option<String>,
+    /// Dependencies that do not exist here: renderers will lack them too.
+    #[serde(default)]
+    pub missing: Vec<Dependency>,
+    /// Anything else the user should know (no dependency discovery, datablocks not inspected).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+    /// With `--strict`: the missing dependencies that made submit refuse.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<Dependency>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,6 +99,27 @@ pub struct JobView {
     /// Why the job failed (first few frame failures), when it did.
     pub failure: Option<String>,
     pub frames: Vec<FrameView>,
+    /// The submitting machine's Blender, and the major.minor the job requires, if any.
+    pub blender_version: Option<String>,
+    pub require_blender: Option<String>,
+    /// This peer's copy of the job's project.
+    pub project: ProjectView,
+}
+
+/// Where this peer's copy of a job's project stands.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ProjectView {
+    /// "none" (not wanted here), "fetching", "ready" or "retrying".
+    pub state: String,
+    /// Files and bytes of the project, once its manifest is here.
+    pub files: Option<usize>,
+    pub bytes: Option<u64>,
+    /// Bytes this peer received from other peers for this job's project.
+    pub bytes_fetched: u64,
+    /// Bytes it already held (earlier versions, other jobs, an interrupted fetch).
+    pub bytes_reused: u64,
+    /// Why the last fetch failed, while retrying.
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -72,6 +72,33 @@ impl ApiClient {
         Self::finish(resp).await
     }
 
+    /// Like [`Self::post`], but hands back the daemon's error body when it refused.
+    pub async fn post_or_refusal<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<Result<T, ErrorBody>> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(Ok(resp
+                .json()
+                .await
+                .context("unreadable answer from the daemon")?));
+        }
+        match resp.json::<ErrorBody>().await {
+            Ok(b) => Ok(Err(b)),
+            Err(_) => bail!("the daemon answered {status}"),
+        }
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,

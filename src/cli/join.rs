@@ -56,6 +56,38 @@ pub struct JoinArgs {
     /// Render with all GPUs in one Blender instead of one Blender per GPU.
     #[arg(long)]
     pub gpus_together: bool,
+    /// Bound the blob store (scenes, textures, frames), e.g. 50G or 500M. Least recently used
+    /// blobs of jobs that are over go first; never those of running jobs or undelivered frames.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub cache_size: Option<u64>,
+}
+
+/// `500M`, `50G`, `1.5T`, `1024` (bytes); K/M/G/T are powers of 1024, an optional `B`/`iB`
+/// may follow.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let body = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (num, mult) = match body.chars().last() {
+        Some('k') => (&body[..body.len() - 1], 1u64 << 10),
+        Some('m') => (&body[..body.len() - 1], 1 << 20),
+        Some('g') => (&body[..body.len() - 1], 1 << 30),
+        Some('t') => (&body[..body.len() - 1], 1 << 40),
+        _ => (body, 1),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: use a number with K, M, G or T, like 50G"))?;
+    if !v.is_finite() || v <= 0.0 || v * mult as f64 >= u64::MAX as f64 {
+        return Err(format!(
+            "{s:?} is not a usable size: give a positive size like 50G"
+        ));
+    }
+    Ok((v * mult as f64) as u64)
 }
 
 pub async fn run(data_dir: PathBuf, args: JoinArgs) -> anyhow::Result<i32> {
@@ -89,6 +121,7 @@ pub async fn run(data_dir: PathBuf, args: JoinArgs) -> anyhow::Result<i32> {
         max_worker_rss_mib: args.max_worker_rss_mib,
         gpus_together: args.gpus_together,
         frame_timeout: args.frame_timeout.map(Duration::from_secs),
+        cache_size: args.cache_size,
     };
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
@@ -121,4 +154,21 @@ pub async fn run(data_dir: PathBuf, args: JoinArgs) -> anyhow::Result<i32> {
     })
     .await?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("50GiB"), Ok(50 << 30));
+        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_size("2TB"), Ok(2 << 40));
+        for bad in ["", "G", "-1G", "0", "abc", "1X", "nanG"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -49,6 +49,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Free disk: remove stored files of jobs that are over (never those of running jobs or
+    /// frames not yet delivered) and their work directories. Says what it freed.
+    Gc {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Cli {
@@ -68,5 +74,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Submit(args) => submit::run(&data_dir, *args).await,
         Command::Status { job, json } => status::status(&data_dir, job.as_deref(), json).await,
         Command::Peers { json } => status::peers(&data_dir, json).await,
+        Command::Gc { json } => status::gc(&data_dir, json).await,
     }
 }

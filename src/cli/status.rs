@@ -58,6 +58,18 @@ pub async fn status(data_dir: &Path, job: Option<&str>, json: bool) -> anyhow::R
         if let Some(f) = &j.failure {
             println!("  failed: {f}");
         }
+        let p = &j.project;
+        match p.state.as_str() {
+            "fetching" => println!(
+                "  fetching project: {} received",
+                super::submit::human_bytes(p.bytes_fetched)
+            ),
+            "retrying" => println!(
+                "  project fetch failed, retrying: {}",
+                p.error.as_deref().unwrap_or("-")
+            ),
+            _ => {}
+        }
     }
     if job.is_some() {
         for j in &resp.jobs {
@@ -69,6 +81,23 @@ pub async fn status(data_dir: &Path, job: Option<&str>, json: bool) -> anyhow::R
                     j.frames_total,
                     out.display()
                 );
+            }
+            let p = &j.project;
+            if let (Some(files), Some(bytes)) = (p.files, p.bytes) {
+                println!(
+                    "project: {files} files, {}; {} fetched from peers, {} already here",
+                    super::submit::human_bytes(bytes),
+                    super::submit::human_bytes(p.bytes_fetched),
+                    super::submit::human_bytes(p.bytes_reused)
+                );
+            }
+            if let Some(v) = &j.blender_version {
+                let req = j
+                    .require_blender
+                    .as_deref()
+                    .map(|r| format!(" (renders only on Blender {r})"))
+                    .unwrap_or_default();
+                println!("submitted from Blender {v}{req}");
             }
             for f in &j.frames {
                 let who = f.peer.as_deref().map(short_peer).unwrap_or("-");
@@ -138,6 +167,28 @@ pub async fn invite(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string(&resp)?);
     } else {
         println!("meshd join {}", resp.ticket);
+    }
+    Ok(0)
+}
+
+/// `meshd gc`.
+pub async fn gc(data_dir: &std::path::Path, json: bool) -> anyhow::Result<i32> {
+    let client = ApiClient::connect(data_dir)?;
+    let r: crate::store::gc::GcReport = client.post("/v1/gc", &()).await?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "freed {} in {} stored file{}, {} unfinished download{} and {} work dir{}; {} kept",
+            super::submit::human_bytes(r.bytes_freed),
+            r.blobs_removed,
+            if r.blobs_removed == 1 { "" } else { "s" },
+            r.partials_removed,
+            if r.partials_removed == 1 { "" } else { "s" },
+            r.work_dirs_removed,
+            if r.work_dirs_removed == 1 { "" } else { "s" },
+            super::submit::human_bytes(r.bytes_kept),
+        );
     }
     Ok(0)
 }

@@ -95,6 +95,16 @@ pub struct SubmitArgs {
     /// Accept frames that are entirely black or transparent.
     #[arg(long)]
     pub allow_blank: bool,
+    /// Refuse (exit 3, nothing submitted) when a file the scene needs is missing.
+    #[arg(long)]
+    pub strict: bool,
+    /// Send only the .blend, without looking for the textures, libraries and caches it needs
+    /// (for a daemon without Blender, or a self-contained file). Renderers will lack them.
+    #[arg(long)]
+    pub no_deps: bool,
+    /// Only peers whose Blender has this MAJOR.MINOR (e.g. 4.2) render the job.
+    #[arg(long, value_name = "X.Y")]
+    pub blender_version: Option<String>,
     /// Print the submitted job as JSON.
     #[arg(long)]
     pub json: bool,
@@ -177,6 +187,11 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
     {
         bail!("job name must be 1 to 200 characters without / or \\: pass --name");
     }
+    if let Some(v) = &args.blender_version
+        && crate::ledger::job::parse_major_minor(v).is_none()
+    {
+        bail!("--blender-version {v:?} is not MAJOR.MINOR: give it like 4.2");
+    }
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let out_dir = match &args.out {
         Some(o) => cwd.join(o),
@@ -190,16 +205,38 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
         out_dir,
         settings,
         priority: args.priority,
+        strict: args.strict,
+        no_deps: args.no_deps,
+        require_blender: args.blender_version.clone(),
     };
-    let resp: SubmitResponse = client.post("/v1/jobs", &req).await?;
+    let resp: SubmitResponse = match client.post_or_refusal("/v1/jobs", &req).await? {
+        Ok(resp) => resp,
+        Err(refusal) if !refusal.missing.is_empty() => {
+            if args.json {
+                println!("{}", serde_json::to_string(&refusal)?);
+            } else {
+                print_missing(&refusal.missing);
+            }
+            eprintln!("error: {}", refusal.error);
+            return Ok(3);
+        }
+        Err(refusal) => bail!("{}", refusal.error),
+    };
     if args.json {
         println!("{}", serde_json::to_string(&resp)?);
     } else {
+        print_missing(&resp.missing);
+        for w in &resp.warnings {
+            eprintln!("warning: {}", sanitize(w));
+        }
         println!(
-            "submitted job {} ({}): {} frames -> {}",
+            "submitted job {} ({}): {} frames, {} file{} ({}) -> {}",
             &resp.id[..12],
             resp.name,
             resp.frames_total,
+            resp.files,
+            if resp.files == 1 { "" } else { "s" },
+            human_bytes(resp.bytes),
             resp.out_dir.display()
         );
     }
@@ -207,6 +244,56 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
         return Ok(0);
     }
     wait(&client, &resp).await
+}
+
+/// Names each missing dependency and the datablock that needs it, on stderr.
+fn print_missing(missing: &[crate::transfer::project::Dependency]) {
+    if missing.is_empty() {
+        return;
+    }
+    eprintln!(
+        "warning: {} file{} the scene needs {} missing (renderers will lack {}):",
+        missing.len(),
+        if missing.len() == 1 { "" } else { "s" },
+        if missing.len() == 1 { "is" } else { "are" },
+        if missing.len() == 1 { "it" } else { "them" },
+    );
+    for d in missing {
+        eprintln!(
+            "  {}  (needed by {})",
+            sanitize(&d.path),
+            sanitize(&d.owner)
+        );
+    }
+}
+
+/// Control characters from a file or a peer, made visible instead of acted on.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// `1.5 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// Follows a job until all its frames are written locally, or it fails.

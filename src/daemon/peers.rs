@@ -111,6 +111,7 @@ mod tests {
             render_device: None,
             rendering: vec![],
             addrs: vec![],
+            projects: vec![],
         }
     }
 

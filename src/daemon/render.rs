@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use libp2p::PeerId;
 use tokio::sync::mpsc;
@@ -21,7 +22,10 @@ use crate::ledger::{
 };
 use crate::net::{GossipMsg, InFlight};
 use crate::render::settings::{DeviceKind, DeviceRequirement};
-use crate::render::{BlenderInfo, FrameError, FrameProgress, RenderedFrame, Worker, WorkerConfig};
+use crate::render::{
+    BlenderInfo, FrameError, FrameProgress, ProjectLayout, RenderedFrame, Worker, WorkerConfig,
+};
+use crate::transfer::FetchCtx;
 
 /// What one slot renders with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,6 +160,16 @@ impl RenderState {
         }
     }
 
+    /// Jobs with a frame in flight or a warm Blender here.
+    pub(super) fn jobs_in_use(&self) -> impl Iterator<Item = JobId> + '_ {
+        self.slots.iter().flat_map(|s| {
+            s.idle
+                .keys()
+                .copied()
+                .chain(s.active.as_ref().map(|a| a.job))
+        })
+    }
+
     pub(super) fn stop(&mut self) {
         for s in &mut self.slots {
             if let Some(a) = s.active.take() {
@@ -189,16 +203,20 @@ impl Daemon {
         self.cfg.data_dir.join("work").join(job.to_hex())
     }
 
-    fn job_running(&self, entry: &JobEntry) -> bool {
+    pub(super) fn job_running(&self, entry: &JobEntry) -> bool {
         job_progress(entry, &self.view(), &self.policy).state == JobState::Running
     }
 
-    /// Whether some slot of this peer can render the job.
+    /// Whether some slot of this peer can render the job, with a Blender the job accepts.
     fn can_take(&self, entry: &JobEntry) -> bool {
-        self.render
-            .slots
-            .iter()
-            .any(|s| slot_fits(&entry.spec.settings.device, &s.spec))
+        self.blender
+            .as_ref()
+            .is_some_and(|b| entry.spec.blender_fits(&b.version))
+            && self
+                .render
+                .slots
+                .iter()
+                .any(|s| slot_fits(&entry.spec.settings.device, &s.spec))
     }
 
     /// Starts fetching the scene of every running job this peer could render.
@@ -209,34 +227,24 @@ impl Daemon {
         let now = std::time::Instant::now();
         let mut wanted = Vec::new();
         for (id, entry) in self.ledger.jobs() {
-            let due = match self.scenes.get(id) {
-                None => true,
-                Some(SceneState::Retry(at)) => *at <= now,
-                Some(_) => false,
+            let (due, stats) = match self.scenes.get(id) {
+                None => (true, Arc::default()),
+                Some(SceneState::Retry(at, stats, _)) => (*at <= now, stats.clone()),
+                Some(_) => continue,
             };
             if due && self.can_take(entry) && self.job_running(entry) {
-                wanted.push((*id, entry.spec.clone(), self.providers_for(entry)));
+                wanted.push((*id, entry.spec.project, self.providers_for(entry), stats));
             }
         }
-        for (id, spec, providers) in wanted {
-            self.scenes.insert(id, SceneState::Fetching);
-            let net = self.net.clone();
-            let store = self.store.clone();
+        for (id, project, providers, stats) in wanted {
+            self.scenes.insert(id, SceneState::Fetching(stats.clone()));
+            let ctx =
+                FetchCtx::new(self.net.clone(), self.store.clone(), providers).with_stats(stats);
             let dir = self.job_dir(&id);
             self.tasks.spawn(async move {
-                let result = async {
-                    let blob = crate::transfer::fetch(&net, &store, spec.scene, &providers)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    // Blender resolves `//` paths next to the .blend: give it its own name.
-                    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-                    let scene = dir.join(&spec.scene_file);
-                    if !scene.exists() && std::fs::hard_link(&blob, &scene).is_err() {
-                        std::fs::copy(&blob, &scene).map_err(|e| e.to_string())?;
-                    }
-                    Ok(scene)
-                }
-                .await;
+                let result = crate::transfer::checkout::checkout(&ctx, project, &dir)
+                    .await
+                    .map_err(|e| e.to_string());
                 TaskDone::SceneFetched { job: id, result }
             });
         }
@@ -262,14 +270,57 @@ impl Daemon {
         }
     }
 
-    /// Peers likely to hold a job's blobs: the submitter, then those that rendered its frames,
-    /// then everyone connected.
+    /// Peers likely to hold a job's project: the submitter, peers announcing all of it, peers
+    /// announcing part of it (still fetching), then everyone connected.
     pub(super) fn providers_for(&self, entry: &JobEntry) -> Vec<PeerId> {
-        let renderers = entry
-            .frames
-            .values()
-            .flat_map(|s| s.done.iter().map(|d| d.peer));
-        self.providers(std::iter::once(entry.spec.submitter).chain(renderers))
+        let mut complete = Vec::new();
+        let mut partial = Vec::new();
+        for (peer, state) in &self.peers.peers {
+            let Some(hb) = &state.heartbeat else { continue };
+            for have in hb
+                .projects
+                .iter()
+                .filter(|h| h.project == entry.spec.project)
+            {
+                if have.complete {
+                    complete.push(*peer);
+                } else {
+                    partial.push(*peer);
+                }
+            }
+        }
+        self.providers(
+            std::iter::once(entry.spec.submitter)
+                .chain(complete)
+                .chain(partial),
+        )
+    }
+
+    /// Projects this peer holds or is fetching, for its heartbeat (newest jobs first).
+    pub(super) fn have_projects(&self) -> Vec<crate::net::HaveProject> {
+        let mut have: Vec<(u64, crate::net::HaveProject)> = self
+            .scenes
+            .iter()
+            .filter_map(|(job, state)| {
+                let entry = self.ledger.job(job)?;
+                let complete = match state {
+                    SceneState::Ready(..) => true,
+                    SceneState::Fetching(_) | SceneState::Retry(..) => false,
+                };
+                Some((
+                    entry.spec.created_unix_ms,
+                    crate::net::HaveProject {
+                        project: entry.spec.project,
+                        complete,
+                    },
+                ))
+            })
+            .collect();
+        have.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+        have.into_iter()
+            .map(|(_, h)| h)
+            .take(crate::net::wire::MAX_HAVE_PROJECTS)
+            .collect()
     }
 
     /// `likely` peers first, then every connected one; without this peer, each once.
@@ -304,7 +355,7 @@ impl Daemon {
             let window = (2 * crate::ledger::PeerView::live_renderers(&view).len()).max(4);
             let scenes = &self.scenes;
             let eligible = |id: &JobId, e: &JobEntry| {
-                matches!(scenes.get(id), Some(SceneState::Ready(_)))
+                matches!(scenes.get(id), Some(SceneState::Ready(..)))
                     && slot_fits(&e.spec.settings.device, &spec)
             };
             choose_claim(
@@ -330,7 +381,7 @@ impl Daemon {
         let Some(entry) = self.ledger.job(&job) else {
             return;
         };
-        let Some(SceneState::Ready(scene)) = self.scenes.get(&job) else {
+        let Some(SceneState::Ready(checkout, _)) = self.scenes.get(&job) else {
             return;
         };
         let settings = entry.spec.settings.clone();
@@ -341,7 +392,8 @@ impl Daemon {
             .unwrap_or_else(|| {
                 Worker::new(WorkerConfig {
                     blender: info.path.clone(),
-                    scene: scene.clone(),
+                    scene: checkout.scene.clone(),
+                    project: Some(ProjectLayout::of(checkout)),
                     work_dir: job_dir.join(format!("worker-{slot}")),
                     scripts_allowed: settings.allow_scripts && self.cfg.allow_scripts,
                     settings,

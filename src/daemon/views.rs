@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use libp2p::PeerId;
 
-use super::Daemon;
-use crate::api::types::{FrameView, JobView, PeerInfo, PeersResponse, StatusResponse};
+use super::{Daemon, SceneState};
+use crate::api::types::{FrameView, JobView, PeerInfo, PeersResponse, ProjectView, StatusResponse};
 use crate::ids::JobId;
 use crate::ledger::{FrameStatus, JobState, frame_status, job_progress};
 use crate::net::InFlight;
@@ -96,10 +96,36 @@ impl Daemon {
                     }
                 }),
                 frames,
+                blender_version: entry.spec.blender_version.clone(),
+                require_blender: entry.spec.require_blender.clone(),
+                project: self.project_view(id),
             });
         }
         jobs.sort_by_key(|j| std::cmp::Reverse(j.created_unix_ms));
         StatusResponse { jobs }
+    }
+
+    fn project_view(&self, job: &JobId) -> ProjectView {
+        let Some(state) = self.scenes.get(job) else {
+            return ProjectView {
+                state: "none".into(),
+                ..Default::default()
+            };
+        };
+        let stats = state.stats();
+        let (name, manifest, error) = match state {
+            SceneState::Fetching(_) => ("fetching", None, None),
+            SceneState::Ready(c, _) => ("ready", Some(&c.manifest), None),
+            SceneState::Retry(_, _, e) => ("retrying", None, Some(e.clone())),
+        };
+        ProjectView {
+            state: name.into(),
+            files: manifest.map(|m| m.files.len()),
+            bytes: manifest.map(|m| m.total_size()),
+            bytes_fetched: stats.fetched(),
+            bytes_reused: stats.reused(),
+            error,
+        }
     }
 
     pub(super) fn peers_view(&self) -> PeersResponse {

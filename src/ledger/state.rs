@@ -181,13 +181,14 @@ pub(crate) mod tests {
         JobSpec {
             version: JOB_SPEC_VERSION,
             name: "test".into(),
-            scene: BlobId::of(b"scene"),
-            scene_file: "scene.blend".into(),
+            project: BlobId::of(b"scene"),
             frames: frames.parse::<FrameSet>().expect("valid frame set"),
             settings: RenderSettings::default(),
             submitter: peer(0),
             created_unix_ms,
             priority,
+            blender_version: Some("3.4.1".into()),
+            require_blender: None,
         }
     }
 

@@ -15,5 +15,6 @@ pub mod wire;
 pub use node::{BlobServer, Client, NetError, NetEvent};
 pub use ticket::{MeshKey, Ticket, TicketError};
 pub use wire::{
-    BlobRequest, BlobResponse, GossipMsg, Heartbeat, InFlight, SyncRequest, SyncResponse, Topic,
+    BlobRequest, BlobResponse, GossipMsg, HaveProject, Heartbeat, InFlight, SyncRequest,
+    SyncResponse, Topic,
 };

@@ -12,7 +12,10 @@ use crate::ledger::{FrameUpdate, JobSpec};
 use crate::render::DeviceInfo;
 
 /// Version of the gossip envelope and the request/response bodies.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
+
+/// Most projects one heartbeat announces.
+pub const MAX_HAVE_PROJECTS: usize = 64;
 
 /// Largest gossip message we publish or accept.
 pub const MAX_GOSSIP_BYTES: usize = 256 * 1024;
@@ -117,6 +120,18 @@ pub struct Heartbeat {
     pub rendering: Vec<InFlight>,
     /// Where the sender listens (peer exchange: every peer learns how to reach every other).
     pub addrs: Vec<String>,
+    /// Projects the sender holds, whole or in part (have-announcements): fetchers ask these
+    /// peers first, so a project spreads from every peer that has pieces of it.
+    pub projects: Vec<HaveProject>,
+}
+
+/// One project a peer holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaveProject {
+    /// The job's project manifest blob.
+    pub project: BlobId,
+    /// Every file is here (else: still fetching, some chunks are).
+    pub complete: bool,
 }
 
 /// A frame a peer is rendering, as its heartbeat reports it.
@@ -132,7 +147,11 @@ pub struct InFlight {
 
 impl Heartbeat {
     fn validate(&self) -> Result<(), String> {
-        if self.devices.len() > 64 || self.rendering.len() > 64 || self.addrs.len() > 16 {
+        if self.devices.len() > 64
+            || self.rendering.len() > 64
+            || self.addrs.len() > 16
+            || self.projects.len() > MAX_HAVE_PROJECTS
+        {
             return Err("heartbeat too large".into());
         }
         Ok(())
@@ -216,6 +235,10 @@ mod tests {
                 total: 4,
             }],
             addrs: vec!["/ip4/127.0.0.1/tcp/4747".into()],
+            projects: vec![HaveProject {
+                project: crate::ids::BlobId::of(b"p"),
+                complete: false,
+            }],
         };
         vec![
             GossipMsg::Frames(vec![update]).encode(),

@@ -13,7 +13,8 @@ command per line on stdin and answers each with exactly one event on stdout:
 
 Events are single lines `@@MESHD@@ {json}`:
 
-    {"event": "ready", "width": W, "height": H, "error": null | "...", ...}
+    {"event": "ready", "width": W, "height": H, "error": null | "...",
+     "missing": ["missing dependency textures/wood.png", ...], ...}
     {"event": "done", "frame": N, "path": "/abs/dir/frame_0007.png"}
     {"event": "error", "frame": N, "message": "..."}
 
@@ -83,13 +84,18 @@ def pick_scene(cfg):
 
 
 def set_engine(scene, engine):
+    # EEVEE's id: BLENDER_EEVEE up to 4.1, BLENDER_EEVEE_NEXT in 4.2-4.5, BLENDER_EEVEE again
+    # from 5.0; a wrong id raises TypeError. The other id is tried too, for builds in between.
+    eevee = ["BLENDER_EEVEE", "BLENDER_EEVEE_NEXT"]
+    if (4, 2, 0) <= bpy.app.version < (5, 0, 0):
+        eevee.reverse()
     candidates = {
         "CYCLES": ["CYCLES"],
-        "EEVEE": ["BLENDER_EEVEE_NEXT", "BLENDER_EEVEE"]
-        if bpy.app.version[:2] in ((4, 2), (4, 3), (4, 4), (4, 5))
-        else ["BLENDER_EEVEE", "BLENDER_EEVEE_NEXT"],
+        "EEVEE": eevee,
         "WORKBENCH": ["BLENDER_WORKBENCH"],
-    }[engine]
+    }.get(engine)
+    if candidates is None:
+        raise ValueError("unknown render engine %r" % engine)
     for ident in candidates:
         try:
             scene.render.engine = ident
@@ -102,9 +108,14 @@ def set_engine(scene, engine):
 def set_format(scene, fmt, depth):
     s = scene.render.image_settings
     try:
+        # 5.0+: file_format only takes formats of the current media type, and multilayer EXR
+        # is a media type of its own; so the media type first (before 5.0 there is none).
+        if hasattr(s, "media_type"):
+            s.media_type = "MULTI_LAYER_IMAGE" if fmt == "OPEN_EXR_MULTILAYER" else "IMAGE"
         s.file_format = fmt
     except TypeError:
         raise ValueError("output format %s is not compiled into this Blender" % fmt)
+    # Switching formats resets the depth (EXR: 32; PNG after EXR: 16 in 4.x, 8 in 5.0): last.
     if depth is not None:
         try:
             s.color_depth = str(depth)
@@ -238,8 +249,30 @@ def render_frame(scene, frame, out, track):
     return path, None
 
 
+def check_project(cfg):
+    """Remap the project's paths into this machine's copy and list what did not resolve."""
+    layout = cfg.get("project")
+    if not layout:
+        return []
+    import os
+
+    # meshd writes meshd_project.py next to the job file.
+    argv = sys.argv[sys.argv.index("--") + 1 :]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(argv[argv.index("--meshd-config") + 1])))
+    try:
+        import meshd_project
+
+        layout = dict(layout, root_here=str(layout["root_here"]))
+        return list(meshd_project.prepare(layout))
+    except Exception as e:
+        traceback.print_exc()
+        return ["cannot check the project's files: %s: %s" % (e.__class__.__name__, e)]
+
+
 def main():
     cfg = load_config()
+    # Dependencies first: settings and every frame must see the remapped paths.
+    missing = check_project(cfg)
     scene, error = apply_settings(cfg)
     width, height = output_size(scene)
     track = Written()
@@ -250,6 +283,7 @@ def main():
         width=width,
         height=height,
         error=error,
+        missing=missing,
         blender=bpy.app.version_string,
         scene=scene.name,
         engine=scene.render.engine,

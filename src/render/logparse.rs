@@ -2,9 +2,11 @@
 //!
 //! Handles the 2.8–4.x `Fra:N Mem:… | Time:… | …` status lines, the `Saved:` and
 //! `Time:` lines that end a frame (3.x prints ` Time:` with a leading space, 4.x
-//! without), and 5.x lines that CLOG prefixes with a timestamp and a category
-//! (`01:02.345  render           | Saved: '…'`). The regexes follow
-//! `reference/blender-cli.md` §3.
+//! without), and 5.x lines that CLOG prefixes with a timestamp (`[hh:]mm:ss.mmm`) and a
+//! category (`01:02.345  render           | Saved: '…'`). 5.x prints its status lines only
+//! when the `render` category logs at INFO (`--log render` or `--log-level info`), as
+//! `Fra: 1 | Remaining: 00:00.00 | Mem: 2M | Sample 1/2`. The regexes follow
+//! `reference/blender-cli.md` §3; `testdata/` holds real logs of 3.4, 4.2, 4.5 and 5.0.
 
 use std::sync::LazyLock;
 
@@ -41,12 +43,12 @@ fn re(pattern: &str) -> Regex {
 }
 
 static CLOG_PREFIX: LazyLock<Regex> =
-    LazyLock::new(|| re(r"^\d{1,3}:\d{2}\.\d{3}\s+[A-Za-z_.]+\s+\| ?"));
-static FRAME: LazyLock<Regex> = LazyLock::new(|| re(r"(?:^|\| )Fra:(\d+)\b"));
+    LazyLock::new(|| re(r"^(?:\d+:)?\d{2}:\d{2}\.\d{3}\s+(?:\d+M\s+)?[A-Za-z0-9_.]+\s+\| ?"));
+static FRAME: LazyLock<Regex> = LazyLock::new(|| re(r"(?:^|\| )Fra: ?(\d+)\b"));
 static SAMPLE: LazyLock<Regex> = LazyLock::new(|| re(r"\| Sample (\d+)/(\d+)"));
 static EEVEE: LazyLock<Regex> = LazyLock::new(|| re(r"Rendering (\d+) / (\d+) samples"));
 static REMAIN: LazyLock<Regex> =
-    LazyLock::new(|| re(r"(?:^|\| )Remaining:((?:\d+:)?\d+:\d+\.\d+)"));
+    LazyLock::new(|| re(r"(?:^|\| )Remaining: ?((?:\d+:)?\d+:\d+\.\d+)"));
 static SAVED: LazyLock<Regex> = LazyLock::new(|| re(r"Saved: '(.+)'$"));
 static FRAMEEND: LazyLock<Regex> =
     LazyLock::new(|| re(r"(?:^|\| )\s*Time: ((?:\d+:)?\d+:\d+\.\d+)(?: \(Saving: ([^)]+)\))?"));
@@ -137,6 +139,8 @@ pub fn parse_line(line: &str) -> Vec<LogEvent> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::LogEvent::*;
     use super::*;
 
@@ -284,6 +288,160 @@ Writing: /tmp/blender_x/scene.crash.txt
                 Error("Cannot read file '/srv/x.blend': No such file or directory".into()),
             ]
         );
+    }
+
+    /// The real 5.0 status lines (`render` category at INFO): `Fra: N` and `Remaining: t`
+    /// with a space, CLOG's hour field after an hour of uptime, CLOG `ERROR` lines ignored.
+    #[test]
+    fn blender_5_0_real_lines() {
+        let log = "\
+00:00.560  render           | Fra: 3 | Mem: 0M | Synchronizing object | Sun
+00:00.566  render           | Fra: 3 | Remaining: 00:01.25 | Mem: 2M | Sample 1/4
+00:00.575  render           | Fra: 3 | Mem: 2M | Sample 4/4
+00:03.958  render           | Fra: 1 | Rendering 1 / 3 samples
+01:00:00.693  render           | Saved: '/renders/out/frame_0003.png'
+01:00:00.693  render           | Time: 00:00.13 (Saving: 00:00.11)
+00:00.650  image            | ERROR Couldn't create directory for file /x/frame_0003.png: Not a directory
+00:00.739  cycles           | WARNING CUEW initialization failed: Error opening the library
+";
+        assert_eq!(
+            all(log),
+            [
+                Frame(3),
+                Frame(3),
+                Sample {
+                    current: 1,
+                    total: 4
+                },
+                Remaining(1.25),
+                Frame(3),
+                Sample {
+                    current: 4,
+                    total: 4
+                },
+                Frame(1),
+                EeveeSample {
+                    current: 1,
+                    total: 3
+                },
+                Saved("/renders/out/frame_0003.png".into()),
+                FrameTime(0.13),
+            ]
+        );
+    }
+
+    fn saved(ev: &[LogEvent]) -> Vec<&str> {
+        ev.iter()
+            .filter_map(|e| match e {
+                Saved(p) => Some(p.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Checks a log recorded by `scripts/test-blender-versions.sh` (its `record_log` runs):
+    /// frames 1-2 and then 3 (`--log render`) from the command line, a missing .blend, an
+    /// unwritable output, then the driver: frame 1, the unwritable frame 3, frame 2.
+    fn check_recorded(name: &str, log: &str) {
+        let ev = all(log);
+        assert_eq!(
+            saved(&ev),
+            [
+                "/renders/out/frame_0001.png",
+                "/renders/out/frame_0002.png",
+                "/renders/out/frame_0003.png",
+                "/renders/out/frame_0001.png",
+                "/renders/out/frame_0002.png",
+            ],
+            "{name}"
+        );
+        // The `--log render` run reports progress on every version (5.x only there).
+        assert!(ev.contains(&Frame(3)), "{name}");
+        let total = Sample {
+            current: 4,
+            total: 4,
+        };
+        assert!(ev.contains(&total), "{name}");
+        assert!(ev.iter().any(|e| matches!(e, Remaining(_))), "{name}");
+        assert!(ev.iter().any(|e| matches!(e, FrameTime(_))), "{name}");
+        let errors: Vec<_> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Error(m) => Some(m.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(errors.len(), 3, "{name}: {errors:?}");
+        assert_eq!(
+            errors[0], "Cannot read file \"/renders/nope.blend\": No such file or directory",
+            "{name}"
+        );
+        for e in &errors[1..] {
+            // The errno text differs: `Invalid argument` up to 4.5, `Not a directory` in 5.0.
+            assert!(
+                e.starts_with("Render error (")
+                    && e.ends_with(") cannot save: '/renders/tiny.blend/x/frame_0003.png'"),
+                "{name}: {e}"
+            );
+        }
+        assert!(
+            !ev.iter()
+                .any(|e| matches!(e, SkippedExisting(_) | MissingFile(_) | CrashLog(_))),
+            "{name}"
+        );
+    }
+
+    #[test]
+    fn recorded_4_2_23_cycles() {
+        let log = include_str!("testdata/blender-4.2.23-cycles.log");
+        check_recorded("4.2.23", log);
+        // 4.x prints its status lines without `--log render` too, and `Time:` unindented.
+        let first_run = log.split("$ blender").nth(1).unwrap_or_default();
+        assert!(all(first_run).contains(&Frame(2)));
+        assert!(log.lines().any(|l| l.starts_with("Time: ")));
+    }
+
+    #[test]
+    fn recorded_4_5_15_cycles() {
+        let log = include_str!("testdata/blender-4.5.15-cycles.log");
+        check_recorded("4.5.15", log);
+        let first_run = log.split("$ blender").nth(1).unwrap_or_default();
+        assert!(all(first_run).contains(&Frame(2)));
+    }
+
+    #[test]
+    fn recorded_5_0_1_cycles() {
+        let log = include_str!("testdata/blender-5.0.1-cycles.log");
+        check_recorded("5.0.1", log);
+        // 5.0 at the default log level: only `Saved:`, no status or `Time:` lines.
+        let first_run = log.split("$ blender").nth(1).unwrap_or_default();
+        let ev = all(first_run);
+        assert_eq!(saved(&ev).len(), 2);
+        assert!(
+            ev.iter().all(|e| matches!(e, Saved(_))),
+            "default 5.0 output: {ev:?}"
+        );
+        assert!(log.contains("  render           | Saved: '"));
+    }
+
+    /// Any log the script recorded (e.g. for a newer patch release) passes the same checks.
+    #[test]
+    fn every_recorded_log() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/render/testdata");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !(name.starts_with("blender-") && name.ends_with("-cycles.log")) {
+                continue;
+            }
+            let log = std::fs::read_to_string(&path).unwrap();
+            if log.starts_with("$ blender") {
+                check_recorded(&name, &log);
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3, "recorded logs in {}", dir.display());
     }
 
     #[test]

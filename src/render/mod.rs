@@ -6,7 +6,7 @@
 //! A [`Worker`] runs one Blender per job and device:
 //!
 //! ```text
-//! blender -b --factory-startup -Y|-y -noaudio SCENE.blend \
+//! blender -b --factory-startup -Y|-y -noaudio --log render SCENE.blend \
 //!     --python-exit-code 86 --python WORK/meshd_driver.py -- --meshd-config WORK/meshd_job.json
 //! ```
 //!
@@ -37,6 +37,7 @@
 //! dropped mid-frame, that process is killed and the next frame starts a fresh one.
 
 pub mod blendfile;
+pub mod discover;
 pub mod logparse;
 pub mod probe;
 mod process;
@@ -46,4 +47,4 @@ pub mod worker;
 
 pub use blendfile::{BlendFileError, check_blend_file};
 pub use probe::{BlenderInfo, DeviceInfo, ProbeError, find_blender, probe};
-pub use worker::{FrameError, FrameProgress, RenderedFrame, Worker, WorkerConfig};
+pub use worker::{FrameError, FrameProgress, ProjectLayout, RenderedFrame, Worker, WorkerConfig};

@@ -30,6 +30,9 @@ enum Event {
         width: Option<u32>,
         height: Option<u32>,
         error: Option<String>,
+        /// Dependencies that did not resolve after load (`missing dependency PATH`).
+        #[serde(default)]
+        missing: Vec<String>,
     },
     Done {
         frame: u32,
@@ -61,6 +64,8 @@ pub(super) struct Blender {
     pub size: Option<(u32, u32)>,
     /// Settings problem from the `ready` event; fails every frame.
     pub settings_error: Option<String>,
+    /// Dependencies that did not resolve (from the `ready` event); fail every frame.
+    pub missing_deps: Vec<String>,
     /// Last [`TAIL_LINES`] lines of output.
     pub tail: VecDeque<String>,
     pub started: SystemTime,
@@ -91,6 +96,7 @@ impl Blender {
             lines,
             size: None,
             settings_error: None,
+            missing_deps: Vec::new(),
             tail: VecDeque::new(),
             started,
             frames: 0,
@@ -130,10 +136,12 @@ impl Blender {
                     width,
                     height,
                     error,
+                    missing,
                 }) = serde_json::from_str(json)
                 {
                     self.size = width.zip(height);
                     self.settings_error = error;
+                    self.missing_deps = missing;
                     tracing::debug!(size = ?self.size, error = ?self.settings_error, "Blender ready");
                     return Ok(());
                 }

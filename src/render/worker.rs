@@ -10,6 +10,7 @@ use tokio::process::Command;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::blendfile::{BlendFileError, check_blend_file};
+use super::discover::{PROJECT_PY, PROJECT_PY_NAME};
 use super::probe::{PYTHON_EXIT_CODE, private_env};
 use super::process::{Blender, Outcome, one_line};
 use super::settings::{DeviceKind, Engine, RenderSettings};
@@ -20,12 +21,35 @@ pub const DRIVER_PY: &str = include_str!("driver.py");
 /// Least time Blender gets to load a scene and report `ready`.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Where a job's project lies on this machine, for the driver's remap and checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProjectLayout {
+    /// The project root on the submitting machine.
+    pub root_submit: String,
+    /// The same root here.
+    pub root_here: PathBuf,
+    /// Every file that existed at submit, relative to the root.
+    pub files: Vec<String>,
+}
+
+impl ProjectLayout {
+    pub fn of(c: &crate::transfer::checkout::Checkout) -> Self {
+        ProjectLayout {
+            root_submit: c.manifest.root.clone(),
+            root_here: c.root_here.clone(),
+            files: c.manifest.files.iter().map(|f| f.path.clone()).collect(),
+        }
+    }
+}
+
 /// Everything a [`Worker`] needs; one worker serves one job on one device.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
     pub blender: PathBuf,
     /// The `.blend` to render.
     pub scene: PathBuf,
+    /// The project the scene belongs to: its dependencies are remapped and checked after load.
+    pub project: Option<ProjectLayout>,
     /// A private directory for Blender's config dirs, temp dir and the driver files.
     pub work_dir: PathBuf,
     pub settings: RenderSettings,
@@ -81,6 +105,10 @@ pub enum FrameError {
     /// The job's settings do not fit this scene or Blender (camera, scene, format, device).
     #[error("job settings cannot be applied: {0}")]
     Settings(String),
+    /// A file the scene needs, present at submit, did not resolve after load.
+    #[error("{}{}", .0.first().map(String::as_str).unwrap_or("missing dependency"),
+        if .0.len() > 1 { format!(" (and {} more)", .0.len() - 1) } else { String::new() })]
+    MissingDependency(Vec<String>),
     /// Blender rendered but reported an error for the frame; it stays running.
     #[error("{reason}")]
     Blender { frame: u32, reason: String },
@@ -128,6 +156,7 @@ struct DriverConfig<'a> {
     samples: Option<u32>,
     device: &'static str,
     device_id: Option<&'a str>,
+    project: Option<&'a ProjectLayout>,
 }
 
 /// A persistent Blender for one job. Starts Blender on first use; dropping it kills Blender.
@@ -215,6 +244,9 @@ impl Worker {
             reason: "Blender is not running".into(),
             log_tail: Vec::new(),
         })?;
+        if !proc.missing_deps.is_empty() {
+            return Err(FrameError::MissingDependency(proc.missing_deps.clone()));
+        }
         if let Some(e) = &proc.settings_error {
             return Err(FrameError::Settings(e.clone()));
         }
@@ -296,6 +328,7 @@ impl Worker {
         }
         let driver = c.work_dir.join("meshd_driver.py");
         std::fs::write(&driver, DRIVER_PY).map_err(io)?;
+        std::fs::write(c.work_dir.join(PROJECT_PY_NAME), PROJECT_PY).map_err(io)?;
         let job = c.work_dir.join("meshd_job.json");
         std::fs::write(
             &job,
@@ -308,6 +341,9 @@ impl Worker {
         cmd.args(["-b", "--factory-startup"])
             .arg(if c.scripts_allowed { "-y" } else { "-Y" })
             .arg("-noaudio")
+            // Blender 5.0 prints per-frame progress (`Fra:`, `Sample a/b`) only with the
+            // `render` log category on; earlier versions print it anyway and accept the flag.
+            .args(["--log", "render"])
             .arg(&scene)
             .arg("--python-exit-code")
             .arg(PYTHON_EXIT_CODE.to_string())
@@ -369,6 +405,7 @@ impl Worker {
             samples: s.samples,
             device: self.config.device.blender_name(),
             device_id: self.config.device_id.as_deref(),
+            project: self.config.project.as_ref(),
         }
     }
 }

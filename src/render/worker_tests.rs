@@ -84,6 +84,7 @@ fn config(scene: &Path, work: &Path) -> WorkerConfig {
     WorkerConfig {
         blender: blender(),
         scene: scene.to_path_buf(),
+        project: None,
         work_dir: work.to_path_buf(),
         settings: RenderSettings::default(),
         device: DeviceKind::Cpu,

@@ -1,6 +1,12 @@
 //! Blob files: each blob lives whole at `blobs/<hex id>`, with its manifest in sled and every
 //! chunk indexed by hash (`ChunkId → (blob, offset, len)`) so chunks can be served to peers
 //! and reused locally when a new version of a file shares them.
+//!
+//! A blob being fetched lives at `blobs/partial/<hex id>` until it is complete. Each chunk
+//! written there is indexed at once, so this peer serves it to others while its own fetch
+//! goes on, and a fetch cut short (a crash, a restart) resumes with the chunks it has: every
+//! chunk is read back and checked against its hash before it is trusted.
+//! Complete blob files are read-only: renderers hard-link them into their work dirs.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -28,6 +34,32 @@ impl Store {
         self.blob_dir.join(id.to_hex())
     }
 
+    /// Where a blob still being fetched is assembled.
+    pub fn partial_path(&self, id: &BlobId) -> PathBuf {
+        self.blob_dir.join("partial").join(id.to_hex())
+    }
+
+    /// Records that chunk `c` now lies at `offset` of the partial file of `blob`, unless a
+    /// complete blob already holds it.
+    pub fn index_partial_chunk(
+        &self,
+        blob: &BlobId,
+        offset: u64,
+        c: &crate::transfer::manifest::ChunkRef,
+    ) -> Result<(), StoreError> {
+        let loc = ChunkLoc {
+            blob: *blob,
+            offset,
+            len: c.len,
+        };
+        let bytes = postcard::to_stdvec(&loc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Only a chunk nobody indexed yet: an existing entry points at a file that has it.
+        let _ = self
+            .chunks
+            .compare_and_swap(c.id.0, None as Option<&[u8]>, Some(bytes))?;
+        Ok(())
+    }
+
     pub fn has_blob(&self, id: &BlobId) -> bool {
         self.manifests.contains_key(id.0).unwrap_or(false) && self.blob_path(id).is_file()
     }
@@ -42,6 +74,13 @@ impl Store {
     pub fn manifest(&self, id: &BlobId) -> Option<Manifest> {
         let bytes = self.manifests.get(id.0).ok()??;
         Manifest::decode_verified(&bytes, id).ok()
+    }
+
+    /// Stores `bytes` as a blob and returns its id.
+    pub fn import_bytes(&self, bytes: &[u8]) -> Result<BlobId, StoreError> {
+        let tmp = self.temp_path();
+        std::fs::write(&tmp, bytes)?;
+        self.import_owned(&tmp)
     }
 
     /// Copies `path` into the store and returns its id.
@@ -65,7 +104,11 @@ impl Store {
             let _ = std::fs::remove_file(tmp);
             return Ok(id);
         }
-        File::open(tmp)?.sync_all()?;
+        let f = File::open(tmp)?;
+        f.sync_all()?;
+        let mut perms = f.metadata()?.permissions();
+        perms.set_readonly(true);
+        f.set_permissions(perms)?;
         std::fs::rename(tmp, &dest)?;
         for (offset, c) in manifest.offsets() {
             let loc = ChunkLoc {
@@ -85,7 +128,9 @@ impl Store {
     pub fn read_chunk(&self, id: &ChunkId) -> Option<Vec<u8>> {
         let loc_bytes = self.chunks.get(id.0).ok()??;
         let loc: ChunkLoc = postcard::from_bytes(&loc_bytes).ok()?;
-        let mut f = File::open(self.blob_path(&loc.blob)).ok()?;
+        let mut f = File::open(self.blob_path(&loc.blob))
+            .or_else(|_| File::open(self.partial_path(&loc.blob)))
+            .ok()?;
         f.seek(SeekFrom::Start(loc.offset)).ok()?;
         let mut buf = vec![0u8; loc.len as usize];
         f.read_exact(&mut buf).ok()?;
@@ -94,6 +139,26 @@ impl Store {
             return None;
         }
         Some(buf)
+    }
+
+    /// Remembers a verified manifest before its blob is complete (an interrupted fetch resumes
+    /// without asking a peer for it again).
+    pub fn put_manifest(&self, id: &BlobId, m: &Manifest) -> Result<(), StoreError> {
+        self.manifests.insert(id.0, m.encode())?;
+        Ok(())
+    }
+
+    /// Whether the file at `path` holds chunk `c` at `offset` (read back and hashed).
+    pub fn read_at_verified(
+        path: &Path,
+        offset: u64,
+        c: &crate::transfer::manifest::ChunkRef,
+    ) -> bool {
+        let Ok(f) = File::open(path) else {
+            return false;
+        };
+        let mut buf = vec![0u8; c.len as usize];
+        f.read_exact_at(&mut buf, offset).is_ok() && ChunkId::of(&buf) == c.id
     }
 
     /// Writes `bytes` at `offset` of the file at `path`.
@@ -113,10 +178,43 @@ impl BlobServer for Store {
                 _ => BlobResponse::NotFound,
             },
             BlobRequest::Chunk(id) => match self.read_chunk(id) {
+                #[cfg(feature = "test-faults")]
+                Some(bytes) if faults::slow_chunks().is_some() => {
+                    std::thread::sleep(faults::slow_chunks().unwrap_or_default());
+                    BlobResponse::Chunk(bytes)
+                }
+                #[cfg(feature = "test-faults")]
+                Some(mut bytes) if faults::corrupt_chunks() => {
+                    if let Some(b) = bytes.first_mut() {
+                        *b ^= 0xff;
+                    }
+                    BlobResponse::Chunk(bytes)
+                }
                 Some(bytes) => BlobResponse::Chunk(bytes),
                 None => BlobResponse::NotFound,
             },
         }
+    }
+}
+
+/// Fault injection for the test suite; compiled only with the `test-faults` feature.
+#[cfg(feature = "test-faults")]
+mod faults {
+    /// `MESHD_FAULT_CORRUPT_CHUNKS=1`: every chunk this peer serves has its first byte flipped.
+    pub fn corrupt_chunks() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| std::env::var_os("MESHD_FAULT_CORRUPT_CHUNKS").is_some())
+    }
+
+    /// `MESHD_FAULT_SLOW_CHUNKS_MS=N`: every chunk this peer serves is held back N ms.
+    pub fn slow_chunks() -> Option<std::time::Duration> {
+        static MS: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+        MS.get_or_init(|| {
+            std::env::var("MESHD_FAULT_SLOW_CHUNKS_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
+        .map(std::time::Duration::from_millis)
     }
 }
 

@@ -11,6 +11,7 @@
 //! - `manifests`: BlobId → manifest bytes; `chunks`: ChunkId → [`blobs::ChunkLoc`]
 
 pub mod blobs;
+pub mod gc;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -74,6 +75,7 @@ impl Store {
             .open()?;
         let blob_dir = data_dir.join("blobs");
         std::fs::create_dir_all(blob_dir.join("tmp"))?;
+        std::fs::create_dir_all(blob_dir.join("partial"))?;
         Ok(Store {
             meta: db.open_tree("meta")?,
             jobs: db.open_tree("jobs")?,

@@ -1,8 +1,11 @@
-//! Moving blobs between peers: content-defined chunking ([`manifest`]) and verified,
-//! multi-peer fetching ([`fetch`]).
+//! Moving projects and results between peers: content-defined chunking ([`manifest`]),
+//! project manifests ([`project`]), verified multi-peer fetching ([`fetch`]) and a renderer's
+//! copy of a project ([`checkout`]).
 
+pub mod checkout;
 pub mod fetch;
 pub mod manifest;
+pub mod project;
 
-pub use fetch::{FetchError, fetch};
+pub use fetch::{FetchCtx, FetchError, FetchStats, fetch};
 pub use manifest::Manifest;

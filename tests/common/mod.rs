@@ -109,7 +109,25 @@ impl Daemon {
             "127.0.0.1:0",
             "--no-mdns",
         ];
-        Self::start_with(root, name, ticket, &args, extra, None)
+        Self::start_with(root, name, ticket, &args, extra, None, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables (the `test-faults` switches).
+    pub fn start_env(
+        root: &Path,
+        name: &str,
+        ticket: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let args = [
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "127.0.0.1:0",
+            "--no-mdns",
+        ];
+        Self::start_with(root, name, ticket, &args, extra, None, env)
     }
 
     /// Starts a daemon inside network namespace `ns`, listening on all its interfaces, with mDNS.
@@ -121,7 +139,7 @@ impl Daemon {
         extra: &[&str],
     ) -> Daemon {
         let args = ["--listen", "/ip4/0.0.0.0/tcp/0", "--api", "127.0.0.1:0"];
-        Self::start_with(root, name, ticket, &args, extra, Some(ns))
+        Self::start_with(root, name, ticket, &args, extra, Some(ns), &[])
     }
 
     fn start_with(
@@ -131,6 +149,7 @@ impl Daemon {
         net_args: &[&str],
         extra: &[&str],
         netns: Option<&str>,
+        env: &[(&str, &str)],
     ) -> Daemon {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -149,6 +168,7 @@ impl Daemon {
             .args(extra)
             .env("BLENDER", blender())
             .env("RUST_LOG", "info,libp2p_gossipsub=error")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);
@@ -166,9 +186,14 @@ impl Daemon {
 
     /// Restarts a killed daemon with the same data dir.
     pub fn restart(&mut self, root: &Path, extra: &[&str]) {
+        self.restart_env(root, extra, &[]);
+    }
+
+    /// Restarts a killed daemon with the same data dir and extra environment variables.
+    pub fn restart_env(&mut self, root: &Path, extra: &[&str], env: &[(&str, &str)]) {
         self.kill();
         let name = self.name.clone();
-        let fresh = Daemon::start(root, &name, None, extra);
+        let fresh = Daemon::start_env(root, &name, None, extra, env);
         *self = fresh;
     }
 
@@ -311,6 +336,73 @@ pub fn submit(d: &Daemon, scene: &Path, frames: &str, out: &Path, extra: &[&str]
     ];
     args.extend_from_slice(extra);
     d.cli_json(&args)["id"].as_str().unwrap().to_string()
+}
+
+/// Generates the production-like test project (shot + linked library + textures by relative
+/// and absolute paths + UDIM tiles + an image sequence) under `dir` with the project's script.
+pub fn make_project(dir: &Path, frames: u32, width: u32, height: u32, samples: u32) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make_test_project.py");
+    let out = Command::new(blender())
+        .args(["-b", "--factory-startup", "-noaudio", "--python"])
+        .arg(&script)
+        .arg("--")
+        .arg(dir)
+        .args(["--frames", &frames.to_string()])
+        .args([
+            "--width",
+            &width.to_string(),
+            "--height",
+            &height.to_string(),
+        ])
+        .args(["--samples", &samples.to_string()])
+        .output()
+        .expect("run blender");
+    assert!(
+        out.status.success() && dir.join("shots/shot.blend").is_file(),
+        "project generation failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Blender's own render of `scene`'s frames `first..=last` into `out` (`frame_####.png`).
+pub fn reference_render(scene: &Path, out: &Path, first: u32, last: u32) {
+    let status = Command::new(blender())
+        .args(["-b", "--factory-startup", "-noaudio"])
+        .arg(scene)
+        .arg("-o")
+        .arg(out.join("frame_####"))
+        .args([
+            "-F",
+            "PNG",
+            "-s",
+            &first.to_string(),
+            "-e",
+            &last.to_string(),
+            "-a",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run blender");
+    assert!(status.success(), "reference render failed");
+}
+
+/// Mean absolute difference per channel (0-255) between two images of the same size.
+pub fn image_diff(a: &Path, b: &Path) -> f64 {
+    let a = image::open(a)
+        .unwrap_or_else(|e| panic!("{}: {e}", a.display()))
+        .to_rgba8();
+    let b = image::open(b)
+        .unwrap_or_else(|e| panic!("{}: {e}", b.display()))
+        .to_rgba8();
+    assert_eq!(a.dimensions(), b.dimensions(), "images differ in size");
+    let sum: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y) as u64)
+        .sum();
+    sum as f64 / a.as_raw().len() as f64
 }
 
 /// Asserts that `dir` holds exactly `frames` as valid PNGs of `size` and nothing else.

@@ -1,0 +1,141 @@
+//! Finding a scene's external files with the submitting machine's own Blender.
+//!
+//! ```text
+//! blender -b --factory-startup -Y -noaudio SCENE.blend --python-exit-code 86 \
+//!     --python DIR/meshd_project.py -- --meshd-discover
+//! ```
+//!
+//! Scripts in the file stay off (`-Y`). The embedded `project.py` walks every datablock that
+//! names a file — libraries (and theirs), images with UDIM tiles and sequences expanded,
+//! sounds, fonts, clips, volumes, caches, strips — and prints one line
+//! `@@MESHD@@ {"event":"deps", ...}`. The same module remaps and checks those paths inside
+//! the render driver (see [`crate::transfer::project`]).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::process::Command;
+
+use super::probe::{PYTHON_EXIT_CODE, private_env};
+use crate::transfer::project::Dependency;
+
+/// The embedded walker / remapper, shared with the render driver.
+pub const PROJECT_PY: &str = include_str!("project.py");
+/// File name the module gets next to the driver, so `import meshd_project` finds it.
+pub const PROJECT_PY_NAME: &str = "meshd_project.py";
+const MARKER: &str = "@@MESHD@@ ";
+/// Loading a big production file can take a while; a walk that takes longer is stuck.
+const DISCOVER_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error("cannot prepare {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("cannot run Blender at {0}: {1}")]
+    Spawn(PathBuf, std::io::Error),
+    #[error("Blender did not list the scene's files within {0:?}")]
+    Timeout(Duration),
+    #[error("Blender could not list the scene's files ({status}): {tail}")]
+    NoResult { status: String, tail: String },
+}
+
+/// What the walk found.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Discovery {
+    /// Version of the Blender that walked the file, e.g. "3.4.1".
+    pub blender: String,
+    pub deps: Vec<Dependency>,
+    /// Datablocks the walker could not inspect (reported, not fatal).
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+/// Lists the external files `scene` needs. `work` is a private scratch directory.
+pub async fn discover(
+    blender: &Path,
+    scene: &Path,
+    work: &Path,
+) -> Result<Discovery, DiscoverError> {
+    let io = |e| DiscoverError::Io(work.to_path_buf(), e);
+    std::fs::create_dir_all(work.join("tmp")).map_err(io)?;
+    let script = work.join(PROJECT_PY_NAME);
+    std::fs::write(&script, PROJECT_PY).map_err(io)?;
+    let mut cmd = Command::new(blender);
+    cmd.args(["-b", "--factory-startup", "-Y", "-noaudio"])
+        .arg(scene)
+        .arg("--python-exit-code")
+        .arg(PYTHON_EXIT_CODE.to_string())
+        .arg("--python")
+        .arg(&script)
+        .args(["--", "--meshd-discover"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    private_env(&mut cmd, work);
+    let child = cmd
+        .spawn()
+        .map_err(|e| DiscoverError::Spawn(blender.to_path_buf(), e))?;
+    let out = tokio::time::timeout(DISCOVER_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| DiscoverError::Timeout(DISCOVER_TIMEOUT))?
+        .map_err(io)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    parse_discovery(&stdout).ok_or_else(|| {
+        let text = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let tail: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("Error") || l.contains("rror:"))
+            .collect();
+        let tail = match tail.last() {
+            Some(l) => l.trim().to_string(),
+            None => text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+        };
+        DiscoverError::NoResult {
+            status: out.status.to_string(),
+            tail,
+        }
+    })
+}
+
+/// The `deps` event in Blender's output, if there is one.
+pub fn parse_discovery(stdout: &str) -> Option<Discovery> {
+    #[derive(Deserialize)]
+    struct Event {
+        event: String,
+        #[serde(flatten)]
+        discovery: Discovery,
+    }
+    stdout.lines().find_map(|l| {
+        let json = l.trim_end().strip_prefix(MARKER)?;
+        let ev: Event = serde_json::from_str(json).ok()?;
+        (ev.event == "deps").then_some(ev.discovery)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_marker_line_among_blender_output() {
+        let out = "Blender 3.4.1\nRead blend: /p/shot.blend\n@@MESHD@@ {\"event\": \"deps\", \
+                   \"blender\": \"3.4.1\", \"scene\": \"/p/shot.blend\", \"deps\": [{\"path\": \
+                   \"/p/t.png\", \"raw\": \"//t.png\", \"owner\": \"Image \\\"t\\\"\", \"kind\": \
+                   \"image\", \"exists\": true}], \"errors\": []}\nBlender quit\n";
+        let d = parse_discovery(out).unwrap();
+        assert_eq!(d.blender, "3.4.1");
+        assert_eq!(d.deps.len(), 1);
+        assert_eq!(d.deps[0].owner, "Image \"t\"");
+        assert!(parse_discovery("no marker\n@@MESHD@@ {bad json").is_none());
+        assert!(parse_discovery("@@MESHD@@ {\"event\": \"ready\"}").is_none());
+    }
+}

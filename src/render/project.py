@@ -1,0 +1,876 @@
+"""meshd's project module (embedded in the meshd binary): a scene's external files.
+
+One walker, two uses, so that what a renderer checks is exactly what was found at submit.
+
+1. Discovery, on the submitting machine (scripts in the file stay off):
+
+       blender -b --factory-startup -Y -noaudio SCENE.blend --python-exit-code 86 \\
+           --python meshd_project.py -- --meshd-discover
+
+   prints one line `@@MESHD@@ {"event": "deps", "blender": ..., "scene": ...,
+   "deps": [{"path", "raw", "owner", "kind", "exists"}, ...], "errors": [...]}`.
+
+2. Remap and verify, inside the render driver after the scene loaded:
+
+       import meshd_project
+       problems = meshd_project.prepare({"root_submit": ..., "root_here": ..., "files": [...]})
+
+   points every path that meant a project file on the submitting machine at this machine's
+   copy (in memory only: nothing is saved), then returns `missing dependency REL` for every
+   file that existed at submit but does not resolve here. Files that were already missing at
+   submit (not in `files`) may stay missing.
+
+Blender facts this relies on (checked on 3.4, 4.2, 4.5 and 5.0):
+- A `//` path is relative to the .blend that owns the datablock: a linked ID's library file.
+- Relative `Library.filepath`s, indirect ones too, are rebased onto the MAIN file when it
+  loads (readfile's fix_relpaths_library), so every library resolves against the main file.
+- `lib.filepath = p; lib.reload()` relinks a library, indirect ones included; `image.filepath
+  = p` reloads the image.
+Works on Blender 3.4 to 5.0: what differs is looked up with getattr/hasattr.
+"""
+
+import json
+import os
+import posixpath
+import re
+import sys
+
+import bpy
+
+MARKER = "@@MESHD@@ "
+IMAGE_SOURCES = ("FILE", "SEQUENCE", "MOVIE", "TILED")
+UDIM_TOKENS = ("<UDIM>", "<UVTILE>")
+# On a POSIX machine a Windows path never exists: `C:\x`, `C:/x`, `\\server\share\x`.
+FOREIGN = re.compile(r"^([A-Za-z]:[\\/]|\\\\)") if os.name != "nt" else re.compile(r"^$.")
+
+
+# ---------------------------------------------------------------- paths
+
+
+def norm(p):
+    """Absolute, normalised, '/' separators."""
+    p = os.path.normpath(os.path.abspath(p))
+    return p.replace(os.sep, "/") if os.sep != "/" else p
+
+
+def is_foreign(p):
+    return bool(FOREIGN.match(p))
+
+
+def resolve(raw, base_blend):
+    """Where Blender reads `raw` (as written in a datablock of the .blend `base_blend`).
+    `//` is relative to that file (backslashes count as separators there); a Windows path on
+    POSIX is reported as written, with '/'."""
+    if raw.startswith("//"):
+        rel = raw[2:].replace("\\", "/")
+        return norm(os.path.join(os.path.dirname(base_blend), rel))
+    if is_foreign(raw):
+        return raw.replace("\\", "/")
+    return norm(raw)
+
+
+def library_path(lib):
+    """A library's file. Blender rebases relative library paths, indirect ones included, onto
+    the main file at load, so all of them resolve against the main file."""
+    return resolve(lib.filepath, bpy.data.filepath)
+
+
+def blend_of(id_):
+    """The .blend that owns a datablock: its library's file if linked, else the main file."""
+    lib = getattr(id_, "library", None)
+    return library_path(lib) if lib is not None else bpy.data.filepath
+
+
+def blend_stem(blend, strip_any_6=False):
+    name = os.path.basename(blend)
+    if strip_any_6:  # point caches: Blender drops the last 6 characters (".blend")
+        return name[:-6] if len(name) > 6 else name
+    return os.path.splitext(name)[0]
+
+
+def bake_escape(name):
+    """escape_name() of bake_geometry_nodes_modifier.cc: ASCII letters stay, every other byte
+    becomes its number as a C `char` (signed on x86: "My:Obj" -> "My58Obj", "é" -> "-61-87")."""
+    out = []
+    for b in name.encode("utf-8", "surrogateescape"):
+        if 65 <= b <= 90 or 97 <= b <= 122:
+            out.append(chr(b))
+        else:
+            out.append(str(b - 256 if b >= 128 else b))
+    return "".join(out)
+
+
+def listdir(d):
+    try:
+        return sorted(os.listdir(d))
+    except OSError:
+        return []
+
+
+def files_under(d):
+    out = []
+    for top, dirs, names in os.walk(d):
+        dirs.sort()
+        out.extend(norm(os.path.join(top, n)) for n in sorted(names))
+    return out
+
+
+def udim_regex(name):
+    rx = re.escape(name)
+    rx = rx.replace(re.escape("<UDIM>"), r"\d{4}").replace(re.escape("<UVTILE>"), r"u\d+_v\d+")
+    return re.compile("^" + rx + "$")
+
+
+def uvtile(number):
+    return "u%d_v%d" % ((number - 1001) % 10 + 1, (number - 1001) // 10 + 1)
+
+
+def tokenise_udim(path):
+    """A TILED image path without a token (files from before 3.0) gets one, like Blender's
+    BKE_image_ensure_tile_token: the 1001-like number in the file name."""
+    if any(t in path for t in UDIM_TOKENS):
+        return path
+    d, name = posixpath.split(path)
+    m = list(re.finditer(r"(?<!\d)(1\d{3})(?!\d)", name))
+    if not m:
+        return path
+    s = m[-1]
+    return posixpath.join(d, name[: s.start()] + "<UDIM>" + name[s.end() :])
+
+
+def sequence_regex(name):
+    """Blender's BLI_path_sequence_decode: the frame number is the last run of digits before
+    the extension. None when the name has no digits (not a sequence)."""
+    dot = name.rfind(".")
+    stem, ext = (name[:dot], name[dot:]) if dot > 0 else (name, "")
+    m = re.search(r"(\d+)(\D*)$", stem)
+    if not m:
+        return None
+    head, tail = stem[: m.start(1)], stem[m.end(1) :] + ext
+    return re.compile("^" + re.escape(head) + r"\d+" + re.escape(tail) + "$")
+
+
+# ---------------------------------------------------------------- the walk
+
+
+class FileSet:
+    """Files that one datablock stands for as a group: UDIM tiles, a sequence's frames, a
+    cache directory. A renderer checks every member that existed at submit."""
+
+    def __init__(self, directory, regex=None, recursive=False):
+        self.directory = directory  # absolute, '/' separators
+        self.regex = regex  # file names in `directory`; None: every file (recursive)
+        self.recursive = recursive
+
+    def members(self):
+        if self.recursive:
+            return files_under(self.directory) if os.path.isdir(self.directory) else []
+        return [
+            posixpath.join(self.directory, n)
+            for n in listdir(self.directory)
+            if self.regex.match(n) and os.path.isfile(os.path.join(self.directory, n))
+        ]
+
+    def holds(self, rel_name):
+        """Whether a path relative to `directory` ('/' separators) belongs to the set."""
+        if self.recursive:
+            return True
+        return "/" not in rel_name and bool(self.regex.match(rel_name))
+
+
+class Walk:
+    def __init__(self):
+        self.deps = []
+        self.seen = set()
+        self.errors = []
+        self.sets = []
+        self.scene = norm(bpy.data.filepath) if bpy.data.filepath else ""
+
+    def add(self, path, raw, owner, kind, exists=None):
+        if path in self.seen or path == self.scene:
+            return
+        self.seen.add(path)
+        try:
+            (path + raw + owner).encode("utf-8")
+        except UnicodeEncodeError:
+            self.errors.append(
+                "%s: file name is not valid UTF-8: %s"
+                % (owner.encode("utf-8", "replace").decode(), path.encode("utf-8", "replace").decode())
+            )
+            return
+        if exists is None:
+            exists = not is_foreign(path) and os.path.isfile(path)
+        self.deps.append({"path": path, "raw": raw, "owner": owner, "kind": kind, "exists": bool(exists)})
+
+    def guard(self, what, fn, *args):
+        try:
+            fn(*args)
+        except Exception as e:  # never fatal: the walker reports what it could not see
+            self.errors.append("%s: %s: %s" % (what, e.__class__.__name__, e))
+
+    # One path, a pattern or a directory, written in a datablock of the .blend `base`.
+
+    def file(self, raw, base, owner, kind):
+        if raw:
+            self.add(resolve(raw, base), raw, owner, kind)
+
+    def pattern(self, raw, base, owner, kind, regex_of, extra=()):
+        """A UDIM set or a sequence: every existing member, or the path itself as missing."""
+        if not raw:
+            return
+        path = resolve(raw, base)
+        if is_foreign(path):
+            self.add(path, raw, owner, kind, exists=False)
+            return
+        d, name = posixpath.split(path)
+        rx = regex_of(name)
+        if rx is None:  # no frame number: one file
+            self.add(path, raw, owner, kind)
+            return
+        fs = FileSet(d, rx)
+        self.sets.append(fs)
+        found = set(fs.members())
+        found.update(f for f in extra if os.path.isfile(f))
+        if not found:
+            self.add(path, raw, owner, kind, exists=False)
+        for f in sorted(found):
+            self.add(f, raw, owner, kind, exists=True)
+
+    def directory(self, raw, base, owner, kind, regex=None):
+        """A cache directory: every file in it (or those matching `regex`, not recursive);
+        nothing if it does not exist (not baked is not an error)."""
+        if not raw:
+            return
+        d = resolve(raw, base)
+        if is_foreign(d):
+            return
+        fs = FileSet(d, regex, recursive=regex is None)
+        self.sets.append(fs)
+        for f in fs.members():
+            self.add(f, raw, owner, kind, exists=True)
+
+
+def describe(label, id_):
+    """`Image "wood"`, or `Image "wood" (in library //../lib/prop.blend)` for linked data."""
+    text = '%s "%s"' % (label, id_.name)
+    lib = getattr(id_, "library", None)
+    if lib is not None:
+        text += " (in library %s)" % lib.filepath
+    return text
+
+
+def packed(id_):
+    if getattr(id_, "packed_file", None) is not None:
+        return True
+    return len(getattr(id_, "packed_files", ()) or ()) > 0
+
+
+def each(w, what, items, fn):
+    """fn(item) for every item, each guarded on its own."""
+    try:
+        items = list(items)
+    except Exception as e:
+        w.errors.append("%s: %s: %s" % (what, e.__class__.__name__, e))
+        return
+    for item in items:
+        label = getattr(item, "name", "?")
+        w.guard('%s "%s"' % (what, label), fn, item)
+
+
+def walk_libraries(w):
+    def one(lib):
+        if packed(lib) or getattr(lib, "is_archive", False):
+            return
+        parent = getattr(lib, "parent", None)
+        owner = 'Library "%s"' % lib.name
+        if parent is not None:
+            owner += " (linked from library %s)" % parent.filepath
+        w.add(library_path(lib), lib.filepath, owner, "library")
+
+    each(w, "library", bpy.data.libraries, one)
+
+
+def image_tile_paths(img, path):
+    out = []
+    for t in getattr(img, "tiles", ()):
+        n = t.number
+        out.append(path.replace("<UDIM>", str(n)).replace("<UVTILE>", uvtile(n)))
+    return out
+
+
+def walk_images(w):
+    def one(img):
+        if img.source not in IMAGE_SOURCES or packed(img) or not img.filepath:
+            return
+        raw, base, owner = img.filepath, blend_of(img), describe("Image", img)
+        if img.source == "TILED" or any(t in raw for t in UDIM_TOKENS):
+            raw_t = tokenise_udim(raw)
+            path = resolve(raw_t, base)
+            w.pattern(raw_t, base, owner, "udim", udim_regex, image_tile_paths(img, path))
+        elif img.source == "SEQUENCE":
+            w.pattern(raw, base, owner, "sequence", sequence_regex)
+        else:
+            w.file(raw, base, owner, "image")
+
+    each(w, "image", bpy.data.images, one)
+
+
+def walk_data(w):
+    def simple(label, kind):
+        def one(id_):
+            raw = getattr(id_, "filepath", "")
+            if not raw or raw == "<builtin>" or packed(id_):
+                return
+            w.file(raw, blend_of(id_), describe(label, id_), kind)
+
+        return one
+
+    each(w, "sound", getattr(bpy.data, "sounds", ()), simple("Sound", "sound"))
+    each(w, "font", getattr(bpy.data, "fonts", ()), simple("Font", "font"))
+
+    def text(t):
+        if t.filepath and not getattr(t, "is_in_memory", False):
+            w.file(t.filepath, blend_of(t), describe("Text", t), "text")
+
+    each(w, "text", getattr(bpy.data, "texts", ()), text)
+
+    def clip(c):
+        if not c.filepath:
+            return
+        if getattr(c, "source", "") == "SEQUENCE":
+            w.pattern(c.filepath, blend_of(c), describe("Movie clip", c), "movieclip", sequence_regex)
+        else:
+            w.file(c.filepath, blend_of(c), describe("Movie clip", c), "movieclip")
+
+    each(w, "movie clip", getattr(bpy.data, "movieclips", ()), clip)
+
+    def volume(v):
+        if not v.filepath or packed(v):
+            return
+        if getattr(v, "is_sequence", False):
+            w.pattern(v.filepath, blend_of(v), describe("Volume", v), "volume", sequence_regex)
+        else:
+            w.file(v.filepath, blend_of(v), describe("Volume", v), "volume")
+
+    each(w, "volume", getattr(bpy.data, "volumes", ()), volume)
+
+    def cache_file(c):
+        base, owner = blend_of(c), describe("Cache file", c)
+        if c.filepath:
+            if getattr(c, "is_sequence", False):
+                w.pattern(c.filepath, base, owner, "cachefile", sequence_regex)
+            else:
+                w.file(c.filepath, base, owner, "cachefile")
+        for layer in getattr(c, "layers", ()):
+            if getattr(layer, "filepath", ""):
+                w.file(layer.filepath, base, owner + " layer", "cachefile")
+
+    each(w, "cache file", getattr(bpy.data, "cache_files", ()), cache_file)
+
+
+def ptcache_prefixes(cache, owner_id, external):
+    """File-name prefixes of a point cache (BKE_pointcache ptcache_filepath): its name, or the
+    owner's name in hex (each byte as C's `(uint)char`: signed on x86, unsigned on ARM)."""
+    if cache.name or external:
+        return [cache.name]
+    raw = owner_id.name.encode("utf-8", "surrogateescape")
+    unsigned = "".join("%02X" % b for b in raw)
+    signed = "".join("%02X" % (b | 0xFFFFFF00 if b >= 128 else b) for b in raw)
+    return sorted({unsigned, signed})
+
+
+def walk_point_cache(w, owner_id, obj_label, pc, what):
+    caches = list(getattr(pc, "point_caches", ()) or ()) or [pc]
+    for c in caches:
+        external = bool(getattr(c, "use_external", False))
+        if not external and not getattr(c, "use_disk_cache", False):
+            continue
+        # ptcache_path: an external directory is relative to the main file; the default one
+        # sits next to the owner's library unless "use_library_path" is off.
+        if external or not getattr(c, "use_library_path", True):
+            base = bpy.data.filepath
+        else:
+            base = blend_of(owner_id)
+        if external:
+            d = c.filepath
+        else:
+            d = "//blendcache_%s" % blend_stem(base, strip_any_6=True)
+        prefixes = ptcache_prefixes(c, owner_id, external)
+        rx = re.compile(
+            "^(%s)_\\d+(_\\d+)?\\.[A-Za-z0-9]+$" % "|".join(re.escape(p) for p in prefixes)
+        )
+        w.directory(d, base, 'Point cache "%s" of %s' % (what, obj_label), "pointcache", rx)
+
+
+def gn_bake_dirs(obj, md):
+    """(raw directory, base .blend) of a geometry-nodes modifier's bakes on disk."""
+    if getattr(md, "bake_target", "DISK") == "PACKED" and not any(
+        getattr(b, "bake_target", "INHERIT") == "DISK" for b in getattr(md, "bakes", ())
+    ):
+        return []
+    base = blend_of(obj)
+    out = []
+    d = getattr(md, "bake_directory", "") or getattr(md, "simulation_bake_directory", "")
+    if not d:  # Blender sets it when it bakes; the default, should it be empty
+        sim = "sim_" if not hasattr(md, "bake_directory") else ""  # 3.6 / 4.0: simulation nodes
+        d = "//blendcache_%s/%s%s_%s" % (blend_stem(base), sim, bake_escape(obj.name), bake_escape(md.name))
+    out.append(d)
+    for b in getattr(md, "bakes", ()):
+        if getattr(b, "use_custom_path", False) and getattr(b, "directory", ""):
+            out.append(b.directory)
+    return [(d, base) for d in out]
+
+
+def walk_object(w, obj):
+    label = describe("Object", obj)
+    base = blend_of(obj)
+    for md in obj.modifiers:
+        t = md.type
+        where = '%s (modifier "%s")' % (label, md.name)
+        if t == "FLUID" and getattr(md, "fluid_type", "") == "DOMAIN" and md.domain_settings:
+            w.directory(md.domain_settings.cache_directory, base, "Fluid cache of " + where, "fluid")
+        elif t == "OCEAN" and getattr(md, "is_cached", False):
+            w.directory(md.filepath, base, "Ocean cache of " + where, "ocean")
+        elif t == "MESH_CACHE":
+            w.file(md.filepath, base, "Mesh cache of " + where, "meshcache")
+        elif t == "MULTIRES" and getattr(md, "is_external", False):
+            w.file(md.filepath, base, "External multires data of " + where, "multires")
+        elif t == "NODES":
+            for d, b in gn_bake_dirs(obj, md):
+                w.directory(d, b, "Geometry-nodes bake of " + where, "gnbake")
+        elif t in ("CLOTH", "SOFT_BODY"):
+            pc = getattr(md, "point_cache", None)
+            if pc is not None:
+                walk_point_cache(w, obj, label, pc, md.name)
+        elif t == "DYNAMIC_PAINT":
+            canvas = getattr(md, "canvas_settings", None)
+            for surface in getattr(canvas, "canvas_surfaces", ()) if canvas else ():
+                pc = getattr(surface, "point_cache", None)
+                if pc is not None:
+                    walk_point_cache(w, obj, label, pc, surface.name)
+    for ps in getattr(obj, "particle_systems", ()):
+        pc = getattr(ps, "point_cache", None)
+        if pc is not None:
+            walk_point_cache(w, obj, label, pc, ps.name)
+
+
+def walk_objects(w):
+    each(w, "object", bpy.data.objects, lambda obj: walk_object(w, obj))
+
+    def rigid_body(scene):
+        rbw = getattr(scene, "rigidbody_world", None)
+        if rbw is not None and getattr(rbw, "point_cache", None) is not None:
+            walk_point_cache(w, scene, describe("Scene", scene), rbw.point_cache, "Rigid body world")
+
+    each(w, "scene", bpy.data.scenes, rigid_body)
+
+
+def node_trees():
+    """(owning ID, its label, node tree) for every tree that can hold IES/OSL nodes."""
+    for coll, label in (("materials", "Material"), ("worlds", "World"), ("lights", "Light")):
+        for id_ in getattr(bpy.data, coll, ()):
+            tree = getattr(id_, "node_tree", None)
+            if tree is not None:
+                yield id_, label, tree
+    for group in bpy.data.node_groups:
+        yield group, "Node group", group
+
+
+def walk_nodes(w):
+    def one(item):
+        id_, label, tree = item
+        for node in tree.nodes:
+            if node.bl_idname not in ("ShaderNodeTexIES", "ShaderNodeScript"):
+                continue
+            if getattr(node, "mode", "") != "EXTERNAL" or not node.filepath:
+                continue
+            kind = "ies" if node.bl_idname == "ShaderNodeTexIES" else "osl"
+            owner = 'Node "%s" in %s' % (node.name, describe(label, id_))
+            w.file(node.filepath, blend_of(id_), owner, kind)
+
+    try:
+        trees = list(node_trees())
+    except Exception as e:
+        w.errors.append("node trees: %s: %s" % (e.__class__.__name__, e))
+        return
+    for item in trees:
+        w.guard('%s "%s"' % (item[1], item[0].name), one, item)
+
+    def camera(cam):  # 4.5+: custom camera with an external OSL script
+        if getattr(cam, "type", "") == "CUSTOM" and getattr(cam, "custom_mode", "") == "EXTERNAL":
+            w.file(getattr(cam, "custom_filepath", ""), blend_of(cam), describe("Camera", cam), "osl")
+
+    each(w, "camera", bpy.data.cameras, camera)
+
+
+def strips_of(scene):
+    ed = scene.sequence_editor
+    if ed is None:
+        return []
+    for attr in ("strips_all", "sequences_all"):  # 4.5+ / before (5.0 has only strips_all)
+        if hasattr(ed, attr):
+            return list(getattr(ed, attr))
+    return []
+
+
+def join_dir(directory, name):
+    if not directory or directory.endswith(("/", "\\")):
+        return directory + name
+    return directory + "/" + name
+
+
+def walk_strips(w):
+    def one(scene):
+        base = blend_of(scene)
+        for s in strips_of(scene):
+            owner = 'Strip "%s" in %s' % (s.name, describe("Scene", scene))
+            try:
+                if s.type == "IMAGE":
+                    for el in s.elements:
+                        w.file(join_dir(s.directory, el.filename), base, owner, "strip")
+                elif s.type == "MOVIE":
+                    w.file(s.filepath, base, owner, "strip")
+                elif s.type == "SOUND" and s.sound is not None and not packed(s.sound):
+                    w.file(s.sound.filepath, blend_of(s.sound), owner, "strip")
+            except Exception as e:
+                w.errors.append("%s: %s: %s" % (owner, e.__class__.__name__, e))
+
+    each(w, "scene", bpy.data.scenes, one)
+
+
+def walk():
+    w = Walk()
+    for fn in (walk_libraries, walk_images, walk_data, walk_objects, walk_nodes, walk_strips):
+        w.guard(fn.__name__, fn, w)
+    return w
+
+
+# ---------------------------------------------------------------- discovery
+
+
+def emit(obj):
+    try:  # Blender's own C-level prints must not land inside our line
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except Exception:
+        pass
+    sys.stdout.write(MARKER + json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def discover():
+    try:
+        w = walk()
+        deps, errors = w.deps, w.errors
+    except Exception as e:  # walk() guards everything; this is only a last resort
+        deps, errors = [], ["walk: %s: %s" % (e.__class__.__name__, e)]
+    emit(
+        {
+            "event": "deps",
+            "blender": bpy.app.version_string,
+            "scene": norm(bpy.data.filepath) if bpy.data.filepath else "",
+            "deps": deps,
+            "errors": errors,
+        }
+    )
+
+
+# ---------------------------------------------------------------- remap + verify
+
+
+WINDOWS_ROOT = re.compile(r"^([A-Za-z]:(/|$)|//[^/])")
+
+
+def clean_root(p):
+    """A project root as given: '/' separators, normalised; a Windows one (`C:/proj`,
+    `\\\\server\\share`) stays as it is, as on the submitting machine."""
+    p = str(p).replace("\\", "/")
+    return posixpath.normpath(p) if WINDOWS_ROOT.match(p) else norm(p)
+
+
+class Layout:
+    def __init__(self, cfg):
+        self.submit = clean_root(cfg["root_submit"])
+        self.here = clean_root(cfg["root_here"])
+        # A Windows submitter's paths compare without case.
+        self.fold = bool(WINDOWS_ROOT.match(self.submit))
+        self.files = set(cfg.get("files") or [])
+        self.parents = set()  # directories that directly hold a file
+        self.dirs = {""}  # every directory above a file
+        self.by_dir = {}
+        for f in self.files:
+            d = posixpath.dirname(f)
+            self.parents.add(d)
+            self.by_dir.setdefault(d, []).append(f)
+            while d:
+                self.dirs.add(d)
+                d = posixpath.dirname(d)
+
+    @staticmethod
+    def under(path, root, fold=False):
+        """`path` relative to `root` ('' for the root itself), or None if outside."""
+        p, r = (path.lower(), root.lower()) if fold else (path, root)
+        if p == r:
+            return ""
+        r = r.rstrip("/") + "/"
+        return path[len(r) :] if p.startswith(r) else None
+
+    def rel(self, path):
+        """A path as resolved here -> relative to the project root as the submitter saw it."""
+        r = self.under(path, self.here)
+        if r is not None:
+            return r
+        return self.under(path.replace("\\", "/"), self.submit, self.fold)
+
+    def target(self, rel):
+        return posixpath.join(self.here, rel) if rel else self.here
+
+    def has_dir(self, rel_dir):
+        return rel_dir in self.dirs
+
+
+def remap_attr(layout, obj, attr, base, how="file"):
+    """Points obj.attr (a path written in the .blend `base`) at this machine's copy if it
+    meant a project file on the submitting machine. how: file | pattern | dir.
+    Returns True when it changed something."""
+    raw = getattr(obj, attr, "")
+    if not raw:
+        return False
+    resolved = resolve(raw, base)
+    rel = layout.rel(resolved)
+    if rel is None:
+        return False
+    if how == "file":
+        ok = rel in layout.files
+    elif how == "pattern":
+        ok = posixpath.dirname(rel) in layout.parents
+    else:
+        ok = layout.has_dir(rel.rstrip("/"))
+    target = layout.target(rel)
+    if not ok or target == resolved:
+        return False
+    if how == "dir" and raw.endswith(("/", "\\")):
+        target += "/"
+    try:
+        setattr(obj, attr, target)
+    except Exception:
+        return False  # linked data may refuse edits; verify() tells if that matters
+    return getattr(obj, attr, None) == target
+
+
+def library_depth(lib):
+    depth, p = 0, getattr(lib, "parent", None)
+    while p is not None and depth < 64:
+        depth, p = depth + 1, getattr(p, "parent", None)
+    return depth
+
+
+def remap_libraries(layout, problems_log):
+    """Libraries first, one reload at a time, direct ones before the libraries they link: a
+    reload can bring in (indirect) libraries that need remapping too, and can free others, so
+    the list is read afresh after each."""
+    tried = set()
+    for _ in range(4 * len(bpy.data.libraries) + 16):
+        todo = []
+        for lib in bpy.data.libraries:
+            if packed(lib) or getattr(lib, "is_archive", False) or not lib.filepath:
+                continue
+            resolved = library_path(lib)
+            rel = layout.rel(resolved)
+            if rel is None or rel not in layout.files:
+                continue
+            target = layout.target(rel)
+            key = (lib.name, lib.filepath, target)
+            if resolved != target and key not in tried:
+                todo.append((library_depth(lib), lib.name, lib, target, key))
+        if not todo:
+            return
+        todo.sort(key=lambda t: (t[0], t[1]))
+        _, name, lib, target, key = todo[0]
+        tried.add(key)
+        try:
+            lib.filepath = target
+            lib.reload()
+        except Exception as e:  # RuntimeError for a path Blender cannot read
+            problems_log.append('library "%s": %s' % (name, e))
+
+
+def remap(layout):
+    log = []
+    remap_libraries(layout, log)
+
+    for img in list(bpy.data.images):
+        try:
+            if img.source not in IMAGE_SOURCES or packed(img):
+                continue
+            pattern = img.source in ("TILED", "SEQUENCE") or any(t in img.filepath for t in UDIM_TOKENS)
+            remap_attr(layout, img, "filepath", blend_of(img), "pattern" if pattern else "file")
+        except Exception as e:
+            log.append('image "%s": %s' % (img.name, e))
+
+    def each_id(coll, fn):
+        for id_ in list(getattr(bpy.data, coll, ())):
+            try:
+                fn(id_)
+            except Exception as e:
+                log.append('%s "%s": %s' % (coll, id_.name, e))
+
+    def plain(id_, how="file"):
+        if packed(id_) or getattr(id_, "filepath", "") == "<builtin>":
+            return
+        remap_attr(layout, id_, "filepath", blend_of(id_), how)
+
+    each_id("sounds", plain)
+    each_id("fonts", plain)
+    each_id("texts", lambda t: None if getattr(t, "is_in_memory", False) else plain(t))
+    each_id("movieclips", lambda c: plain(c, "pattern" if c.source == "SEQUENCE" else "file"))
+    each_id("volumes", lambda v: plain(v, "pattern" if getattr(v, "is_sequence", False) else "file"))
+
+    def cache_file(c):
+        plain(c, "pattern" if getattr(c, "is_sequence", False) else "file")
+        for layer in getattr(c, "layers", ()):
+            remap_attr(layout, layer, "filepath", blend_of(c))
+
+    each_id("cache_files", cache_file)
+
+    def obj(o):
+        base = blend_of(o)
+        for md in o.modifiers:
+            t = md.type
+            if t == "FLUID" and getattr(md, "fluid_type", "") == "DOMAIN" and md.domain_settings:
+                remap_attr(layout, md.domain_settings, "cache_directory", base, "dir")
+            elif t == "OCEAN":
+                remap_attr(layout, md, "filepath", base, "dir")
+            elif t in ("MESH_CACHE", "MULTIRES"):
+                remap_attr(layout, md, "filepath", base)
+            elif t == "NODES":
+                for attr in ("bake_directory", "simulation_bake_directory"):
+                    if hasattr(md, attr):
+                        remap_attr(layout, md, attr, base, "dir")
+                for b in getattr(md, "bakes", ()):
+                    if getattr(b, "use_custom_path", False):
+                        remap_attr(layout, b, "directory", base, "dir")
+            pcs = []
+            if t in ("CLOTH", "SOFT_BODY"):
+                pcs.append(getattr(md, "point_cache", None))
+            elif t == "DYNAMIC_PAINT" and getattr(md, "canvas_settings", None):
+                pcs.extend(getattr(s, "point_cache", None) for s in md.canvas_settings.canvas_surfaces)
+            for pc in pcs:
+                remap_point_cache(layout, pc)
+        for ps in getattr(o, "particle_systems", ()):
+            remap_point_cache(layout, getattr(ps, "point_cache", None))
+
+    each_id("objects", obj)
+
+    def node_paths(item):
+        id_, _, tree = item
+        for node in tree.nodes:
+            if node.bl_idname in ("ShaderNodeTexIES", "ShaderNodeScript") and getattr(node, "mode", "") == "EXTERNAL":
+                remap_attr(layout, node, "filepath", blend_of(id_))
+
+    for item in list(node_trees()):
+        try:
+            node_paths(item)
+        except Exception as e:
+            log.append('node tree of "%s": %s' % (item[0].name, e))
+    each_id("cameras", lambda c: remap_attr(layout, c, "custom_filepath", blend_of(c)) if hasattr(c, "custom_filepath") else None)
+
+    def scene_strips(scene):
+        base = blend_of(scene)
+        for s in strips_of(scene):
+            if s.type == "IMAGE":
+                remap_attr(layout, s, "directory", base, "dir")
+            elif s.type == "MOVIE":
+                remap_attr(layout, s, "filepath", base)
+
+    each_id("scenes", scene_strips)
+    return log
+
+
+def remap_point_cache(layout, pc):
+    if pc is None:
+        return
+    for c in list(getattr(pc, "point_caches", ()) or ()) or [pc]:
+        if getattr(c, "use_external", False):
+            remap_attr(layout, c, "filepath", bpy.data.filepath, "dir")
+
+
+def verify(layout):
+    problems = []
+
+    def problem(msg):
+        if msg not in problems:
+            problems.append(msg)
+
+    w = walk()
+    missing_here = set()
+    for d in w.deps:
+        rel = layout.rel(d["path"])
+        if rel is None or rel not in layout.files:
+            continue  # missing at submit already (the user was told then), or not the project's
+        if is_foreign(d["path"]) or not os.path.isfile(d["path"]):
+            missing_here.add(rel)
+            problem("missing dependency %s" % rel)
+    # Every tile, frame or cache file of a set that existed at submit must be here too: the
+    # walk above only sees the members that exist.
+    for fs in w.sets:
+        rel_dir = layout.rel(fs.directory)
+        if rel_dir is None:
+            continue
+        rel_dir = rel_dir.rstrip("/")
+        if fs.recursive:
+            prefix = rel_dir + "/" if rel_dir else ""
+            members = [f for f in layout.files if f.startswith(prefix)] if layout.has_dir(rel_dir) else []
+        else:
+            members = layout.by_dir.get(rel_dir, [])
+        for f in sorted(members):
+            name = f[len(rel_dir) + 1 :] if rel_dir else f
+            if fs.holds(name) and not os.path.isfile(posixpath.join(fs.directory, name)):
+                missing_here.add(f)
+                problem("missing dependency %s" % f)
+    for lib in list(bpy.data.libraries):
+        if packed(lib) or getattr(lib, "is_archive", False):
+            continue
+        path = library_path(lib)
+        missing = getattr(lib, "is_missing", None)
+        if missing is None:  # before 4.0
+            missing = is_foreign(path) or not os.path.isfile(path)
+        rel = layout.rel(path)
+        if missing and rel in layout.files:
+            problem("missing dependency %s" % rel)
+    for img in list(bpy.data.images):
+        try:
+            if img.source != "FILE" or packed(img) or not img.filepath:
+                continue
+            path = resolve(img.filepath, blend_of(img))
+            rel = layout.rel(path)
+            if rel is None or rel not in layout.files or rel in missing_here:
+                continue
+            if tuple(img.size) == (0, 0):  # reading size loads the pixels
+                problem('unreadable dependency %s (Image "%s" has no pixels)' % (rel, img.name))
+        except Exception as e:
+            problem('cannot check Image "%s": %s' % (img.name, e))
+    return problems
+
+
+def prepare(cfg):
+    """Remap the loaded scene's paths into this machine's copy of the project and return the
+    problems: [] when every file that existed at submit resolves here."""
+    layout = Layout(cfg)
+    scene = layout.rel(norm(bpy.data.filepath)) if bpy.data.filepath else None
+    if not (layout.files - {scene}):
+        return []  # nothing but the scene was sent: nothing to remap or check
+    for note in remap(layout):  # what could not be pointed here; verify() says if it matters
+        sys.stderr.write("meshd_project: remap: %s\n" % note)
+    return verify(layout)
+
+
+def main():
+    argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
+    if "--meshd-discover" in argv:
+        discover()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,444 @@
+//! Real projects: dependencies are found at submit, travel by chunks, are laid out on the
+//! renderer and checked after load. Real Blender, real daemons on 127.0.0.1. The fault
+//! switches (`MESHD_FAULT_*`) exist only in builds with the `test-faults` feature.
+#![cfg(feature = "test-faults")]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const BIG: Duration = Duration::from_secs(300);
+
+fn project_of(d: &Daemon, job: &str) -> Value {
+    d.job(job)["project"].clone()
+}
+
+fn submit_full(d: &Daemon, args: &[&str]) -> std::process::Output {
+    let mut a = vec!["submit"];
+    a.extend_from_slice(args);
+    d.cli(&a)
+}
+
+/// A noise TIFF of `w`×`h` (uncompressed RGB, so an edit changes only its own bytes).
+fn noise_tiff(path: &Path, w: u32, h: u32, seed: u32) {
+    let mut x = seed.wrapping_mul(2654435761) | 1;
+    let img = image::RgbImage::from_fn(w, h, |_, _| {
+        let mut px = [0u8; 3];
+        for c in &mut px {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *c = x as u8;
+        }
+        image::Rgb(px)
+    });
+    img.save_with_format(path, image::ImageFormat::Tiff)
+        .unwrap();
+}
+
+/// The demo scene with a big texture (`//big.tif`, relative) on its first mesh.
+fn scene_with_big_texture(dir: &Path, w: u32, h: u32) -> std::path::PathBuf {
+    let scene = make_scene(dir, "big.blend", 2, 64, 48, 1);
+    noise_tiff(&dir.join("big.tif"), w, h, 7);
+    let expr = format!(
+        r#"
+import bpy
+img = bpy.data.images.load({tif:?})
+img.filepath = "//big.tif"
+mat = bpy.data.materials.new("Big")
+mat.use_nodes = True
+tex = mat.node_tree.nodes.new("ShaderNodeTexImage")
+tex.image = img
+bsdf = mat.node_tree.nodes["Principled BSDF"]
+mat.node_tree.links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+for o in bpy.context.scene.objects:
+    if o.type == "MESH":
+        o.data.materials.clear()
+        o.data.materials.append(mat)
+        break
+bpy.ops.wm.save_mainfile()
+"#,
+        tif = dir.join("big.tif").to_str().unwrap()
+    );
+    let st = Command::new(blender())
+        .args(["-b", "--factory-startup", "-noaudio"])
+        .arg(&scene)
+        .args(["--python-exit-code", "1", "--python-expr", &expr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "adding the texture failed");
+    scene
+}
+
+#[test]
+fn project_renders_identically_on_a_peer_that_never_saw_its_paths() {
+    let root = tempfile::tempdir().unwrap();
+    let proj = root.path().join("proj");
+    make_project(&proj, 3, 96, 64, 4);
+    let reference = root.path().join("reference");
+    reference_render(&proj.join("shots/shot.blend"), &reference, 1, 3);
+
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let out = root.path().join("out");
+    let resp = a.cli_json(&[
+        "submit",
+        proj.join("shots/shot.blend").to_str().unwrap(),
+        "1-3",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(resp["missing"], Value::Array(vec![]), "{resp}");
+    // shot, library, its texture, the floor (absolute path), two UDIM tiles, three frames.
+    assert_eq!(resp["files"], 9, "{resp}");
+    assert_eq!(resp["root"], proj.to_str().unwrap(), "{resp}");
+    let id = resp["id"].as_str().unwrap().to_string();
+    assert_eq!(a.job(&id)["blender_version"], resp["blender"]);
+
+    // The artist's folder is renamed before any renderer exists: no path of it resolves.
+    let moved = root.path().join("proj-renamed");
+    std::fs::rename(&proj, &moved).unwrap();
+
+    let b = Daemon::start(root.path(), "b", Some(&a.ticket()), &[]);
+    wait_until(BIG, "all frames written", || {
+        a.job(&id)["frames_written"] == 3
+    });
+    let p = project_of(&b, &id);
+    assert_eq!(p["state"], "ready", "{p}");
+    assert_eq!(p["files"], 9);
+    assert!(p["bytes_fetched"].as_u64().unwrap() > 0, "{p}");
+    for f in 1..=3 {
+        let name = format!("frame_{f:04}.png");
+        let diff = image_diff(&out.join(&name), &reference.join(&name));
+        assert!(
+            diff < 1.0,
+            "{name} differs from Blender's own render of the original (mean diff {diff:.2})"
+        );
+    }
+    assert!(!b.log().contains("missing dependency"));
+}
+
+#[test]
+fn missing_dependency_is_named_and_strict_refuses() {
+    let root = tempfile::tempdir().unwrap();
+    let proj = root.path().join("proj");
+    make_project(&proj, 2, 64, 48, 1);
+    std::fs::remove_file(proj.join("textures/floor.png")).unwrap();
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let scene = proj.join("shots/shot.blend");
+    let scene = scene.to_str().unwrap();
+
+    let strict = submit_full(&a, &[scene, "1-2", "--strict", "--json"]);
+    assert_eq!(strict.status.code(), Some(3), "--strict exits 3");
+    let body: Value = serde_json::from_slice(&strict.stdout).expect("JSON refusal");
+    let missing = body["missing"].as_array().unwrap();
+    assert_eq!(missing.len(), 1, "{body}");
+    assert!(
+        missing[0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("textures/floor.png")
+    );
+    assert!(
+        missing[0]["owner"].as_str().unwrap().contains("Image"),
+        "{body}"
+    );
+    assert!(String::from_utf8_lossy(&strict.stderr).contains("nothing was submitted"));
+    assert_eq!(
+        a.status()["jobs"],
+        Value::Array(vec![]),
+        "nothing announced"
+    );
+    let blobs = std::fs::read_dir(a.dir.join("blobs"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_file())
+        .count();
+    assert_eq!(blobs, 0, "nothing stored");
+
+    // Without --strict: warned, named, and submitted.
+    let warned = submit_full(&a, &[scene, "1-2", "--out", "/tmp/meshd-unused-out"]);
+    assert!(warned.status.success());
+    let err = String::from_utf8_lossy(&warned.stderr);
+    assert!(
+        err.contains("floor.png") && err.contains("needed by Image"),
+        "{err}"
+    );
+    assert_eq!(a.status()["jobs"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn dependency_deleted_from_the_renderers_copy_fails_the_frame_with_its_name() {
+    let root = tempfile::tempdir().unwrap();
+    let proj = root.path().join("proj");
+    make_project(&proj, 2, 64, 48, 1);
+    // A short lease: each renderer is gone before the next job, and must not count as live.
+    let a = Daemon::start(
+        root.path(),
+        "a",
+        None,
+        &["--no-render", "--lease-secs", "2"],
+    );
+    // One of each kind: a UDIM tile, a sequence frame, the library, the library's own texture
+    // (relative inside the library), and the texture named by an absolute path.
+    let victims = [
+        "textures/udim/tile.1002.png",
+        "textures/seq/seq_0002.png",
+        "lib/prop.blend",
+        "lib/textures/prop.png",
+        "textures/floor.png",
+    ];
+    for (i, victim) in victims.iter().enumerate() {
+        let b = Daemon::start_env(
+            root.path(),
+            &format!("b{i}"),
+            Some(&a.ticket()),
+            &["--lease-secs", "2"],
+            &[("MESHD_FAULT_DELETE_DEP", victim)],
+        );
+        let out = root.path().join(format!("out{i}"));
+        let name = format!("v{i}");
+        let id = submit(
+            &a,
+            &proj.join("shots/shot.blend"),
+            "1-2",
+            &out,
+            &["--name", &name],
+        );
+        wait_until(Duration::from_secs(120), "the job to fail", || {
+            a.job(&id)["state"] == "failed"
+        });
+        let failure = a.job(&id)["failure"].as_str().unwrap().to_string();
+        assert!(
+            failure.contains(&format!("missing dependency {victim}")),
+            "{victim}: {failure}"
+        );
+        assert!(
+            !out.exists() || std::fs::read_dir(&out).unwrap().next().is_none(),
+            "{victim}: no frame delivered"
+        );
+        drop(b);
+    }
+}
+
+#[test]
+fn corrupt_chunks_are_detected_and_fetched_from_another_peer() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = scene_with_big_texture(root.path(), 1024, 1024);
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    // `liar` first renders a job honestly, so it holds the whole project...
+    let mut liar = Daemon::start(root.path(), "liar", Some(&a.ticket()), &[]);
+    let first = submit(
+        &a,
+        &scene,
+        "1",
+        &root.path().join("out1"),
+        &["--name", "v1"],
+    );
+    wait_until(BIG, "the first job written", || {
+        a.job(&first)["frames_written"] == 1
+    });
+    // ...then comes back flipping a byte of every chunk it serves (and renders no more).
+    liar.restart_env(
+        root.path(),
+        &["--no-render"],
+        &[("MESHD_FAULT_CORRUPT_CHUNKS", "1")],
+    );
+    let liar_id = liar.peer_id();
+    let b = Daemon::start(root.path(), "b", Some(&a.ticket()), &[]);
+    wait_until(BIG, "b connected to the liar", || {
+        b.connected_peers().contains(&liar_id)
+    });
+    let out = root.path().join("out");
+    let id = submit(&a, &scene, "1-2", &out, &["--name", "v2"]);
+    wait_until(BIG, "b to hold the project", || {
+        project_of(&b, &id)["state"] == "ready"
+    });
+    assert!(
+        b.log()
+            .lines()
+            .any(|l| l.contains("corrupt chunk") && l.contains(&liar_id)),
+        "b noticed the corrupt chunks and named the liar"
+    );
+    wait_until(BIG, "both frames written", || {
+        a.job(&id)["frames_written"] == 2
+    });
+    assert_frames(&out, &[1, 2], (64, 48));
+}
+
+#[test]
+fn resubmit_after_an_edit_fetches_only_the_changed_chunks() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = scene_with_big_texture(root.path(), 2048, 2048);
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let b = Daemon::start(root.path(), "b", Some(&a.ticket()), &[]);
+    wait_until(BIG, "b can render", || a.renderers() == 1);
+    let out = root.path().join("out");
+    let first = submit(&a, &scene, "1", &out, &["--name", "v1"]);
+    wait_until(BIG, "b holds v1", || {
+        project_of(&b, &first)["state"] == "ready"
+    });
+    let p1 = project_of(&b, &first);
+    let total = p1["bytes"].as_u64().unwrap();
+    assert!(
+        p1["bytes_fetched"].as_u64().unwrap() >= total - 4096,
+        "{p1}"
+    );
+
+    // Edit 1% of the texture in place.
+    let tif = root.path().join("big.tif");
+    let mut bytes = std::fs::read(&tif).unwrap();
+    let mid = bytes.len() / 2;
+    let span = bytes.len() / 100;
+    for b in &mut bytes[mid..mid + span] {
+        *b = b.wrapping_add(1);
+    }
+    std::fs::write(&tif, &bytes).unwrap();
+
+    let second = submit(&a, &scene, "1", &out, &["--name", "v2"]);
+    wait_until(BIG, "b holds v2", || {
+        project_of(&b, &second)["state"] == "ready"
+    });
+    let p2 = project_of(&b, &second);
+    let fetched = p2["bytes_fetched"].as_u64().unwrap();
+    let reused = p2["bytes_reused"].as_u64().unwrap();
+    assert!(
+        fetched * 100 <= total * 30,
+        "after a 1% edit only the changed chunks move: {fetched} of {total} bytes"
+    );
+    assert!(fetched + reused >= total, "{p2}");
+}
+
+#[test]
+fn a_fetch_killed_midway_resumes_after_restart_with_the_chunks_it_has() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = scene_with_big_texture(root.path(), 4096, 2048);
+    // The seed serves slowly, so the fetch can be caught in the middle.
+    let a = Daemon::start_env(
+        root.path(),
+        "a",
+        None,
+        &["--no-render"],
+        &[("MESHD_FAULT_SLOW_CHUNKS_MS", "150")],
+    );
+    let mut b = Daemon::start(root.path(), "b", Some(&a.ticket()), &[]);
+    wait_until(BIG, "b can render", || a.renderers() == 1);
+    let out = root.path().join("out");
+    let id = submit(&a, &scene, "1", &out, &[]);
+    let mut before = 0;
+    wait_until(BIG, "b to be a quarter through the project", || {
+        let p = project_of(&b, &id);
+        before = p["bytes_fetched"].as_u64().unwrap_or(0);
+        p["state"] == "fetching" && before > 6 << 20
+    });
+    b.kill();
+    b.restart(root.path(), &[]);
+    wait_until(BIG, "b holds the project after its restart", || {
+        project_of(&b, &id)["state"] == "ready"
+    });
+    let p = project_of(&b, &id);
+    let total = p["bytes"].as_u64().unwrap();
+    let fetched = p["bytes_fetched"].as_u64().unwrap();
+    let reused = p["bytes_reused"].as_u64().unwrap();
+    // Chunks in flight at the kill (8 at most, 1 MiB at most) may be fetched again.
+    assert!(
+        fetched + before <= total + (8 << 20),
+        "resumed: {before} bytes before the kill, {fetched} after, of {total}"
+    );
+    assert!(
+        reused + (8 << 20) >= before,
+        "the chunks fetched before the kill were reused: {p}"
+    );
+    wait_until(BIG, "the frame written", || {
+        a.job(&id)["frames_written"] == 1
+    });
+}
+
+#[test]
+fn blender_version_is_recorded_and_required() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "v.blend", 2, 64, 48, 1);
+    let a = Daemon::start(root.path(), "a", None, &[]);
+    let out = root.path().join("out");
+
+    let bad = submit_full(
+        &a,
+        &[scene.to_str().unwrap(), "1", "--blender-version", "4"],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("MAJOR.MINOR"));
+
+    let id = submit(&a, &scene, "1-2", &out, &["--blender-version", "9.9"]);
+    let job = a.job(&id);
+    assert_eq!(job["require_blender"], "9.9");
+    let mine = a.cli_json(&["peers", "--json"])["peers"][0]["blender"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(job["blender_version"], mine.as_str(), "{job}");
+    // Another job that this peer can render finishes while the 9.9 job is never taken.
+    let ok = submit(
+        &a,
+        &scene,
+        "1",
+        &root.path().join("out2"),
+        &["--name", "ok"],
+    );
+    wait_until(BIG, "the other job done", || {
+        a.job(&ok)["frames_written"] == 1
+    });
+    let job = a.job(&id);
+    assert_eq!(job["frames_done"], 0, "{job}");
+    assert_eq!(job["frames_in_flight"], 0, "{job}");
+    assert_eq!(job["project"]["state"], "none", "not even fetched");
+}
+
+#[test]
+fn no_deps_sends_only_the_blend_and_says_so() {
+    let root = tempfile::tempdir().unwrap();
+    let proj = root.path().join("proj");
+    make_project(&proj, 2, 64, 48, 1);
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let scene = proj.join("shots/shot.blend");
+    let out = root.path().join("out");
+    let out = out.to_str().unwrap();
+    let run = submit_full(
+        &a,
+        &[scene.to_str().unwrap(), "1", "--no-deps", "--out", out],
+    );
+    assert!(run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("--no-deps: only the .blend is sent"), "{err}");
+    assert!(String::from_utf8_lossy(&run.stdout).contains("1 file"));
+
+    // A daemon without Blender cannot look for dependencies: it says so and offers --no-deps.
+    let c = Daemon::start(
+        root.path(),
+        "c",
+        None,
+        &["--no-render", "--blender", "/nonexistent/blender"],
+    );
+    let run = submit_full(&c, &[scene.to_str().unwrap(), "1", "--out", out]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("no Blender") && err.contains("--no-deps"),
+        "{err}"
+    );
+    assert_eq!(c.status()["jobs"], Value::Array(vec![]));
+    let run = submit_full(
+        &c,
+        &[scene.to_str().unwrap(), "1", "--no-deps", "--out", out],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
