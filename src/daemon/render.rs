@@ -233,13 +233,12 @@ impl Daemon {
                 Some(_) => continue,
             };
             if due && self.can_take(entry) && self.job_running(entry) {
-                wanted.push((*id, entry.spec.project, self.providers_for(entry), stats));
+                let ctx = self.project_fetch(entry).with_stats(stats.clone());
+                wanted.push((*id, entry.spec.project, ctx, stats));
             }
         }
-        for (id, project, providers, stats) in wanted {
-            self.scenes.insert(id, SceneState::Fetching(stats.clone()));
-            let ctx =
-                FetchCtx::new(self.net.clone(), self.store.clone(), providers).with_stats(stats);
+        for (id, project, ctx, stats) in wanted {
+            self.scenes.insert(id, SceneState::Fetching(stats));
             let dir = self.job_dir(&id);
             self.tasks.spawn(async move {
                 let result = crate::transfer::checkout::checkout(&ctx, project, &dir)
@@ -294,6 +293,17 @@ impl Daemon {
                 .chain(complete)
                 .chain(partial),
         )
+    }
+
+    /// A fetch context for a job's project: other holders first, the submitter as the seed.
+    fn project_fetch(&self, entry: &JobEntry) -> FetchCtx {
+        let peers = self.providers_for(entry);
+        let seeds: Vec<PeerId> = peers
+            .iter()
+            .copied()
+            .filter(|p| *p == entry.spec.submitter)
+            .collect();
+        FetchCtx::swarm(self.net.clone(), self.store.clone(), peers, seeds)
     }
 
     /// Projects this peer holds or is fetching, for its heartbeat (newest jobs first).

@@ -4,8 +4,12 @@
 //! - Chunks already held locally (in any blob, or in this blob's partial file left by an
 //!   interrupted fetch) are copied or kept, not fetched.
 //! - Each chunk written is indexed at once, so peers fetching the same blob get it from us.
-//! - A chunk is first asked of the provider its hash (plus a rotation random per fetch)
-//!   picks, so fetchers spread over the providers instead of queueing on the first one.
+//! - Swarming: each fetch asks for its chunks in its own random order, so concurrent
+//!   fetchers hold different chunks early. A chunk is asked first of the other peers
+//!   (starting at one picked by the chunk's hash plus a rotation random per fetch), and of
+//!   the *seeds* (the submitter) only when none of them has it. One fetch keeps at most
+//!   [`SEED_SLOTS`] requests at the seeds; a chunk nobody else has yet waits and is asked
+//!   again, so the seed's uplink sends each chunk about once and peers pass it on.
 //! - A provider that sends a chunk that does not hash right is dropped as a source for the
 //!   rest of the fetch (and of its project, when the [`FetchCtx`] is shared) and logged.
 
@@ -24,7 +28,27 @@ use crate::net::{BlobRequest, BlobResponse, Client};
 use crate::store::{Store, StoreError};
 
 /// Chunk requests in flight at once for one blob.
-const PARALLEL_CHUNKS: usize = 8;
+const PARALLEL_CHUNKS: usize = 32;
+/// Chunk requests one fetch may have at the seeds at once while other peers may get the
+/// chunks soon: the seeds' uplink then sends each chunk about once.
+pub const SEED_SLOTS: usize = 2;
+/// Attempts after which a chunk is asked of a seed however busy.
+const MAX_DEFERRALS: u32 = 40;
+
+/// What one chunk attempt gave.
+enum Got {
+    Bytes(Vec<u8>),
+    Deferred,
+}
+
+/// A taken seed request slot, given back when dropped.
+struct SeedSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for SeedSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -59,21 +83,35 @@ impl FetchStats {
 pub struct FetchCtx {
     pub client: Client,
     pub store: Store,
+    /// Peers asked first (they may hold the blob, whole or in part).
     providers: Arc<[PeerId]>,
+    /// Peers known to hold the blob whole (the submitter), asked after a few `providers`.
+    seeds: Arc<[PeerId]>,
     bad: Arc<Mutex<HashSet<PeerId>>>,
     pub stats: Arc<FetchStats>,
     rotation: usize,
+    /// Requests at the seeds in flight (bounded by [`SEED_SLOTS`]).
+    seed_requests: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FetchCtx {
+    /// Asks `providers` in order (spread by chunk hash); no seeds.
     pub fn new(client: Client, store: Store, providers: Vec<PeerId>) -> Self {
+        Self::swarm(client, store, providers, Vec::new())
+    }
+
+    /// Asks a few of `peers` for each chunk before `seeds`.
+    pub fn swarm(client: Client, store: Store, peers: Vec<PeerId>, seeds: Vec<PeerId>) -> Self {
+        let peers: Vec<PeerId> = peers.into_iter().filter(|p| !seeds.contains(p)).collect();
         FetchCtx {
             client,
             store,
-            providers: providers.into(),
+            providers: peers.into(),
+            seeds: seeds.into(),
             bad: Arc::default(),
             stats: Arc::default(),
             rotation: rand::random::<u32>() as usize,
+            seed_requests: Arc::default(),
         }
     }
 
@@ -118,7 +156,8 @@ impl FetchCtx {
     }
 
     async fn fetch_manifest(&self, id: BlobId) -> Result<Manifest, FetchError> {
-        for p in self.providers.iter().filter(|p| !self.is_bad(p)) {
+        let all = self.seeds.iter().chain(self.providers.iter());
+        for p in all.filter(|p| !self.is_bad(p)) {
             match self.client.blob(*p, BlobRequest::Manifest(id)).await {
                 Ok(BlobResponse::Manifest(bytes)) => match Manifest::decode_verified(&bytes, &id) {
                     Ok(m) => {
@@ -161,48 +200,75 @@ impl FetchCtx {
                 None => remote.push((offset, c.clone())),
             }
         }
-        let mut results = futures::stream::iter(remote)
-            .map(
-                |(offset, c)| async move { self.fetch_chunk(&c, id).await.map(|b| (offset, c, b)) },
-            )
-            .buffer_unordered(PARALLEL_CHUNKS);
-        while let Some(r) = results.next().await {
-            let (offset, c, bytes) = r?;
-            Store::write_at(partial, offset, &bytes)?;
-            store.index_partial_chunk(&id, offset, &c)?;
-            self.stats
-                .fetched
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        // A random order per fetch: concurrent fetchers hold different chunks early and
+        // can serve them to each other.
+        {
+            use rand::seq::SliceRandom;
+            remote.shuffle(&mut rand::thread_rng());
+        }
+        let mut queue: std::collections::VecDeque<(u64, ChunkRef, u32)> =
+            remote.into_iter().map(|(o, c)| (o, c, 0)).collect();
+        let mut inflight = futures::stream::FuturesUnordered::new();
+        loop {
+            while inflight.len() < PARALLEL_CHUNKS {
+                let Some((offset, c, attempt)) = queue.pop_front() else {
+                    break;
+                };
+                inflight.push(async move {
+                    let got = self.fetch_chunk(&c, id, attempt).await;
+                    (offset, c, attempt, got)
+                });
+            }
+            let Some((offset, c, attempt, got)) = inflight.next().await else {
+                break;
+            };
+            match got? {
+                Got::Bytes(bytes) => {
+                    Store::write_at(partial, offset, &bytes)?;
+                    store.index_partial_chunk(&id, offset, &c)?;
+                    self.stats
+                        .fetched
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                }
+                // Nobody but the (busy) seeds has it yet: ask again later.
+                Got::Deferred => queue.push_back((offset, c, attempt + 1)),
+            }
         }
         Ok(())
     }
 
-    /// Fetches one chunk, starting with a provider picked by the chunk's hash and this fetch's
-    /// rotation so chunks spread over providers, then falling back to the others. Every answer
-    /// is checked against the hash.
-    async fn fetch_chunk(&self, c: &ChunkRef, blob: BlobId) -> Result<Vec<u8>, FetchError> {
-        let n = self.providers.len();
-        let mut spread = [0u8; 8];
-        spread.copy_from_slice(&c.id.0[..8]);
-        let start = (u64::from_le_bytes(spread) as usize).wrapping_add(self.rotation);
-        for k in 0..n {
-            let p = self.providers[start.wrapping_add(k) % n];
-            if self.is_bad(&p) {
-                continue;
+    /// Fetches one chunk: first from the other peers (in [`ask_order`]), then from a seed,
+    /// if this fetch has fewer than [`SEED_SLOTS`] requests at the seeds; otherwise the chunk
+    /// is deferred (a later attempt waits a little first). After [`MAX_DEFERRALS`] attempts
+    /// a seed is asked regardless. Every answer is checked against the chunk's hash; a peer
+    /// that sends wrong bytes is not asked again.
+    async fn fetch_chunk(
+        &self,
+        c: &ChunkRef,
+        blob: BlobId,
+        attempt: u32,
+    ) -> Result<Got, FetchError> {
+        if attempt > 0 {
+            let ms = (25 * attempt as u64).min(400);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        let order = ask_order(&self.providers, self.rotation, c);
+        let live_peers = order.iter().filter(|p| !self.is_bad(p)).count();
+        for p in order {
+            if let Some(bytes) = self.ask(p, c, blob).await {
+                return Ok(Got::Bytes(bytes));
             }
-            match self.client.blob(p, BlobRequest::Chunk(c.id)).await {
-                Ok(BlobResponse::Chunk(bytes))
-                    if bytes.len() == c.len as usize && ChunkId::of(&bytes) == c.id =>
-                {
-                    return Ok(bytes);
+        }
+        if !self.seeds.is_empty() {
+            let busy = self.seed_requests.fetch_add(1, Ordering::AcqRel);
+            let _slot = SeedSlot(&self.seed_requests);
+            if busy >= SEED_SLOTS && live_peers > 0 && attempt < MAX_DEFERRALS {
+                return Ok(Got::Deferred);
+            }
+            for p in self.seeds.iter() {
+                if let Some(bytes) = self.ask(*p, c, blob).await {
+                    return Ok(Got::Bytes(bytes));
                 }
-                Ok(BlobResponse::Chunk(_)) => {
-                    warn!(peer = %p, chunk = %c.id.short(), blob = %blob.short(),
-                        "peer sent a corrupt chunk; no longer fetching from it");
-                    self.mark_bad(p);
-                }
-                Ok(_) => {}
-                Err(e) => debug!("{e}"),
             }
         }
         Err(FetchError::Chunk {
@@ -210,6 +276,42 @@ impl FetchCtx {
             chunk: c.id.short(),
         })
     }
+
+    /// One chunk request to `p`: the verified bytes, or `None` (not there, failed, or wrong
+    /// bytes, after which `p` is not asked again).
+    async fn ask(&self, p: PeerId, c: &ChunkRef, blob: BlobId) -> Option<Vec<u8>> {
+        if self.is_bad(&p) {
+            return None;
+        }
+        match self.client.blob(p, BlobRequest::Chunk(c.id)).await {
+            Ok(BlobResponse::Chunk(bytes))
+                if bytes.len() == c.len as usize && ChunkId::of(&bytes) == c.id =>
+            {
+                Some(bytes)
+            }
+            Ok(BlobResponse::Chunk(_)) => {
+                warn!(peer = %p, chunk = %c.id.short(), blob = %blob.short(),
+                    "peer sent a corrupt chunk; no longer fetching from it");
+                self.mark_bad(p);
+                None
+            }
+            Ok(_) => None,
+            Err(e) => {
+                debug!("{e}");
+                None
+            }
+        }
+    }
+}
+
+/// The order in which to ask `peers` for chunk `c`: rotated to start at a peer picked by the
+/// chunk's hash and `rotation`, so requests spread over the peers.
+pub fn ask_order(peers: &[PeerId], rotation: usize, c: &ChunkRef) -> Vec<PeerId> {
+    let n = peers.len();
+    let mut spread = [0u8; 8];
+    spread.copy_from_slice(&c.id.0[..8]);
+    let start = (u64::from_le_bytes(spread) as usize).wrapping_add(rotation);
+    (0..n).map(|k| peers[start.wrapping_add(k) % n]).collect()
 }
 
 /// Makes blob `id` local, asking `providers`. Returns the local path.
@@ -222,4 +324,36 @@ pub async fn fetch(
     FetchCtx::new(client.clone(), store.clone(), providers.to_vec())
         .fetch(id)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn chunk(i: u32) -> ChunkRef {
+        ChunkRef {
+            id: ChunkId::of(&i.to_le_bytes()),
+            len: 1,
+        }
+    }
+
+    #[test]
+    fn chunks_spread_over_peers_and_each_peer_is_asked_once() {
+        let peers: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
+        let mut first = HashMap::new();
+        for i in 0..600 {
+            let order = ask_order(&peers, 7, &chunk(i));
+            let unique: std::collections::HashSet<_> = order.iter().collect();
+            assert_eq!(unique.len(), 6, "each peer once");
+            *first.entry(order[0]).or_insert(0) += 1;
+        }
+        assert_eq!(first.len(), 6);
+        assert!(
+            first.values().all(|&n| n < 200),
+            "no peer over 2x its share: {first:?}"
+        );
+        assert!(ask_order(&[], 0, &chunk(1)).is_empty());
+    }
 }
