@@ -12,7 +12,7 @@
 # src/render/testdata/blender-<version>-cycles.log, then runs with BLENDER=$venv/bin/blender:
 #   cargo test --locked --lib  -- render::worker::tests render::probe::tests::probe_real_blender
 #                                 render::logparse
-#   cargo test --locked --test render_jobs --test mesh
+#   cargo test --locked --test render_jobs --test mesh --test projects
 # Prints one summary line per version; exits non-zero if any version failed.
 #
 # Environment: PYTHON (a Python 3.11; default python3.11, else python3), MESHD_BPY_OFFLINE=1
@@ -153,7 +153,7 @@ for s in "${series[@]}"; do
     if [ "${MESHD_SKIP_CARGO:-}" != 1 ]; then
         cargo_tests "unit" --lib -- render::worker::tests render::probe::tests::probe_real_blender \
             render::logparse || ok=0
-        cargo_tests "integration" --test render_jobs --test mesh || ok=0
+        cargo_tests "integration" --test render_jobs --test mesh --test projects || ok=0
     fi
     verdict=PASS
     [ "$ok" = 1 ] || { verdict=FAIL; status=1; }
