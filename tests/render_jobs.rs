@@ -42,11 +42,17 @@ fn overrides_apply_and_progress_is_live() {
         f["samples_total"], 256,
         "the samples override reached Blender: {f}"
     );
-    let peers = d.cli_json(&["peers", "--json"]);
-    let me = &peers["peers"][0];
-    assert!(
-        me["rendering"][0].as_str().unwrap().contains("samples"),
-        "{me}"
+    // The peers view shows it too (a frame may just have started: wait for its samples).
+    let mut me = serde_json::Value::Null;
+    wait_until(
+        Duration::from_secs(120),
+        "peers shows sample progress",
+        || {
+            me = d.cli_json(&["peers", "--json"])["peers"][0].clone();
+            me["rendering"][0]
+                .as_str()
+                .is_some_and(|r| r.contains("samples"))
+        },
     );
     assert!(
         me["devices"]

@@ -104,14 +104,9 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        Self::finish(resp).await
+        match self.post_or_refusal(path, body).await? {
+            Ok(t) => Ok(t),
+            Err(refusal) => bail!("{}", refusal.error),
+        }
     }
 }

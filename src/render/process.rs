@@ -176,6 +176,7 @@ impl Blender {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let (mut last_error, mut crash_log) = (None, None);
         let (mut remaining, mut last_sent) = (None, None::<Instant>);
+        let mut sent_current = 0u32;
         loop {
             let next = match deadline {
                 Some(d) => match tokio::time::timeout_at(d, self.lines.recv()).await {
@@ -223,8 +224,15 @@ impl Blender {
                     _ => continue,
                 };
                 let Some(tx) = progress else { continue };
-                if last_sent.is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL) || current == total {
+                // Throttled, but the first real sample and the last always go out: Blender 4.x
+                // prints `Sample 1/N` and then nothing until `Sample N/N`.
+                let first_real = current > 0 && sent_current == 0;
+                if last_sent.is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL)
+                    || current == total
+                    || first_real
+                {
                     last_sent = Some(Instant::now());
+                    sent_current = current;
                     let done = current == total;
                     let _ = tx.send(FrameProgress {
                         frame,

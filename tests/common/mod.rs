@@ -102,14 +102,7 @@ fn meshd_command(netns: Option<&str>) -> Command {
 impl Daemon {
     /// Starts `meshd join` with its data dir under `root`, and waits until its API answers.
     pub fn start(root: &Path, name: &str, ticket: Option<&str>, extra: &[&str]) -> Daemon {
-        let args = [
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api",
-            "127.0.0.1:0",
-            "--no-mdns",
-        ];
-        Self::start_with(root, name, ticket, &args, extra, None, &[])
+        Self::start_env(root, name, ticket, extra, &[])
     }
 
     /// Like [`Daemon::start`], with extra environment variables (the `test-faults` switches).
