@@ -377,10 +377,12 @@ fn blender_version_is_recorded_and_required() {
     let id = submit(&a, &scene, "1-2", &out, &["--blender-version", "9.9"]);
     let job = a.job(&id);
     assert_eq!(job["require_blender"], "9.9");
-    let mine = a.cli_json(&["peers", "--json"])["peers"][0]["blender"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let mut mine = String::new();
+    wait_until(BIG, "the daemon's Blender probed", || {
+        let me = a.cli_json(&["peers", "--json"])["peers"][0]["blender"].clone();
+        mine = me.as_str().unwrap_or_default().to_string();
+        !mine.is_empty()
+    });
     assert_eq!(job["blender_version"], mine.as_str(), "{job}");
     // Another job that this peer can render finishes while the 9.9 job is never taken.
     let ok = submit(
