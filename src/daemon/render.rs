@@ -269,9 +269,11 @@ impl Daemon {
         }
     }
 
-    /// Peers likely to hold a job's project: the submitter, peers announcing all of it, peers
-    /// announcing part of it (still fetching), then everyone connected.
-    pub(super) fn providers_for(&self, entry: &JobEntry) -> Vec<PeerId> {
+    /// A fetch context for a job's project: peers announcing all of it, then those announcing
+    /// part of it (still fetching), then every other connected peer; the submitter is the
+    /// seed, asked when no other peer has a chunk.
+    fn project_fetch(&self, entry: &JobEntry) -> FetchCtx {
+        let submitter = entry.spec.submitter;
         let mut complete = Vec::new();
         let mut partial = Vec::new();
         for (peer, state) in &self.peers.peers {
@@ -288,21 +290,16 @@ impl Daemon {
                 }
             }
         }
-        self.providers(
-            std::iter::once(entry.spec.submitter)
-                .chain(complete)
-                .chain(partial),
-        )
-    }
-
-    /// A fetch context for a job's project: other holders first, the submitter as the seed.
-    fn project_fetch(&self, entry: &JobEntry) -> FetchCtx {
-        let peers = self.providers_for(entry);
-        let seeds: Vec<PeerId> = peers
-            .iter()
-            .copied()
-            .filter(|p| *p == entry.spec.submitter)
+        let peers = self
+            .providers(complete.into_iter().chain(partial))
+            .into_iter()
+            .filter(|p| *p != submitter)
             .collect();
+        let seeds = if submitter == self.me {
+            Vec::new()
+        } else {
+            vec![submitter]
+        };
         FetchCtx::swarm(self.net.clone(), self.store.clone(), peers, seeds)
     }
 

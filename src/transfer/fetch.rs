@@ -85,7 +85,7 @@ pub struct FetchCtx {
     pub store: Store,
     /// Peers asked first (they may hold the blob, whole or in part).
     providers: Arc<[PeerId]>,
-    /// Peers known to hold the blob whole (the submitter), asked after a few `providers`.
+    /// Peers known to hold the blob whole (the submitter), asked when no `providers` has it.
     seeds: Arc<[PeerId]>,
     bad: Arc<Mutex<HashSet<PeerId>>>,
     pub stats: Arc<FetchStats>,
@@ -95,12 +95,12 @@ pub struct FetchCtx {
 }
 
 impl FetchCtx {
-    /// Asks `providers` in order (spread by chunk hash); no seeds.
+    /// Asks `providers` (each chunk starting at one its hash picks); no seeds.
     pub fn new(client: Client, store: Store, providers: Vec<PeerId>) -> Self {
         Self::swarm(client, store, providers, Vec::new())
     }
 
-    /// Asks a few of `peers` for each chunk before `seeds`.
+    /// Asks every one of `peers` for a chunk before the `seeds` (see [`SEED_SLOTS`]).
     pub fn swarm(client: Client, store: Store, peers: Vec<PeerId>, seeds: Vec<PeerId>) -> Self {
         let peers: Vec<PeerId> = peers.into_iter().filter(|p| !seeds.contains(p)).collect();
         FetchCtx {
