@@ -5,14 +5,18 @@
 # ready; overwrite a contiguous 1% of the payload in the middle, in place; resubmit under
 # another name; wait until the renderer's copy is ready again. Prints what the renderer
 # fetched for each job, the project's size and the second fetch as a % of it (target <= 5%).
+# Then, once the first job is over, what the renderer's blob store holds on disk with both
+# versions (the old one compacted to the chunks the new one does not share, see
+# src/store/dedup.rs), against one version.
 #
 # Usage: scripts/bench-resubmit.sh [SIZE_MIB=200]
 # Environment:
 #   MESHD_BIN=PATH      run this meshd binary instead of building target/release/meshd
 #   BENCH_TIMEOUT=SECS  bound on each wait for a ready project (default 300)
 #   BENCH_KEEP=1        keep the temp dir (data dirs, logs) instead of removing it
-# The renderer renders frame 1 of the first job (1000000 samples, so the job stays running)
-# through a Blender wrapper at `nice -n 19`, to leave the CPU to the daemons.
+# The renderer renders frame 1 of the first job (1 sample) and of the second (1000000 samples,
+# so that job stays running) through a Blender wrapper at `nice -n 19`, to leave the CPU to the
+# daemons. It runs with --cache-size 1T: a collection every 10 s that removes nothing needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -112,19 +116,19 @@ wait_ready() { # job: until the renderer's copy of its project is ready; prints 
         sleep 0.2
     done
 }
-submit() { # name: sets $job $files $bytes
+submit() { # name samples: sets $job $files $bytes
     CLI_LIMIT=600 cli submitter submit "$work/project/scene.blend" 1 --out "$work/out-$1" --json --name "$1" \
-        --samples "$SAMPLES" >"$work/submit-$1.json"
+        --samples "$2" >"$work/submit-$1.json"
     read -r job files bytes < <(jq -r '"\(.id) \(.files) \(.bytes)"' "$work/submit-$1.json")
 }
 
 echo "resubmit: ${SIZE_MIB} MiB payload, 2 daemons on 127.0.0.1 (submitter --no-render, renderer)"
 start submitter true --no-render
 ticket=$(cli submitter invite --json | jq -r .ticket)
-start renderer '.blender != null' "$ticket"
+start renderer '.blender != null' "$ticket" --cache-size 1T
 
 t=$(now)
-submit v1
+submit v1 1
 job1=$job files1=$files bytes1=$bytes
 p1=$(wait_ready "$job1")
 t_first=$(elapsed "$t")
@@ -142,7 +146,7 @@ head -c "$span" /dev/urandom | dd of="$payload" bs=1M seek="$offset" oflag=seek_
 echo "edited $(mib "$span") MiB of the payload at offset $(mib "$offset") MiB"
 
 t=$(now)
-submit v2
+submit v2 "$SAMPLES"
 job2=$job files2=$files bytes2=$bytes
 p2=$(wait_ready "$job2")
 t_second=$(elapsed "$t")
@@ -150,6 +154,23 @@ fetched2=$(jq -r .bytes_fetched <<<"$p2")
 reused2=$(jq -r .bytes_reused <<<"$p2")
 printf 'resubmit:      job %s, %s files, %s MiB; renderer fetched %s MiB, reused %s MiB, in %.2fs\n' \
     "${job2:0:12}" "$files2" "$(mib "$bytes2")" "$(mib "$fetched2")" "$(mib "$reused2")" "$t_second"
+# Disk: once the first job is over, the next collection compacts its project.
+store_bytes() { du -sb --exclude=partial --exclude=tmp "$work/renderer/blobs" | cut -f1; }
+t=$(now)
+before=$(store_bytes)
+while :; do
+    done1=$(cli renderer status "$job1" --json 2>/dev/null | jq -r '.jobs[0].state // empty' 2>/dev/null || true)
+    disk=$(store_bytes)
+    [ "$done1" = done ] && awk -v d="$disk" -v b="$bytes2" 'BEGIN { exit !(d < 1.2 * b) }' && break
+    if awk -v e="$(elapsed "$t")" -v t="$TIMEOUT" 'BEGIN { exit !(e > t) }'; then
+        echo "WARNING: after ${TIMEOUT}s the first job is '${done1}' and the store holds $(mib "$disk") MiB" >&2
+        break
+    fi
+    sleep 0.5
+done
+printf 'renderer store: %s MiB with both versions whole, %s MiB after compaction (%.2fx one version)\n' \
+    "$(mib "$before")" "$(mib "$disk")" "$(awk -v d="$disk" -v b="$bytes2" 'BEGIN { print d / b }')"
+
 for name in submitter renderer; do
     n=$(grep -cE ' (WARN|ERROR)\b' "$work/$name.log" || true)
     if [ "$n" -gt 0 ]; then

@@ -224,7 +224,12 @@ pub async fn run(
     let mut schedule = tokio::time::interval(Duration::from_millis(200));
     let mut anti_entropy = tokio::time::interval(Duration::from_secs(5));
     let mut redial = tokio::time::interval(Duration::from_secs(10));
-    let mut cache = tokio::time::interval(Duration::from_secs(10));
+    // Collections: every 10 s with a cache bound; otherwise now and then, to remove work dirs
+    // of finished jobs and compact old versions (store::dedup). Never right at start, when
+    // no interrupted fetch has resumed yet.
+    let cache_every = Duration::from_secs(if d.cfg.cache_size.is_some() { 10 } else { 120 });
+    let mut cache =
+        tokio::time::interval_at(tokio::time::Instant::now() + cache_every, cache_every);
     // Live progress goes out with an early heartbeat, at most this often.
     let mut progress = tokio::time::interval(Duration::from_secs(1));
     for t in [
@@ -264,7 +269,7 @@ pub async fn run(
             _ = schedule.tick() => d.tick().await,
             _ = anti_entropy.tick() => d.anti_entropy(),
             _ = redial.tick() => d.redial().await,
-            _ = cache.tick(), if d.cfg.cache_size.is_some() => {
+            _ = cache.tick() => {
                 let limit = d.cfg.cache_size.unwrap_or(u64::MAX);
                 d.collect_garbage(limit, None);
             }

@@ -315,6 +315,85 @@ fn resubmit_after_an_edit_fetches_only_the_changed_chunks() {
     assert!(fetched + reused >= total, "{p2}");
 }
 
+/// Bytes of whole blob files and loose chunks in a daemon's store.
+fn store_bytes(data_dir: &Path) -> u64 {
+    let sum = |d: &Path| -> u64 {
+        std::fs::read_dir(d)
+            .map(|it| {
+                it.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    sum(&data_dir.join("blobs")) + sum(&data_dir.join("blobs/chunks"))
+}
+
+#[test]
+fn an_old_version_is_compacted_on_disk_and_comes_back_without_fetching() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = scene_with_big_texture(root.path(), 2048, 2048);
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let b = Daemon::start(root.path(), "b", Some(&a.ticket()), &["--cache-size", "1T"]);
+    wait_until(BIG, "b can render", || a.renderers() == 1);
+    let tif = root.path().join("big.tif");
+    let original = std::fs::read(&tif).unwrap();
+    let (out1, out2, out3) = (
+        root.path().join("out1"),
+        root.path().join("out2"),
+        root.path().join("out3"),
+    );
+    let first = submit(&a, &scene, "1", &out1, &["--name", "v1"]);
+    wait_until(BIG, "v1 written", || a.job(&first)["frames_written"] == 1);
+    let total = project_of(&b, &first)["bytes"].as_u64().unwrap();
+
+    let mut edited = original.clone();
+    let (mid, span) = (edited.len() / 2, edited.len() / 100);
+    for x in &mut edited[mid..mid + span] {
+        *x = x.wrapping_add(1);
+    }
+    std::fs::write(&tif, &edited).unwrap();
+    let second = submit(&a, &scene, "1", &out2, &["--name", "v2"]);
+    wait_until(BIG, "v2 written", || a.job(&second)["frames_written"] == 1);
+
+    // Both jobs are over: a collection (every 10 s with --cache-size) compacts one version.
+    let mut held = 0;
+    wait_until(
+        Duration::from_secs(60),
+        "b to store both versions in ~1x",
+        || {
+            held = store_bytes(&b.dir);
+            held * 10 < total * 13
+        },
+    );
+    assert!(
+        std::fs::read_dir(b.dir.join("blobs/chunks"))
+            .unwrap()
+            .count()
+            > 0,
+        "nothing was compacted, yet the store holds {held} bytes for two versions of {total}"
+    );
+
+    // Back to the first version: rebuilt from local chunks, nothing fetched.
+    std::fs::write(&tif, &original).unwrap();
+    let third = submit(&a, &scene, "1", &out3, &["--name", "v1-again"]);
+    wait_until(BIG, "v1-again written", || {
+        a.job(&third)["frames_written"] == 1
+    });
+    let p3 = project_of(&b, &third);
+    assert!(
+        p3["bytes_fetched"].as_u64().unwrap() * 100 <= total,
+        "an old version on disk was fetched again: {p3}"
+    );
+    let diff = image_diff(&out1.join("frame_0001.png"), &out3.join("frame_0001.png"));
+    assert!(
+        diff < 0.5,
+        "the rebuilt version renders differently (mean diff {diff:.2})"
+    );
+}
+
 #[test]
 fn a_fetch_killed_midway_resumes_after_restart_with_the_chunks_it_has() {
     let root = tempfile::tempdir().unwrap();

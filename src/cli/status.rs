@@ -189,6 +189,14 @@ pub async fn gc(data_dir: &std::path::Path, json: bool) -> anyhow::Result<i32> {
             if r.work_dirs_removed == 1 { "" } else { "s" },
             super::submit::human_bytes(r.bytes_kept),
         );
+        if r.blobs_compacted > 0 {
+            println!(
+                "compacted {} old file version{}: {} no longer stored twice",
+                r.blobs_compacted,
+                if r.blobs_compacted == 1 { "" } else { "s" },
+                super::submit::human_bytes(r.bytes_deduped),
+            );
+        }
     }
     Ok(0)
 }

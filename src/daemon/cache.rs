@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use super::{Daemon, SceneState, TaskDone};
 use crate::ids::BlobId;
 use crate::store::gc::{GcReport, remove_work_dirs};
+use crate::transfer::project::{MAX_PROJECT_MANIFEST_BYTES, ProjectManifest};
 
 impl Daemon {
     /// Blobs that must stay, and the jobs whose work dirs must stay.
@@ -43,13 +44,10 @@ impl Daemon {
                 blobs.insert(entry.spec.project);
                 let manifest = match self.scenes.get(id) {
                     Some(SceneState::Ready(c, _)) => Some(c.manifest.clone()),
-                    _ if self.store.has_blob(&entry.spec.project) => {
-                        crate::transfer::checkout::read_manifest(
-                            &self.store.blob_path(&entry.spec.project),
-                        )
-                        .ok()
-                    }
-                    _ => None,
+                    _ => self
+                        .store
+                        .read_blob(&entry.spec.project, MAX_PROJECT_MANIFEST_BYTES)
+                        .and_then(|b| ProjectManifest::decode(&b).ok()),
                 };
                 if let Some(m) = manifest {
                     blobs.extend(m.blobs());
@@ -57,7 +55,15 @@ impl Daemon {
             }
         }
         // Warm workers keep their job's files open.
-        jobs.extend(self.render.jobs_in_use().map(|j| j.to_hex()));
+        for j in self.render.jobs_in_use() {
+            jobs.insert(j.to_hex());
+            if let Some(e) = self.ledger.job(&j) {
+                blobs.insert(e.spec.project);
+            }
+            if let Some(SceneState::Ready(c, _)) = self.scenes.get(&j) {
+                blobs.extend(c.manifest.blobs());
+            }
+        }
         (blobs, jobs)
     }
 

@@ -7,6 +7,7 @@
 //! goes on, and a fetch cut short (a crash, a restart) resumes with the chunks it has: every
 //! chunk is read back and checked against its hash before it is trusted.
 //! Complete blob files are read-only: renderers hard-link them into their work dirs.
+//! A blob nobody uses may be compacted to chunks only; see [`super::dedup`].
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -60,8 +61,10 @@ impl Store {
         Ok(())
     }
 
+    /// Whether blob `id` is complete here (a whole file, or compact: see [`super::dedup`]).
     pub fn has_blob(&self, id: &BlobId) -> bool {
-        self.manifests.contains_key(id.0).unwrap_or(false) && self.blob_path(id).is_file()
+        self.manifests.contains_key(id.0).unwrap_or(false)
+            && (self.is_whole(id) || self.is_compact(id))
     }
 
     /// A fresh temporary path inside the blob dir (same filesystem, so renames are atomic).
@@ -100,7 +103,7 @@ impl Store {
     pub fn commit(&self, tmp: &Path, manifest: &Manifest) -> Result<BlobId, StoreError> {
         let id = manifest.id();
         let dest = self.blob_path(&id);
-        if self.has_blob(&id) {
+        if self.is_whole(&id) && self.manifests.contains_key(id.0)? {
             let _ = std::fs::remove_file(tmp);
             return Ok(id);
         }
@@ -121,11 +124,17 @@ impl Store {
             self.chunks.insert(c.id.0, bytes)?;
         }
         self.manifests.insert(id.0, manifest.encode())?;
+        self.compact.remove(id.0)?;
         Ok(id)
     }
 
-    /// Reads one chunk from whichever local blob holds it, verified against its hash.
+    /// Reads one chunk from whichever local blob holds it, or its loose file, verified
+    /// against its hash.
     pub fn read_chunk(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        self.read_indexed(id).or_else(|| self.read_loose(id))
+    }
+
+    fn read_indexed(&self, id: &ChunkId) -> Option<Vec<u8>> {
         let loc_bytes = self.chunks.get(id.0).ok()??;
         let loc: ChunkLoc = postcard::from_bytes(&loc_bytes).ok()?;
         let mut f = File::open(self.blob_path(&loc.blob))
@@ -139,6 +148,24 @@ impl Store {
             return None;
         }
         Some(buf)
+    }
+
+    /// The content of a blob of at most `max` bytes, from its file or its chunks.
+    pub fn read_blob(&self, id: &BlobId, max: u64) -> Option<Vec<u8>> {
+        let m = self.manifest(id)?;
+        if m.size > max {
+            return None;
+        }
+        if let Ok(b) = std::fs::read(self.blob_path(id))
+            && b.len() as u64 == m.size
+        {
+            return Some(b);
+        }
+        let mut out = Vec::with_capacity(m.size as usize);
+        for c in &m.chunks {
+            out.extend(self.read_chunk(&c.id)?);
+        }
+        Some(out)
     }
 
     /// Remembers a verified manifest before its blob is complete (an interrupted fetch resumes
@@ -172,7 +199,7 @@ impl BlobServer for Store {
     fn serve(&self, req: &BlobRequest) -> BlobResponse {
         match req {
             BlobRequest::Manifest(id) => match self.manifests.get(id.0) {
-                Ok(Some(bytes)) if self.blob_path(id).is_file() => {
+                Ok(Some(bytes)) if self.is_whole(id) || self.is_compact(id) => {
                     BlobResponse::Manifest(bytes.to_vec())
                 }
                 _ => BlobResponse::NotFound,

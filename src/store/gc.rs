@@ -3,7 +3,9 @@
 //! The daemon decides what is protected (the projects of running jobs, results not yet
 //! delivered, see `daemon/cache.rs`); this module lists what is on disk, picks victims
 //! ([`pick_victims`], pure) and removes them with their manifest and chunk-index entries.
-//! A blob's "last use" is its file's modification time, which checkouts refresh.
+//! Before that, blobs nobody uses are compacted when most of their chunks are stored in other
+//! blobs too (see [`super::dedup`]). A blob's "last use" is its file's modification time
+//! (for a compact blob, a time kept in sled), which checkouts refresh.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -11,7 +13,6 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::blobs::ChunkLoc;
 use super::{Store, StoreError};
 use crate::ids::BlobId;
 
@@ -32,6 +33,12 @@ pub struct GcReport {
     pub partials_removed: usize,
     /// Work directories of jobs that are over.
     pub work_dirs_removed: usize,
+    /// Blobs nobody uses that now keep only the chunks no other blob holds.
+    #[serde(default)]
+    pub blobs_compacted: usize,
+    /// Bytes no longer stored twice thanks to that.
+    #[serde(default)]
+    pub bytes_deduped: u64,
     /// What the blob store holds afterwards.
     pub bytes_kept: u64,
 }
@@ -57,13 +64,14 @@ pub fn pick_victims(blobs: &[BlobUse], protected: &HashSet<BlobId>, limit: u64) 
 }
 
 impl Store {
-    /// Every complete blob file with its size and last use.
+    /// Every complete blob with its size on disk and last use. A compact blob's size is the
+    /// bytes of its loose chunks (a chunk two compact blobs share counts for both).
     pub fn blob_uses(&self) -> Result<Vec<BlobUse>, StoreError> {
         let mut out = Vec::new();
         for e in std::fs::read_dir(&self.blob_dir)? {
             let e = e?;
             let Ok(id) = e.file_name().to_string_lossy().parse::<BlobId>() else {
-                continue; // tmp/, partial/
+                continue; // tmp/, partial/, chunks/
             };
             let meta = e.metadata()?;
             if !meta.is_file() {
@@ -75,6 +83,26 @@ impl Store {
                 last_used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             });
         }
+        for (id, last_used) in self.compact_blobs() {
+            if out.iter().any(|b| b.id == id) {
+                continue;
+            }
+            let size = self
+                .manifest(&id)
+                .map(|m| {
+                    m.chunks
+                        .iter()
+                        .filter(|c| self.loose_path(&c.id).is_file())
+                        .map(|c| c.len as u64)
+                        .sum()
+                })
+                .unwrap_or(0);
+            out.push(BlobUse {
+                id,
+                size,
+                last_used,
+            });
+        }
         Ok(out)
     }
 
@@ -82,32 +110,20 @@ impl Store {
     pub fn touch_blob(&self, id: &BlobId) {
         if let Ok(f) = std::fs::File::open(self.blob_path(id)) {
             let _ = f.set_modified(SystemTime::now());
+        } else if self.is_compact(id) {
+            let _ = self.mark_compact(id, SystemTime::now());
         }
     }
 
-    /// Removes a blob file, its manifest and the chunk-index entries that point into it.
+    /// Removes one blob (whole or compact) with its manifest, keeping every chunk that a
+    /// compact blob still needs. Returns the bytes freed.
     pub fn remove_blob(&self, id: &BlobId) -> Result<u64, StoreError> {
-        let path = self.blob_path(id);
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        if let Some(m) = self.manifest(id) {
-            for c in &m.chunks {
-                let points_here = self
-                    .chunks
-                    .get(c.id.0)?
-                    .and_then(|v| postcard::from_bytes::<ChunkLoc>(&v).ok())
-                    .is_some_and(|loc| loc.blob == *id);
-                if points_here {
-                    self.chunks.remove(c.id.0)?;
-                }
-            }
-        }
-        self.manifests.remove(id.0)?;
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
-        Ok(size)
+        let before = self.disk_bytes();
+        let mut holders = self.holders(&self.whole_blobs()?);
+        let needed = self.needed_by_compact(&[*id].into());
+        self.evict(id, &mut holders, &needed)?;
+        self.sweep_loose(&needed, &holders)?;
+        Ok(before.saturating_sub(self.disk_bytes()))
     }
 
     /// Removes partial files (interrupted fetches) of blobs not in `keep`.
@@ -127,26 +143,69 @@ impl Store {
     }
 
     fn remove_blob_partial(&self, id: &BlobId) -> Result<(), StoreError> {
-        if !self.blob_path(id).exists() {
+        if !self.has_blob(id) {
             self.manifests.remove(id.0)?;
         }
         std::fs::remove_file(self.partial_path(id))?;
         Ok(())
     }
 
-    /// Collects: removes unprotected blobs (LRU first) until at most `limit` bytes remain,
-    /// and partial files that are not protected.
+    /// Ids of the blobs that have a whole file.
+    fn whole_blobs(&self) -> Result<Vec<BlobId>, StoreError> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.blob_dir)? {
+            let e = e?;
+            if let Ok(id) = e.file_name().to_string_lossy().parse::<BlobId>()
+                && e.file_type().is_ok_and(|t| t.is_file())
+            {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes of whole blob files and loose chunks on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        let whole: u64 = std::fs::read_dir(&self.blob_dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().parse::<BlobId>().is_ok())
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        whole + self.loose_bytes()
+    }
+
+    /// Collects: compacts unprotected blobs that share most of their chunks with others
+    /// ([`super::dedup`]), then removes unprotected blobs (LRU first) until at most `limit`
+    /// bytes remain, and partial files that are not protected.
     pub fn collect(&self, protected: &HashSet<BlobId>, limit: u64) -> Result<GcReport, StoreError> {
+        let before = self.disk_bytes();
+        let mut report = GcReport::default();
+        let whole = self.whole_blobs()?;
+        let mut holders = self.holders(&whole);
+        for id in whole.iter().filter(|b| !protected.contains(b)) {
+            let saved = self.compact_one(id, &mut holders)?;
+            if saved > 0 {
+                report.blobs_compacted += 1;
+                report.bytes_deduped += saved;
+            }
+        }
         let uses = self.blob_uses()?;
         let victims = pick_victims(&uses, protected, limit);
-        let mut report = GcReport::default();
+        // Chunks that compact blobs staying behind still need.
+        let needed = self.needed_by_compact(&victims.iter().copied().collect());
         for id in &victims {
-            report.bytes_freed += self.remove_blob(id)?;
+            self.evict(id, &mut holders, &needed)?;
             report.blobs_removed += 1;
         }
+        self.sweep_loose(&needed, &holders)?;
         report.partials_removed = self.remove_partials(protected)?;
-        let total: u64 = uses.iter().map(|b| b.size).sum();
-        report.bytes_kept = total - report.bytes_freed.min(total);
+        report.bytes_kept = self.disk_bytes();
+        report.bytes_freed = before.saturating_sub(report.bytes_kept);
         Ok(report)
     }
 }

@@ -9,8 +9,10 @@
 //! - `written`: JobId ‖ frame → BlobId of the frame file written to the output dir
 //! - `peers`: PeerId bytes → postcard list of multiaddr strings
 //! - `manifests`: BlobId → manifest bytes; `chunks`: ChunkId → [`blobs::ChunkLoc`]
+//! - `compact`: BlobId → last use (u64 BE seconds) of blobs kept as chunks only ([`dedup`])
 
 pub mod blobs;
+pub mod dedup;
 pub mod gc;
 
 use std::collections::BTreeMap;
@@ -53,6 +55,7 @@ pub struct Store {
     peers: sled::Tree,
     pub(crate) manifests: sled::Tree,
     pub(crate) chunks: sled::Tree,
+    compact: sled::Tree,
     blob_dir: PathBuf,
 }
 
@@ -76,6 +79,7 @@ impl Store {
         let blob_dir = data_dir.join("blobs");
         std::fs::create_dir_all(blob_dir.join("tmp"))?;
         std::fs::create_dir_all(blob_dir.join("partial"))?;
+        std::fs::create_dir_all(blob_dir.join("chunks"))?;
         Ok(Store {
             meta: db.open_tree("meta")?,
             jobs: db.open_tree("jobs")?,
@@ -85,6 +89,7 @@ impl Store {
             peers: db.open_tree("peers")?,
             manifests: db.open_tree("manifests")?,
             chunks: db.open_tree("chunks")?,
+            compact: db.open_tree("compact")?,
             db,
             blob_dir,
         })

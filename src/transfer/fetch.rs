@@ -134,10 +134,16 @@ impl FetchCtx {
     pub async fn fetch(&self, id: BlobId) -> Result<PathBuf, FetchError> {
         let store = &self.store;
         if store.has_blob(&id) {
-            let path = store.blob_path(&id);
-            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            self.stats.reused.fetch_add(len, Ordering::Relaxed);
-            return Ok(path);
+            // A compact blob is assembled from local chunks; if some turn out unreadable,
+            // fetch it like any other.
+            match store.materialize(&id) {
+                Ok(path) => {
+                    let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    self.stats.reused.fetch_add(len, Ordering::Relaxed);
+                    return Ok(path);
+                }
+                Err(e) => warn!("cannot rebuild blob {} locally: {e}", id.short()),
+            }
         }
         let manifest = match store.manifest(&id) {
             // Known from an earlier, interrupted fetch.
