@@ -9,6 +9,7 @@ mod cache;
 mod outputs;
 mod peers;
 mod render;
+mod replicas;
 mod setup;
 mod sync;
 mod views;
@@ -66,6 +67,8 @@ pub struct DaemonConfig {
     /// Keep the blob store at most this big (bytes), dropping least recently used blobs of
     /// jobs that are over.
     pub cache_size: Option<u64>,
+    /// Copies of each finished frame kept by peers other than its renderer (`--replicas`).
+    pub replicas: usize,
 }
 
 /// Requests from the local API.
@@ -95,6 +98,10 @@ enum TaskDone {
     OutputWritten {
         job: JobId,
         frame: u32,
+        /// The result written.
+        result: Result<BlobId, String>,
+    },
+    Replicated {
         blob: BlobId,
         result: Result<(), String>,
     },
@@ -136,8 +143,10 @@ struct Daemon {
     render: render::RenderState,
     /// Output files being written (submitter side).
     writing: HashSet<(JobId, u32)>,
-    /// Output writes that failed, and when to try again.
-    write_retry: HashMap<(JobId, u32), Instant>,
+    /// Output writes that failed: how often, since when, and when to try again.
+    write_retry: HashMap<(JobId, u32), outputs::Retry>,
+    /// Results this peer keeps a copy of, still to fetch.
+    replicas: replicas::Queue,
     local_jobs: HashMap<JobId, crate::store::LocalJob>,
     written: HashMap<JobId, HashMap<u32, BlobId>>,
     tasks: JoinSet<TaskDone>,
@@ -183,6 +192,7 @@ pub async fn run(
         render,
         writing: HashSet::new(),
         write_retry: HashMap::new(),
+        replicas: replicas::Queue::default(),
         local_jobs: HashMap::new(),
         written: HashMap::new(),
         tasks: JoinSet::new(),
@@ -359,12 +369,18 @@ impl Daemon {
                 }
                 GossipMsg::Frames(updates) => {
                     // A delta may only speak for its author: its claims, results and failures.
-                    if !updates.iter().all(|u| authored_by(&u.state, &g.source)) {
+                    let submitter =
+                        |u: &FrameUpdate| self.ledger.job(&u.job).map(|e| e.spec.submitter);
+                    if !updates
+                        .iter()
+                        .all(|u| authored_by(&u.state, &g.source, submitter(u)))
+                    {
                         warn!(peer = %g.source, "ignoring frame updates made in another peer's name");
                         return;
                     }
                     let changed = self.merge_updates(&updates);
                     self.after_ledger_change(&changed);
+                    self.note_results(&changed);
                 }
                 GossipMsg::Heartbeat(hb) => {
                     self.learn_addrs(g.source, &hb.addrs).await;
@@ -443,6 +459,7 @@ impl Daemon {
                         debug!(%peer, changed = changed.len(), "sync brought news");
                     }
                     self.after_ledger_change(&changed);
+                    self.note_results(&changed);
                 }
                 Err(e) => debug!(%peer, "sync failed: {e}"),
             },
@@ -472,28 +489,10 @@ impl Daemon {
                 self.scenes.insert(job, state);
             }
             TaskDone::Rendered(done) => self.on_rendered(*done).await,
-            TaskDone::OutputWritten {
-                job,
-                frame,
-                blob,
-                result,
-            } => {
-                self.writing.remove(&(job, frame));
-                match result {
-                    Ok(()) => {
-                        self.write_retry.remove(&(job, frame));
-                        if let Err(e) = self.store.mark_written(&job, frame, &blob) {
-                            warn!("cannot record written frame: {e}");
-                        }
-                        self.written.entry(job).or_default().insert(frame, blob);
-                    }
-                    Err(e) => {
-                        warn!(job = %job.short(), frame, "writing frame failed: {e}; will retry");
-                        self.write_retry
-                            .insert((job, frame), Instant::now() + Duration::from_secs(2));
-                    }
-                }
+            TaskDone::OutputWritten { job, frame, result } => {
+                self.on_output_written(job, frame, result).await
             }
+            TaskDone::Replicated { blob, result } => self.on_replicated(blob, result),
             TaskDone::Collected { result, reply } => self.on_collected(result, reply),
             TaskDone::Probed(result) => match result {
                 Ok(info) => {
@@ -518,6 +517,7 @@ impl Daemon {
         self.fetch_scenes();
         self.claim_and_render().await;
         self.write_outputs();
+        self.replicate();
     }
 
     async fn on_api(&mut self, req: ApiRequest) {
@@ -601,9 +601,15 @@ impl Daemon {
     }
 }
 
-/// Whether every claim, result and failure in `state` names `author` as its peer.
-fn authored_by(state: &crate::ledger::FrameState, author: &PeerId) -> bool {
+/// Whether every claim, result and failure in `state` names `author` as its peer, and only
+/// the job's submitter declares results lost.
+fn authored_by(
+    state: &crate::ledger::FrameState,
+    author: &PeerId,
+    submitter: Option<PeerId>,
+) -> bool {
     state.claim.as_ref().is_none_or(|c| c.peer == *author)
         && state.done.iter().all(|d| d.peer == *author)
         && state.failures.iter().all(|f| f.peer == *author)
+        && (state.lost.is_empty() || submitter == Some(*author))
 }

@@ -56,6 +56,10 @@ pub struct JoinArgs {
     /// Render with all GPUs in one Blender instead of one Blender per GPU.
     #[arg(long)]
     pub gpus_together: bool,
+    /// Peers that keep a copy of each finished frame besides its renderer, so a frame
+    /// survives its renderer vanishing before the submitter has it. 0 turns copies off.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=16))]
+    pub replicas: u8,
     /// Bound the blob store (scenes, textures, frames), e.g. 50G or 500M. Least recently used
     /// blobs of jobs that are over go first; never those of running jobs or undelivered frames.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -122,6 +126,7 @@ pub async fn run(data_dir: PathBuf, args: JoinArgs) -> anyhow::Result<i32> {
         gpus_together: args.gpus_together,
         frame_timeout: args.frame_timeout.map(Duration::from_secs),
         cache_size: args.cache_size,
+        replicas: args.replicas as usize,
     };
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();

@@ -27,10 +27,10 @@ impl Daemon {
             let mut undelivered = false;
             for (frame, state) in &entry.frames {
                 if local {
-                    if let Some(d) = state.canonical()
-                        && written.and_then(|w| w.get(frame)) != Some(&d.output)
+                    if state.canonical().is_some()
+                        && !written.is_some_and(|w| w.contains_key(frame))
                     {
-                        blobs.insert(d.output);
+                        blobs.extend(state.results().map(|d| d.output));
                         undelivered = true;
                     }
                 } else {

@@ -1,15 +1,37 @@
-//! The submitter's side of results: every frame's canonical output is fetched (from the peer
-//! that rendered it, or any other that has it) and written to the job's output directory as
-//! `frame_####.<ext>`, atomically (temp file + rename). A frame is written once per canonical
-//! result, so duplicates never reach the output.
+//! The submitter's side of results: every frame's output is fetched and written to the
+//! job's output directory as `frame_####.<ext>`, atomically (temp file + rename), once.
+//!
+//! Any result that counts will do, least first: the canonical one, then the others. Each is
+//! asked of its renderer, then of the peers most likely to hold a replica (see
+//! `replicas.rs`), then of every other connected peer. A frame that cannot be fetched backs
+//! off (1 s doubling to 16 s) without holding up the others. When every result of a frame
+//! stays unfetchable for a lease while its renderer is not live (or for many attempts
+//! whatever it says), the submitter declares those results lost and the frame is rendered
+//! again ("Lost results" in docs/protocol.md).
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use tracing::warn;
 
 use super::{Daemon, TaskDone};
-use crate::ids::BlobId;
+use crate::ids::{BlobId, JobId};
+use crate::ledger::{FrameState, FrameUpdate, Lost};
+use crate::net::GossipMsg;
 
 /// Output files being fetched/written at once.
 const MAX_WRITING: usize = 8;
+/// Failed attempts after which a result is declared lost even if its renderer looks live.
+const LOST_AFTER_ATTEMPTS: u32 = 12;
+
+/// Failed attempts to write one frame.
+#[derive(Debug)]
+pub(super) struct Retry {
+    attempts: u32,
+    since: Instant,
+    next: Instant,
+}
 
 /// `frame_0001.png`: Blender's `####` padding (at least four digits).
 pub fn frame_file_name(frame: u32, ext: &str) -> String {
@@ -24,16 +46,27 @@ fn write_atomically(src: &Path, out_dir: &Path, name: &str) -> std::io::Result<(
     std::fs::rename(&part, out_dir.join(name))
 }
 
+/// One frame to write: its results' outputs, each with the peers to ask.
+struct Todo {
+    job: JobId,
+    frame: u32,
+    candidates: Vec<(BlobId, Vec<PeerId>)>,
+    out_dir: PathBuf,
+    name: String,
+}
+
 impl Daemon {
+    /// Peers to ask for a result of `frame`: its renderer, then likely replica holders, then
+    /// every other connected peer.
+    fn holders(&self, job: &JobId, frame: u32, renderer: PeerId) -> Vec<PeerId> {
+        let connected = self.peers.connected();
+        let ranked = crate::ledger::replica_holders(job, frame, &connected, connected.len());
+        self.providers(std::iter::once(renderer).chain(ranked))
+    }
+
     pub(super) fn write_outputs(&mut self) {
-        let mut todo: Vec<(
-            crate::ids::JobId,
-            u32,
-            BlobId,
-            Vec<libp2p::PeerId>,
-            PathBuf,
-            String,
-        )> = Vec::new();
+        let now = Instant::now();
+        let mut todo: Vec<Todo> = Vec::new();
         for (job, local) in &self.local_jobs {
             let Some(entry) = self.ledger.job(job) else {
                 continue;
@@ -44,54 +77,121 @@ impl Daemon {
                 if self.writing.len() + todo.len() >= MAX_WRITING {
                     break;
                 }
-                let Some(done) = state.canonical() else {
-                    continue;
-                };
-                let backing_off = self
-                    .write_retry
-                    .get(&(*job, *frame))
-                    .is_some_and(|t| *t > std::time::Instant::now());
-                if written.and_then(|w| w.get(frame)) == Some(&done.output)
+                if state.canonical().is_none()
+                    || written.is_some_and(|w| w.contains_key(frame))
                     || self.writing.contains(&(*job, *frame))
-                    || backing_off
+                    || self
+                        .write_retry
+                        .get(&(*job, *frame))
+                        .is_some_and(|r| r.next > now)
                 {
                     continue;
                 }
-                let providers = self
-                    .providers(std::iter::once(done.peer).chain(state.done.iter().map(|d| d.peer)));
-                todo.push((
-                    *job,
-                    *frame,
-                    done.output,
-                    providers,
-                    local.out_dir.clone(),
-                    frame_file_name(*frame, ext),
-                ));
+                todo.push(Todo {
+                    job: *job,
+                    frame: *frame,
+                    candidates: state
+                        .results()
+                        .map(|d| (d.output, self.holders(job, *frame, d.peer)))
+                        .collect(),
+                    out_dir: local.out_dir.clone(),
+                    name: frame_file_name(*frame, ext),
+                });
             }
         }
-        for (job, frame, blob, providers, out_dir, name) in todo {
-            self.writing.insert((job, frame));
+        for t in todo {
+            self.writing.insert((t.job, t.frame));
             let net = self.net.clone();
             let store = self.store.clone();
             self.tasks.spawn(async move {
-                let result = async {
-                    let src = crate::transfer::fetch(&net, &store, blob, &providers)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    tokio::task::spawn_blocking(move || write_atomically(&src, &out_dir, &name))
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|e| e.to_string())
+                let mut errors = Vec::new();
+                let mut result = Err(String::new());
+                for (blob, providers) in t.candidates {
+                    match crate::transfer::fetch(&net, &store, blob, &providers).await {
+                        Ok(src) => {
+                            let (out_dir, name) = (t.out_dir.clone(), t.name.clone());
+                            result = tokio::task::spawn_blocking(move || {
+                                write_atomically(&src, &out_dir, &name)
+                            })
+                            .await
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| r.map_err(|e| e.to_string()))
+                            .map(|()| blob);
+                            break;
+                        }
+                        Err(e) => errors.push(e.to_string()),
+                    }
                 }
-                .await;
+                if result.as_ref().is_err_and(|e| e.is_empty()) {
+                    result = Err(errors.join("; "));
+                }
                 TaskDone::OutputWritten {
-                    job,
-                    frame,
-                    blob,
+                    job: t.job,
+                    frame: t.frame,
                     result,
                 }
             });
         }
+    }
+
+    pub(super) async fn on_output_written(
+        &mut self,
+        job: JobId,
+        frame: u32,
+        result: Result<BlobId, String>,
+    ) {
+        self.writing.remove(&(job, frame));
+        let blob = match result {
+            Ok(blob) => blob,
+            Err(e) => return self.output_failed(job, frame, e).await,
+        };
+        self.write_retry.remove(&(job, frame));
+        if let Err(e) = self.store.mark_written(&job, frame, &blob) {
+            warn!("cannot record written frame: {e}");
+        }
+        self.written.entry(job).or_default().insert(frame, blob);
+    }
+
+    async fn output_failed(&mut self, job: JobId, frame: u32, e: String) {
+        let now = Instant::now();
+        let r = self.write_retry.entry((job, frame)).or_insert(Retry {
+            attempts: 0,
+            since: now,
+            next: now,
+        });
+        r.attempts += 1;
+        r.next = now + Duration::from_secs(1 << (r.attempts - 1).min(4));
+        let (attempts, since) = (r.attempts, r.since);
+        warn!(job = %job.short(), frame, attempts, "fetching the frame failed: {e}; will retry");
+        let Some(state) = self.ledger.frame(&job, frame) else {
+            return;
+        };
+        let lease_over = now.saturating_duration_since(since) >= self.cfg.lease;
+        let all_gone = state
+            .results()
+            .all(|d| !self.live_peers().contains(&d.peer));
+        if attempts < 3 || !(lease_over && all_gone || attempts >= LOST_AFTER_ATTEMPTS) {
+            return;
+        }
+        let lost: Vec<Lost> = state.results().map(Lost::of).collect();
+        warn!(
+            job = %job.short(),
+            frame,
+            results = lost.len(),
+            "no peer can serve this frame any more; it will be rendered again"
+        );
+        let updates: Vec<FrameUpdate> = lost
+            .into_iter()
+            .map(|l| FrameUpdate {
+                job,
+                frame,
+                state: FrameState::from_lost(l),
+            })
+            .collect();
+        self.write_retry.remove(&(job, frame));
+        let changed = self.merge_updates(&updates);
+        self.after_ledger_change(&changed);
+        self.publish(GossipMsg::Frames(updates)).await;
     }
 }
 

@@ -187,6 +187,8 @@ pub(super) struct RenderDone {
     epoch: u32,
     worker: Worker,
     result: Result<RenderedFrame, FrameError>,
+    /// The rendered file imported into the store (off the daemon loop).
+    stored: Option<Result<crate::ids::BlobId, String>>,
 }
 
 pub(super) async fn probe_blender(explicit: Option<PathBuf>) -> Result<BlenderInfo, String> {
@@ -413,6 +415,7 @@ impl Daemon {
             });
         let out_dir = job_dir.join(format!("out-{slot}"));
         let central = self.render.progress_tx.clone();
+        let store = self.store.clone();
         info!(job = %job.short(), frame, epoch, slot, "rendering");
         let abort = self.tasks.spawn(async move {
             let mut worker = worker;
@@ -429,6 +432,25 @@ impl Daemon {
                     }
                 }
             };
+            // The frame is stored and on disk (file and manifest flushed) before anyone
+            // hears it is done: a crash after the news cannot leave a result nobody has.
+            let stored = match &result {
+                Ok(rf) => {
+                    let path = rf.path.clone();
+                    let imported = tokio::task::spawn_blocking(move || {
+                        let id = store.import_owned(&path)?;
+                        store.flush()?;
+                        Ok::<_, crate::store::StoreError>(id)
+                    })
+                    .await;
+                    Some(match imported {
+                        Ok(Ok(id)) => Ok(id),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    })
+                }
+                Err(_) => None,
+            };
             TaskDone::Rendered(Box::new(RenderDone {
                 slot,
                 job,
@@ -436,6 +458,7 @@ impl Daemon {
                 epoch,
                 worker,
                 result,
+                stored,
             }))
         });
         self.render.slots[slot].active = Some(Active {
@@ -456,6 +479,7 @@ impl Daemon {
             epoch,
             worker,
             result,
+            stored,
         } = done;
         let Some(s) = self.render.slots.get_mut(slot) else {
             return;
@@ -470,7 +494,7 @@ impl Daemon {
         s.active = None;
         self.render.progress_dirty = true;
         let state = match result {
-            Ok(rf) => match self.store.import_owned(&rf.path) {
+            Ok(rf) => match stored.unwrap_or_else(|| Err("the frame was not stored".into())) {
                 Ok(output) => {
                     info!(job = %job.short(), frame, ms = rf.render_ms, "frame done");
                     FrameState::from_done(Done {
@@ -535,7 +559,7 @@ impl Daemon {
             let Some(state) = self.ledger.frame(&active.job, active.frame) else {
                 continue;
             };
-            let still_ours = state.done.is_empty()
+            let still_ours = state.canonical().is_none()
                 && state
                     .claim
                     .as_ref()

@@ -19,6 +19,10 @@ pub const MAX_DONE: usize = 16;
 /// Most failures kept per frame (the least ones).
 pub const MAX_FAILURES: usize = 64;
 
+/// Most lost results kept per frame (the least ones). A frame whose results were lost this
+/// often is given up (see `policy::frame_status`): every result of it counts as lost.
+pub const MAX_LOST: usize = 4;
+
 /// A peer's claim on a frame. `incarnation` counts the holder daemon's starts: the claim is
 /// live only while that peer's heartbeat for that incarnation is fresh.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -43,6 +47,25 @@ pub struct Failure {
     pub epoch: u32,
     pub peer: PeerId,
     pub reason: String,
+}
+
+/// A result whose output nobody can serve any more: its renderer is gone and no replica
+/// answers. Names the [`Done`] by its `(epoch, peer)` (a peer finishes a frame at most once
+/// per epoch). Only the job's submitter declares a result lost; see docs/protocol.md,
+/// "Lost results".
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Lost {
+    pub epoch: u32,
+    pub peer: PeerId,
+}
+
+impl Lost {
+    pub fn of(d: &Done) -> Self {
+        Lost {
+            epoch: d.epoch,
+            peer: d.peer,
+        }
+    }
 }
 
 /// The hash that orders claims of equal epoch: `blake3(job ‖ frame ‖ epoch ‖ peer ‖
@@ -85,6 +108,8 @@ pub struct FrameState {
     pub done: BTreeSet<Done>,
     /// Failed attempts.
     pub failures: BTreeSet<Failure>,
+    /// Results declared lost: they no longer count.
+    pub lost: BTreeSet<Lost>,
 }
 
 /// Inserts the elements of `from` missing from `into`, then keeps the `cap` least.
@@ -154,21 +179,44 @@ impl FrameState {
         }
         changed |= union_capped(&mut self.done, &other.done, MAX_DONE);
         changed |= union_capped(&mut self.failures, &other.failures, MAX_FAILURES);
+        changed |= union_capped(&mut self.lost, &other.lost, MAX_LOST);
         changed
     }
 
-    /// The canonical result: the least `Done`.
+    /// A delta declaring a result lost.
+    pub fn from_lost(lost: Lost) -> Self {
+        FrameState {
+            lost: BTreeSet::from([lost]),
+            ..Default::default()
+        }
+    }
+
+    /// Whether `d` was declared lost. Once [`MAX_LOST`] results are lost every result is:
+    /// the set keeps only its least entries, so a dropped one must not count again.
+    pub fn is_lost(&self, d: &Done) -> bool {
+        self.lost.len() >= MAX_LOST || self.lost.contains(&Lost::of(d))
+    }
+
+    /// Results that still count (not declared lost), least first.
+    pub fn results(&self) -> impl Iterator<Item = &Done> {
+        self.done.iter().filter(|d| !self.is_lost(d))
+    }
+
+    /// The canonical result: the least `Done` not declared lost.
     pub fn canonical(&self) -> Option<&Done> {
-        self.done.first()
+        self.results().next()
     }
 
     /// Results beyond the canonical one.
     pub fn duplicates(&self) -> usize {
-        self.done.len().saturating_sub(1)
+        self.results().count().saturating_sub(1)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.claim.is_none() && self.done.is_empty() && self.failures.is_empty()
+        self.claim.is_none()
+            && self.done.is_empty()
+            && self.failures.is_empty()
+            && self.lost.is_empty()
     }
 
     /// Number of distinct epochs at which `peer` failed this frame (several reasons given
@@ -210,7 +258,8 @@ impl FrameState {
         let claim = self.claim.as_ref().map_or(0, |c| c.epoch);
         let done = self.done.last().map_or(0, |d| d.epoch);
         let failed = self.failures.last().map_or(0, |f| f.epoch);
-        claim.max(done).max(failed)
+        let lost = self.lost.last().map_or(0, |l| l.epoch);
+        claim.max(done).max(failed).max(lost)
     }
 
     /// Checks a state received from a peer against the size limits.
@@ -219,6 +268,12 @@ impl FrameState {
             return Err(format!(
                 "{} results for one frame (at most {MAX_DONE})",
                 self.done.len()
+            ));
+        }
+        if self.lost.len() > MAX_LOST {
+            return Err(format!(
+                "{} lost results for one frame (at most {MAX_LOST})",
+                self.lost.len()
             ));
         }
         if self.failures.len() > MAX_FAILURES {
@@ -289,15 +344,21 @@ pub(crate) mod tests {
             peer: peer(p),
             reason: format!("reason {r}"),
         });
+        let lost = (0u32..3, 0u8..4).prop_map(|(epoch, p)| Lost {
+            epoch,
+            peer: peer(p),
+        });
         (
             prop::option::of(arb_claim()),
             prop::collection::btree_set(done, 0..3),
             prop::collection::btree_set(failure, 0..3),
+            prop::collection::btree_set(lost, 0..3),
         )
-            .prop_map(|(claim, done, failures)| FrameState {
+            .prop_map(|(claim, done, failures, lost)| FrameState {
                 claim,
                 done,
                 failures,
+                lost,
             })
     }
 
@@ -335,11 +396,20 @@ pub(crate) mod tests {
         }
 
         #[test]
-        fn canonical_is_least_done(a in arb_state(), b in arb_state()) {
+        fn canonical_is_least_done_not_lost(a in arb_state(), b in arb_state()) {
             let ab = join(&a, &b);
-            let least = a.done.iter().chain(&b.done).min();
-            prop_assert_eq!(ab.canonical(), least);
-            prop_assert_eq!(ab.duplicates(), ab.done.len().saturating_sub(1));
+            let lost: BTreeSet<Lost> = a.lost.union(&b.lost).cloned().collect();
+            let counting: BTreeSet<&Done> = a.done.iter().chain(&b.done)
+                .filter(|d| lost.len() < MAX_LOST && !lost.contains(&Lost::of(d))).collect();
+            prop_assert_eq!(ab.canonical(), counting.first().copied());
+            prop_assert_eq!(ab.duplicates(), counting.len().saturating_sub(1));
+            // Once lost, a result never counts again, whatever arrives later.
+            for l in &lost {
+                let mut again = ab.clone();
+                again.merge(&job_id(), 7, &a);
+                again.merge(&job_id(), 7, &b);
+                prop_assert!(again.results().all(|d| Lost::of(d) != *l));
+            }
         }
 
         #[test]

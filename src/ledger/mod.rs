@@ -28,11 +28,11 @@ pub mod job;
 pub mod policy;
 pub mod state;
 
-pub use frame::{Claim, Done, Failure, FrameState};
+pub use frame::{Claim, Done, Failure, FrameState, Lost};
 pub use frameset::{FrameSet, FrameSetError, MAX_FRAME, MAX_FRAMES_PER_JOB};
 pub use job::JobSpec;
 pub use policy::{
     ClaimChoice, FrameStatus, JobProgress, JobState, PeerView, RetryPolicy, choose_claim,
-    frame_status, job_progress, peer_blocked,
+    frame_status, job_progress, peer_blocked, replica_holders,
 };
 pub use state::{FrameUpdate, JobEntry, Ledger, LedgerError};

@@ -53,15 +53,19 @@ pub enum FrameStatus {
     Failed,
 }
 
-/// The status of a frame: `Done` if it has any result (the canonical one); `Failed` after
-/// `max_failures_per_frame` failed attempts; `InFlight` if its claim's holder has not
+/// The status of a frame: `Done` if it has any result not declared lost (the canonical one);
+/// `Failed` after `max_failures_per_frame` failed attempts or
+/// [`MAX_LOST`](super::frame::MAX_LOST) lost results;
+/// `InFlight` if its claim's holder has not
 /// reported a failure under that claim and is live for the claim's incarnation; else
 /// `Pending`.
 pub fn frame_status(state: &FrameState, view: &impl PeerView, policy: &RetryPolicy) -> FrameStatus {
     if let Some(done) = state.canonical() {
         return FrameStatus::Done(done.clone());
     }
-    if state.failure_count() >= policy.max_failures_per_frame {
+    if state.failure_count() >= policy.max_failures_per_frame
+        || state.lost.len() >= super::frame::MAX_LOST
+    {
         return FrameStatus::Failed;
     }
     if let Some(c) = &state.claim
@@ -187,6 +191,20 @@ fn rendezvous(job: &JobId, frame: u32, peer: &[u8]) -> [u8; 32] {
     h.update(&frame.to_le_bytes());
     h.update(peer);
     *h.finalize().as_bytes()
+}
+
+/// The peers that keep a copy of a frame's result: of `candidates` (live peers, less the
+/// renderer and the submitter, who holds its own copy once written), the `r` with the
+/// least `blake3(job ‖ frame ‖ peer)`. Every peer computes the same set from the same
+/// candidates; when views differ, a few extra copies are made, never fewer.
+pub fn replica_holders(job: &JobId, frame: u32, candidates: &[PeerId], r: usize) -> Vec<PeerId> {
+    let mut ranked: Vec<([u8; 32], PeerId)> = candidates
+        .iter()
+        .map(|p| (rendezvous(job, frame, &p.to_bytes()), *p))
+        .collect();
+    ranked.sort();
+    ranked.dedup_by(|a, b| a.1 == b.1);
+    ranked.into_iter().take(r).map(|(_, p)| p).collect()
 }
 
 /// Picks the next frame for `me` (running as `incarnation`) to claim, or `None`.
@@ -318,6 +336,81 @@ mod tests {
             incarnation,
             epoch,
         }
+    }
+
+    #[test]
+    fn replica_holders_are_stable_and_bounded() {
+        let job = crate::ids::JobId::of(b"j");
+        let peers: Vec<PeerId> = (1..8).map(peer).collect();
+        let a = replica_holders(&job, 3, &peers, 2);
+        assert_eq!(a.len(), 2);
+        let mut shuffled = peers.clone();
+        shuffled.reverse();
+        assert_eq!(
+            replica_holders(&job, 3, &shuffled, 2),
+            a,
+            "order does not matter"
+        );
+        // A peer leaving only replaces itself.
+        let fewer: Vec<PeerId> = peers.iter().filter(|p| **p != a[0]).copied().collect();
+        assert!(replica_holders(&job, 3, &fewer, 2).contains(&a[1]));
+        assert!(replica_holders(&job, 3, &peers[..1], 2).len() == 1);
+        assert!(replica_holders(&job, 3, &peers, 0).is_empty());
+        // Different frames spread over different peers.
+        let firsts: BTreeSet<PeerId> = (0..40)
+            .map(|f| replica_holders(&job, f, &peers, 1)[0])
+            .collect();
+        assert!(firsts.len() >= 4, "{}", firsts.len());
+    }
+
+    #[test]
+    fn a_lost_result_sends_the_frame_back_to_pending_and_is_given_up_after_max_lost() {
+        use crate::ledger::frame::{Lost, MAX_LOST};
+        let (mut l, id) = {
+            let mut l = Ledger::new();
+            let (id, _) = l.insert_job(spec("1", 0, 1)).unwrap();
+            (l, id)
+        };
+        let view = View::with(&[(1, 1), (2, 1)]);
+        let policy = RetryPolicy::default();
+        let done = |epoch| Done {
+            epoch,
+            peer: peer(1),
+            output: BlobId::of(&epoch.to_le_bytes()),
+            render_ms: 1,
+        };
+        let apply = |l: &mut Ledger, state| {
+            l.apply(&FrameUpdate {
+                job: id,
+                frame: 1,
+                state,
+            })
+            .unwrap();
+        };
+        apply(&mut l, FrameState::from_done(done(1)));
+        assert!(matches!(
+            frame_status(l.frame(&id, 1).unwrap(), &view, &policy),
+            FrameStatus::Done(_)
+        ));
+        apply(&mut l, FrameState::from_lost(Lost::of(&done(1))));
+        let st = l.frame(&id, 1).unwrap();
+        assert_eq!(frame_status(st, &view, &policy), FrameStatus::Pending);
+        let choice = choose_claim(&l, &peer(2), 1, &view, &policy, |_, _| true, 4).unwrap();
+        assert_eq!(
+            choice.claim.epoch, 2,
+            "the new claim beats the lost result's epoch"
+        );
+        // A new result counts again; a late copy of the lost one does not.
+        apply(&mut l, FrameState::from_done(done(2)));
+        apply(&mut l, FrameState::from_done(done(1)));
+        assert_eq!(l.frame(&id, 1).unwrap().canonical(), Some(&done(2)));
+        for e in 2..=MAX_LOST as u32 {
+            apply(&mut l, FrameState::from_lost(Lost::of(&done(e))));
+        }
+        assert_eq!(
+            frame_status(l.frame(&id, 1).unwrap(), &view, &policy),
+            FrameStatus::Failed
+        );
     }
 
     fn failure(p: u8, epoch: u32) -> FrameState {

@@ -12,7 +12,7 @@ use crate::ledger::{FrameUpdate, JobSpec};
 use crate::render::DeviceInfo;
 
 /// Version of the gossip envelope and the request/response bodies.
-pub const WIRE_VERSION: u16 = 2;
+pub const WIRE_VERSION: u16 = 3;
 
 /// Most projects one heartbeat announces.
 pub const MAX_HAVE_PROJECTS: usize = 64;

@@ -70,6 +70,27 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
+/// A frame state as stored before lost results existed (wire version 2).
+#[derive(Deserialize)]
+struct FrameStateV2 {
+    claim: Option<crate::ledger::Claim>,
+    done: std::collections::BTreeSet<crate::ledger::Done>,
+    failures: std::collections::BTreeSet<crate::ledger::Failure>,
+}
+
+/// Decodes a stored frame state, also in the shape older versions wrote.
+fn decode_frame(bytes: &[u8]) -> Result<FrameState, StoreError> {
+    decode::<FrameState>("frame", bytes).or_else(|e| {
+        let old: FrameStateV2 = postcard::from_bytes(bytes).map_err(|_| e)?;
+        Ok(FrameState {
+            claim: old.claim,
+            done: old.done,
+            failures: old.failures,
+            lost: Default::default(),
+        })
+    })
+}
+
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
@@ -142,7 +163,7 @@ impl Store {
             let mut job = [0u8; 32];
             job.copy_from_slice(&k[..32]);
             let frame = u32::from_be_bytes([k[32], k[33], k[34], k[35]]);
-            let state: FrameState = match decode("frame", &v) {
+            let state: FrameState = match decode_frame(&v) {
                 Ok(s) => s,
                 Err(e) => {
                     warn!("skipping stored frame: {e}");
@@ -248,5 +269,39 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Claim, Done};
+
+    #[test]
+    fn frame_states_stored_before_lost_results_still_load() {
+        #[derive(Serialize)]
+        struct V2<'a> {
+            claim: &'a Option<Claim>,
+            done: &'a std::collections::BTreeSet<Done>,
+            failures: &'a std::collections::BTreeSet<crate::ledger::Failure>,
+        }
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let state = FrameState::from_done(Done {
+            epoch: 1,
+            peer,
+            output: BlobId::of(b"frame"),
+            render_ms: 5,
+        });
+        let old = postcard::to_stdvec(&V2 {
+            claim: &state.claim,
+            done: &state.done,
+            failures: &state.failures,
+        })
+        .unwrap();
+        assert_eq!(decode_frame(&old).unwrap(), state);
+        let new = postcard::to_stdvec(&state).unwrap();
+        assert_eq!(decode_frame(&new).unwrap(), state);
     }
 }

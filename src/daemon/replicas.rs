@@ -1,0 +1,165 @@
+//! Keeping finished frames alive after their renderer is gone.
+//!
+//! When a peer hears of a result it did not render, it computes the frame's replica
+//! holders ([`replica_holders`]: `--replicas` live peers, less the renderer and the
+//! submitter, by rendezvous hash) and, if it is one of them, fetches the output and keeps
+//! it (the cache protects results, see `cache.rs`). The submitter then finds the frame at a
+//! replica even if the renderer died between render and delivery; when no copy is left the
+//! submitter declares the result lost (`outputs.rs`) and the frame is rendered again.
+//!
+//! News from gossip and from sync both count (gossip between two peers may need a third
+//! that is gone). Work per event is proportional to the frames that changed.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use tracing::{debug, info};
+
+use super::{Daemon, TaskDone};
+use crate::ids::{BlobId, JobId};
+use crate::ledger::replica_holders;
+
+/// Copies fetched at once.
+const PARALLEL: usize = 4;
+/// Attempts per copy before giving up (the renderer may be gone already).
+const ATTEMPTS: u32 = 5;
+
+/// A copy to make.
+#[derive(Debug)]
+struct Want {
+    job: JobId,
+    frame: u32,
+    from: PeerId,
+    attempts: u32,
+    next: Instant,
+    running: bool,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Queue {
+    wants: HashMap<BlobId, Want>,
+}
+
+impl Daemon {
+    /// Peers whose heartbeat is fresh, and this one.
+    pub(super) fn live_peers(&self) -> Vec<PeerId> {
+        let now = Instant::now();
+        let mut out: Vec<PeerId> = self
+            .peers
+            .peers
+            .iter()
+            .filter(|(_, s)| {
+                s.heard
+                    .is_some_and(|t| now.saturating_duration_since(t) <= self.cfg.lease)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        out.push(self.me);
+        out
+    }
+
+    /// After fresh news of `changed` frames: queue copies of results this peer should hold.
+    pub(super) fn note_results(&mut self, changed: &[(JobId, u32)]) {
+        if self.cfg.replicas == 0 || changed.is_empty() {
+            return;
+        }
+        let live = self.live_peers();
+        for (job, frame) in changed {
+            let Some(entry) = self.ledger.job(job) else {
+                continue;
+            };
+            let submitter = entry.spec.submitter;
+            if submitter == self.me {
+                continue; // the submitter fetches every frame anyway
+            }
+            let Some(state) = entry.frames.get(frame) else {
+                continue;
+            };
+            for d in state.results() {
+                if d.peer == self.me
+                    || self.replicas.wants.contains_key(&d.output)
+                    || self.store.has_blob(&d.output)
+                {
+                    continue;
+                }
+                let candidates: Vec<PeerId> = live
+                    .iter()
+                    .filter(|p| **p != d.peer && **p != submitter)
+                    .copied()
+                    .collect();
+                if replica_holders(job, *frame, &candidates, self.cfg.replicas).contains(&self.me) {
+                    debug!(job = %job.short(), frame, "keeping a copy of this frame");
+                    self.replicas.wants.insert(
+                        d.output,
+                        Want {
+                            job: *job,
+                            frame: *frame,
+                            from: d.peer,
+                            attempts: 0,
+                            next: Instant::now(),
+                            running: false,
+                        },
+                    );
+                }
+            }
+        }
+        self.replicate();
+    }
+
+    /// Starts due copies, at most [`PARALLEL`] at once.
+    pub(super) fn replicate(&mut self) {
+        let now = Instant::now();
+        let mut running = self.replicas.wants.values().filter(|w| w.running).count();
+        let due: Vec<BlobId> = self
+            .replicas
+            .wants
+            .iter()
+            .filter(|(_, w)| !w.running && w.next <= now)
+            .map(|(b, _)| *b)
+            .collect();
+        for blob in due {
+            if running >= PARALLEL {
+                break;
+            }
+            let Some(w) = self.replicas.wants.get_mut(&blob) else {
+                continue;
+            };
+            w.running = true;
+            running += 1;
+            let from = w.from;
+            let providers = self.providers(std::iter::once(from));
+            let net = self.net.clone();
+            let store = self.store.clone();
+            self.tasks.spawn(async move {
+                let result = crate::transfer::fetch(&net, &store, blob, &providers)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                TaskDone::Replicated { blob, result }
+            });
+        }
+    }
+
+    pub(super) fn on_replicated(&mut self, blob: BlobId, result: Result<(), String>) {
+        let Some(w) = self.replicas.wants.get_mut(&blob) else {
+            return;
+        };
+        w.running = false;
+        match result {
+            Ok(()) => {
+                info!(job = %w.job.short(), frame = w.frame, "holding a copy of the frame");
+                self.replicas.wants.remove(&blob);
+            }
+            Err(e) => {
+                w.attempts += 1;
+                if w.attempts >= ATTEMPTS {
+                    debug!(job = %w.job.short(), frame = w.frame, "giving up on a copy: {e}");
+                    self.replicas.wants.remove(&blob);
+                } else {
+                    w.next = Instant::now() + Duration::from_secs(1 << w.attempts.min(4));
+                }
+            }
+        }
+    }
+}
