@@ -155,6 +155,20 @@ struct Daemon {
     listen_addrs: Vec<Multiaddr>,
     /// A cache collection is running.
     collecting: bool,
+    /// When this daemon started.
+    started: Instant,
+    /// What each background task (other than renders) stands for, so that state it holds
+    /// is released if the task panics.
+    owners: HashMap<tokio::task::Id, TaskOwner>,
+}
+
+/// The state a background task holds until it reports back.
+#[derive(Clone, Copy, Debug)]
+enum TaskOwner {
+    SceneFetch(JobId),
+    Output(JobId, u32),
+    Replica(BlobId),
+    Collection,
 }
 
 /// Runs a daemon until `shutdown` fires. `on_ready` receives the invite ticket once listening.
@@ -199,6 +213,8 @@ pub async fn run(
         hb_seq: 0,
         listen_addrs: Vec::new(),
         collecting: false,
+        started: Instant::now(),
+        owners: HashMap::new(),
         cfg,
     };
     d.load_local_jobs();
@@ -258,9 +274,14 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some(res) = d.tasks.join_next() => match res {
-                Ok(done) => d.on_task_done(done).await,
-                Err(e) if e.is_cancelled() => {}
+            Some(res) = d.tasks.join_next_with_id() => match res {
+                Ok((id, done)) => {
+                    d.owners.remove(&id);
+                    d.on_task_done(done).await
+                }
+                Err(e) if e.is_cancelled() => {
+                    d.owners.remove(&e.id());
+                }
                 Err(e) => {
                     warn!("background task failed: {e}");
                     d.on_task_panicked(e.id()).await;
@@ -307,6 +328,7 @@ impl Daemon {
             table: &self.peers,
             lease: self.cfg.lease,
             now: Instant::now(),
+            started: self.started,
         }
     }
 

@@ -159,3 +159,33 @@ fn job_survives_the_submitter_going_away() {
     );
     assert_frames(&out, &(1..=8).collect::<Vec<_>>(), (120, 68));
 }
+
+/// A project fetch task that panics does not leave its job stuck "fetching": the fetch is
+/// tried again and every frame arrives.
+#[cfg(feature = "test-faults")]
+#[test]
+fn a_crashed_project_fetch_is_retried() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "panic.blend", 2, 64, 48, 1);
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let b = Daemon::start_env(
+        root.path(),
+        "b",
+        Some(&a.ticket()),
+        &[],
+        &[("MESHD_FAULT_PANIC_SCENE_FETCH", "1")],
+    );
+    wait_until(Duration::from_secs(60), "b can render", || {
+        a.renderers() == 1
+    });
+    let out = root.path().join("out");
+    let id = submit(&a, &scene, "1-2", &out, &[]);
+    wait_until(Duration::from_secs(120), "every frame written", || {
+        a.job(&id)["frames_written"] == 2
+    });
+    assert!(
+        b.log().contains("MESHD_FAULT_PANIC_SCENE_FETCH"),
+        "the fault fired"
+    );
+    assert_frames(&out, &[1, 2], (64, 48));
+}

@@ -94,7 +94,7 @@ impl Daemon {
         let store = self.store.clone();
         let work = self.cfg.data_dir.join("work");
         self.collecting = true;
-        self.tasks.spawn(async move {
+        let task = self.tasks.spawn(async move {
             let result = tokio::task::spawn_blocking(move || {
                 let mut report = store
                     .collect(&protected, limit)
@@ -107,6 +107,7 @@ impl Daemon {
             .and_then(|r| r);
             TaskDone::Collected { result, reply }
         });
+        self.owners.insert(task.id(), super::TaskOwner::Collection);
     }
 
     pub(super) fn on_collected(

@@ -103,7 +103,8 @@ impl Daemon {
             self.writing.insert((t.job, t.frame));
             let net = self.net.clone();
             let store = self.store.clone();
-            self.tasks.spawn(async move {
+            let (job, frame) = (t.job, t.frame);
+            let task = self.tasks.spawn(async move {
                 let mut errors = Vec::new();
                 let mut result = Err(String::new());
                 for (blob, providers) in t.candidates {
@@ -131,6 +132,8 @@ impl Daemon {
                     result,
                 }
             });
+            self.owners
+                .insert(task.id(), super::TaskOwner::Output(job, frame));
         }
     }
 

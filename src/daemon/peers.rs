@@ -60,6 +60,9 @@ pub struct LiveView<'a> {
     pub table: &'a PeerTable,
     pub lease: Duration,
     pub now: Instant,
+    /// When this daemon started: for one lease after that, claims of peers not heard from
+    /// yet count as live (their heartbeats have not had time to arrive).
+    pub started: Instant,
 }
 
 impl LiveView<'_> {
@@ -74,12 +77,19 @@ impl PeerView for LiveView<'_> {
         if *peer == self.me {
             return incarnation == self.incarnation;
         }
-        self.table.peers.get(peer).is_some_and(|s| {
-            self.fresh(s)
-                && s.heartbeat
-                    .as_ref()
-                    .is_some_and(|h| h.incarnation == incarnation)
-        })
+        let starting = self.now.saturating_duration_since(self.started) < self.lease;
+        match self
+            .table
+            .peers
+            .get(peer)
+            .and_then(|s| s.heartbeat.as_ref().map(|h| (s, h)))
+        {
+            // A claim from a newer incarnation than the last heartbeat: the peer restarted
+            // and claimed before its new heartbeat got here. An older one: it restarted
+            // since, and that render is gone.
+            Some((s, h)) => self.fresh(s) && incarnation >= h.incarnation,
+            None => starting,
+        }
     }
 
     fn live_renderers(&self) -> Vec<PeerId> {
@@ -129,6 +139,7 @@ mod tests {
             table: &t,
             lease: Duration::from_secs(30),
             now,
+            started: t0 - Duration::from_secs(3600),
         };
         assert!(view(t0 + Duration::from_secs(29)).claim_live(&other, 2));
         assert!(
@@ -142,6 +153,35 @@ mod tests {
         assert_eq!(view(t0).live_renderers(), vec![other]);
         assert!(view(t0).claim_live(&me, 1));
         assert!(!view(t0).claim_live(&me, 0));
+    }
+
+    #[test]
+    fn a_restarted_or_new_peer_does_not_take_claims_it_cannot_judge_yet() {
+        let me = PeerId::random();
+        let other = PeerId::random();
+        let silent = PeerId::random();
+        let mut t = PeerTable::default();
+        let t0 = Instant::now();
+        t.heartbeat(other, hb(2, 1), t0);
+        let lease = Duration::from_secs(30);
+        let view = |now| LiveView {
+            me,
+            incarnation: 1,
+            can_render: false,
+            table: &t,
+            lease,
+            now,
+            started: t0,
+        };
+        // Right after start, a peer not heard from yet holds its claims.
+        assert!(view(t0 + Duration::from_secs(5)).claim_live(&silent, 1));
+        assert!(
+            !view(t0 + Duration::from_secs(31)).claim_live(&silent, 1),
+            "after a lease without a heartbeat its claims are dead"
+        );
+        // A claim made by a newer incarnation than the last heartbeat is live.
+        assert!(view(t0 + Duration::from_secs(5)).claim_live(&other, 3));
+        assert!(!view(t0 + Duration::from_secs(5)).claim_live(&other, 1));
     }
 
     #[test]

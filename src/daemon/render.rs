@@ -242,12 +242,16 @@ impl Daemon {
         for (id, project, ctx, stats) in wanted {
             self.scenes.insert(id, SceneState::Fetching(stats));
             let dir = self.job_dir(&id);
-            self.tasks.spawn(async move {
+            let task = self.tasks.spawn(async move {
+                #[cfg(feature = "test-faults")]
+                faults::panic_scene_fetch_once();
                 let result = crate::transfer::checkout::checkout(&ctx, project, &dir)
                     .await
                     .map_err(|e| e.to_string());
                 TaskDone::SceneFetched { job: id, result }
             });
+            self.owners
+                .insert(task.id(), super::TaskOwner::SceneFetch(id));
         }
         self.release_finished_workers();
     }
@@ -529,6 +533,32 @@ impl Daemon {
 
     /// A render task panicked: free its slot and record the frame as failed.
     pub(super) async fn on_task_panicked(&mut self, task: tokio::task::Id) {
+        match self.owners.remove(&task) {
+            Some(super::TaskOwner::SceneFetch(job)) => {
+                let stats = self
+                    .scenes
+                    .get(&job)
+                    .map(|s| s.stats().clone())
+                    .unwrap_or_default();
+                let retry = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                let why = "the project fetch crashed".to_string();
+                self.scenes
+                    .insert(job, SceneState::Retry(retry, stats, why));
+                return;
+            }
+            Some(super::TaskOwner::Output(job, frame)) => {
+                return self
+                    .on_output_written(job, frame, Err("the output task crashed".into()))
+                    .await;
+            }
+            Some(super::TaskOwner::Replica(blob)) => {
+                return self.on_replicated(blob, Err("the copy task crashed".into()));
+            }
+            Some(super::TaskOwner::Collection) => {
+                return self.on_collected(Err("the collection crashed".into()), None);
+            }
+            None => {}
+        }
         let Some(slot) = self
             .render
             .slots
@@ -571,6 +601,20 @@ impl Daemon {
                 }
                 self.render.progress_dirty = true;
             }
+        }
+    }
+}
+
+/// Fault injection for the test suite; compiled only with the `test-faults` feature.
+#[cfg(feature = "test-faults")]
+mod faults {
+    /// `MESHD_FAULT_PANIC_SCENE_FETCH=1`: the first project fetch task of this daemon panics.
+    pub fn panic_scene_fetch_once() {
+        static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if std::env::var_os("MESHD_FAULT_PANIC_SCENE_FETCH").is_some()
+            && !DONE.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("MESHD_FAULT_PANIC_SCENE_FETCH: the project fetch task panics");
         }
     }
 }

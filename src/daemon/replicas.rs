@@ -131,13 +131,15 @@ impl Daemon {
             let providers = self.providers(std::iter::once(from));
             let net = self.net.clone();
             let store = self.store.clone();
-            self.tasks.spawn(async move {
+            let task = self.tasks.spawn(async move {
                 let result = crate::transfer::fetch(&net, &store, blob, &providers)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string());
                 TaskDone::Replicated { blob, result }
             });
+            self.owners
+                .insert(task.id(), super::TaskOwner::Replica(blob));
         }
     }
 
