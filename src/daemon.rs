@@ -82,6 +82,10 @@ pub enum ApiRequest {
     Peers(oneshot::Sender<PeersResponse>),
     Invite(oneshot::Sender<Result<InviteResponse, String>>),
     Gc(oneshot::Sender<Result<crate::store::gc::GcReport, String>>),
+    Fetch(
+        crate::api::types::FetchRequest,
+        oneshot::Sender<Result<SubmitResponse, String>>,
+    ),
 }
 
 /// Results of background tasks, delivered back to the loop.
@@ -557,35 +561,19 @@ impl Daemon {
                 let _ = reply.send(self.invite().await);
             }
             ApiRequest::Gc(reply) => self.collect_garbage(0, Some(reply)),
+            ApiRequest::Fetch(req, reply) => {
+                let _ = reply.send(self.deliver_to(&req.job, req.out_dir));
+            }
         }
     }
 
     async fn submit(&mut self, spec: JobSpec, out_dir: PathBuf) -> Result<SubmitResponse, String> {
         spec.validate()?;
-        std::fs::create_dir_all(&out_dir)
-            .map_err(|e| format!("cannot create output dir {}: {e}", out_dir.display()))?;
         let id = spec.id();
-        let local = crate::store::LocalJob {
-            out_dir: out_dir.clone(),
-        };
-        self.store
-            .put_local_job(&id, &local)
-            .map_err(|e| e.to_string())?;
-        self.local_jobs.insert(id, local);
+        self.set_out_dir(id, &out_dir)?;
         self.add_job(spec.clone());
         let _ = self.store.flush();
-        let resp = SubmitResponse {
-            id: id.to_hex(),
-            name: spec.name.clone(),
-            frames_total: spec.frames.len(),
-            out_dir,
-            files: 0,
-            bytes: 0,
-            root: None,
-            blender: None,
-            missing: Vec::new(),
-            warnings: Vec::new(),
-        };
+        let resp = SubmitResponse::job(id.to_hex(), spec.name.clone(), spec.frames.len(), out_dir);
         self.publish(GossipMsg::Job(spec)).await;
         Ok(resp)
     }

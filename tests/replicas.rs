@@ -31,7 +31,8 @@ fn hand_out_and_go_away(
 }
 
 /// The submitter goes away after handing out its job; the renderer finishes every frame and
-/// dies too. The submitter comes back and still gets every frame (from the replica).
+/// dies too. A new peer gathers the frames with `meshd fetch`, and the submitter comes back
+/// and still gets every frame: both from the replica.
 #[test]
 fn frames_survive_their_renderer_dying_before_the_submitter_has_them() {
     let root = tempfile::tempdir().unwrap();
@@ -45,6 +46,32 @@ fn frames_survive_their_renderer_dying_before_the_submitter_has_them() {
         c.log().matches("holding a copy of the frame").count() >= 3
     });
     b.kill();
+
+    // A peer that never saw the job gathers its frames with `meshd fetch`.
+    let e = Daemon::start(root.path(), "e", Some(&c.ticket()), &["--no-render"]);
+    wait_until(BIG, "e knows the job", || {
+        e.job(&id) != serde_json::Value::Null
+    });
+    let gathered = root.path().join("gathered");
+    let r = e.cli(&[
+        "fetch",
+        &id[..12],
+        "--out",
+        gathered.to_str().unwrap(),
+        "--no-wait",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    wait_until(BIG, "e to gather every frame", || {
+        e.job(&id)["frames_written"] == 3
+    });
+    assert_frames(&gathered, &[1, 2, 3], (64, 48));
+    let bad = e.cli(&["fetch", "no-such-job", "--out", gathered.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no job matches"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 
     a.restart(root.path(), &["--no-render"]);
     wait_until(BIG, "a to write every frame", || {

@@ -30,7 +30,8 @@ use crate::daemon::ApiRequest;
 use crate::ledger::{FrameSet, JobSpec, job::JOB_SPEC_VERSION};
 use crate::store::Store;
 use types::{
-    ErrorBody, InviteResponse, PeersResponse, StatusResponse, SubmitRequest, SubmitResponse,
+    ErrorBody, FetchRequest, InviteResponse, PeersResponse, StatusResponse, SubmitRequest,
+    SubmitResponse,
 };
 
 struct Ctx {
@@ -125,6 +126,24 @@ async fn gc(
         .await?
         .map(Json)
         .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, e))
+}
+
+async fn fetch(
+    State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
+    Json(req): Json<FetchRequest>,
+) -> ApiResult<SubmitResponse> {
+    check_token(&ctx, &headers)?;
+    if !req.out_dir.is_absolute() {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "the output dir must be an absolute path",
+        ));
+    }
+    ask(&ctx, |reply| ApiRequest::Fetch(req, reply))
+        .await?
+        .map(Json)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, e))
 }
 
 async fn submit(
@@ -315,6 +334,7 @@ pub fn serve(
         .route("/v1/invite", get(invite))
         .route("/v1/jobs", post(submit))
         .route("/v1/gc", post(gc))
+        .route("/v1/fetch", post(fetch))
         .with_state(ctx);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

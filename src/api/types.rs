@@ -18,6 +18,16 @@ pub struct ApiEndpoint {
     pub peer_id: String,
 }
 
+/// `POST /v1/fetch`: write a job's frames into `out_dir` on this machine, from whichever
+/// peers hold them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// A job id, the first characters of one, or a job name.
+    pub job: String,
+    /// Absolute path on the daemon's machine.
+    pub out_dir: PathBuf,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SubmitRequest {
     /// Absolute path of the .blend on the daemon's machine.
@@ -62,6 +72,24 @@ pub struct SubmitResponse {
     /// Anything else the user should know (no dependency discovery, datablocks not inspected).
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+impl SubmitResponse {
+    /// An answer naming the job only; the API fills in what discovery found.
+    pub fn job(id: String, name: String, frames_total: usize, out_dir: PathBuf) -> Self {
+        SubmitResponse {
+            id,
+            name,
+            frames_total,
+            out_dir,
+            files: 0,
+            bytes: 0,
+            root: None,
+            blender: None,
+            missing: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

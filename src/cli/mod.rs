@@ -1,6 +1,7 @@
 //! Command-line interface: clap definitions and one module per command group.
 
 mod client;
+mod fetch;
 mod join;
 mod status;
 mod submit;
@@ -55,6 +56,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Gather a job's frames into a directory on this machine, from whichever peers hold them.
+    Fetch(fetch::FetchArgs),
 }
 
 impl Cli {
@@ -75,5 +78,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Status { job, json } => status::status(&data_dir, job.as_deref(), json).await,
         Command::Peers { json } => status::peers(&data_dir, json).await,
         Command::Gc { json } => status::gc(&data_dir, json).await,
+        Command::Fetch(args) => fetch::run(&data_dir, args).await,
     }
 }

@@ -297,7 +297,7 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// Follows a job until all its frames are written locally, or it fails.
-async fn wait(client: &ApiClient, job: &SubmitResponse) -> anyhow::Result<i32> {
+pub(super) async fn wait(client: &ApiClient, job: &SubmitResponse) -> anyhow::Result<i32> {
     let started = Instant::now();
     let bar = indicatif::ProgressBar::new(job.frames_total as u64);
     bar.set_style(

@@ -155,6 +155,65 @@ impl Daemon {
         self.written.entry(job).or_default().insert(frame, blob);
     }
 
+    /// Makes this daemon write job `id`'s frames into `out_dir` (created, and remembered).
+    pub(super) fn set_out_dir(&mut self, id: JobId, out_dir: &Path) -> Result<(), String> {
+        std::fs::create_dir_all(out_dir)
+            .map_err(|e| format!("cannot create output dir {}: {e}", out_dir.display()))?;
+        let local = crate::store::LocalJob {
+            out_dir: out_dir.to_path_buf(),
+        };
+        self.store
+            .put_local_job(&id, &local)
+            .map_err(|e| e.to_string())?;
+        self.local_jobs.insert(id, local);
+        Ok(())
+    }
+
+    /// `meshd fetch`: from now on write job `sel`'s frames into `out_dir` (here, whether or
+    /// not this peer submitted it). Frames already written elsewhere are written again.
+    pub(super) fn deliver_to(
+        &mut self,
+        sel: &str,
+        out_dir: PathBuf,
+    ) -> Result<crate::api::types::SubmitResponse, String> {
+        let lower = sel.to_ascii_lowercase();
+        let matches: Vec<(JobId, String, usize)> = self
+            .ledger
+            .jobs()
+            .filter(|(id, e)| id.to_hex().starts_with(&lower) || e.spec.name == sel)
+            .map(|(id, e)| (*id, e.spec.name.clone(), e.spec.frames.len()))
+            .collect();
+        let (id, name, frames_total) = match matches.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(format!(
+                    "no job matches '{sel}': run `meshd status` to list jobs"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "'{sel}' matches {} jobs: give more of the job id",
+                    matches.len()
+                ));
+            }
+        };
+        let same = self
+            .local_jobs
+            .get(&id)
+            .is_some_and(|l| l.out_dir == out_dir);
+        if !same {
+            self.store.clear_written(&id).map_err(|e| e.to_string())?;
+            self.written.remove(&id);
+            self.set_out_dir(id, &out_dir)?;
+        }
+        Ok(crate::api::types::SubmitResponse::job(
+            id.to_hex(),
+            name,
+            frames_total,
+            out_dir,
+        ))
+    }
+
     async fn output_failed(&mut self, job: JobId, frame: u32, e: String) {
         let now = Instant::now();
         let r = self.write_retry.entry((job, frame)).or_insert(Retry {
@@ -166,7 +225,15 @@ impl Daemon {
         r.next = now + Duration::from_secs(1 << (r.attempts - 1).min(4));
         let (attempts, since) = (r.attempts, r.since);
         warn!(job = %job.short(), frame, attempts, "fetching the frame failed: {e}; will retry");
-        let Some(state) = self.ledger.frame(&job, frame) else {
+        // Only the submitter declares results lost (others fetching with `meshd fetch` wait).
+        let Some(entry) = self
+            .ledger
+            .job(&job)
+            .filter(|e| e.spec.submitter == self.me)
+        else {
+            return;
+        };
+        let Some(state) = entry.frames.get(&frame) else {
             return;
         };
         let lease_over = now.saturating_duration_since(since) >= self.cfg.lease;

@@ -218,6 +218,15 @@ impl Store {
         Ok(out)
     }
 
+    /// Forgets which frames of `job` were written (they go to a new output dir).
+    pub fn clear_written(&self, job: &JobId) -> Result<(), StoreError> {
+        for item in self.written.scan_prefix(job.0) {
+            let (k, _) = item?;
+            self.written.remove(k)?;
+        }
+        Ok(())
+    }
+
     pub fn mark_written(&self, job: &JobId, frame: u32, blob: &BlobId) -> Result<(), StoreError> {
         self.written.insert(frame_key(job, frame), &blob.0)?;
         Ok(())
