@@ -69,6 +69,8 @@ pub struct DaemonConfig {
     pub cache_size: Option<u64>,
     /// Copies of each finished frame kept by peers other than its renderer (`--replicas`).
     pub replicas: usize,
+    /// `--simulate-render SECS`: render no Blender, take SECS per frame (benchmarks only).
+    pub simulate_render: Option<Duration>,
 }
 
 /// Requests from the local API.
@@ -161,6 +163,8 @@ struct Daemon {
     collecting: bool,
     /// When this daemon started.
     started: Instant,
+    /// The Blender probe is running (this peer will render once it succeeds).
+    probing: bool,
     /// What each background task (other than renders) stands for, so that state it holds
     /// is released if the task panics.
     owners: HashMap<tokio::task::Id, TaskOwner>,
@@ -218,15 +222,23 @@ pub async fn run(
         listen_addrs: Vec::new(),
         collecting: false,
         started: Instant::now(),
+        probing: false,
         owners: HashMap::new(),
         cfg,
     };
     d.load_local_jobs();
     let mut net_events = boot.events;
     if d.cfg.render {
+        d.probing = true;
         let blender = d.cfg.blender.clone();
-        d.tasks
-            .spawn(async move { TaskDone::Probed(render::probe_blender(blender).await) });
+        let simulated = d.cfg.simulate_render.is_some();
+        d.tasks.spawn(async move {
+            TaskDone::Probed(if simulated {
+                Ok(render::simulated_blender())
+            } else {
+                render::probe_blender(blender).await
+            })
+        });
     }
     if let Err(e) = d.store.add_bootstrap(&boot.dial) {
         warn!("cannot remember bootstrap addresses: {e}");
@@ -329,10 +341,16 @@ impl Daemon {
             me: self.me,
             incarnation: self.incarnation,
             can_render: self.can_render(),
+            probing: self.probing,
             table: &self.peers,
             lease: self.cfg.lease,
             now: Instant::now(),
             started: self.started,
+            local: self
+                .blender
+                .as_ref()
+                .filter(|_| self.cfg.render)
+                .map(|b| (b.version.as_str(), self.render.specs.as_slice())),
         }
     }
 
@@ -465,6 +483,7 @@ impl Daemon {
                 .map(|a| a.to_string())
                 .collect(),
             projects: self.have_projects(),
+            probing: self.probing,
         };
         self.render.progress_dirty = false;
         self.publish(GossipMsg::Heartbeat(hb)).await;
@@ -520,21 +539,25 @@ impl Daemon {
             }
             TaskDone::Replicated { blob, result } => self.on_replicated(blob, result),
             TaskDone::Collected { result, reply } => self.on_collected(result, reply),
-            TaskDone::Probed(result) => match result {
-                Ok(info) => {
-                    let slots = render::plan_slots(&info, self.cfg.gpus_together);
-                    info!(
-                        version = %info.version,
-                        device = ?info.best_device(),
-                        slots = slots.len(),
-                        "Blender found"
-                    );
-                    self.render.set_slots(slots);
-                    self.blender = Some(info);
-                    self.send_heartbeat().await;
+            TaskDone::Probed(result) => {
+                self.probing = false;
+                match result {
+                    Ok(info) => {
+                        let slots = render::plan_slots(&info, self.cfg.gpus_together);
+                        info!(
+                            version = %info.version,
+                            device = ?info.best_device(),
+                            slots = slots.len(),
+                            "Blender found"
+                        );
+                        self.render.set_slots(slots);
+                        self.blender = Some(info);
+                    }
+                    Err(e) => warn!("this peer will not render: {e}"),
                 }
-                Err(e) => warn!("this peer will not render: {e}"),
-            },
+                // Others learn at once whether this peer renders after all.
+                self.send_heartbeat().await;
+            }
         }
     }
 

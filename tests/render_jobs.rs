@@ -119,21 +119,30 @@ fn failing_job_ends_failed_with_the_reason() {
     );
 }
 
-#[test]
-fn frames_a_peer_fails_are_rendered_by_another_and_it_stops_claiming() {
-    let root = tempfile::tempdir().unwrap();
-    let scene = make_scene(root.path(), "retry.blend", 8, 64, 48, 2);
-    // A Blender that answers the probe but dies whenever it is asked to render.
-    let broken = root.path().join("broken-blender");
+/// A `blender` in `dir` that runs the case arm `arm` on its arguments, then the real one.
+fn blender_wrapper(dir: &std::path::Path, name: &str, arm: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
     std::fs::write(
-        &broken,
+        &path,
         format!(
-            "#!/bin/sh\ncase \"$*\" in *meshd_driver*) echo 'Error: simulated GPU failure'; exit 3;; esac\nexec {} \"$@\"\n",
+            "#!/bin/sh\ncase \"$*\" in {arm} esac\nexec {} \"$@\"\n",
             blender().display()
         ),
     )
     .unwrap();
-    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn frames_a_peer_fails_are_rendered_by_another_and_it_stops_claiming() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "retry.blend", 8, 64, 48, 2);
+    let broken = blender_wrapper(
+        root.path(),
+        "broken-blender",
+        "*meshd_driver*) echo 'Error: simulated GPU failure'; exit 3;;",
+    );
 
     let bad = Daemon::start(
         root.path(),
@@ -276,4 +285,116 @@ fn a_frame_past_the_timeout_fails_instead_of_hanging() {
         failure.contains("1s") || failure.contains("time"),
         "the reason names the timeout: {job}"
     );
+}
+
+/// A job that no live peer can render (it wants a GPU; the only renderer has a CPU) says so
+/// in `status` instead of sitting "running" without a word; it neither fails nor renders.
+#[test]
+fn a_job_no_live_peer_fits_says_why_it_waits() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "gpu.blend", 2, 64, 48, 1);
+    let d = Daemon::start(root.path(), "d", None, &[]);
+    wait_until(Duration::from_secs(60), "d can render", || {
+        d.renderers() == 1
+    });
+    let out = root.path().join("out");
+    let id = submit(&d, &scene, "1-2", &out, &["--gpu-only"]);
+    wait_until(
+        Duration::from_secs(30),
+        "the job to say why it waits",
+        || {
+            d.job(&id)["waiting"].as_str().is_some_and(|w| {
+                w.contains("no live peer can render this job") && w.contains("GPU")
+            })
+        },
+    );
+    let job = d.job(&id);
+    assert_eq!(job["state"], "running", "{job}");
+    assert_eq!(job["frames_done"], 0, "{job}");
+    let human = d.cli(&["status", &id[..12]]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("waiting for one to join"));
+}
+
+/// While the only peer that could still render a job is starting (probing its Blender), the
+/// job is not reported failed: `--wait` would give up on a job that goes on.
+#[test]
+fn a_job_is_not_failed_while_a_renderer_is_still_probing() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "probing.blend", 4, 64, 48, 1);
+    let broken = blender_wrapper(
+        root.path(),
+        "broken-blender",
+        "*meshd_driver*) echo 'Error: simulated GPU failure'; exit 3;;",
+    );
+    let slow = blender_wrapper(root.path(), "slow-probe-blender", "*probe*) sleep 12;;");
+    let bad = Daemon::start(
+        root.path(),
+        "bad",
+        None,
+        &["--blender", broken.to_str().unwrap()],
+    );
+    wait_until(Duration::from_secs(60), "bad can render", || {
+        bad.renderers() == 1
+    });
+    let good = Daemon::start(
+        root.path(),
+        "good",
+        Some(&bad.ticket()),
+        &["--blender", slow.to_str().unwrap()],
+    );
+    let good_id = good.peer_id();
+    wait_until(Duration::from_secs(30), "bad to hear good", || {
+        bad.cli_json(&["peers", "--json"])["peers"]
+            .as_array()
+            .is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| p["id"] == good_id.as_str() && p["last_seen_secs"].is_number())
+            })
+    });
+    let out = root.path().join("out");
+    let id = submit(&bad, &scene, "1-4", &out, &[]);
+    wait_until(Duration::from_secs(180), "every frame written", || {
+        let job = bad.job(&id);
+        assert_ne!(
+            job["state"], "failed",
+            "reported failed while good was probing: {job}"
+        );
+        job["frames_written"] == 4
+    });
+    let job = bad.job(&id);
+    assert!(
+        job["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| !f["failures"].as_array().unwrap().is_empty()),
+        "bad tried and failed first: {job}"
+    );
+}
+
+/// `--simulate-render` (a benchmarking aid): no Blender runs, frames take the given time and
+/// are small PNGs that differ per frame, delivered like real ones.
+#[test]
+fn a_simulated_renderer_delivers_distinct_small_frames() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "sim.blend", 4, 64, 48, 1);
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let s = Daemon::start(
+        root.path(),
+        "s",
+        Some(&a.ticket()),
+        &["--simulate-render", "0.05"],
+    );
+    wait_until(Duration::from_secs(30), "s can render", || {
+        a.renderers() == 1
+    });
+    let out = root.path().join("out");
+    let id = submit(&a, &scene, "1-4", &out, &[]);
+    wait_until(Duration::from_secs(60), "every frame written", || {
+        a.job(&id)["frames_written"] == 4
+    });
+    assert_frames(&out, &[1, 2, 3, 4], (32, 18));
+    let a1 = std::fs::read(out.join("frame_0001.png")).unwrap();
+    assert_ne!(a1, std::fs::read(out.join("frame_0002.png")).unwrap());
+    assert!(!s.log().contains("started Blender"), "no Blender ran");
 }

@@ -126,6 +126,9 @@ pub struct JobView {
     pub frames_written: Option<usize>,
     /// Why the job failed (first few frame failures), when it did.
     pub failure: Option<String>,
+    /// Why a running job is not moving: no live peer can render it.
+    #[serde(default)]
+    pub waiting: Option<String>,
     pub frames: Vec<FrameView>,
     /// The submitting machine's Blender, and the major.minor the job requires, if any.
     pub blender_version: Option<String>,

@@ -60,6 +60,10 @@ pub struct JoinArgs {
     /// survives its renderer vanishing before the submitter has it. 0 turns copies off.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=16))]
     pub replicas: u8,
+    /// Benchmarking aid, never for real work: run no Blender; every frame takes SECS seconds
+    /// and yields a small PNG that differs per job and frame.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub simulate_render: Option<f64>,
     /// Bound the blob store (scenes, textures, frames), e.g. 50G or 500M. Least recently used
     /// blobs of jobs that are over go first; never those of running jobs or undelivered frames.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -68,6 +72,15 @@ pub struct JoinArgs {
 
 /// `500M`, `50G`, `1.5T`, `1024` (bytes); K/M/G/T are powers of 1024, an optional `B`/`iB`
 /// may follow.
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds from 0 to 3600, like 0.5"
+        )),
+    }
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let lower = t.to_ascii_lowercase();
@@ -127,6 +140,7 @@ pub async fn run(data_dir: PathBuf, args: JoinArgs) -> anyhow::Result<i32> {
         frame_timeout: args.frame_timeout.map(Duration::from_secs),
         cache_size: args.cache_size,
         replicas: args.replicas as usize,
+        simulate_render: args.simulate_render.map(Duration::from_secs_f64),
     };
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();

@@ -58,6 +58,9 @@ pub async fn status(data_dir: &Path, job: Option<&str>, json: bool) -> anyhow::R
         if let Some(f) = &j.failure {
             println!("  failed: {f}");
         }
+        if let Some(w) = &j.waiting {
+            println!("  {w}");
+        }
         let p = &j.project;
         match p.state.as_str() {
             "fetching" => println!(

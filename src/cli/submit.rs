@@ -313,7 +313,11 @@ pub(super) async fn wait(client: &ApiClient, job: &SubmitResponse) -> anyhow::Re
         };
         let written = view.frames_written.unwrap_or(0);
         bar.set_position(written as u64);
-        bar.set_message(in_flight_message(view));
+        bar.set_message(
+            view.waiting
+                .clone()
+                .unwrap_or_else(|| in_flight_message(view)),
+        );
         if written == view.frames_total {
             bar.finish_and_clear();
             println!(

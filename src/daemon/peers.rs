@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 
-use crate::ledger::PeerView;
+use super::render::{SlotSpec, peer_fits, slot_fits};
+use crate::ledger::{JobEntry, PeerView};
 use crate::net::Heartbeat;
 
 #[derive(Debug, Default)]
@@ -57,12 +58,16 @@ pub struct LiveView<'a> {
     pub me: PeerId,
     pub incarnation: u64,
     pub can_render: bool,
+    /// This peer is still probing its Blender.
+    pub probing: bool,
     pub table: &'a PeerTable,
     pub lease: Duration,
     pub now: Instant,
     /// When this daemon started: for one lease after that, claims of peers not heard from
     /// yet count as live (their heartbeats have not had time to arrive).
     pub started: Instant,
+    /// This peer's Blender version and render slots, when it renders.
+    pub local: Option<(&'a str, &'a [SlotSpec])>,
 }
 
 impl LiveView<'_> {
@@ -92,15 +97,43 @@ impl PeerView for LiveView<'_> {
         }
     }
 
+    fn fits(&self, peer: &PeerId, entry: &JobEntry) -> bool {
+        if *peer == self.me {
+            // Still probing: what it will have is not known yet; count it as fitting.
+            return self.probing
+                || self.local.is_some_and(|(version, slots)| {
+                    entry.spec.blender_fits(version)
+                        && slots
+                            .iter()
+                            .any(|s| slot_fits(&entry.spec.settings.device, s))
+                });
+        }
+        self.table
+            .peers
+            .get(peer)
+            .and_then(|s| s.heartbeat.as_ref())
+            .is_some_and(|h| {
+                h.probing
+                    || h.blender
+                        .as_deref()
+                        .is_some_and(|v| peer_fits(&entry.spec, v, &h.devices))
+            })
+    }
+
     fn live_renderers(&self) -> Vec<PeerId> {
         let mut out: Vec<PeerId> = self
             .table
             .peers
             .iter()
-            .filter(|(_, s)| self.fresh(s) && s.heartbeat.as_ref().is_some_and(|h| h.can_render))
+            .filter(|(_, s)| {
+                self.fresh(s)
+                    && s.heartbeat
+                        .as_ref()
+                        .is_some_and(|h| h.can_render || h.probing)
+            })
             .map(|(p, _)| *p)
             .collect();
-        if self.can_render {
+        if self.can_render || self.probing {
             out.push(self.me);
         }
         out
@@ -122,6 +155,7 @@ mod tests {
             rendering: vec![],
             addrs: vec![],
             projects: vec![],
+            probing: false,
         }
     }
 
@@ -136,10 +170,12 @@ mod tests {
             me,
             incarnation: 1,
             can_render: false,
+            probing: false,
             table: &t,
             lease: Duration::from_secs(30),
             now,
             started: t0 - Duration::from_secs(3600),
+            local: None,
         };
         assert!(view(t0 + Duration::from_secs(29)).claim_live(&other, 2));
         assert!(
@@ -168,10 +204,12 @@ mod tests {
             me,
             incarnation: 1,
             can_render: false,
+            probing: false,
             table: &t,
             lease,
             now,
             started: t0,
+            local: None,
         };
         // Right after start, a peer not heard from yet holds its claims.
         assert!(view(t0 + Duration::from_secs(5)).claim_live(&silent, 1));

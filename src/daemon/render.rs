@@ -81,6 +81,25 @@ pub fn slot_fits(req: &DeviceRequirement, slot: &SlotSpec) -> bool {
     }
 }
 
+/// Whether a peer with Blender `version` and `devices` (as its heartbeat tells) may render
+/// `spec`: the version fits, and one of the slots it would run fits the device requirement.
+pub fn peer_fits(
+    spec: &crate::ledger::JobSpec,
+    version: &str,
+    devices: &[crate::render::DeviceInfo],
+) -> bool {
+    let info = BlenderInfo {
+        path: PathBuf::new(),
+        version: version.to_string(),
+        devices: devices.to_vec(),
+        has_oidn: false,
+    };
+    spec.blender_fits(version)
+        && plan_slots(&info, false)
+            .iter()
+            .any(|s| slot_fits(&spec.settings.device, s))
+}
+
 /// The frame a slot is rendering right now.
 struct Active {
     job: JobId,
@@ -106,6 +125,8 @@ pub(super) struct ProgressMsg {
 
 pub(super) struct RenderState {
     slots: Vec<Slot>,
+    /// The slots' specs (what the ledger's view asks about this peer).
+    pub(super) specs: Vec<SlotSpec>,
     progress_tx: mpsc::UnboundedSender<ProgressMsg>,
     /// Progress changed since the last heartbeat.
     pub(super) progress_dirty: bool,
@@ -117,6 +138,7 @@ impl RenderState {
         (
             RenderState {
                 slots: Vec::new(),
+                specs: Vec::new(),
                 progress_tx,
                 progress_dirty: false,
             },
@@ -126,6 +148,7 @@ impl RenderState {
 
     pub(super) fn set_slots(&mut self, specs: Vec<SlotSpec>) {
         self.stop();
+        self.specs = specs.clone();
         self.slots = specs
             .into_iter()
             .map(|spec| Slot {
@@ -189,6 +212,21 @@ pub(super) struct RenderDone {
     result: Result<RenderedFrame, FrameError>,
     /// The rendered file imported into the store (off the daemon loop).
     stored: Option<Result<crate::ids::BlobId, String>>,
+}
+
+/// What a `--simulate-render` peer reports instead of a probed Blender: one CPU device.
+pub(super) fn simulated_blender() -> BlenderInfo {
+    BlenderInfo {
+        path: PathBuf::from("simulated"),
+        version: "simulated".into(),
+        devices: vec![crate::render::DeviceInfo {
+            kind: DeviceKind::Cpu,
+            name: "simulated CPU".into(),
+            id: "CPU".into(),
+            memory_mib: None,
+        }],
+        has_oidn: false,
+    }
 }
 
 pub(super) async fn probe_blender(explicit: Option<PathBuf>) -> Result<BlenderInfo, String> {
@@ -415,6 +453,7 @@ impl Daemon {
                     max_frames_per_process: self.cfg.frames_per_worker,
                     max_rss_mib: self.cfg.max_worker_rss_mib,
                     frame_timeout: self.cfg.frame_timeout,
+                    simulate: self.cfg.simulate_render,
                 })
             });
         let out_dir = job_dir.join(format!("out-{slot}"));
@@ -590,10 +629,11 @@ impl Daemon {
                 continue;
             };
             let still_ours = state.canonical().is_none()
-                && state
-                    .claim
-                    .as_ref()
-                    .is_some_and(|c| c.peer == self.me && c.epoch == active.epoch);
+                && state.claim.as_ref().is_some_and(|c| {
+                    c.peer == self.me
+                        && c.incarnation == self.incarnation
+                        && c.epoch == active.epoch
+                });
             if !still_ours {
                 info!(job = %active.job.short(), frame = active.frame, "claim lost; stopping this frame");
                 if let Some(a) = slot.active.take() {

@@ -8,8 +8,35 @@ use libp2p::PeerId;
 use super::{Daemon, SceneState};
 use crate::api::types::{FrameView, JobView, PeerInfo, PeersResponse, ProjectView, StatusResponse};
 use crate::ids::JobId;
-use crate::ledger::{FrameStatus, JobState, frame_status, job_progress};
+use crate::ledger::{
+    FrameStatus, JobSpec, JobState, fitting_renderers, frame_status, job_progress,
+};
 use crate::net::InFlight;
+
+/// "no live peer can render this job (it needs Blender 4.2, a GPU); waiting for one".
+fn no_renderer_reason(spec: &JobSpec) -> String {
+    let mut needs = Vec::new();
+    if let Some(v) = &spec.require_blender {
+        needs.push(format!("Blender {v}"));
+    }
+    let d = &spec.settings.device;
+    if let Some(k) = d.kind {
+        needs.push(format!("a {} device", k.blender_name()));
+    } else if d.gpu_only {
+        needs.push("a GPU".to_string());
+    }
+    if let Some(m) = d.min_vram_mib {
+        needs.push(format!("at least {m} MiB of GPU memory"));
+    }
+    if needs.is_empty() {
+        "no live peer can render this job; waiting for a renderer to join".to_string()
+    } else {
+        format!(
+            "no live peer can render this job (it needs {}); waiting for one to join",
+            needs.join(", ")
+        )
+    }
+}
 
 impl Daemon {
     pub(super) fn status_view(&self) -> StatusResponse {
@@ -90,6 +117,11 @@ impl Daemon {
                         reasons.join("; ")
                     }
                 }),
+                waiting: (progress.state == JobState::Running
+                    && progress.in_flight == 0
+                    && progress.pending > 0
+                    && fitting_renderers(entry, &view).is_empty())
+                .then(|| no_renderer_reason(&entry.spec)),
                 frames,
                 blender_version: entry.spec.blender_version.clone(),
                 require_blender: entry.spec.require_blender.clone(),

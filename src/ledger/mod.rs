@@ -33,6 +33,6 @@ pub use frameset::{FrameSet, FrameSetError, MAX_FRAME, MAX_FRAMES_PER_JOB};
 pub use job::JobSpec;
 pub use policy::{
     ClaimChoice, FrameStatus, JobProgress, JobState, PeerView, RetryPolicy, choose_claim,
-    frame_status, job_progress, peer_blocked, replica_holders,
+    fitting_renderers, frame_status, job_progress, peer_blocked, replica_holders,
 };
 pub use state::{FrameUpdate, JobEntry, Ledger, LedgerError};

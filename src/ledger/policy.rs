@@ -18,8 +18,22 @@ pub trait PeerView {
     /// Whether `peer`'s heartbeat for `incarnation` arrived recently, so its claims hold.
     /// For this peer itself: whether `incarnation` is the running one.
     fn claim_live(&self, peer: &PeerId, incarnation: u64) -> bool;
-    /// Peers (this one included) that are alive and able to render.
+    /// Peers (this one included) that are alive and able to render, or about to (still
+    /// probing their Blender).
     fn live_renderers(&self) -> Vec<PeerId>;
+    /// Whether live renderer `peer` may render this job at all (its Blender version and
+    /// devices fit the job's requirements). Default: every renderer fits.
+    fn fits(&self, _peer: &PeerId, _entry: &JobEntry) -> bool {
+        true
+    }
+}
+
+/// Live renderers that may render this job.
+pub fn fitting_renderers(entry: &JobEntry, view: &impl PeerView) -> Vec<PeerId> {
+    view.live_renderers()
+        .into_iter()
+        .filter(|p| view.fits(p, entry))
+        .collect()
 }
 
 /// Retry limits.
@@ -128,7 +142,8 @@ pub struct JobProgress {
 
 /// Counts the job's frames by [`frame_status`]. The job is `Done` when every frame is;
 /// `Failed` when every frame is done or failed and some failed, or when frames are pending,
-/// none is in flight, and every live renderer is [blocked](peer_blocked) on it; otherwise
+/// none is in flight, and every live renderer that [fits](PeerView::fits) the job is
+/// [blocked](peer_blocked) on it; otherwise
 /// `Running` (also when no renderer is live: one may join later).
 pub fn job_progress(entry: &JobEntry, view: &impl PeerView, policy: &RetryPolicy) -> JobProgress {
     let total = entry.spec.frames.len();
@@ -155,7 +170,7 @@ pub fn job_progress(entry: &JobEntry, view: &impl PeerView, policy: &RetryPolicy
     } else if failed > 0 && done + failed == total {
         JobState::Failed
     } else if pending > 0 && in_flight == 0 {
-        let live = view.live_renderers();
+        let live = fitting_renderers(entry, view);
         let counts = failures_by_peer(entry);
         if !live.is_empty() && live.iter().all(|p| blocked_in(&counts, p, policy)) {
             JobState::Failed
@@ -184,6 +199,40 @@ pub struct ClaimChoice {
     pub claim: Claim,
 }
 
+/// Mean render time (ms) of each peer's results that count in this job.
+fn mean_render_ms(entry: &JobEntry) -> BTreeMap<PeerId, f64> {
+    let mut sums: BTreeMap<PeerId, (u64, u64)> = BTreeMap::new();
+    for state in entry.frames.values() {
+        for d in state.results() {
+            let e = sums.entry(d.peer).or_default();
+            e.0 += d.render_ms;
+            e.1 += 1;
+        }
+    }
+    sums.into_iter()
+        .map(|(p, (sum, n))| (p, sum as f64 / n as f64))
+        .collect()
+}
+
+/// Whether `me` should leave the job's last `pending` frames to faster live peers: in the
+/// time `me` takes for one frame (its mean so far), the live peers faster than it finish
+/// at least `pending` frames between them (`floor(mine / theirs)` each), so a frame `me`
+/// took would be the last one in. A peer with no result in the job yet always takes.
+pub fn leave_to_faster(entry: &JobEntry, me: &PeerId, live: &[PeerId], pending: usize) -> bool {
+    let means = mean_render_ms(entry);
+    let Some(&mine) = means.get(me).filter(|m| **m > 0.0) else {
+        return false;
+    };
+    let capacity: f64 = live
+        .iter()
+        .filter(|p| *p != me)
+        .filter_map(|p| means.get(p))
+        .filter(|t| **t > 0.0 && **t < mine)
+        .map(|t| (mine / t).floor())
+        .sum();
+    capacity >= pending as f64
+}
+
 /// The rendezvous hash `blake3(job ‖ frame ‖ peer)` (frame little-endian).
 fn rendezvous(job: &JobId, frame: u32, peer: &[u8]) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
@@ -210,10 +259,11 @@ pub fn replica_holders(job: &JobId, frame: u32, candidates: &[PeerId], r: usize)
 /// Picks the next frame for `me` (running as `incarnation`) to claim, or `None`.
 ///
 /// Jobs are tried by priority (highest first), then `created_unix_ms` (oldest first), then
-/// id. A job is skipped unless `eligible` accepts it, it is `Running`, and `me` is not
-/// [blocked](peer_blocked) on it. Its candidates are its `Pending` frames in ascending
-/// order, less those `me` has failed while another live renderer, not blocked on the job,
-/// has not. Of the first `window` candidates (at least 1) `me` takes the one with the least
+/// id. A job is skipped unless `eligible` accepts it, it is `Running`, `me` is not
+/// [blocked](peer_blocked) on it, and faster peers would not finish its pending frames
+/// sooner ([`leave_to_faster`]). Its candidates are its `Pending` frames in ascending
+/// order, less those `me` has failed while another live renderer that fits the job and is
+/// not blocked on it has not. Of the first `window` candidates (at least 1) `me` takes the one with the least
 /// `blake3(job ‖ frame ‖ me)`, so peers choosing at once mostly pick different frames. The
 /// claim's epoch is one above the highest epoch the frame's state mentions (1 for a fresh
 /// frame), so it beats every earlier claim. The first job with a candidate wins.
@@ -247,12 +297,22 @@ pub fn choose_claim(
         if blocked_in(&counts, me, policy) {
             continue;
         }
-        if job_progress(entry, view, policy).state != JobState::Running {
+        let progress = job_progress(entry, view, policy);
+        if progress.state != JobState::Running {
             continue;
         }
+        let unblocked: Vec<PeerId> = live
+            .iter()
+            .filter(|p| !blocked_in(&counts, p, policy))
+            .copied()
+            .collect();
+        if leave_to_faster(entry, me, &unblocked, progress.pending) {
+            continue;
+        }
+        // Others who could try a frame `me` failed: live, fitting the job, not blocked on it.
         let others: Vec<&PeerId> = live
             .iter()
-            .filter(|p| *p != me && !blocked_in(&counts, p, policy))
+            .filter(|p| *p != me && !blocked_in(&counts, p, policy) && view.fits(p, entry))
             .collect();
 
         let mut best: Option<([u8; 32], u32)> = None;
@@ -310,12 +370,15 @@ mod tests {
     #[derive(Default)]
     struct View {
         live: BTreeSet<(PeerId, u64)>,
+        /// Live renderers whose devices or Blender do not fit any job.
+        unfit: BTreeSet<PeerId>,
     }
 
     impl View {
         fn with(peers: &[(u8, u64)]) -> Self {
             View {
                 live: peers.iter().map(|&(p, i)| (peer(p), i)).collect(),
+                ..Default::default()
             }
         }
     }
@@ -327,6 +390,9 @@ mod tests {
         fn live_renderers(&self) -> Vec<PeerId> {
             let set: BTreeSet<PeerId> = self.live.iter().map(|(p, _)| *p).collect();
             set.into_iter().collect()
+        }
+        fn fits(&self, peer: &PeerId, _: &JobEntry) -> bool {
+            !self.unfit.contains(peer)
         }
     }
 
@@ -411,6 +477,96 @@ mod tests {
             frame_status(l.frame(&id, 1).unwrap(), &view, &policy),
             FrameStatus::Failed
         );
+    }
+
+    #[test]
+    fn a_failed_frame_is_not_left_for_peers_that_cannot_take_the_job() {
+        let mut l = Ledger::new();
+        let (id, _) = l.insert_job(spec("1", 0, 1)).unwrap();
+        l.apply(&FrameUpdate {
+            job: id,
+            frame: 1,
+            state: failure(1, 1),
+        })
+        .unwrap();
+        let policy = RetryPolicy::default();
+        let pick = |view: &View| choose_claim(&l, &peer(1), 1, view, &policy, |_, _| true, 4);
+        // Peer 2 fits: it should try the frame first.
+        assert!(pick(&View::with(&[(1, 1), (2, 1)])).is_none());
+        // Peer 2 cannot render this job: peer 1 tries again.
+        let mut unfit = View::with(&[(1, 1), (2, 1)]);
+        unfit.unfit.insert(peer(2));
+        assert_eq!(pick(&unfit).map(|c| c.frame), Some(1));
+    }
+
+    #[test]
+    fn a_job_fails_when_every_fitting_renderer_is_blocked() {
+        let mut l = Ledger::new();
+        let (id, _) = l.insert_job(spec("1-4", 0, 1)).unwrap();
+        for f in 1..=3 {
+            l.apply(&FrameUpdate {
+                job: id,
+                frame: f,
+                state: failure(1, 1),
+            })
+            .unwrap();
+        }
+        let policy = RetryPolicy::default();
+        let mut view = View::with(&[(1, 1), (2, 1)]);
+        let entry = l.job(&id).unwrap();
+        assert_eq!(job_progress(entry, &view, &policy).state, JobState::Running);
+        view.unfit.insert(peer(2));
+        assert_eq!(
+            job_progress(entry, &view, &policy).state,
+            JobState::Failed,
+            "peer 2 can never render it, peer 1 is blocked"
+        );
+    }
+
+    #[test]
+    fn a_slow_peer_leaves_the_last_frames_to_faster_ones() {
+        let mut l = Ledger::new();
+        let (id, _) = l.insert_job(spec("1-20", 0, 1)).unwrap();
+        let done = |p: u8, f: u32, ms: u64| FrameUpdate {
+            job: id,
+            frame: f,
+            state: FrameState::from_done(Done {
+                epoch: 1,
+                peer: peer(p),
+                output: BlobId::of(&f.to_le_bytes()),
+                render_ms: ms,
+            }),
+        };
+        // Peer 1 takes 4 s a frame, peers 2 and 3 take 1 s: while 1 renders one frame they
+        // render 8 between them.
+        l.apply(&done(1, 1, 4000)).unwrap();
+        l.apply(&done(2, 2, 1000)).unwrap();
+        l.apply(&done(3, 3, 1000)).unwrap();
+        let view = View::with(&[(1, 1), (2, 1), (3, 1)]);
+        let live = view.live_renderers();
+        let entry = l.job(&id).unwrap();
+        assert!(
+            !leave_to_faster(entry, &peer(1), &live, 17),
+            "17 pending: plenty for all"
+        );
+        assert!(
+            leave_to_faster(entry, &peer(1), &live, 8),
+            "8 pending: the fast ones finish first"
+        );
+        assert!(
+            !leave_to_faster(entry, &peer(2), &live, 1),
+            "nobody is faster than 2"
+        );
+        // Faster peers that are not live do not count; a peer with no result yet takes.
+        assert!(!leave_to_faster(entry, &peer(1), &[peer(1), peer(2)], 8));
+        assert!(!leave_to_faster(entry, &peer(4), &live, 1));
+        let policy = RetryPolicy::default();
+        for f in 4..=12 {
+            l.apply(&done(2, f, 1000)).unwrap();
+        }
+        // 8 frames left: peer 1 claims nothing, peer 2 does.
+        assert!(choose_claim(&l, &peer(1), 1, &view, &policy, |_, _| true, 4).is_none());
+        assert!(choose_claim(&l, &peer(2), 1, &view, &policy, |_, _| true, 4).is_some());
     }
 
     fn failure(p: u8, epoch: u32) -> FrameState {

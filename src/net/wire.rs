@@ -123,6 +123,9 @@ pub struct Heartbeat {
     /// Projects the sender holds, whole or in part (have-announcements): fetchers ask these
     /// peers first, so a project spreads from every peer that has pieces of it.
     pub projects: Vec<HaveProject>,
+    /// The sender will render but is still probing its Blender (just started): it counts as
+    /// a renderer that may take the job, so a job is not declared failed meanwhile.
+    pub probing: bool,
 }
 
 /// One project a peer holds.
@@ -239,6 +242,7 @@ mod tests {
                 project: crate::ids::BlobId::of(b"p"),
                 complete: false,
             }],
+            probing: false,
         };
         vec![
             GossipMsg::Frames(vec![update]).encode(),

@@ -42,6 +42,7 @@ pub mod logparse;
 pub mod probe;
 mod process;
 pub mod settings;
+pub mod simulate;
 pub mod verify;
 pub mod worker;
 

@@ -64,6 +64,9 @@ pub struct WorkerConfig {
     pub max_rss_mib: Option<u64>,
     /// Longest a frame may take, and also the least Blender gets to load the scene.
     pub frame_timeout: Option<Duration>,
+    /// `--simulate-render`: run no Blender, take this long per frame (see
+    /// [`super::simulate`]). A benchmarking aid only.
+    pub simulate: Option<Duration>,
 }
 
 /// A frame Blender wrote and meshd checked.
@@ -199,6 +202,10 @@ impl Worker {
             if let Some(p) = self.proc.take() {
                 p.kill().await;
             }
+        }
+        if let Some(secs) = self.config.simulate {
+            let seed = self.config.scene.to_string_lossy().into_owned();
+            return super::simulate::render(seed.as_bytes(), frame, secs, out_dir).await;
         }
         self.busy = true;
         let result = self.render_inner(frame, out_dir, progress).await;

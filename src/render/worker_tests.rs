@@ -93,6 +93,7 @@ fn config(scene: &Path, work: &Path) -> WorkerConfig {
         max_frames_per_process: 0,
         max_rss_mib: None,
         frame_timeout: None,
+        simulate: None,
     }
 }
 

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Benchmark: scheduling at scale with simulated renderers (prints figures from one run).
+# PEERS daemons on 127.0.0.1 render FRAMES frames with `--simulate-render`: peer i takes
+# BASE / speed_i seconds per frame, speeds spread evenly from 1x to 4x. A submitter
+# (--no-render) hands out the job. Prints:
+#   - makespan (submit to the last frame written) against the ideal FRAMES / sum(speeds),
+#   - duplicate renders (results beyond one per frame),
+#   - the same job under a static up-front split (the seeds' way: FRAMES/PEERS frames to
+#     each peer, makespan = the slowest peer's share), computed from the same speeds,
+#   - daemon RSS (mean and max over the renderers) idle and under load.
+#
+# Usage: scripts/bench-scale.sh [PEERS=32 FRAMES=400 BASE=4]
+# Environment: MESHD_BIN=PATH (else target/release/meshd is built), BENCH_KEEP=1 (keep logs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PEERS=${1:-32}
+FRAMES=${2:-400}
+BASE=${3:-4}
+[[ $PEERS =~ ^[0-9]+$ && $PEERS -ge 2 && $FRAMES =~ ^[0-9]+$ && $FRAMES -ge 1 ]] ||
+    { echo "usage: $0 [PEERS>=2 FRAMES>=1 BASE_SECS]" >&2; exit 2; }
+command -v jq >/dev/null 2>&1 || { echo "jq is needed (apt-get install jq)" >&2; exit 2; }
+command -v blender >/dev/null 2>&1 || { echo "blender is needed to make the scene (scripts/install-deps.sh)" >&2; exit 2; }
+if [ -n "${MESHD_BIN:-}" ]; then
+    meshd=$(realpath "$MESHD_BIN")
+else
+    cargo build --release --locked --quiet
+    meshd="$PWD/target/release/meshd"
+fi
+
+work=$(mktemp -d /tmp/meshd-bench-scale.XXXXXX)
+pids=()
+cleanup() {
+    local rc=$?
+    trap '' INT TERM
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    sleep 1
+    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+now() { date +%s.%N; }
+cli() { local name=$1; shift; timeout 30 "$meshd" --data-dir "$work/$name" "$@"; }
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+rss_stats() { # prints "mean max" MiB over the renderer pids
+    local sum=0 max=0 n=0 r
+    for p in "${renderer_pids[@]}"; do
+        r=$(rss_kib "$p"); sum=$((sum + r)); n=$((n + 1)); [ "$r" -gt "$max" ] && max=$r
+    done
+    awk -v s="$sum" -v n="$n" -v m="$max" 'BEGIN { printf "%.1f %.1f\n", s / n / 1024, m / 1024 }'
+}
+start() { # name args...
+    local name=$1; shift
+    NO_COLOR=1 RUST_LOG=warn "$meshd" --data-dir "$work/$name" join "$@" \
+        --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 --no-mdns >"$work/$name.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 1 300); do
+        cli "$name" invite --json >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "daemon $name did not come up; see $work/$name.log" >&2
+    exit 1
+}
+
+blender -b --factory-startup -noaudio --python scripts/make_demo_scene.py -- \
+    "$work/scene.blend" --frames 1 --width 32 --height 18 --samples 1 >"$work/blender.log" 2>&1
+
+echo "scale: $PEERS simulated renderers (1x..4x, ${BASE}s per frame at 1x), $FRAMES frames"
+start submitter --no-render
+ticket=$(cli submitter invite --json | jq -r .ticket)
+renderer_pids=()
+speeds=()
+for i in $(seq 0 $((PEERS - 1))); do
+    speed=$(awk -v i="$i" -v n="$PEERS" 'BEGIN { printf "%.4f", 1 + 3 * i / (n - 1) }')
+    secs=$(awk -v b="$BASE" -v s="$speed" 'BEGIN { printf "%.4f", b / s }')
+    speeds+=("$speed")
+    start "r$i" "$ticket" --simulate-render "$secs"
+    renderer_pids+=("${pids[-1]}")
+done
+for _ in $(seq 1 600); do
+    n=$(cli submitter peers --json 2>/dev/null | jq '[.peers[] | select(.can_render)] | length' 2>/dev/null || echo 0)
+    [ "$n" -ge "$PEERS" ] && break
+    sleep 0.2
+done
+[ "$n" -ge "$PEERS" ] || { echo "only $n of $PEERS renderers visible to the submitter" >&2; exit 1; }
+read -r idle_mean idle_max < <(rss_stats)
+
+t0=$(now)
+job=$(cli submitter submit "$work/scene.blend" "1-$FRAMES" --no-deps --out "$work/out" --json 2>/dev/null | jq -r .id)
+peak_mean=0 peak_max=0
+while :; do
+    st=$(cli submitter status "$job" --json 2>/dev/null || echo '{}')
+    written=$(jq -r '.jobs[0].frames_written // 0' <<<"$st")
+    read -r m x < <(rss_stats)
+    peak_mean=$(awk -v a="$peak_mean" -v b="$m" 'BEGIN { print (b > a) ? b : a }')
+    peak_max=$(awk -v a="$peak_max" -v b="$x" 'BEGIN { print (b > a) ? b : a }')
+    [ "$written" = "$FRAMES" ] && break
+    if awk -v e="$(awk -v a="$(now)" -v b="$t0" 'BEGIN { print a - b }')" 'BEGIN { exit !(e > 1800) }'; then
+        echo "TIMEOUT: $written of $FRAMES frames after 30 min" >&2; exit 1
+    fi
+    sleep 0.2
+done
+makespan=$(awk -v a="$(now)" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')
+dups=$(jq -r '.jobs[0].duplicates' <<<"$st")
+sum_speed=$(printf '%s\n' "${speeds[@]}" | awk '{ s += $1 } END { print s }')
+ideal=$(awk -v f="$FRAMES" -v b="$BASE" -v s="$sum_speed" 'BEGIN { printf "%.2f", f * b / s }')
+# Static split: frames dealt round-robin, each peer renders its share at its own speed.
+static=$(printf '%s\n' "${speeds[@]}" | awk -v f="$FRAMES" -v n="$PEERS" -v b="$BASE" '
+    { i = NR - 1; share = int(f / n) + (i < f % n ? 1 : 0); t = share * b / $1; if (t > m) m = t }
+    END { printf "%.2f", m }')
+
+printf 'makespan:    %6.2f s   ideal %.2f s   ratio %.3f (target <= 1.05)\n' "$makespan" "$ideal" \
+    "$(awk -v a="$makespan" -v b="$ideal" 'BEGIN { print a / b }')"
+printf 'static split: %5.2f s   ratio %.3f to ideal (the seeds way, computed from the same speeds)\n' \
+    "$static" "$(awk -v a="$static" -v b="$ideal" 'BEGIN { print a / b }')"
+printf 'duplicates:  %d of %d frames (%.2f%%, target <= 1%%)\n' "$dups" "$FRAMES" \
+    "$(awk -v d="$dups" -v f="$FRAMES" 'BEGIN { print 100 * d / f }')"
+printf 'renderer RSS: idle mean %s MiB max %s MiB; under load mean %s MiB max %s MiB\n' \
+    "$idle_mean" "$idle_max" "$peak_mean" "$peak_max"
+echo "gossip bytes per frame: not measured yet (no per-topic byte counters)"
