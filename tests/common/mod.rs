@@ -448,6 +448,7 @@ pub fn alive(pid: u32) -> bool {
 /// /24, multicast routed on it), deleted when dropped. Needs root and iproute2.
 pub struct TestLan {
     pub ns: [String; 2],
+    veth: [String; 2],
 }
 
 impl TestLan {
@@ -472,7 +473,10 @@ impl TestLan {
         let ns = [format!("meshd-a-{tag}"), format!("meshd-b-{tag}")];
         let veth = [format!("mda{tag}"), format!("mdb{tag}")];
         let net = 100 + tag % 150;
-        let lan = TestLan { ns: ns.clone() };
+        let lan = TestLan {
+            ns: ns.clone(),
+            veth: veth.clone(),
+        };
         let ip = |args: &[&str]| {
             let st = Command::new("ip")
                 .args(args)
@@ -514,6 +518,38 @@ impl TestLan {
             ip(&["-n", &ns[i], "route", "add", "224.0.0.0/4", "dev", &veth[i]]);
         }
         lan
+    }
+}
+
+impl TestLan {
+    /// Cuts the link between the two hosts: nothing passes until [`TestLan::heal`].
+    pub fn cut(&self) {
+        let st = Command::new("ip")
+            .args(["-n", &self.ns[0], "link", "set", &self.veth[0], "down"])
+            .status()
+            .expect("run ip");
+        assert!(st.success(), "cutting the link failed");
+    }
+
+    /// Brings the link back (with its multicast route).
+    pub fn heal(&self) {
+        let st = Command::new("ip")
+            .args(["-n", &self.ns[0], "link", "set", &self.veth[0], "up"])
+            .status()
+            .expect("run ip");
+        assert!(st.success(), "healing the link failed");
+        let _ = Command::new("ip")
+            .args([
+                "-n",
+                &self.ns[0],
+                "route",
+                "replace",
+                "224.0.0.0/4",
+                "dev",
+                &self.veth[0],
+            ])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
