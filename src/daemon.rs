@@ -424,7 +424,7 @@ impl Daemon {
                     }
                     let changed = self.merge_updates(&updates);
                     self.after_ledger_change(&changed);
-                    self.note_results(&changed);
+                    self.note_results(&changed, false);
                 }
                 GossipMsg::Heartbeat(hb) => {
                     self.learn_addrs(g.source, &hb.addrs).await;
@@ -504,7 +504,7 @@ impl Daemon {
                         debug!(%peer, changed = changed.len(), "sync brought news");
                     }
                     self.after_ledger_change(&changed);
-                    self.note_results(&changed);
+                    self.note_results(&changed, true);
                 }
                 Err(e) => debug!(%peer, "sync failed: {e}"),
             },

@@ -7,8 +7,9 @@
 //! replica even if the renderer died between render and delivery; when no copy is left the
 //! submitter declares the result lost (`outputs.rs`) and the frame is rendered again.
 //!
-//! News from gossip and from sync both count (gossip between two peers may need a third
-//! that is gone). Work per event is proportional to the frames that changed.
+//! News from gossip counts, and so does news from sync (gossip between two peers may need a
+//! third that is gone) for jobs still running or whose submitter is away. Work per event is
+//! proportional to the frames that changed.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use tracing::{debug, info};
 
 use super::{Daemon, TaskDone};
 use crate::ids::{BlobId, JobId};
-use crate::ledger::replica_holders;
+use crate::ledger::{JobState, job_progress, replica_holders};
 
 /// Copies fetched at once.
 const PARALLEL: usize = 4;
@@ -59,12 +60,18 @@ impl Daemon {
         out
     }
 
-    /// After fresh news of `changed` frames: queue copies of results this peer should hold.
-    pub(super) fn note_results(&mut self, changed: &[(JobId, u32)]) {
+    /// After news of `changed` frames: queue copies of results this peer should hold. News
+    /// from a sync (`catch_up`) may be old: it counts only for jobs still running or whose
+    /// submitter is away, so a peer joining a mesh with a long history does not copy it all.
+    pub(super) fn note_results(&mut self, changed: &[(JobId, u32)], catch_up: bool) {
         if self.cfg.replicas == 0 || changed.is_empty() {
             return;
         }
         let live = self.live_peers();
+        let view = self.view();
+        // Per job, once: whether old news of it still calls for copies.
+        let mut wanted_job: HashMap<JobId, bool> = HashMap::new();
+        let mut new = Vec::new();
         for (job, frame) in changed {
             let Some(entry) = self.ledger.job(job) else {
                 continue;
@@ -73,7 +80,12 @@ impl Daemon {
             if submitter == self.me {
                 continue; // the submitter fetches every frame anyway
             }
-            let Some(state) = entry.frames.get(frame) else {
+            let wanted = *wanted_job.entry(*job).or_insert_with(|| {
+                !catch_up
+                    || !live.contains(&submitter)
+                    || job_progress(entry, &view, &self.policy).state == JobState::Running
+            });
+            let Some(state) = entry.frames.get(frame).filter(|_| wanted) else {
                 continue;
             };
             for d in state.results() {
@@ -89,20 +101,23 @@ impl Daemon {
                     .copied()
                     .collect();
                 if replica_holders(job, *frame, &candidates, self.cfg.replicas).contains(&self.me) {
-                    debug!(job = %job.short(), frame, "keeping a copy of this frame");
-                    self.replicas.wants.insert(
-                        d.output,
-                        Want {
-                            job: *job,
-                            frame: *frame,
-                            from: d.peer,
-                            attempts: 0,
-                            next: Instant::now(),
-                            running: false,
-                        },
-                    );
+                    new.push((*job, *frame, d.peer, d.output));
                 }
             }
+        }
+        for (job, frame, from, output) in new {
+            debug!(job = %job.short(), frame, "keeping a copy of this frame");
+            self.replicas.wants.insert(
+                output,
+                Want {
+                    job,
+                    frame,
+                    from,
+                    attempts: 0,
+                    next: Instant::now(),
+                    running: false,
+                },
+            );
         }
         self.replicate();
     }
