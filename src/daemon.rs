@@ -6,6 +6,7 @@
 //! ledger, persists what changed, and publishes deltas. Nothing in the loop waits on a peer.
 
 mod cache;
+mod control;
 mod outputs;
 mod peers;
 mod render;
@@ -87,6 +88,10 @@ pub enum ApiRequest {
     Fetch(
         crate::api::types::FetchRequest,
         oneshot::Sender<Result<SubmitResponse, String>>,
+    ),
+    Control(
+        crate::api::types::ControlRequest,
+        oneshot::Sender<Result<crate::api::types::ControlResponse, String>>,
     ),
 }
 
@@ -426,6 +431,7 @@ impl Daemon {
                     self.after_ledger_change(&changed);
                     self.note_results(&changed, false);
                 }
+                GossipMsg::Control(job, control) => self.on_control(g.source, job, control).await,
                 GossipMsg::Heartbeat(hb) => {
                     self.learn_addrs(g.source, &hb.addrs).await;
                     self.peers.heartbeat(g.source, hb, Instant::now());
@@ -498,6 +504,9 @@ impl Daemon {
                 Ok(resp) => {
                     for spec in resp.jobs {
                         self.add_job(spec);
+                    }
+                    for (job, control) in resp.controls {
+                        self.merge_control(job, control).await;
                     }
                     let changed = self.merge_updates(&resp.updates);
                     if !changed.is_empty() {
@@ -584,6 +593,9 @@ impl Daemon {
                 let _ = reply.send(self.invite().await);
             }
             ApiRequest::Gc(reply) => self.collect_garbage(0, Some(reply)),
+            ApiRequest::Control(req, reply) => {
+                let _ = reply.send(self.control(&req.job, req.action).await);
+            }
             ApiRequest::Fetch(req, reply) => {
                 let _ = reply.send(self.deliver_to(&req.job, req.out_dir));
             }

@@ -30,8 +30,8 @@ use crate::daemon::ApiRequest;
 use crate::ledger::{FrameSet, JobSpec, job::JOB_SPEC_VERSION};
 use crate::store::Store;
 use types::{
-    ErrorBody, FetchRequest, InviteResponse, PeersResponse, StatusResponse, SubmitRequest,
-    SubmitResponse,
+    ControlRequest, ControlResponse, ErrorBody, FetchRequest, InviteResponse, PeersResponse,
+    StatusResponse, SubmitRequest, SubmitResponse,
 };
 
 struct Ctx {
@@ -126,6 +126,18 @@ async fn gc(
         .await?
         .map(Json)
         .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, e))
+}
+
+async fn control(
+    State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
+    Json(req): Json<ControlRequest>,
+) -> ApiResult<ControlResponse> {
+    check_token(&ctx, &headers)?;
+    ask(&ctx, |reply| ApiRequest::Control(req, reply))
+        .await?
+        .map(Json)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, e))
 }
 
 async fn fetch(
@@ -335,6 +347,7 @@ pub fn serve(
         .route("/v1/jobs", post(submit))
         .route("/v1/gc", post(gc))
         .route("/v1/fetch", post(fetch))
+        .route("/v1/control", post(control))
         .with_state(ctx);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -18,6 +18,32 @@ pub struct ApiEndpoint {
     pub peer_id: String,
 }
 
+/// What `POST /v1/control` does to a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlAction {
+    Cancel,
+    Pause,
+    Resume,
+    Priority(i32),
+}
+
+/// `POST /v1/control` body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ControlRequest {
+    /// A job id, the first characters of one, or a job name.
+    pub job: String,
+    pub action: ControlAction,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ControlResponse {
+    pub id: String,
+    pub name: String,
+    pub run: crate::ledger::RunState,
+    pub priority: i32,
+}
+
 /// `POST /v1/fetch`: write a job's frames into `out_dir` on this machine, from whichever
 /// peers hold them.
 #[derive(Clone, Debug, Serialize, Deserialize)]

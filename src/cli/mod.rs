@@ -1,6 +1,9 @@
 //! Command-line interface: clap definitions and one module per command group.
 
+use crate::api::types::ControlAction;
+
 mod client;
+mod control;
 mod fetch;
 mod join;
 mod status;
@@ -58,6 +61,20 @@ pub enum Command {
     },
     /// Gather a job's frames into a directory on this machine, from whichever peers hold them.
     Fetch(fetch::FetchArgs),
+    /// Stop a job for good: renders stop within seconds everywhere (run on the submitter).
+    Cancel(control::JobArg),
+    /// Stop rendering a job until `meshd resume` (run on the submitter).
+    Pause(control::JobArg),
+    /// Render a paused job again.
+    Resume(control::JobArg),
+    /// Set a job's priority: higher renders first (run on the submitter).
+    Priority {
+        #[command(flatten)]
+        job: control::JobArg,
+        /// The new priority.
+        #[arg(allow_negative_numbers = true)]
+        priority: i32,
+    },
 }
 
 impl Cli {
@@ -79,5 +96,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Peers { json } => status::peers(&data_dir, json).await,
         Command::Gc { json } => status::gc(&data_dir, json).await,
         Command::Fetch(args) => fetch::run(&data_dir, args).await,
+        Command::Cancel(j) => control::run(&data_dir, j, ControlAction::Cancel).await,
+        Command::Pause(j) => control::run(&data_dir, j, ControlAction::Pause).await,
+        Command::Resume(j) => control::run(&data_dir, j, ControlAction::Resume).await,
+        Command::Priority { job, priority } => {
+            control::run(&data_dir, job, ControlAction::Priority(priority)).await
+        }
     }
 }

@@ -328,6 +328,17 @@ pub(super) async fn wait(client: &ApiClient, job: &SubmitResponse) -> anyhow::Re
             );
             return Ok(0);
         }
+        if view.state == JobState::Cancelled {
+            bar.abandon();
+            eprintln!(
+                "error: job {} was cancelled ({written} of {} frames written)",
+                view.name, view.frames_total
+            );
+            return Ok(2);
+        }
+        if view.state == JobState::Paused {
+            bar.set_message("paused: `meshd resume` goes on");
+        }
         if view.state == JobState::Failed {
             bar.abandon();
             eprintln!(

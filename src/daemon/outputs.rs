@@ -176,27 +176,12 @@ impl Daemon {
         sel: &str,
         out_dir: PathBuf,
     ) -> Result<crate::api::types::SubmitResponse, String> {
-        let lower = sel.to_ascii_lowercase();
-        let matches: Vec<(JobId, String, usize)> = self
+        let id = self.find_job(sel)?;
+        let (name, frames_total) = self
             .ledger
-            .jobs()
-            .filter(|(id, e)| id.to_hex().starts_with(&lower) || e.spec.name == sel)
-            .map(|(id, e)| (*id, e.spec.name.clone(), e.spec.frames.len()))
-            .collect();
-        let (id, name, frames_total) = match matches.as_slice() {
-            [one] => one.clone(),
-            [] => {
-                return Err(format!(
-                    "no job matches '{sel}': run `meshd status` to list jobs"
-                ));
-            }
-            _ => {
-                return Err(format!(
-                    "'{sel}' matches {} jobs: give more of the job id",
-                    matches.len()
-                ));
-            }
-        };
+            .job(&id)
+            .map(|e| (e.spec.name.clone(), e.spec.frames.len()))
+            .unwrap_or_default();
         let same = self
             .local_jobs
             .get(&id)

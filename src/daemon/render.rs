@@ -618,6 +618,36 @@ impl Daemon {
         self.publish(GossipMsg::Frames(vec![update])).await;
     }
 
+    /// Stops every render of `job` now (paused or cancelled): its Blender is killed, and the
+    /// claim is released with a [`STOPPED`](crate::ledger::frame::STOPPED) failure that does
+    /// not count as a failed attempt, so the frame is free again on resume.
+    pub(super) async fn stop_renders_of(&mut self, job: &JobId) {
+        let mut released = Vec::new();
+        for slot in &mut self.render.slots {
+            if slot.active.as_ref().is_some_and(|a| a.job == *job)
+                && let Some(a) = slot.active.take()
+            {
+                info!(job = %job.short(), frame = a.frame, "job stopped; stopping this frame");
+                a.abort.abort();
+                self.render.progress_dirty = true;
+                released.push(FrameUpdate {
+                    job: *job,
+                    frame: a.frame,
+                    state: FrameState::from_failure(Failure {
+                        epoch: a.epoch,
+                        peer: self.me,
+                        reason: crate::ledger::frame::STOPPED.to_string(),
+                    }),
+                });
+            }
+            slot.idle.remove(job);
+        }
+        if !released.is_empty() {
+            self.merge_updates(&released);
+            self.publish(GossipMsg::Frames(released)).await;
+        }
+    }
+
     /// After remote news: stop rendering frames whose claim this peer lost.
     pub(super) fn after_ledger_change(&mut self, changed: &[(JobId, u32)]) {
         for slot in &mut self.render.slots {

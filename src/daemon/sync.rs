@@ -22,22 +22,27 @@ impl Daemon {
         let theirs: HashMap<JobId, [u8; 32]> = req.digests.iter().copied().collect();
         let mut jobs = Vec::new();
         let mut updates = Vec::new();
+        let mut controls = Vec::new();
         for (id, entry) in self.ledger.jobs() {
-            match theirs.get(id) {
+            let differs = match theirs.get(id) {
                 None => {
                     jobs.push(entry.spec.clone());
-                    updates.extend(self.ledger.updates_for(id));
+                    true
                 }
-                Some(d) if Some(*d) != self.ledger.job_digest(id) => {
-                    updates.extend(self.ledger.updates_for(id));
+                Some(d) => Some(*d) != self.ledger.job_digest(id),
+            };
+            if differs {
+                updates.extend(self.ledger.updates_for(id));
+                if entry.control.seq > 0 {
+                    controls.push((*id, entry.control));
                 }
-                Some(_) => {}
             }
         }
         SyncResponse {
             version: crate::net::wire::WIRE_VERSION,
             jobs,
             updates,
+            controls,
         }
     }
 

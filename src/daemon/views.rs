@@ -55,6 +55,7 @@ impl Daemon {
                     .map(|s| {
                         s.failures
                             .iter()
+                            .filter(|f| f.counts())
                             .map(|f| format!("{}: {}", short_peer(&f.peer), f.reason))
                             .collect()
                     })
@@ -70,12 +71,12 @@ impl Daemon {
                     FrameStatus::Failed => ("failed", None, None),
                 };
                 if matches!(status, FrameStatus::Failed) && reasons.len() < 3 {
-                    if let Some(f) = state.and_then(|s| s.failures.iter().next()) {
+                    if let Some(f) = state.and_then(|s| s.failures.iter().find(|f| f.counts())) {
                         reasons.push(format!("frame {frame}: {}", f.reason));
                     }
                 } else if progress.state == JobState::Failed
                     && reasons.is_empty()
-                    && let Some(f) = state.and_then(|s| s.failures.iter().next())
+                    && let Some(f) = state.and_then(|s| s.failures.iter().find(|f| f.counts()))
                 {
                     reasons.push(format!("frame {frame}: {}", f.reason));
                 }
@@ -107,7 +108,7 @@ impl Daemon {
                 duplicates: progress.duplicates,
                 submitter: entry.spec.submitter.to_string(),
                 created_unix_ms: entry.spec.created_unix_ms,
-                priority: entry.spec.priority,
+                priority: entry.priority(),
                 out_dir: local.map(|l| l.out_dir.clone()),
                 frames_written,
                 failure: (progress.state == JobState::Failed).then(|| {

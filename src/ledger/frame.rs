@@ -41,6 +41,10 @@ pub struct Done {
     pub render_ms: u64,
 }
 
+/// The reason of a [`Failure`] that only releases a claim: the holder stopped the render
+/// because the job was paused or cancelled. It does not count as a failed attempt.
+pub const STOPPED: &str = "stopped: the job was paused or cancelled";
+
 /// A failed render attempt by `peer` under its claim at `epoch`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Failure {
@@ -137,6 +141,13 @@ fn union_capped<T: Ord + Clone>(into: &mut BTreeSet<T>, from: &BTreeSet<T>, cap:
     changed
 }
 
+impl Failure {
+    /// Whether this is a real failed attempt (not a claim released by [`STOPPED`]).
+    pub fn counts(&self) -> bool {
+        self.reason != STOPPED
+    }
+}
+
 impl FrameState {
     /// A delta holding only a claim.
     pub fn from_claim(claim: Claim) -> Self {
@@ -225,7 +236,7 @@ impl FrameState {
         let epochs: BTreeSet<u32> = self
             .failures
             .iter()
-            .filter(|f| f.peer == *peer)
+            .filter(|f| f.peer == *peer && f.counts())
             .map(|f| f.epoch)
             .collect();
         epochs.len()
@@ -236,7 +247,7 @@ impl FrameState {
         let mut n = 0;
         let mut prev: Option<(u32, &PeerId)> = None;
         // Sorted by (epoch, peer, reason), so equal attempts are adjacent.
-        for f in &self.failures {
+        for f in self.failures.iter().filter(|f| f.counts()) {
             let key = (f.epoch, &f.peer);
             if prev != Some(key) {
                 n += 1;
@@ -246,7 +257,7 @@ impl FrameState {
         n
     }
 
-    /// Whether `peer` reported a failure at `epoch`.
+    /// Whether `peer` reported a failure at `epoch` (or released its claim there).
     pub fn failed_at(&self, peer: &PeerId, epoch: u32) -> bool {
         self.failures
             .iter()

@@ -22,12 +22,14 @@
 //!
 //! Nothing here performs I/O or reads a clock.
 
+pub mod control;
 pub mod frame;
 pub mod frameset;
 pub mod job;
 pub mod policy;
 pub mod state;
 
+pub use control::{JobControl, RunState};
 pub use frame::{Claim, Done, Failure, FrameState, Lost};
 pub use frameset::{FrameSet, FrameSetError, MAX_FRAME, MAX_FRAMES_PER_JOB};
 pub use job::JobSpec;

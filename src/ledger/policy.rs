@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
+use super::control::RunState;
 use super::frame::{Claim, Done, FrameState};
 use super::state::{JobEntry, Ledger};
 use crate::ids::JobId;
@@ -97,7 +98,7 @@ fn failures_by_peer(entry: &JobEntry) -> BTreeMap<PeerId, usize> {
     for state in entry.frames.values() {
         let mut prev = None;
         // Sorted by (epoch, peer, reason): repeats of one attempt are adjacent.
-        for f in &state.failures {
+        for f in state.failures.iter().filter(|f| f.counts()) {
             let key = (f.epoch, f.peer);
             if prev != Some(key) {
                 *counts.entry(f.peer).or_insert(0) += 1;
@@ -125,6 +126,10 @@ pub enum JobState {
     Running,
     Done,
     Failed,
+    /// The submitter paused it: nobody renders it until it is resumed.
+    Paused,
+    /// The submitter cancelled it: nobody renders it again.
+    Cancelled,
 }
 
 /// Frame counts of a job by status.
@@ -167,6 +172,10 @@ pub fn job_progress(entry: &JobEntry, view: &impl PeerView, policy: &RetryPolicy
 
     let state = if done == total {
         JobState::Done
+    } else if entry.control.run == RunState::Cancelled {
+        JobState::Cancelled
+    } else if entry.control.run == RunState::Paused {
+        JobState::Paused
     } else if failed > 0 && done + failed == total {
         JobState::Failed
     } else if pending > 0 && in_flight == 0 {
@@ -282,9 +291,8 @@ pub fn choose_claim(
 
     let mut jobs: Vec<(&JobId, &JobEntry)> = ledger.jobs().collect();
     jobs.sort_by(|(ia, a), (ib, b)| {
-        b.spec
-            .priority
-            .cmp(&a.spec.priority)
+        b.priority()
+            .cmp(&a.priority())
             .then(a.spec.created_unix_ms.cmp(&b.spec.created_unix_ms))
             .then(ia.cmp(ib))
     });

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::control::JobControl;
 use super::frame::FrameState;
 use super::job::JobSpec;
 use crate::ids::JobId;
@@ -23,6 +24,15 @@ pub struct FrameUpdate {
 pub struct JobEntry {
     pub spec: JobSpec,
     pub frames: BTreeMap<u32, FrameState>,
+    /// Pause, cancel and priority, as the submitter last set them.
+    pub control: JobControl,
+}
+
+impl JobEntry {
+    /// The job's priority: the submitter's latest, else the spec's.
+    pub fn priority(&self) -> i32 {
+        self.control.priority
+    }
 }
 
 /// Why a job or an update was refused.
@@ -62,6 +72,7 @@ impl Ledger {
         self.jobs.insert(
             id,
             JobEntry {
+                control: JobControl::initial(spec.priority),
                 spec,
                 frames: BTreeMap::new(),
             },
@@ -105,6 +116,12 @@ impl Ledger {
         Ok(true)
     }
 
+    /// Joins a control change into job `id`. Returns whether it changed.
+    pub fn apply_control(&mut self, id: &JobId, control: &JobControl) -> Result<bool, LedgerError> {
+        let entry = self.jobs.get_mut(id).ok_or(LedgerError::UnknownJob(*id))?;
+        Ok(entry.control.merge(control))
+    }
+
     pub fn job(&self, id: &JobId) -> Option<&JobEntry> {
         self.jobs.get(id)
     }
@@ -119,13 +136,16 @@ impl Ledger {
         self.jobs.get(id)?.frames.get(&frame)
     }
 
-    /// A digest of the job's frame states: blake3 over the postcard encoding of each
-    /// `(frame, state)` with a non-empty state, in frame order. Two ledgers give the same
+    /// A digest of the job's state: blake3 over its control (once changed) and the postcard
+    /// encoding of each `(frame, state)` with a non-empty state, in frame order. Two ledgers give the same
     /// digest for a job iff they hold the same states for its frames. `None` for an
     /// unknown job.
     pub fn job_digest(&self, id: &JobId) -> Option<[u8; 32]> {
         let entry = self.jobs.get(id)?;
         let mut h = blake3::Hasher::new();
+        if entry.control.seq > 0 {
+            h.update(&postcard::to_stdvec(&entry.control).unwrap_or_default());
+        }
         for (frame, state) in entry.frames.iter().filter(|(_, s)| !s.is_empty()) {
             // Encoding plain data into a Vec cannot fail; each encoding is self-delimiting.
             h.update(&postcard::to_stdvec(&(frame, state)).unwrap_or_default());

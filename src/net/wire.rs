@@ -8,6 +8,7 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{BlobId, ChunkId, JobId};
+use crate::ledger::JobControl;
 use crate::ledger::{FrameUpdate, JobSpec};
 use crate::render::DeviceInfo;
 
@@ -60,6 +61,8 @@ pub enum GossipMsg {
     Frames(Vec<FrameUpdate>),
     /// A peer is alive; what it can do.
     Heartbeat(Heartbeat),
+    /// The submitter paused, resumed or cancelled a job, or changed its priority.
+    Control(JobId, JobControl),
 }
 
 impl GossipMsg {
@@ -68,6 +71,7 @@ impl GossipMsg {
             GossipMsg::Job(_) => Topic::Jobs,
             GossipMsg::Frames(_) => Topic::Claims,
             GossipMsg::Heartbeat(_) => Topic::Peers,
+            GossipMsg::Control(..) => Topic::Jobs,
         }
     }
 
@@ -96,6 +100,7 @@ impl GossipMsg {
                 }
             }
             GossipMsg::Heartbeat(hb) => hb.validate()?,
+            GossipMsg::Control(..) => {}
         }
         Ok(env.msg)
     }
@@ -177,6 +182,8 @@ pub struct SyncResponse {
     pub jobs: Vec<JobSpec>,
     /// Every non-empty frame state of each job whose digest differs (or was missing).
     pub updates: Vec<FrameUpdate>,
+    /// The control of each such job that its submitter changed.
+    pub controls: Vec<(JobId, JobControl)>,
 }
 
 /// `/meshd/blob/1` request.

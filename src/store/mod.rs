@@ -9,6 +9,7 @@
 //! - `written`: JobId ‖ frame → BlobId of the frame file written to the output dir
 //! - `peers`: PeerId bytes → postcard list of multiaddr strings
 //! - `manifests`: BlobId → manifest bytes; `chunks`: ChunkId → [`blobs::ChunkLoc`]
+//! - `controls`: JobId → postcard `JobControl` (jobs paused, cancelled or re-prioritised)
 //! - `compact`: BlobId → last use (u64 BE seconds) of blobs kept as chunks only ([`dedup`])
 
 pub mod blobs;
@@ -56,6 +57,7 @@ pub struct Store {
     pub(crate) manifests: sled::Tree,
     pub(crate) chunks: sled::Tree,
     compact: sled::Tree,
+    controls: sled::Tree,
     blob_dir: PathBuf,
 }
 
@@ -111,6 +113,7 @@ impl Store {
             manifests: db.open_tree("manifests")?,
             chunks: db.open_tree("chunks")?,
             compact: db.open_tree("compact")?,
+            controls: db.open_tree("controls")?,
             db,
             blob_dir,
         })
@@ -138,6 +141,16 @@ impl Store {
         Ok(())
     }
 
+    pub fn put_control(
+        &self,
+        job: &JobId,
+        control: &crate::ledger::JobControl,
+    ) -> Result<(), StoreError> {
+        let bytes = postcard::to_stdvec(control).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.controls.insert(job.0, bytes)?;
+        Ok(())
+    }
+
     pub fn put_frame(&self, job: &JobId, frame: u32, state: &FrameState) -> Result<(), StoreError> {
         let bytes = postcard::to_stdvec(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.frames.insert(frame_key(job, frame), bytes)?;
@@ -154,6 +167,17 @@ impl Store {
                 Ok(Err(e)) => warn!("skipping stored job: {e}"),
                 Err(e) => warn!("skipping stored job: {e}"),
             }
+        }
+        for item in self.controls.iter() {
+            let (k, v) = item?;
+            let (Ok(id), Ok(control)) = (
+                <[u8; 32]>::try_from(&k[..]),
+                decode::<crate::ledger::JobControl>("control", &v),
+            ) else {
+                warn!("skipping a stored job control that does not decode");
+                continue;
+            };
+            let _ = ledger.apply_control(&JobId(id), &control);
         }
         for item in self.frames.iter() {
             let (k, v) = item?;

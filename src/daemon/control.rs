@@ -1,0 +1,99 @@
+//! Job control on this daemon: the submitter's `meshd cancel|pause|resume|priority`, and
+//! control changes heard from the mesh. Renders of a job that is no longer active stop at
+//! once (their Blender is killed), and its warm Blenders go at the next tick.
+
+use libp2p::PeerId;
+use tracing::{info, warn};
+
+use super::Daemon;
+use crate::api::types::{ControlAction, ControlResponse};
+use crate::ids::JobId;
+use crate::ledger::{JobControl, RunState};
+use crate::net::GossipMsg;
+
+impl Daemon {
+    /// A control change gossiped by `source`: only the job's submitter may make one.
+    pub(super) async fn on_control(&mut self, source: PeerId, job: JobId, control: JobControl) {
+        match self.ledger.job(&job) {
+            Some(e) if e.spec.submitter == source => self.merge_control(job, control).await,
+            Some(_) => warn!(peer = %source, "ignoring a job control made in another peer's name"),
+            None => {} // sync brings the job and its control
+        }
+    }
+
+    /// Joins a control change; persists it and stops renders the change forbids.
+    pub(super) async fn merge_control(&mut self, job: JobId, control: JobControl) {
+        match self.ledger.apply_control(&job, &control) {
+            Ok(true) => {
+                if let Err(e) = self.store.put_control(&job, &control) {
+                    warn!("cannot persist job control: {e}");
+                }
+                let run = self.ledger.job(&job).map(|e| e.control.run);
+                info!(job = %job.short(), ?run, "job control changed");
+                if run != Some(RunState::Active) {
+                    self.stop_renders_of(&job).await;
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::debug!("ignored job control: {e}"),
+        }
+    }
+
+    /// `meshd cancel|pause|resume|priority` on the submitting daemon.
+    pub(super) async fn control(
+        &mut self,
+        sel: &str,
+        action: ControlAction,
+    ) -> Result<ControlResponse, String> {
+        let id = self.find_job(sel)?;
+        let Some(entry) = self.ledger.job(&id) else {
+            return Err(format!("no job matches '{sel}'"));
+        };
+        if entry.spec.submitter != self.me {
+            return Err(format!(
+                "job {} was submitted from another machine: run this there",
+                entry.spec.name
+            ));
+        }
+        let (now, name) = (entry.control, entry.spec.name.clone());
+        if now.run == RunState::Cancelled {
+            return Err(format!("job {name} is cancelled; submit it again"));
+        }
+        let next = match action {
+            ControlAction::Cancel => now.next(RunState::Cancelled, now.priority),
+            ControlAction::Pause => now.next(RunState::Paused, now.priority),
+            ControlAction::Resume => now.next(RunState::Active, now.priority),
+            ControlAction::Priority(p) => now.next(now.run, p),
+        };
+        self.merge_control(id, next).await;
+        let _ = self.store.flush();
+        self.publish(GossipMsg::Control(id, next)).await;
+        Ok(ControlResponse {
+            id: id.to_hex(),
+            name,
+            run: next.run,
+            priority: next.priority,
+        })
+    }
+
+    /// The one job `sel` names: an id, the first characters of one, or a name.
+    pub(super) fn find_job(&self, sel: &str) -> Result<JobId, String> {
+        let lower = sel.to_ascii_lowercase();
+        let matches: Vec<JobId> = self
+            .ledger
+            .jobs()
+            .filter(|(id, e)| id.to_hex().starts_with(&lower) || e.spec.name == sel)
+            .map(|(id, _)| *id)
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(format!(
+                "no job matches '{sel}': run `meshd status` to list jobs"
+            )),
+            _ => Err(format!(
+                "'{sel}' matches {} jobs: give more of the job id",
+                matches.len()
+            )),
+        }
+    }
+}
