@@ -11,6 +11,7 @@ mod outputs;
 mod peers;
 mod render;
 mod replicas;
+mod settle;
 mod setup;
 mod sync;
 mod views;
@@ -170,6 +171,8 @@ struct Daemon {
     started: Instant,
     /// The Blender probe is running (this peer will render once it succeeds).
     probing: bool,
+    /// Which jobs are over (every frame has a result, or cancelled): ticks skip them.
+    settle: settle::Settled,
     /// What each background task (other than renders) stands for, so that state it holds
     /// is released if the task panics.
     owners: HashMap<tokio::task::Id, TaskOwner>,
@@ -228,10 +231,12 @@ pub async fn run(
         collecting: false,
         started: Instant::now(),
         probing: false,
+        settle: settle::Settled::default(),
         owners: HashMap::new(),
         cfg,
     };
     d.load_local_jobs();
+    d.settle = settle::Settled::of(&d.ledger);
     let mut net_events = boot.events;
     if d.cfg.render {
         d.probing = true;
@@ -373,6 +378,7 @@ impl Daemon {
     fn merge_updates(&mut self, updates: &[FrameUpdate]) -> Vec<(JobId, u32)> {
         let mut changed = Vec::new();
         for u in updates {
+            let had = self.has_result(&u.job, u.frame);
             match self.ledger.apply(u) {
                 Ok(true) => {
                     if let Some(state) = self.ledger.frame(&u.job, u.frame)
@@ -380,6 +386,9 @@ impl Daemon {
                     {
                         warn!("cannot persist frame state: {e}");
                     }
+                    self.settle
+                        .frame_changed(u.job, had, self.has_result(&u.job, u.frame));
+                    self.settle.recheck(&self.ledger, &u.job);
                     changed.push((u.job, u.frame));
                 }
                 Ok(false) => {}
@@ -389,10 +398,17 @@ impl Daemon {
         changed
     }
 
+    fn has_result(&self, job: &JobId, frame: u32) -> bool {
+        self.ledger
+            .frame(job, frame)
+            .is_some_and(|s| s.canonical().is_some())
+    }
+
     /// Adds a job from a peer or a submit. Returns true if it was new.
     fn add_job(&mut self, spec: JobSpec) -> bool {
         match self.ledger.insert_job(spec.clone()) {
             Ok((id, true)) => {
+                self.settle.recheck(&self.ledger, &id);
                 if let Err(e) = self.store.put_job(&spec) {
                     warn!("cannot persist job: {e}");
                 }

@@ -25,6 +25,7 @@ impl Daemon {
     pub(super) async fn merge_control(&mut self, job: JobId, control: JobControl) {
         match self.ledger.apply_control(&job, &control) {
             Ok(true) => {
+                self.settle.recheck(&self.ledger, &job);
                 if let Err(e) = self.store.put_control(&job, &control) {
                     warn!("cannot persist job control: {e}");
                 }

@@ -72,6 +72,9 @@ impl Daemon {
                 continue;
             };
             let written = self.written.get(job);
+            if written.is_some_and(|w| w.len() >= entry.spec.frames.len()) {
+                continue; // all written: nothing to do, whatever the job's history
+            }
             let ext = entry.spec.settings.format.extension();
             for (frame, state) in &entry.frames {
                 if self.writing.len() + todo.len() >= MAX_WRITING {

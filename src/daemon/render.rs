@@ -267,6 +267,9 @@ impl Daemon {
         let now = std::time::Instant::now();
         let mut wanted = Vec::new();
         for (id, entry) in self.ledger.jobs() {
+            if self.settle.is_over(id) {
+                continue;
+            }
             let (due, stats) = match self.scenes.get(id) {
                 None => (true, Arc::default()),
                 Some(SceneState::Retry(at, stats, _)) => (*at <= now, stats.clone()),
@@ -405,8 +408,10 @@ impl Daemon {
             let view = self.view();
             let window = (2 * crate::ledger::PeerView::live_renderers(&view).len()).max(4);
             let scenes = &self.scenes;
+            let settle = &self.settle;
             let eligible = |id: &JobId, e: &JobEntry| {
-                matches!(scenes.get(id), Some(SceneState::Ready(..)))
+                !settle.is_over(id)
+                    && matches!(scenes.get(id), Some(SceneState::Ready(..)))
                     && slot_fits(&e.spec.settings.device, &spec)
             };
             choose_claim(
