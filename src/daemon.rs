@@ -530,6 +530,9 @@ impl Daemon {
                     }
                     self.after_ledger_change(&changed);
                     self.note_results(&changed, true);
+                    if let Some(next) = resp.next {
+                        self.start_sync_from(peer, Some(next));
+                    }
                 }
                 Err(e) => debug!(%peer, "sync failed: {e}"),
             },

@@ -7,48 +7,43 @@ use libp2p::PeerId;
 
 use super::{Daemon, TaskDone};
 use crate::ids::JobId;
+use crate::ledger::page::{Cursor, page};
 use crate::net::{SyncRequest, SyncResponse};
 
+/// Bytes of frame states one sync answer carries at most (the codec allows 64 MiB).
+const SYNC_PAGE_BYTES: usize = 4 << 20;
+
 impl Daemon {
-    pub(super) fn sync_request(&self) -> SyncRequest {
+    pub(super) fn sync_request(&self, cursor: Option<Cursor>) -> SyncRequest {
         SyncRequest {
             version: crate::net::wire::WIRE_VERSION,
             digests: self.ledger.digests(),
+            cursor,
         }
     }
 
-    /// Everything the requester lacks, judged by its per-job digests.
+    /// What the requester lacks, judged by its per-job digests: one page of it, from the
+    /// request's cursor (see [`crate::ledger::page`]).
     pub(super) fn sync_response(&self, req: &SyncRequest) -> SyncResponse {
         let theirs: HashMap<JobId, [u8; 32]> = req.digests.iter().copied().collect();
-        let mut jobs = Vec::new();
-        let mut updates = Vec::new();
-        let mut controls = Vec::new();
-        for (id, entry) in self.ledger.jobs() {
-            let differs = match theirs.get(id) {
-                None => {
-                    jobs.push(entry.spec.clone());
-                    true
-                }
-                Some(d) => Some(*d) != self.ledger.job_digest(id),
-            };
-            if differs {
-                updates.extend(self.ledger.updates_for(id));
-                if entry.control.seq > 0 {
-                    controls.push((*id, entry.control));
-                }
-            }
-        }
+        let p = page(&self.ledger, &theirs, req.cursor, SYNC_PAGE_BYTES);
         SyncResponse {
             version: crate::net::wire::WIRE_VERSION,
-            jobs,
-            updates,
-            controls,
+            jobs: p.jobs,
+            updates: p.updates,
+            controls: p.controls,
+            next: p.next,
         }
     }
 
     pub(super) fn start_sync(&mut self, peer: PeerId) {
+        self.start_sync_from(peer, None);
+    }
+
+    /// Asks `peer` for what this daemon lacks, from `cursor` (the next page of an answer).
+    pub(super) fn start_sync_from(&mut self, peer: PeerId, cursor: Option<Cursor>) {
         let net = self.net.clone();
-        let req = self.sync_request();
+        let req = self.sync_request(cursor);
         self.tasks.spawn(async move {
             let result = net.sync(peer, req).await.map_err(|e| e.to_string());
             TaskDone::Synced { peer, result }

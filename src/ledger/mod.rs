@@ -26,6 +26,7 @@ pub mod control;
 pub mod frame;
 pub mod frameset;
 pub mod job;
+pub mod page;
 pub mod policy;
 pub mod state;
 

@@ -172,6 +172,8 @@ pub struct SyncRequest {
     pub version: u16,
     /// Per job, the digest of the requester's frame states.
     pub digests: Vec<(JobId, [u8; 32])>,
+    /// Continue a paged answer from here (the `next` of the previous one).
+    pub cursor: Option<(JobId, u32)>,
 }
 
 /// `/meshd/sync/1` response.
@@ -184,6 +186,8 @@ pub struct SyncResponse {
     pub updates: Vec<FrameUpdate>,
     /// The control of each such job that its submitter changed.
     pub controls: Vec<(JobId, JobControl)>,
+    /// More to come: ask again with this cursor.
+    pub next: Option<(JobId, u32)>,
 }
 
 /// `/meshd/blob/1` request.
