@@ -4,11 +4,16 @@
 #  2. 24 frames on 1 meshd peer (persistent Blender)  vs  `blender -b scene -s 1 -e 24 -a`
 #     vs  one `blender -b scene -f N` per frame (the seeds' way)
 # Usage: scripts/bench.sh [WIDTH HEIGHT SAMPLES]   (default: the demo scene, 320x180, 16 samples)
+# Environment: MESHD_BIN=PATH runs this meshd binary instead of building target/release/meshd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-cargo build --release --locked --quiet
-meshd="$PWD/target/release/meshd"
+if [ -n "${MESHD_BIN:-}" ]; then
+    meshd=$(realpath "$MESHD_BIN")
+else
+    cargo build --release --locked --quiet
+    meshd="$PWD/target/release/meshd"
+fi
 W=${1:-320}; H=${2:-180}; S=${3:-16}
 
 work=$(mktemp -d)

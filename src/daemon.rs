@@ -117,6 +117,13 @@ enum TaskDone {
         blob: BlobId,
         result: Result<(), String>,
     },
+    Stored {
+        job: JobId,
+        frame: u32,
+        epoch: u32,
+        render_ms: u64,
+        result: Result<BlobId, String>,
+    },
     Probed(Result<BlenderInfo, String>),
     Collected {
         result: Result<crate::store::gc::GcReport, String>,
@@ -184,6 +191,8 @@ enum TaskOwner {
     SceneFetch(JobId),
     Output(JobId, u32),
     Replica(BlobId),
+    /// A rendered frame being stored before its result is announced.
+    Store(JobId, u32, u32),
     Collection,
 }
 
@@ -566,6 +575,13 @@ impl Daemon {
                 self.on_output_written(job, frame, result).await
             }
             TaskDone::Replicated { blob, result } => self.on_replicated(blob, result),
+            TaskDone::Stored {
+                job,
+                frame,
+                epoch,
+                render_ms,
+                result,
+            } => self.on_stored(job, frame, epoch, render_ms, result).await,
             TaskDone::Collected { result, reply } => self.on_collected(result, reply),
             TaskDone::Probed(result) => {
                 self.probing = false;

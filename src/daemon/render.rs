@@ -210,8 +210,6 @@ pub(super) struct RenderDone {
     epoch: u32,
     worker: Worker,
     result: Result<RenderedFrame, FrameError>,
-    /// The rendered file imported into the store (off the daemon loop).
-    stored: Option<Result<crate::ids::BlobId, String>>,
 }
 
 /// What a `--simulate-render` peer reports instead of a probed Blender: one CPU device.
@@ -463,7 +461,6 @@ impl Daemon {
             });
         let out_dir = job_dir.join(format!("out-{slot}"));
         let central = self.render.progress_tx.clone();
-        let store = self.store.clone();
         info!(job = %job.short(), frame, epoch, slot, "rendering");
         let abort = self.tasks.spawn(async move {
             let mut worker = worker;
@@ -480,25 +477,6 @@ impl Daemon {
                     }
                 }
             };
-            // The frame is stored and on disk (file and manifest flushed) before anyone
-            // hears it is done: a crash after the news cannot leave a result nobody has.
-            let stored = match &result {
-                Ok(rf) => {
-                    let path = rf.path.clone();
-                    let imported = tokio::task::spawn_blocking(move || {
-                        let id = store.import_owned(&path)?;
-                        store.flush()?;
-                        Ok::<_, crate::store::StoreError>(id)
-                    })
-                    .await;
-                    Some(match imported {
-                        Ok(Ok(id)) => Ok(id),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    })
-                }
-                Err(_) => None,
-            };
             TaskDone::Rendered(Box::new(RenderDone {
                 slot,
                 job,
@@ -506,7 +484,6 @@ impl Daemon {
                 epoch,
                 worker,
                 result,
-                stored,
             }))
         });
         self.render.slots[slot].active = Some(Active {
@@ -527,7 +504,6 @@ impl Daemon {
             epoch,
             worker,
             result,
-            stored,
         } = done;
         let Some(s) = self.render.slots.get_mut(slot) else {
             return;
@@ -541,29 +517,74 @@ impl Daemon {
         }
         s.active = None;
         self.render.progress_dirty = true;
+        match result {
+            Ok(rf) => self.store_frame(job, frame, epoch, rf),
+            Err(e) => {
+                let state = self.failure(job, frame, epoch, e.reason());
+                let update = FrameUpdate { job, frame, state };
+                self.merge_updates(std::slice::from_ref(&update));
+                self.publish(GossipMsg::Frames(vec![update])).await;
+            }
+        }
+        if self.ledger.job(&job).is_some_and(|e| self.job_running(e)) {
+            self.render.slots[slot].idle.insert(job, worker);
+        }
+        // Go straight on to the next frame: no idle gap between frames. The finished one is
+        // stored meanwhile.
+        self.claim_and_render().await;
+    }
+
+    /// Stores a rendered frame off the loop: imported into the blob store and flushed (file
+    /// and manifest) before anyone hears it is done, so a crash after the news cannot leave
+    /// a result nobody has. Runs alongside the next render; the claim holds meanwhile.
+    fn store_frame(&mut self, job: JobId, frame: u32, epoch: u32, rf: RenderedFrame) {
+        let store = self.store.clone();
+        let task = self.tasks.spawn(async move {
+            let path = rf.path.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let id = store.import_owned(&path)?;
+                store.flush()?;
+                Ok::<_, crate::store::StoreError>(id)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+            TaskDone::Stored {
+                job,
+                frame,
+                epoch,
+                render_ms: rf.render_ms,
+                result,
+            }
+        });
+        self.owners
+            .insert(task.id(), super::TaskOwner::Store(job, frame, epoch));
+    }
+
+    /// A rendered frame is stored: announce the result (or the failure to store it).
+    pub(super) async fn on_stored(
+        &mut self,
+        job: JobId,
+        frame: u32,
+        epoch: u32,
+        render_ms: u64,
+        result: Result<crate::ids::BlobId, String>,
+    ) {
         let state = match result {
-            Ok(rf) => match stored.unwrap_or_else(|| Err("the frame was not stored".into())) {
-                Ok(output) => {
-                    info!(job = %job.short(), frame, ms = rf.render_ms, "frame done");
-                    FrameState::from_done(Done {
-                        epoch,
-                        peer: self.me,
-                        output,
-                        render_ms: rf.render_ms,
-                    })
-                }
-                Err(e) => self.failure(job, frame, epoch, format!("storing the frame failed: {e}")),
-            },
-            Err(e) => self.failure(job, frame, epoch, e.reason()),
+            Ok(output) => {
+                info!(job = %job.short(), frame, ms = render_ms, "frame done");
+                FrameState::from_done(Done {
+                    epoch,
+                    peer: self.me,
+                    output,
+                    render_ms,
+                })
+            }
+            Err(e) => self.failure(job, frame, epoch, format!("storing the frame failed: {e}")),
         };
         let update = FrameUpdate { job, frame, state };
         self.merge_updates(std::slice::from_ref(&update));
         self.publish(GossipMsg::Frames(vec![update])).await;
-        if self.ledger.job(&job).is_some_and(|e| self.job_running(e)) {
-            self.render.slots[slot].idle.insert(job, worker);
-        }
-        // Go straight on to the next frame: no idle gap between frames.
-        self.claim_and_render().await;
     }
 
     fn failure(&self, job: JobId, frame: u32, epoch: u32, reason: String) -> FrameState {
@@ -597,6 +618,11 @@ impl Daemon {
             }
             Some(super::TaskOwner::Replica(blob)) => {
                 return self.on_replicated(blob, Err("the copy task crashed".into()));
+            }
+            Some(super::TaskOwner::Store(job, frame, epoch)) => {
+                return self
+                    .on_stored(job, frame, epoch, 0, Err("the store task crashed".into()))
+                    .await;
             }
             Some(super::TaskOwner::Collection) => {
                 return self.on_collected(Err("the collection crashed".into()), None);

@@ -8,7 +8,7 @@
 //! submitter declares the result lost (`outputs.rs`) and the frame is rendered again.
 //!
 //! News from gossip counts, and so does news from sync (gossip between two peers may need a
-//! third that is gone) for jobs still running or whose submitter is away. Work per event is
+//! third that is gone) for jobs still running or whose submitter is not connected. Work per event is
 //! proportional to the frames that changed.
 
 use std::collections::HashMap;
@@ -62,12 +62,14 @@ impl Daemon {
 
     /// After news of `changed` frames: queue copies of results this peer should hold. News
     /// from a sync (`catch_up`) may be old: it counts only for jobs still running or whose
-    /// submitter is away, so a peer joining a mesh with a long history does not copy it all.
+    /// submitter is not connected (it would fetch them itself), so a peer joining a mesh
+    /// with a long history does not copy it all.
     pub(super) fn note_results(&mut self, changed: &[(JobId, u32)], catch_up: bool) {
         if self.cfg.replicas == 0 || changed.is_empty() {
             return;
         }
         let live = self.live_peers();
+        let connected = self.peers.connected();
         let view = self.view();
         // Per job, once: whether old news of it still calls for copies.
         let mut wanted_job: HashMap<JobId, bool> = HashMap::new();
@@ -82,7 +84,7 @@ impl Daemon {
             }
             let wanted = *wanted_job.entry(*job).or_insert_with(|| {
                 !catch_up
-                    || !live.contains(&submitter)
+                    || !connected.contains(&submitter)
                     || job_progress(entry, &view, &self.policy).state == JobState::Running
             });
             let Some(state) = entry.frames.get(frame).filter(|_| wanted) else {
