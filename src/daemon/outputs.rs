@@ -225,9 +225,8 @@ impl Daemon {
             return;
         };
         let lease_over = now.saturating_duration_since(since) >= self.cfg.lease;
-        let all_gone = state
-            .results()
-            .all(|d| !self.live_peers().contains(&d.peer));
+        let live = self.view().live_peers();
+        let all_gone = state.results().all(|d| !live.contains(&d.peer));
         if attempts < 3 || !(lease_over && all_gone || attempts >= LOST_AFTER_ATTEMPTS) {
             return;
         }

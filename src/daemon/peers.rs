@@ -75,6 +75,19 @@ impl LiveView<'_> {
         s.heard
             .is_some_and(|t| self.now.saturating_duration_since(t) <= self.lease)
     }
+
+    /// Peers whose latest heartbeat is fresh, renderers or not, and this one.
+    pub fn live_peers(&self) -> Vec<PeerId> {
+        let mut out: Vec<PeerId> = self
+            .table
+            .peers
+            .iter()
+            .filter(|(_, s)| self.fresh(s))
+            .map(|(p, _)| *p)
+            .collect();
+        out.push(self.me);
+        out
+    }
 }
 
 impl PeerView for LiveView<'_> {

@@ -43,23 +43,6 @@ pub(super) struct Queue {
 }
 
 impl Daemon {
-    /// Peers whose heartbeat is fresh, and this one.
-    pub(super) fn live_peers(&self) -> Vec<PeerId> {
-        let now = Instant::now();
-        let mut out: Vec<PeerId> = self
-            .peers
-            .peers
-            .iter()
-            .filter(|(_, s)| {
-                s.heard
-                    .is_some_and(|t| now.saturating_duration_since(t) <= self.cfg.lease)
-            })
-            .map(|(p, _)| *p)
-            .collect();
-        out.push(self.me);
-        out
-    }
-
     /// After news of `changed` frames: queue copies of results this peer should hold. News
     /// from a sync (`catch_up`) may be old: it counts only for jobs still running or whose
     /// submitter is not connected (it would fetch them itself), so a peer joining a mesh
@@ -68,9 +51,9 @@ impl Daemon {
         if self.cfg.replicas == 0 || changed.is_empty() {
             return;
         }
-        let live = self.live_peers();
-        let connected = self.peers.connected();
         let view = self.view();
+        let live = view.live_peers();
+        let connected = self.peers.connected();
         // Per job, once: whether old news of it still calls for copies.
         let mut wanted_job: HashMap<JobId, bool> = HashMap::new();
         let mut new = Vec::new();
