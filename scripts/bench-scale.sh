@@ -7,7 +7,9 @@
 #   - duplicate renders (results beyond one per frame),
 #   - the same job under a static up-front split (the seeds' way: FRAMES/PEERS frames to
 #     each peer, makespan = the slowest peer's share), computed from the same speeds,
-#   - daemon RSS (mean and max over the renderers) idle and under load.
+#   - daemon RSS (mean and max over the renderers) idle and under load,
+#   - gossip payload bytes per frame on the claims topic (published by all peers, and
+#     delivered to all peers), and heartbeat bytes per peer per second.
 #
 # Usage: scripts/bench-scale.sh [PEERS=32 FRAMES=400 BASE=4]
 # Environment: MESHD_BIN=PATH (else target/release/meshd is built), BENCH_KEEP=1 (keep logs).
@@ -90,6 +92,20 @@ done
 [ "$n" -ge "$PEERS" ] || { echo "only $n of $PEERS renderers visible to the submitter" >&2; exit 1; }
 read -r idle_mean idle_max < <(rss_stats)
 
+# Sum of one gossip counter over every daemon: gossip_sum TOPIC FIELD
+gossip_sum() {
+    local total=0 v
+    for name in submitter $(seq -f 'r%g' 0 $((PEERS - 1))); do
+        v=$(cli "$name" peers --json 2>/dev/null |
+            jq -r --arg t "$1" --arg f "$2" '[.gossip[] | select(.topic == $t) | .[$f]] | add // 0' 2>/dev/null || echo 0)
+        total=$((total + v))
+    done
+    echo "$total"
+}
+claims_pub0=$(gossip_sum claims published_bytes)
+claims_recv0=$(gossip_sum claims received_bytes)
+hb_pub0=$(gossip_sum peers published_bytes)
+
 t0=$(now)
 job=$(cli submitter submit "$work/scene.blend" "1-$FRAMES" --no-deps --out "$work/out" --json 2>/dev/null | jq -r .id)
 peak_mean=0 peak_max=0
@@ -122,4 +138,11 @@ printf 'duplicates:  %d of %d frames (%.2f%%, target <= 1%%)\n' "$dups" "$FRAMES
     "$(awk -v d="$dups" -v f="$FRAMES" 'BEGIN { print 100 * d / f }')"
 printf 'renderer RSS: idle mean %s MiB max %s MiB; under load mean %s MiB max %s MiB\n' \
     "$idle_mean" "$idle_max" "$peak_mean" "$peak_max"
-echo "gossip bytes per frame: not measured yet (no per-topic byte counters)"
+claims_pub=$(( $(gossip_sum claims published_bytes) - claims_pub0 ))
+claims_recv=$(( $(gossip_sum claims received_bytes) - claims_recv0 ))
+hb_pub=$(( $(gossip_sum peers published_bytes) - hb_pub0 ))
+printf 'gossip per frame (claims topic, payload): %.0f bytes published, %.0f bytes delivered over all %d peers\n' \
+    "$(awk -v a="$claims_pub" -v f="$FRAMES" 'BEGIN { print a / f }')" \
+    "$(awk -v a="$claims_recv" -v f="$FRAMES" 'BEGIN { print a / f }')" "$((PEERS + 1))"
+printf 'heartbeats: %.0f bytes per peer per second published during the job\n' \
+    "$(awk -v a="$hb_pub" -v n="$((PEERS + 1))" -v t="$makespan" 'BEGIN { print a / n / t }')"

@@ -5,6 +5,7 @@
 //! background tasks (fetches, renders, syncs) arrive as messages; the loop applies them to the
 //! ledger, persists what changed, and publishes deltas. Nothing in the loop waits on a peer.
 
+mod archive;
 mod cache;
 mod control;
 mod outputs;
@@ -14,6 +15,7 @@ mod replicas;
 mod settle;
 mod setup;
 mod sync;
+mod tail;
 mod views;
 
 use std::collections::{HashMap, HashSet};
@@ -82,7 +84,10 @@ pub enum ApiRequest {
         PathBuf,
         oneshot::Sender<Result<SubmitResponse, String>>,
     ),
-    Status(oneshot::Sender<StatusResponse>),
+    Status(
+        crate::api::types::StatusQuery,
+        oneshot::Sender<StatusResponse>,
+    ),
     Peers(oneshot::Sender<PeersResponse>),
     Invite(oneshot::Sender<Result<InviteResponse, String>>),
     Gc(oneshot::Sender<Result<crate::store::gc::GcReport, String>>),
@@ -246,6 +251,7 @@ pub async fn run(
     };
     d.load_local_jobs();
     d.settle = settle::Settled::of(&d.ledger);
+    d.archive_settled().await;
     let mut net_events = boot.events;
     if d.cfg.render {
         d.probing = true;
@@ -441,7 +447,9 @@ impl Daemon {
                 GossipMsg::Job(spec) => {
                     self.add_job(spec);
                 }
-                GossipMsg::Frames(updates) => {
+                GossipMsg::Frames(mut updates) => {
+                    // News of archived jobs is late: nobody needs it any more.
+                    updates.retain(|u| !self.ledger.is_retired(&u.job));
                     // A delta may only speak for its author: its claims, results and failures.
                     let submitter =
                         |u: &FrameUpdate| self.ledger.job(&u.job).map(|e| e.spec.submitter);
@@ -618,8 +626,8 @@ impl Daemon {
             ApiRequest::Submit(spec, out_dir, reply) => {
                 let _ = reply.send(self.submit(*spec, out_dir).await);
             }
-            ApiRequest::Status(reply) => {
-                let _ = reply.send(self.status_view());
+            ApiRequest::Status(q, reply) => {
+                let _ = reply.send(self.status_view(&q));
             }
             ApiRequest::Peers(reply) => {
                 let _ = reply.send(self.peers_view());

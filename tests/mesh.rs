@@ -87,23 +87,29 @@ fn three_daemons_render_a_job_together() {
 fn a_late_peer_catches_up_by_sync() {
     let root = tempfile::tempdir().unwrap();
     let scene = make_scene(root.path(), "late.blend", 3, 64, 48, 4);
-    let a = Daemon::start(root.path(), "a", None, &[]);
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
     let out = root.path().join("out");
     let id = submit(&a, &scene, "1-3", &out, &[]);
-    wait_until(
-        Duration::from_secs(120),
-        "the job to finish on a single peer",
-        || a.job(&id)["frames_written"] == 3,
-    );
-    // A peer that joins afterwards never saw the gossip; state sync brings the whole job.
+    // A renderer that joins afterwards never saw the job's gossip: sync brings it, and it
+    // renders the whole job.
     let b = Daemon::start(root.path(), "b", Some(&a.ticket()), &[]);
     wait_until(
-        Duration::from_secs(30),
-        "the late peer to learn the finished job",
-        || {
-            let j = b.job(&id);
-            j["state"] == "done" && j["frames_done"] == 3
-        },
+        Duration::from_secs(120),
+        "the late peer to learn the job and render it",
+        || a.job(&id)["frames_written"] == 3,
+    );
+    assert_frames(&out, &[1, 2, 3], (64, 48));
+    // Once written, the job is archived on both: a peer joining now is not sent it.
+    wait_until(Duration::from_secs(20), "b to archive the job", || {
+        b.job(&id)["archived"] == true
+    });
+    let c = Daemon::start(root.path(), "c", Some(&a.ticket()), &["--no-render"]);
+    wait_until(Duration::from_secs(30), "c to connect", || {
+        c.connected_peers().len() >= 2
+    });
+    assert!(
+        c.job(&id).is_null(),
+        "an archived job was sent to a new peer"
     );
 }
 

@@ -99,9 +99,13 @@ async fn ask<T>(
     })
 }
 
-async fn status(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> ApiResult<StatusResponse> {
+async fn status(
+    State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<types::StatusQuery>,
+) -> ApiResult<StatusResponse> {
     check_token(&ctx, &headers)?;
-    Ok(Json(ask(&ctx, ApiRequest::Status).await?))
+    Ok(Json(ask(&ctx, |reply| ApiRequest::Status(q, reply)).await?))
 }
 
 async fn peers(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> ApiResult<PeersResponse> {

@@ -26,6 +26,26 @@ pub enum ControlAction {
     Pause,
     Resume,
     Priority(i32),
+    /// `meshd rm`: forget the job on this daemon.
+    Remove,
+}
+
+/// `GET /v1/status` query: `?job=SEL&frames=all|active|none`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StatusQuery {
+    /// Only the jobs this selects: an id, its first characters, or a name.
+    pub job: Option<String>,
+    /// Which frames to list per job (default: all).
+    pub frames: Option<FramesQuery>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FramesQuery {
+    All,
+    /// Only the frames rendering now.
+    Active,
+    None,
 }
 
 /// `POST /v1/control` body.
@@ -161,6 +181,9 @@ pub struct JobView {
     pub require_blender: Option<String>,
     /// This peer's copy of the job's project.
     pub project: ProjectView,
+    /// Over and archived: only the counts are kept (`frames` is empty).
+    #[serde(default)]
+    pub archived: bool,
 }
 
 /// Where this peer's copy of a job's project stands.
@@ -197,6 +220,9 @@ pub struct FrameView {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PeersResponse {
     pub peers: Vec<PeerInfo>,
+    /// This daemon's gossip traffic since it started, per topic.
+    #[serde(default)]
+    pub gossip: Vec<crate::net::stats::TopicTraffic>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

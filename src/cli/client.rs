@@ -62,9 +62,19 @@ impl ApiClient {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.get_query(path, &[]).await
+    }
+
+    /// `GET path?k=v&…`, the values URL-encoded.
+    pub async fn get_query<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> anyhow::Result<T> {
         let resp = self
             .http
             .get(format!("{}{path}", self.base))
+            .query(query)
             .bearer_auth(&self.token)
             .send()
             .await

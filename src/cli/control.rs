@@ -1,4 +1,4 @@
-//! `meshd cancel|pause|resume|priority JOB`.
+//! `meshd cancel|pause|resume|priority|rm JOB`.
 
 use std::path::Path;
 
@@ -35,6 +35,7 @@ pub async fn run(data_dir: &Path, arg: JobArg, action: ControlAction) -> anyhow:
         ControlAction::Pause => "paused".to_string(),
         ControlAction::Resume => "resumed".to_string(),
         ControlAction::Priority(p) => format!("now at priority {p}"),
+        ControlAction::Remove => "forgotten here".to_string(),
     };
     println!("job {} ({}) {what}", r.name, &r.id[..12]);
     Ok(0)

@@ -75,6 +75,9 @@ pub enum Command {
         #[arg(allow_negative_numbers = true)]
         priority: i32,
     },
+    /// Forget a job that is over on this machine: its state and bookkeeping go, its files
+    /// with the next `meshd gc`. Written output files stay.
+    Rm(control::JobArg),
 }
 
 impl Cli {
@@ -102,5 +105,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Priority { job, priority } => {
             control::run(&data_dir, job, ControlAction::Priority(priority)).await
         }
+        Command::Rm(j) => control::run(&data_dir, j, ControlAction::Remove).await,
     }
 }

@@ -25,13 +25,12 @@ fn state_name(j: &JobView) -> String {
 
 pub async fn status(data_dir: &Path, job: Option<&str>, json: bool) -> anyhow::Result<i32> {
     let client = ApiClient::connect(data_dir)?;
-    let mut resp: StatusResponse = client.get("/v1/status").await?;
-    if let Some(sel) = job {
-        resp.jobs
-            .retain(|j| j.id.starts_with(&sel.to_ascii_lowercase()) || j.name == sel);
-        if resp.jobs.is_empty() {
-            bail!("no job matches '{sel}': run `meshd status` to list jobs");
-        }
+    let query: Vec<(&str, &str)> = job.map(|sel| ("job", sel)).into_iter().collect();
+    let resp: StatusResponse = client.get_query("/v1/status", &query).await?;
+    if let Some(sel) = job
+        && resp.jobs.is_empty()
+    {
+        bail!("no job matches '{sel}': run `meshd status` to list jobs");
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&resp)?);

@@ -307,7 +307,8 @@ pub(super) async fn wait(client: &ApiClient, job: &SubmitResponse) -> anyhow::Re
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     loop {
-        let status: StatusResponse = client.get("/v1/status").await?;
+        let query = [("job", job.id.as_str()), ("frames", "active")];
+        let status: StatusResponse = client.get_query("/v1/status", &query).await?;
         let Some(view) = status.jobs.iter().find(|j| j.id == job.id) else {
             bail!("the daemon no longer knows job {}", &job.id[..12]);
         };

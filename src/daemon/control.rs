@@ -34,6 +34,7 @@ impl Daemon {
                 if run != Some(RunState::Active) {
                     self.stop_renders_of(&job).await;
                 }
+                self.maybe_archive(&job).await;
             }
             Ok(false) => {}
             Err(e) => tracing::debug!("ignored job control: {e}"),
@@ -47,6 +48,15 @@ impl Daemon {
         action: ControlAction,
     ) -> Result<ControlResponse, String> {
         let id = self.find_job(sel)?;
+        if action == ControlAction::Remove {
+            return self.remove(&id);
+        }
+        if let Some(a) = self.ledger.archived(&id) {
+            return Err(format!(
+                "job {} is over and archived: nothing to change (`meshd rm` forgets it)",
+                a.spec.name
+            ));
+        }
         let Some(entry) = self.ledger.job(&id) else {
             return Err(format!("no job matches '{sel}'"));
         };
@@ -57,14 +67,15 @@ impl Daemon {
             ));
         }
         let (now, name) = (entry.control, entry.spec.name.clone());
-        if now.run == RunState::Cancelled {
-            return Err(format!("job {name} is cancelled; submit it again"));
+        if now.run.is_final() {
+            return Err(format!("job {name} is over; submit it again"));
         }
         let next = match action {
             ControlAction::Cancel => now.next(RunState::Cancelled, now.priority),
             ControlAction::Pause => now.next(RunState::Paused, now.priority),
             ControlAction::Resume => now.next(RunState::Active, now.priority),
             ControlAction::Priority(p) => now.next(now.run, p),
+            ControlAction::Remove => return self.remove(&id),
         };
         self.merge_control(id, next).await;
         let _ = self.store.flush();
@@ -80,10 +91,11 @@ impl Daemon {
     /// The one job `sel` names: an id, the first characters of one, or a name.
     pub(super) fn find_job(&self, sel: &str) -> Result<JobId, String> {
         let lower = sel.to_ascii_lowercase();
-        let matches: Vec<JobId> = self
-            .ledger
-            .jobs()
-            .filter(|(id, e)| id.to_hex().starts_with(&lower) || e.spec.name == sel)
+        let active = self.ledger.jobs().map(|(id, e)| (id, &e.spec));
+        let archived = self.ledger.archived_jobs().map(|(id, a)| (id, &a.spec));
+        let matches: Vec<JobId> = active
+            .chain(archived)
+            .filter(|(id, spec)| id.to_hex().starts_with(&lower) || spec.name == sel)
             .map(|(id, _)| *id)
             .collect();
         match matches.as_slice() {

@@ -156,6 +156,7 @@ impl Daemon {
             warn!("cannot record written frame: {e}");
         }
         self.written.entry(job).or_default().insert(frame, blob);
+        self.archive_if_delivered(&job).await;
     }
 
     /// Makes this daemon write job `id`'s frames into `out_dir` (created, and remembered).
@@ -180,6 +181,7 @@ impl Daemon {
         out_dir: PathBuf,
     ) -> Result<crate::api::types::SubmitResponse, String> {
         let id = self.find_job(sel)?;
+        self.unarchive(&id)?;
         let (name, frames_total) = self
             .ledger
             .job(&id)

@@ -107,6 +107,9 @@ struct Active {
     epoch: u32,
     abort: AbortHandle,
     progress: Option<FrameProgress>,
+    /// A backup of another peer's render (see [`crate::ledger::tail`]): no claim of ours.
+    backup: bool,
+    started: std::time::Instant,
 }
 
 struct Slot {
@@ -125,6 +128,8 @@ pub(super) struct ProgressMsg {
 
 pub(super) struct RenderState {
     slots: Vec<Slot>,
+    /// When a free slot last looked for a straggler to back up.
+    pub(super) backup_checked: Option<std::time::Instant>,
     /// The slots' specs (what the ledger's view asks about this peer).
     pub(super) specs: Vec<SlotSpec>,
     progress_tx: mpsc::UnboundedSender<ProgressMsg>,
@@ -138,6 +143,7 @@ impl RenderState {
         (
             RenderState {
                 slots: Vec::new(),
+                backup_checked: None,
                 specs: Vec::new(),
                 progress_tx,
                 progress_dirty: false,
@@ -169,6 +175,7 @@ impl RenderState {
                 frame: a.frame,
                 current: a.progress.as_ref().map_or(0, |p| p.current),
                 total: a.progress.as_ref().map_or(0, |p| p.total),
+                elapsed_ms: a.started.elapsed().as_millis() as u64,
             })
             .collect()
     }
@@ -191,6 +198,19 @@ impl RenderState {
                 .copied()
                 .chain(s.active.as_ref().map(|a| a.job))
         })
+    }
+
+    /// Kills every Blender of `job`, busy or warm, without a word to the mesh.
+    pub(super) fn drop_job(&mut self, job: &JobId) {
+        for s in &mut self.slots {
+            if s.active.as_ref().is_some_and(|a| a.job == *job)
+                && let Some(a) = s.active.take()
+            {
+                a.abort.abort();
+                self.progress_dirty = true;
+            }
+            s.idle.remove(job);
+        }
     }
 
     pub(super) fn stop(&mut self) {
@@ -422,15 +442,26 @@ impl Daemon {
                 window,
             )
         };
-        let Some(choice) = choice else { return };
-        let (job, frame, epoch) = (choice.job, choice.frame, choice.claim.epoch);
-        let update = FrameUpdate {
-            job,
-            frame,
-            state: FrameState::from_claim(choice.claim),
+        let (job, frame, epoch, backup) = match choice {
+            Some(choice) => {
+                let (job, frame, epoch) = (choice.job, choice.frame, choice.claim.epoch);
+                let update = FrameUpdate {
+                    job,
+                    frame,
+                    state: FrameState::from_claim(choice.claim),
+                };
+                self.merge_updates(std::slice::from_ref(&update));
+                self.publish(GossipMsg::Frames(vec![update])).await;
+                (job, frame, epoch, false)
+            }
+            None => match self.choose_backup_for(&spec) {
+                Some(b) => {
+                    info!(job = %b.job.short(), frame = b.frame, gain_ms = b.gain_ms as u64, "backing up a straggler");
+                    (b.job, b.frame, b.epoch, true)
+                }
+                None => return,
+            },
         };
-        self.merge_updates(std::slice::from_ref(&update));
-        self.publish(GossipMsg::Frames(vec![update])).await;
 
         let Some(entry) = self.ledger.job(&job) else {
             return;
@@ -492,6 +523,8 @@ impl Daemon {
             epoch,
             abort,
             progress: None,
+            backup,
+            started: std::time::Instant::now(),
         });
         self.render.progress_dirty = true;
     }
@@ -515,10 +548,14 @@ impl Daemon {
         if !is_current {
             return;
         }
-        s.active = None;
+        let backup = s.active.take().is_some_and(|a| a.backup);
         self.render.progress_dirty = true;
         match result {
             Ok(rf) => self.store_frame(job, frame, epoch, rf),
+            // A backup is best effort: the holder still renders the frame.
+            Err(e) if backup => {
+                warn!(job = %job.short(), frame, "backup render failed: {}", e.reason())
+            }
             Err(e) => {
                 let state = self.failure(job, frame, epoch, e.reason());
                 let update = FrameUpdate { job, frame, state };
@@ -689,14 +726,17 @@ impl Daemon {
             let Some(state) = self.ledger.frame(&active.job, active.frame) else {
                 continue;
             };
+            // A backup renders until the frame has a result; a claimed render also stops
+            // when its claim is lost.
             let still_ours = state.canonical().is_none()
-                && state.claim.as_ref().is_some_and(|c| {
-                    c.peer == self.me
-                        && c.incarnation == self.incarnation
-                        && c.epoch == active.epoch
-                });
+                && (active.backup
+                    || state.claim.as_ref().is_some_and(|c| {
+                        c.peer == self.me
+                            && c.incarnation == self.incarnation
+                            && c.epoch == active.epoch
+                    }));
             if !still_ours {
-                info!(job = %active.job.short(), frame = active.frame, "claim lost; stopping this frame");
+                info!(job = %active.job.short(), frame = active.frame, "claim lost or frame done elsewhere; stopping this frame");
                 if let Some(a) = slot.active.take() {
                     a.abort.abort();
                 }

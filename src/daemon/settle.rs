@@ -22,16 +22,22 @@ impl Settled {
     /// Counts every job once (at start).
     pub(super) fn of(ledger: &Ledger) -> Self {
         let mut s = Settled::default();
-        for (id, e) in ledger.jobs() {
-            let n = e
-                .frames
-                .values()
-                .filter(|f| f.canonical().is_some())
-                .count();
-            s.with_result.insert(*id, n);
-            s.recheck(ledger, id);
+        for (id, _) in ledger.jobs() {
+            s.count(ledger, id);
         }
         s
+    }
+
+    /// Counts one job from scratch (a job brought back from the archive).
+    pub(super) fn count(&mut self, ledger: &Ledger, id: &JobId) {
+        let n = ledger.job(id).map_or(0, |e| {
+            e.frames
+                .values()
+                .filter(|f| f.canonical().is_some())
+                .count()
+        });
+        self.with_result.insert(*id, n);
+        self.recheck(ledger, id);
     }
 
     /// A frame of `job` changed: it had a result before (`had`) and has one now (`has`).
@@ -48,6 +54,7 @@ impl Settled {
     pub(super) fn recheck(&mut self, ledger: &Ledger, job: &JobId) {
         let Some(e) = ledger.job(job) else {
             self.over.remove(job);
+            self.with_result.remove(job);
             return;
         };
         let done = self.with_result.get(job).copied().unwrap_or(0);
@@ -56,6 +63,11 @@ impl Settled {
         } else {
             self.over.remove(job);
         }
+    }
+
+    /// Frames of `job` with a result that counts.
+    pub(super) fn results(&self, job: &JobId) -> usize {
+        self.with_result.get(job).copied().unwrap_or(0)
     }
 
     pub(super) fn is_over(&self, job: &JobId) -> bool {

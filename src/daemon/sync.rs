@@ -7,7 +7,7 @@ use libp2p::PeerId;
 
 use super::{Daemon, TaskDone};
 use crate::ids::JobId;
-use crate::ledger::page::{Cursor, page};
+use crate::ledger::page::{Cursor, Theirs, page, theirs_of};
 use crate::net::{SyncRequest, SyncResponse};
 
 /// Bytes of frame states one sync answer carries at most (the codec allows 64 MiB).
@@ -15,17 +15,41 @@ const SYNC_PAGE_BYTES: usize = 4 << 20;
 
 impl Daemon {
     pub(super) fn sync_request(&self, cursor: Option<Cursor>) -> SyncRequest {
+        let mut digests = Vec::new();
+        let mut buckets = Vec::new();
+        for (id, t) in theirs_of(&self.ledger) {
+            digests.push((id, t.digest));
+            if let Some(b) = t.buckets {
+                buckets.push((id, b.into_iter().collect()));
+            }
+        }
         SyncRequest {
             version: crate::net::wire::WIRE_VERSION,
-            digests: self.ledger.digests(),
+            digests,
+            buckets,
             cursor,
         }
     }
 
-    /// What the requester lacks, judged by its per-job digests: one page of it, from the
-    /// request's cursor (see [`crate::ledger::page`]).
+    /// What the requester lacks, judged by its per-job (and per-bucket) digests: one page
+    /// of it, from the request's cursor (see [`crate::ledger::page`]).
     pub(super) fn sync_response(&self, req: &SyncRequest) -> SyncResponse {
-        let theirs: HashMap<JobId, [u8; 32]> = req.digests.iter().copied().collect();
+        let mut theirs: HashMap<JobId, Theirs> = req
+            .digests
+            .iter()
+            .map(|(id, digest)| {
+                let t = Theirs {
+                    digest: *digest,
+                    buckets: None,
+                };
+                (*id, t)
+            })
+            .collect();
+        for (id, b) in &req.buckets {
+            if let Some(t) = theirs.get_mut(id) {
+                t.buckets = Some(b.iter().copied().collect());
+            }
+        }
         let p = page(&self.ledger, &theirs, req.cursor, SYNC_PAGE_BYTES);
         SyncResponse {
             version: crate::net::wire::WIRE_VERSION,

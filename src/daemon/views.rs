@@ -6,7 +6,10 @@ use std::time::Instant;
 use libp2p::PeerId;
 
 use super::{Daemon, SceneState};
-use crate::api::types::{FrameView, JobView, PeerInfo, PeersResponse, ProjectView, StatusResponse};
+use crate::api::types::{
+    FrameView, FramesQuery, JobView, PeerInfo, PeersResponse, ProjectView, StatusQuery,
+    StatusResponse,
+};
 use crate::ids::JobId;
 use crate::ledger::{
     FrameStatus, JobSpec, JobState, fitting_renderers, frame_status, job_progress,
@@ -39,17 +42,82 @@ fn no_renderer_reason(spec: &JobSpec) -> String {
 }
 
 impl Daemon {
-    pub(super) fn status_view(&self) -> StatusResponse {
+    /// `GET /v1/status`: every job, or those `q.job` selects (an id prefix or a name). An
+    /// archived job is listed from its summary; when selected, its frames are read back
+    /// from disk. `q.frames` says which frames to list (all, those rendering, none).
+    pub(super) fn status_view(&self, q: &StatusQuery) -> StatusResponse {
         let view = self.view();
+        let lower = q.job.as_deref().map(str::to_ascii_lowercase);
+        let selected = |id: &JobId, spec: &JobSpec| match (&q.job, &lower) {
+            (Some(sel), Some(l)) => id.to_hex().starts_with(l.as_str()) || spec.name == *sel,
+            _ => true,
+        };
+        let want_frames = q.frames != Some(FramesQuery::None);
         let mut jobs = Vec::new();
         for (id, entry) in self.ledger.jobs() {
-            let progress = job_progress(entry, &view, &self.policy);
+            if selected(id, &entry.spec) {
+                let mut v = self.job_view(id, entry, &view, want_frames);
+                if q.frames == Some(FramesQuery::Active) {
+                    v.frames.retain(|f| f.state == "rendering");
+                }
+                jobs.push(v);
+            }
+        }
+        for (id, a) in self.ledger.archived_jobs() {
+            if !selected(id, &a.spec) {
+                continue;
+            }
+            let local = self.local_jobs.get(id);
+            let written = local.map(|_| self.written.get(id).map_or(0, |w| w.len()));
+            let mut v = super::archive::archived_view(id, a, written);
+            v.out_dir = local.map(|l| l.out_dir.clone());
+            v.project = self.project_view(id);
+            if q.job.is_some() && want_frames {
+                v.frames = self.archived_frames(id, a, &view);
+            }
+            jobs.push(v);
+        }
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.created_unix_ms));
+        StatusResponse { jobs }
+    }
+
+    /// The frames of an archived job, from its states on disk.
+    fn archived_frames(
+        &self,
+        id: &JobId,
+        a: &crate::ledger::ArchivedJob,
+        view: &super::peers::LiveView<'_>,
+    ) -> Vec<FrameView> {
+        let mut l = crate::ledger::Ledger::new();
+        let Ok((_, _)) = l.insert_job(a.spec.clone()) else {
+            return Vec::new();
+        };
+        for u in self.store.job_frames(id).unwrap_or_default() {
+            let _ = l.apply(&u);
+        }
+        l.job(id)
+            .map(|e| self.job_view(id, e, view, true).frames)
+            .unwrap_or_default()
+    }
+
+    fn job_view(
+        &self,
+        id: &JobId,
+        entry: &crate::ledger::JobEntry,
+        view: &super::peers::LiveView<'_>,
+        want_frames: bool,
+    ) -> JobView {
+        {
+            let progress = job_progress(entry, view, &self.policy);
             let mut frames = Vec::with_capacity(entry.spec.frames.len());
             let mut reasons = Vec::new();
             for frame in entry.spec.frames.iter() {
                 let state = entry.frames.get(&frame);
+                if !want_frames && !matches!(progress.state, JobState::Failed) {
+                    break;
+                }
                 let status = state
-                    .map(|s| frame_status(s, &view, &self.policy))
+                    .map(|s| frame_status(s, view, &self.policy))
                     .unwrap_or(FrameStatus::Pending);
                 let failures: Vec<String> = state
                     .map(|s| {
@@ -90,6 +158,9 @@ impl Daemon {
                     failures,
                 });
             }
+            if !want_frames {
+                frames.clear();
+            }
             let local = self.local_jobs.get(id);
             let frames_written = local.map(|_| {
                 // A frame is written once, from whichever result could be fetched first.
@@ -97,7 +168,7 @@ impl Daemon {
                     w.keys().filter(|f| entry.spec.frames.contains(**f)).count()
                 })
             });
-            jobs.push(JobView {
+            JobView {
                 id: id.to_hex(),
                 name: entry.spec.name.clone(),
                 state: progress.state,
@@ -121,16 +192,15 @@ impl Daemon {
                 waiting: (progress.state == JobState::Running
                     && progress.in_flight == 0
                     && progress.pending > 0
-                    && fitting_renderers(entry, &view).is_empty())
+                    && fitting_renderers(entry, view).is_empty())
                 .then(|| no_renderer_reason(&entry.spec)),
                 frames,
                 blender_version: entry.spec.blender_version.clone(),
                 require_blender: entry.spec.require_blender.clone(),
                 project: self.project_view(id),
-            });
+                archived: false,
+            }
         }
-        jobs.sort_by_key(|j| std::cmp::Reverse(j.created_unix_ms));
-        StatusResponse { jobs }
     }
 
     fn project_view(&self, job: &JobId) -> ProjectView {
@@ -163,6 +233,11 @@ impl Daemon {
                 if let Some(d) = state.canonical() {
                     *rendered.entry(d.peer).or_default() += 1;
                 }
+            }
+        }
+        for (_, a) in self.ledger.archived_jobs() {
+            for (p, n) in &a.rendered_by {
+                *rendered.entry(*p).or_default() += *n as usize;
             }
         }
         let now = Instant::now();
@@ -205,7 +280,10 @@ impl Daemon {
                 devices: hb.map(|h| h.devices.clone()).unwrap_or_default(),
             });
         }
-        PeersResponse { peers }
+        PeersResponse {
+            peers,
+            gossip: self.net.gossip_traffic(),
+        }
     }
 
     /// Samples done/total of a frame in flight on `peer`, from our own slots or its heartbeat.

@@ -19,6 +19,16 @@ pub enum RunState {
     Active,
     Paused,
     Cancelled,
+    /// The submitter has written every frame: peers may archive the job (see
+    /// [`super::archive`]). Final, like `Cancelled`.
+    Archived,
+}
+
+impl RunState {
+    /// Whether the job is over for good: no change follows.
+    pub fn is_final(self) -> bool {
+        matches!(self, RunState::Cancelled | RunState::Archived)
+    }
 }
 
 /// The control register of one job.
@@ -70,9 +80,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb() -> impl Strategy<Value = JobControl> {
-        (0u64..4, 0u8..3, -2i32..3).prop_map(|(seq, r, priority)| JobControl {
+        (0u64..4, 0u8..4, -2i32..3).prop_map(|(seq, r, priority)| JobControl {
             seq,
-            run: [RunState::Active, RunState::Paused, RunState::Cancelled][r as usize],
+            run: [
+                RunState::Active,
+                RunState::Paused,
+                RunState::Cancelled,
+                RunState::Archived,
+            ][r as usize],
             priority,
         })
     }

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
+use super::sorted::SortedSet;
 use crate::ids::{BlobId, JobId};
 
 /// Longest failure reason accepted, in bytes.
@@ -109,17 +110,17 @@ pub struct FrameState {
     /// The winning claim seen so far.
     pub claim: Option<Claim>,
     /// Finished renders; the least is canonical.
-    pub done: BTreeSet<Done>,
+    pub done: SortedSet<Done>,
     /// Failed attempts.
-    pub failures: BTreeSet<Failure>,
+    pub failures: SortedSet<Failure>,
     /// Results declared lost: they no longer count.
-    pub lost: BTreeSet<Lost>,
+    pub lost: SortedSet<Lost>,
 }
 
 /// Inserts the elements of `from` missing from `into`, then keeps the `cap` least.
 /// Returns whether `into` changed. Keeping the least `cap` elements of a union is itself
 /// a join, so the result does not depend on merge order.
-fn union_capped<T: Ord + Clone>(into: &mut BTreeSet<T>, from: &BTreeSet<T>, cap: usize) -> bool {
+fn union_capped<T: Ord + Clone>(into: &mut SortedSet<T>, from: &SortedSet<T>, cap: usize) -> bool {
     let mut changed = false;
     for x in from {
         if into.len() >= cap && into.last().is_some_and(|max| x > max) {
@@ -160,7 +161,7 @@ impl FrameState {
     /// A delta holding only a result.
     pub fn from_done(done: Done) -> Self {
         FrameState {
-            done: BTreeSet::from([done]),
+            done: SortedSet::from([done]),
             ..Default::default()
         }
     }
@@ -168,7 +169,7 @@ impl FrameState {
     /// A delta holding only a failure.
     pub fn from_failure(failure: Failure) -> Self {
         FrameState {
-            failures: BTreeSet::from([failure]),
+            failures: SortedSet::from([failure]),
             ..Default::default()
         }
     }
@@ -197,7 +198,7 @@ impl FrameState {
     /// A delta declaring a result lost.
     pub fn from_lost(lost: Lost) -> Self {
         FrameState {
-            lost: BTreeSet::from([lost]),
+            lost: SortedSet::from([lost]),
             ..Default::default()
         }
     }
@@ -367,9 +368,9 @@ pub(crate) mod tests {
         )
             .prop_map(|(claim, done, failures, lost)| FrameState {
                 claim,
-                done,
-                failures,
-                lost,
+                done: done.into_iter().collect(),
+                failures: failures.into_iter().collect(),
+                lost: lost.into_iter().collect(),
             })
     }
 
@@ -409,7 +410,7 @@ pub(crate) mod tests {
         #[test]
         fn canonical_is_least_done_not_lost(a in arb_state(), b in arb_state()) {
             let ab = join(&a, &b);
-            let lost: BTreeSet<Lost> = a.lost.union(&b.lost).cloned().collect();
+            let lost: BTreeSet<Lost> = a.lost.iter().chain(&b.lost).cloned().collect();
             let counting: BTreeSet<&Done> = a.done.iter().chain(&b.done)
                 .filter(|d| lost.len() < MAX_LOST && !lost.contains(&Lost::of(d))).collect();
             prop_assert_eq!(ab.canonical(), counting.first().copied());

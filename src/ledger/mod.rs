@@ -22,14 +22,19 @@
 //!
 //! Nothing here performs I/O or reads a clock.
 
+pub mod archive;
 pub mod control;
+pub mod digest;
 pub mod frame;
 pub mod frameset;
 pub mod job;
 pub mod page;
 pub mod policy;
+pub mod sorted;
 pub mod state;
+pub mod tail;
 
+pub use archive::{ArchivedJob, archivable};
 pub use control::{JobControl, RunState};
 pub use frame::{Claim, Done, Failure, FrameState, Lost};
 pub use frameset::{FrameSet, FrameSetError, MAX_FRAME, MAX_FRAMES_PER_JOB};

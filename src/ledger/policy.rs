@@ -209,7 +209,7 @@ pub struct ClaimChoice {
 }
 
 /// Mean render time (ms) of each peer's results that count in this job.
-fn mean_render_ms(entry: &JobEntry) -> BTreeMap<PeerId, f64> {
+pub fn mean_render_ms(entry: &JobEntry) -> BTreeMap<PeerId, f64> {
     let mut sums: BTreeMap<PeerId, (u64, u64)> = BTreeMap::new();
     for state in entry.frames.values() {
         for d in state.results() {

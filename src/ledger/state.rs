@@ -1,10 +1,12 @@
 //! The ledger: every known job and the CRDT state of each of its frames.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::archive::ArchivedJob;
 use super::control::JobControl;
+use super::digest::{DigestCache, JobDigest};
 use super::frame::FrameState;
 use super::job::JobSpec;
 use crate::ids::JobId;
@@ -52,9 +54,22 @@ pub enum LedgerError {
 
 /// All known jobs and their frame states. Two ledgers that were given the same jobs and the
 /// same updates, in any order and with any repeats, are equal.
-#[derive(Default, Clone, Debug, PartialEq)]
+#[derive(Default, Clone, Debug)]
 pub struct Ledger {
-    jobs: BTreeMap<JobId, JobEntry>,
+    pub(super) jobs: BTreeMap<JobId, JobEntry>,
+    /// Jobs over and done with (see [`super::archive`]).
+    pub(super) archived: BTreeMap<JobId, ArchivedJob>,
+    /// Jobs forgotten with `meshd rm`.
+    pub(super) forgotten: BTreeSet<JobId>,
+    pub(super) digests: DigestCache,
+}
+
+impl PartialEq for Ledger {
+    fn eq(&self, other: &Self) -> bool {
+        self.jobs == other.jobs
+            && self.archived == other.archived
+            && self.forgotten == other.forgotten
+    }
 }
 
 impl Ledger {
@@ -66,7 +81,7 @@ impl Ledger {
     pub fn insert_job(&mut self, spec: JobSpec) -> Result<(JobId, bool), LedgerError> {
         spec.validate().map_err(LedgerError::InvalidJob)?;
         let id = spec.id();
-        if self.jobs.contains_key(&id) {
+        if self.jobs.contains_key(&id) || self.is_retired(&id) {
             return Ok((id, false));
         }
         self.jobs.insert(
@@ -92,9 +107,20 @@ impl Ledger {
 
     /// Joins `u.state` into the frame's state. The state must pass
     /// [`FrameState::validate`] and the frame must belong to a known job. Returns whether
-    /// the ledger changed.
+    /// the ledger changed (never, for an archived or forgotten job).
     pub fn apply(&mut self, u: &FrameUpdate) -> Result<bool, LedgerError> {
         u.state.validate().map_err(LedgerError::InvalidState)?;
+        if self.is_retired(&u.job) {
+            return Ok(false);
+        }
+        let changed = self.apply_valid(u)?;
+        if changed {
+            self.digests.frame_changed(&u.job, u.frame);
+        }
+        Ok(changed)
+    }
+
+    fn apply_valid(&mut self, u: &FrameUpdate) -> Result<bool, LedgerError> {
         let entry = self
             .jobs
             .get_mut(&u.job)
@@ -116,10 +142,18 @@ impl Ledger {
         Ok(true)
     }
 
-    /// Joins a control change into job `id`. Returns whether it changed.
+    /// Joins a control change into job `id`. Returns whether it changed (never, for an
+    /// archived or forgotten job).
     pub fn apply_control(&mut self, id: &JobId, control: &JobControl) -> Result<bool, LedgerError> {
+        if self.is_retired(id) {
+            return Ok(false);
+        }
         let entry = self.jobs.get_mut(id).ok_or(LedgerError::UnknownJob(*id))?;
-        Ok(entry.control.merge(control))
+        let changed = entry.control.merge(control);
+        if changed {
+            self.digests.control_changed(id);
+        }
+        Ok(changed)
     }
 
     pub fn job(&self, id: &JobId) -> Option<&JobEntry> {
@@ -136,24 +170,21 @@ impl Ledger {
         self.jobs.get(id)?.frames.get(&frame)
     }
 
-    /// A digest of the job's state: blake3 over its control (once changed) and the postcard
-    /// encoding of each `(frame, state)` with a non-empty state, in frame order. Two ledgers give the same
-    /// digest for a job iff they hold the same states for its frames. `None` for an
-    /// unknown job.
+    /// A digest of the job's state (see [`super::digest`]): two ledgers give the same
+    /// digest for a job iff they hold the same states for its frames and the same control.
+    /// `None` for a job not active here.
     pub fn job_digest(&self, id: &JobId) -> Option<[u8; 32]> {
-        let entry = self.jobs.get(id)?;
-        let mut h = blake3::Hasher::new();
-        if entry.control.seq > 0 {
-            h.update(&postcard::to_stdvec(&entry.control).unwrap_or_default());
-        }
-        for (frame, state) in entry.frames.iter().filter(|(_, s)| !s.is_empty()) {
-            // Encoding plain data into a Vec cannot fail; each encoding is self-delimiting.
-            h.update(&postcard::to_stdvec(&(frame, state)).unwrap_or_default());
-        }
-        Some(*h.finalize().as_bytes())
+        self.job_digests(id, false).map(|d| d.whole)
     }
 
-    /// The digest of every job, by id.
+    /// The job's digest and, if `buckets`, its bucket digests. Costs work in proportion to
+    /// what changed since the last call.
+    pub fn job_digests(&self, id: &JobId, buckets: bool) -> Option<JobDigest> {
+        let entry = self.jobs.get(id)?;
+        Some(self.digests.get(id, entry, buckets))
+    }
+
+    /// The digest of every active job, by id.
     pub fn digests(&self) -> Vec<(JobId, [u8; 32])> {
         self.jobs
             .keys()
@@ -179,8 +210,9 @@ impl Ledger {
             .collect()
     }
 
-    /// Forgets a job and its frame states. Returns whether it was known.
+    /// Drops a job and its frame states (it may be added again). Returns whether it was known.
     pub fn remove_job(&mut self, id: &JobId) -> bool {
+        self.digests.remove(id);
         self.jobs.remove(id).is_some()
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod node;
+pub mod stats;
 pub mod swarm;
 pub mod ticket;
 pub mod wire;

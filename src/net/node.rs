@@ -88,11 +88,17 @@ enum Command {
 pub struct Client {
     tx: mpsc::Sender<Command>,
     local_peer_id: PeerId,
+    stats: Arc<super::stats::GossipStats>,
 }
 
 impl Client {
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
+    }
+
+    /// Gossip traffic so far, per topic.
+    pub fn gossip_traffic(&self) -> Vec<super::stats::TopicTraffic> {
+        self.stats.snapshot()
     }
 
     async fn send(&self, cmd: Command) -> Result<(), NetError> {
@@ -150,6 +156,7 @@ struct EventLoop {
     queued: VecDeque<GossipMsg>,
     listen_addrs: Vec<Multiaddr>,
     topics: HashMap<TopicHash, Topic>,
+    stats: Arc<super::stats::GossipStats>,
 }
 
 /// Starts listening and spawns the event loop. Returns the client and the event stream.
@@ -185,6 +192,7 @@ pub fn spawn(
     let local_peer_id = *swarm.local_peer_id();
     let (tx, commands) = mpsc::channel(256);
     let (events_tx, events) = mpsc::channel(4096);
+    let stats = Arc::new(super::stats::GossipStats::default());
     let event_loop = EventLoop {
         swarm,
         mesh_id,
@@ -197,9 +205,15 @@ pub fn spawn(
         queued: VecDeque::new(),
         listen_addrs: Vec::new(),
         topics,
+        stats: stats.clone(),
     };
     let handle = tokio::spawn(event_loop.run(cancel));
-    Ok((Client { tx, local_peer_id }, events, handle))
+    let client = Client {
+        tx,
+        local_peer_id,
+        stats,
+    };
+    Ok((client, events, handle))
 }
 
 impl EventLoop {
@@ -274,8 +288,10 @@ impl EventLoop {
     fn publish(&mut self, msg: GossipMsg) {
         let topic = IdentTopic::new(msg.topic().name(&self.mesh_id));
         let bytes = msg.clone().encode();
+        let len = bytes.len();
         match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
-            Ok(_) | Err(PublishError::Duplicate) => {}
+            Ok(_) => self.stats.published(msg.topic(), len),
+            Err(PublishError::Duplicate) => {}
             Err(e @ (PublishError::NoPeersSubscribedToTopic | PublishError::AllQueuesFull(_))) => {
                 debug!(topic = ?msg.topic(), "publish deferred: {e}");
                 if self.queued.len() >= MAX_QUEUED_PUBLISHES {
@@ -398,6 +414,7 @@ impl EventLoop {
                 });
                 match decoded {
                     Ok(msg) => {
+                        self.stats.received(msg.topic(), message.data.len());
                         gs.report_message_validation_result(
                             &message_id,
                             &propagation_source,

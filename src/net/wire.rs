@@ -13,7 +13,7 @@ use crate::ledger::{FrameUpdate, JobSpec};
 use crate::render::DeviceInfo;
 
 /// Version of the gossip envelope and the request/response bodies.
-pub const WIRE_VERSION: u16 = 3;
+pub const WIRE_VERSION: u16 = 4;
 
 /// Most projects one heartbeat announces.
 pub const MAX_HAVE_PROJECTS: usize = 64;
@@ -151,6 +151,8 @@ pub struct InFlight {
     /// 0/0 while Blender prepares the scene.
     pub current: u32,
     pub total: u32,
+    /// Milliseconds since this render started, when the heartbeat was sent.
+    pub elapsed_ms: u64,
 }
 
 impl Heartbeat {
@@ -170,11 +172,17 @@ impl Heartbeat {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SyncRequest {
     pub version: u16,
-    /// Per job, the digest of the requester's frame states.
+    /// Per active job, the digest of the requester's frame states.
     pub digests: Vec<(JobId, [u8; 32])>,
+    /// Per job of more than one bucket of frames, the digest of each non-empty bucket
+    /// (`ledger::digest`): the responder sends only the buckets that differ.
+    pub buckets: Vec<(JobId, BucketDigests)>,
     /// Continue a paged answer from here (the `next` of the previous one).
     pub cursor: Option<(JobId, u32)>,
 }
+
+/// A job's bucket digests: `(bucket, digest)` for each non-empty bucket.
+pub type BucketDigests = Vec<(u32, [u8; 32])>;
 
 /// `/meshd/sync/1` response.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -182,9 +190,11 @@ pub struct SyncResponse {
     pub version: u16,
     /// Jobs the requester did not list.
     pub jobs: Vec<JobSpec>,
-    /// Every non-empty frame state of each job whose digest differs (or was missing).
+    /// The non-empty frame states of each job whose digest differs (or was missing): of
+    /// the buckets that differ, when the requester sent bucket digests.
     pub updates: Vec<FrameUpdate>,
-    /// The control of each such job that its submitter changed.
+    /// The control of each such job that its submitter changed, and of each job the
+    /// requester listed that the responder has archived.
     pub controls: Vec<(JobId, JobControl)>,
     /// More to come: ask again with this cursor.
     pub next: Option<(JobId, u32)>,
@@ -247,6 +257,7 @@ mod tests {
                 frame: 3,
                 current: 1,
                 total: 4,
+                elapsed_ms: 1500,
             }],
             addrs: vec!["/ip4/127.0.0.1/tcp/4747".into()],
             projects: vec![HaveProject {

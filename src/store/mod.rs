@@ -11,6 +11,9 @@
 //! - `manifests`: BlobId → manifest bytes; `chunks`: ChunkId → [`blobs::ChunkLoc`]
 //! - `controls`: JobId → postcard `JobControl` (jobs paused, cancelled or re-prioritised)
 //! - `compact`: BlobId → last use (u64 BE seconds) of blobs kept as chunks only ([`dedup`])
+//! - `archive`: JobId → postcard [`ArchivedJob`] (jobs archived here; their frame states stay
+//!   in `frames` but are not loaded)
+//! - `forgotten`: JobId → empty (jobs removed with `meshd rm`)
 
 pub mod blobs;
 pub mod dedup;
@@ -24,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::ids::{BlobId, JobId};
-use crate::ledger::{FrameState, FrameUpdate, JobSpec, Ledger};
+use crate::ledger::{ArchivedJob, FrameState, FrameUpdate, JobSpec, Ledger};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -58,6 +61,8 @@ pub struct Store {
     pub(crate) chunks: sled::Tree,
     compact: sled::Tree,
     controls: sled::Tree,
+    archive: sled::Tree,
+    forgotten: sled::Tree,
     blob_dir: PathBuf,
 }
 
@@ -76,8 +81,8 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
 #[derive(Deserialize)]
 struct FrameStateV2 {
     claim: Option<crate::ledger::Claim>,
-    done: std::collections::BTreeSet<crate::ledger::Done>,
-    failures: std::collections::BTreeSet<crate::ledger::Failure>,
+    done: crate::ledger::sorted::SortedSet<crate::ledger::Done>,
+    failures: crate::ledger::sorted::SortedSet<crate::ledger::Failure>,
 }
 
 /// Decodes a stored frame state, also in the shape older versions wrote.
@@ -114,6 +119,8 @@ impl Store {
             chunks: db.open_tree("chunks")?,
             compact: db.open_tree("compact")?,
             controls: db.open_tree("controls")?,
+            archive: db.open_tree("archive")?,
+            forgotten: db.open_tree("forgotten")?,
             db,
             blob_dir,
         })
@@ -157,9 +164,24 @@ impl Store {
         Ok(())
     }
 
-    /// Rebuilds the ledger from disk. Entries that no longer decode are skipped with a warning.
+    /// Rebuilds the ledger from disk: active jobs with their frame states, archived jobs as
+    /// summaries, forgotten jobs as ids. Entries that no longer decode are skipped with a
+    /// warning. Reads frame states of active jobs only.
     pub fn load_ledger(&self) -> Result<Ledger, StoreError> {
         let mut ledger = Ledger::new();
+        for item in self.forgotten.iter() {
+            let (k, _) = item?;
+            if let Ok(id) = <[u8; 32]>::try_from(&k[..]) {
+                ledger.forget(&JobId(id));
+            }
+        }
+        for item in self.archive.iter() {
+            let (_, v) = item?;
+            match decode::<ArchivedJob>("archived job", &v) {
+                Ok(a) => ledger.restore_archived(a),
+                Err(e) => warn!("skipping a stored archived job: {e}"),
+            }
+        }
         for item in self.jobs.iter() {
             let (_, v) = item?;
             match decode::<JobSpec>("job", &v).map(|s| ledger.insert_job(s)) {
@@ -179,31 +201,65 @@ impl Store {
             };
             let _ = ledger.apply_control(&JobId(id), &control);
         }
-        for item in self.frames.iter() {
+        let active: Vec<JobId> = ledger.jobs().map(|(id, _)| *id).collect();
+        for id in active {
+            for update in self.job_frames(&id)? {
+                if let Err(e) = ledger.apply(&update) {
+                    warn!("skipping stored frame: {e}");
+                }
+            }
+        }
+        Ok(ledger)
+    }
+
+    /// The stored frame states of one job.
+    pub fn job_frames(&self, job: &JobId) -> Result<Vec<FrameUpdate>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.frames.scan_prefix(job.0) {
             let (k, v) = item?;
             if k.len() != 36 {
                 continue;
             }
-            let mut job = [0u8; 32];
-            job.copy_from_slice(&k[..32]);
             let frame = u32::from_be_bytes([k[32], k[33], k[34], k[35]]);
-            let state: FrameState = match decode_frame(&v) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!("skipping stored frame: {e}");
-                    continue;
-                }
-            };
-            let update = FrameUpdate {
-                job: JobId(job),
-                frame,
-                state,
-            };
-            if let Err(e) = ledger.apply(&update) {
-                warn!("skipping stored frame: {e}");
+            match decode_frame(&v) {
+                Ok(state) => out.push(FrameUpdate {
+                    job: *job,
+                    frame,
+                    state,
+                }),
+                Err(e) => warn!("skipping stored frame: {e}"),
             }
         }
-        Ok(ledger)
+        Ok(out)
+    }
+
+    /// Records that job `id` is archived here (its frame states stay on disk).
+    pub fn put_archived(&self, id: &JobId, job: &ArchivedJob) -> Result<(), StoreError> {
+        let bytes = postcard::to_stdvec(job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.archive.insert(id.0, bytes)?;
+        Ok(())
+    }
+
+    /// Job `id` is active here again.
+    pub fn unarchive(&self, id: &JobId) -> Result<(), StoreError> {
+        self.archive.remove(id.0)?;
+        Ok(())
+    }
+
+    /// `meshd rm`: drops everything stored about job `id` but its id, kept so that it is
+    /// never added again.
+    pub fn forget_job(&self, id: &JobId) -> Result<(), StoreError> {
+        self.forgotten.insert(id.0, &[])?;
+        for tree in [&self.jobs, &self.controls, &self.archive, &self.local] {
+            tree.remove(id.0)?;
+        }
+        for tree in [&self.frames, &self.written] {
+            for item in tree.scan_prefix(id.0) {
+                let (k, _) = item?;
+                tree.remove(k)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn put_local_job(&self, job: &JobId, local: &LocalJob) -> Result<(), StoreError> {
@@ -315,8 +371,8 @@ mod tests {
         #[derive(Serialize)]
         struct V2<'a> {
             claim: &'a Option<Claim>,
-            done: &'a std::collections::BTreeSet<Done>,
-            failures: &'a std::collections::BTreeSet<crate::ledger::Failure>,
+            done: &'a crate::ledger::sorted::SortedSet<Done>,
+            failures: &'a crate::ledger::sorted::SortedSet<crate::ledger::Failure>,
         }
         let peer = libp2p::identity::Keypair::generate_ed25519()
             .public()

@@ -268,8 +268,13 @@ impl Daemon {
         self.cli_json(&["status", "--json"])
     }
 
+    /// The job's status (with its frames, also once archived), or `Null` if unknown here.
     pub fn job(&self, id: &str) -> Value {
-        let s = self.status();
+        let out = self.cli(&["status", id, "--json"]);
+        if !out.status.success() {
+            return Value::Null;
+        }
+        let s: Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
         s["jobs"]
             .as_array()
             .unwrap()
@@ -281,6 +286,26 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log without terminal colours: `key=value` fields read as written.
+    pub fn plain_log(&self) -> String {
+        let log = self.log();
+        let mut out = String::with_capacity(log.len());
+        let mut chars = log.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // Skip an escape sequence: ESC [ … final letter.
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     pub fn kill(&mut self) {

@@ -1,0 +1,174 @@
+//! Archiving jobs that are over, and `meshd rm`.
+//!
+//! The submitter archives a job mesh-wide once every frame is written to its output dir:
+//! it sets the job's control to [`RunState::Archived`]. Every peer then moves the job out
+//! of memory ([`crate::ledger::archive`]) unless it is still writing the job's frames itself
+//! (`meshd fetch`); cancelled jobs go at once. An archived job costs nothing per tick, is
+//! left out of sync, and its results are no longer protected from cache collection here.
+//! Its frame states stay on disk, so `meshd fetch` can bring it back.
+
+use tracing::{info, warn};
+
+use super::Daemon;
+use crate::api::types::{ControlResponse, JobView, ProjectView};
+use crate::ids::JobId;
+use crate::ledger::{ArchivedJob, JobState, RunState, archivable};
+use crate::net::GossipMsg;
+
+impl Daemon {
+    /// Whether this peer writes job `id`'s frames and fewer than `want` are written yet.
+    fn writing_here(&self, id: &JobId, want: usize) -> bool {
+        self.local_jobs.contains_key(id) && self.written.get(id).map_or(0, |w| w.len()) < want
+    }
+
+    /// Archives job `id` here if its control allows (see [`archivable`]). Frames to write
+    /// here hold it back: every frame of an archived job, every result of a cancelled one.
+    pub(super) async fn maybe_archive(&mut self, id: &JobId) {
+        let Some(entry) = self.ledger.job(id) else {
+            return;
+        };
+        let want = match entry.control.run {
+            RunState::Cancelled => self.settle.results(id),
+            _ => entry.spec.frames.len(),
+        };
+        if !archivable(&entry.control, self.writing_here(id, want)) {
+            return;
+        }
+        self.stop_renders_of(id).await;
+        // Its project stays listed until the next collection removes its files.
+        self.write_retry.retain(|(j, _), _| j != id);
+        let Some(summary) = self.ledger.archive(id) else {
+            return;
+        };
+        info!(job = %id.short(), done = summary.done, "job archived");
+        if let Err(e) = self.store.put_archived(id, summary) {
+            warn!("cannot persist the archived job: {e}");
+        }
+        self.settle.recheck(&self.ledger, id);
+    }
+
+    /// Archives, at start, the jobs whose control says so.
+    pub(super) async fn archive_settled(&mut self) {
+        let ids: Vec<JobId> = self
+            .ledger
+            .jobs()
+            .filter(|(_, e)| e.control.run.is_final())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.maybe_archive(&id).await;
+        }
+    }
+
+    /// A frame of `id` was written here. On the submitter, once every frame is: archive it
+    /// mesh-wide. Elsewhere (`meshd fetch`), or for a cancelled job: archive it here once
+    /// nothing is left to write.
+    pub(super) async fn archive_if_delivered(&mut self, id: &JobId) {
+        let Some(entry) = self.ledger.job(id) else {
+            return;
+        };
+        if entry.spec.submitter == self.me
+            && !entry.control.run.is_final()
+            && !self.writing_here(id, entry.spec.frames.len())
+        {
+            let next = entry
+                .control
+                .next(RunState::Archived, entry.control.priority);
+            self.merge_control(*id, next).await;
+            let _ = self.store.flush();
+            self.publish(GossipMsg::Control(*id, next)).await;
+        } else {
+            self.maybe_archive(id).await;
+        }
+    }
+
+    /// `meshd rm`: forgets a job here for good (its frame states, its output bookkeeping;
+    /// its blobs go with the next collection). A running job must be cancelled first.
+    pub(super) fn remove(&mut self, id: &JobId) -> Result<ControlResponse, String> {
+        let (name, control) = match (self.ledger.job(id), self.ledger.archived(id)) {
+            (_, Some(a)) => (a.spec.name.clone(), a.control),
+            (Some(e), None) => {
+                let over = self.settle.is_over(id)
+                    || crate::ledger::job_progress(e, &self.view(), &self.policy).state
+                        == JobState::Failed;
+                if !over {
+                    return Err(format!(
+                        "job {} is still running: `meshd cancel` it first",
+                        e.spec.name
+                    ));
+                }
+                (e.spec.name.clone(), e.control)
+            }
+            (None, None) => return Err("no such job".into()),
+        };
+        self.render.drop_job(id);
+        self.scenes.remove(id);
+        self.write_retry.retain(|(j, _), _| j != id);
+        self.local_jobs.remove(id);
+        self.written.remove(id);
+        self.ledger.forget(id);
+        self.settle.recheck(&self.ledger, id);
+        self.store.forget_job(id).map_err(|e| e.to_string())?;
+        let _ = self.store.flush();
+        info!(job = %id.short(), "job removed");
+        Ok(ControlResponse {
+            id: id.to_hex(),
+            name,
+            run: control.run,
+            priority: control.priority,
+        })
+    }
+
+    /// `meshd fetch` of an archived job: its frame states come back from disk, and it stays
+    /// here until its frames are written.
+    pub(super) fn unarchive(&mut self, id: &JobId) -> Result<(), String> {
+        let Some(a) = self.ledger.archived(id).cloned() else {
+            return Ok(());
+        };
+        if !a.complete() {
+            return Err(format!(
+                "job {} was cancelled before it finished: nothing to fetch",
+                a.spec.name
+            ));
+        }
+        let updates = self.store.job_frames(id).map_err(|e| e.to_string())?;
+        self.ledger.unarchive(id, &updates);
+        self.store.unarchive(id).map_err(|e| e.to_string())?;
+        self.settle.count(&self.ledger, id);
+        info!(job = %id.short(), "archived job brought back to fetch its frames");
+        Ok(())
+    }
+}
+
+/// How `meshd status` shows an archived job.
+pub(super) fn archived_view(id: &JobId, a: &ArchivedJob, written: Option<usize>) -> JobView {
+    JobView {
+        id: id.to_hex(),
+        name: a.spec.name.clone(),
+        state: if a.complete() {
+            JobState::Done
+        } else {
+            JobState::Cancelled
+        },
+        frames_total: a.spec.frames.len(),
+        frames_done: a.done,
+        frames_in_flight: 0,
+        frames_failed: 0,
+        duplicates: a.duplicates,
+        submitter: a.spec.submitter.to_string(),
+        created_unix_ms: a.spec.created_unix_ms,
+        priority: a.control.priority,
+        out_dir: None,
+        frames_written: written,
+        failure: None,
+        waiting: None,
+        frames: Vec::new(),
+        blender_version: a.spec.blender_version.clone(),
+        require_blender: a.spec.require_blender.clone(),
+        project: ProjectView {
+            state: "none".into(),
+            ..Default::default()
+        },
+        archived: true,
+    }
+}

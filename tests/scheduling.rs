@@ -1,0 +1,75 @@
+//! Scheduling at the tail of a job: an idle fast peer backs up a slow peer's last frame;
+//! the first result wins and the slow render stops. Renderers are simulated
+//! (`--simulate-render`) so that their speeds are known; daemons and transfers are real.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn an_idle_fast_peer_backs_up_a_straggler_and_the_slow_render_stops() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "tail.blend", 10, 32, 18, 1);
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let slow = Daemon::start(
+        root.path(),
+        "slow",
+        Some(&a.ticket()),
+        &["--simulate-render", "20"],
+    );
+    let fast = Daemon::start(
+        root.path(),
+        "fast",
+        Some(&a.ticket()),
+        &["--simulate-render", "0.3"],
+    );
+    wait_until(Duration::from_secs(30), "both can render", || {
+        a.renderers() == 2
+    });
+    let out = root.path().join("out");
+    let id = submit(&a, &scene, "1-10", &out, &[]);
+    let slow_id = slow.peer_id();
+    // The slow peer, with no result yet, takes a frame like everyone.
+    let mut straggler = None;
+    wait_until(
+        Duration::from_secs(30),
+        "the slow peer to render a frame",
+        || {
+            straggler = a.job(&id)["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["state"] == "rendering" && f["peer"] == slow_id.as_str())
+                .and_then(|f| f["frame"].as_u64());
+            straggler.is_some()
+        },
+    );
+    let straggler = straggler.unwrap();
+    // Well before the slow render's 20 s are up, every frame is written.
+    wait_until(Duration::from_secs(15), "every frame written", || {
+        a.job(&id)["frames_written"] == 10
+    });
+    assert_frames(&out, &(1..=10).collect::<Vec<_>>(), (32, 18));
+    // The job is archived once written: its summary counts no duplicate result.
+    let job = a.job(&id);
+    assert_eq!(job["duplicates"], 0, "{job}");
+    let backed_up = fast
+        .plain_log()
+        .lines()
+        .filter(|l| l.contains("backing up a straggler"))
+        .any(|l| l.contains(&format!("frame={straggler} ")));
+    assert!(
+        backed_up,
+        "fast did not back up frame {straggler}:\n{}",
+        fast.log()
+    );
+    wait_until(Duration::from_secs(10), "the slow render to stop", || {
+        slow.log().contains("stopping this frame")
+    });
+    // The slow peer did not fail: its render was overtaken, and it rendered nothing.
+    let log = slow.plain_log();
+    assert!(!log.contains("frame failed"), "{log}");
+    assert!(!log.contains("frame done job="), "{log}");
+}
