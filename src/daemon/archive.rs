@@ -10,7 +10,7 @@
 use tracing::{info, warn};
 
 use super::Daemon;
-use crate::api::types::{ControlResponse, JobView, ProjectView};
+use crate::api::types::{ControlResponse, JobView};
 use crate::ids::JobId;
 use crate::ledger::{ArchivedJob, JobState, RunState, archivable};
 use crate::net::GossipMsg;
@@ -140,35 +140,35 @@ impl Daemon {
     }
 }
 
-/// How `meshd status` shows an archived job.
-pub(super) fn archived_view(id: &JobId, a: &ArchivedJob, written: Option<usize>) -> JobView {
-    JobView {
-        id: id.to_hex(),
-        name: a.spec.name.clone(),
-        state: if a.complete() {
-            JobState::Done
-        } else {
-            JobState::Cancelled
-        },
-        frames_total: a.spec.frames.len(),
-        frames_done: a.done,
-        frames_in_flight: 0,
-        frames_failed: 0,
-        duplicates: a.duplicates,
-        submitter: a.spec.submitter.to_string(),
-        created_unix_ms: a.spec.created_unix_ms,
-        priority: a.control.priority,
-        out_dir: None,
-        frames_written: written,
-        failure: None,
-        waiting: None,
-        frames: Vec::new(),
-        blender_version: a.spec.blender_version.clone(),
-        require_blender: a.spec.require_blender.clone(),
-        project: ProjectView {
-            state: "none".into(),
-            ..Default::default()
-        },
-        archived: true,
+impl Daemon {
+    /// How `meshd status` shows an archived job: its summary, without frames.
+    pub(super) fn archived_view(&self, id: &JobId, a: &ArchivedJob) -> JobView {
+        let local = self.local_jobs.get(id);
+        JobView {
+            id: id.to_hex(),
+            name: a.spec.name.clone(),
+            state: if a.complete() {
+                JobState::Done
+            } else {
+                JobState::Cancelled
+            },
+            frames_total: a.spec.frames.len(),
+            frames_done: a.done,
+            frames_in_flight: 0,
+            frames_failed: 0,
+            duplicates: a.duplicates,
+            submitter: a.spec.submitter.to_string(),
+            created_unix_ms: a.spec.created_unix_ms,
+            priority: a.control.priority,
+            out_dir: local.map(|l| l.out_dir.clone()),
+            frames_written: local.map(|_| self.written.get(id).map_or(0, |w| w.len())),
+            failure: None,
+            waiting: None,
+            frames: Vec::new(),
+            blender_version: a.spec.blender_version.clone(),
+            require_blender: a.spec.require_blender.clone(),
+            project: self.project_view(id),
+            archived: true,
+        }
     }
 }

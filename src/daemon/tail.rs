@@ -12,6 +12,18 @@ use super::{Daemon, SceneState};
 use crate::ids::JobId;
 use crate::ledger::tail::{BackupChoice, Running, choose_backup};
 use crate::ledger::{JobState, PeerView, RunState, job_progress, peer_blocked};
+use crate::net::InFlight;
+
+/// A frame `peer` reported in flight, `since` ago.
+fn running(peer: PeerId, f: &InFlight, since: Duration) -> Running {
+    Running {
+        peer,
+        job: f.job,
+        frame: f.frame,
+        elapsed_ms: f.elapsed_ms.saturating_add(since.as_millis() as u64),
+        progress: (f.total > 0).then(|| f64::from(f.current) / f64::from(f.total)),
+    }
+}
 
 /// Least time between two looks for a straggler.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -22,30 +34,17 @@ impl Daemon {
         let mut out: Vec<Running> = self
             .render
             .in_flight()
-            .into_iter()
-            .map(|f| Running {
-                peer: self.me,
-                job: f.job,
-                frame: f.frame,
-                elapsed_ms: f.elapsed_ms,
-                progress: (f.total > 0).then(|| f64::from(f.current) / f64::from(f.total)),
-            })
+            .iter()
+            .map(|f| running(self.me, f, Duration::ZERO))
             .collect();
         for (peer, s) in &self.peers.peers {
             let (Some(hb), Some(heard)) = (&s.heartbeat, s.heard) else {
                 continue;
             };
             let since = now.saturating_duration_since(heard);
-            if since > self.cfg.lease {
-                continue;
+            if since <= self.cfg.lease {
+                out.extend(hb.rendering.iter().map(|f| running(*peer, f, since)));
             }
-            out.extend(hb.rendering.iter().map(|f| Running {
-                peer: *peer,
-                job: f.job,
-                frame: f.frame,
-                elapsed_ms: f.elapsed_ms.saturating_add(since.as_millis() as u64),
-                progress: (f.total > 0).then(|| f64::from(f.current) / f64::from(f.total)),
-            }));
         }
         out
     }

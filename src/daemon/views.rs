@@ -52,27 +52,19 @@ impl Daemon {
             (Some(sel), Some(l)) => id.to_hex().starts_with(l.as_str()) || spec.name == *sel,
             _ => true,
         };
-        let want_frames = q.frames != Some(FramesQuery::None);
+        let which = q.frames.unwrap_or(FramesQuery::All);
         let mut jobs = Vec::new();
         for (id, entry) in self.ledger.jobs() {
             if selected(id, &entry.spec) {
-                let mut v = self.job_view(id, entry, &view, want_frames);
-                if q.frames == Some(FramesQuery::Active) {
-                    v.frames.retain(|f| f.state == "rendering");
-                }
-                jobs.push(v);
+                jobs.push(self.job_view(id, entry, &view, which));
             }
         }
         for (id, a) in self.ledger.archived_jobs() {
             if !selected(id, &a.spec) {
                 continue;
             }
-            let local = self.local_jobs.get(id);
-            let written = local.map(|_| self.written.get(id).map_or(0, |w| w.len()));
-            let mut v = super::archive::archived_view(id, a, written);
-            v.out_dir = local.map(|l| l.out_dir.clone());
-            v.project = self.project_view(id);
-            if q.job.is_some() && want_frames {
+            let mut v = self.archived_view(id, a);
+            if q.job.is_some() && which == FramesQuery::All {
                 v.frames = self.archived_frames(id, a, &view);
             }
             jobs.push(v);
@@ -96,114 +88,121 @@ impl Daemon {
             let _ = l.apply(&u);
         }
         l.job(id)
-            .map(|e| self.job_view(id, e, view, true).frames)
+            .map(|e| self.job_view(id, e, view, FramesQuery::All).frames)
             .unwrap_or_default()
     }
 
+    /// A job's view, listing the frames `which` asks for.
     fn job_view(
         &self,
         id: &JobId,
         entry: &crate::ledger::JobEntry,
         view: &super::peers::LiveView<'_>,
-        want_frames: bool,
+        which: FramesQuery,
     ) -> JobView {
-        {
-            let progress = job_progress(entry, view, &self.policy);
-            let mut frames = Vec::with_capacity(entry.spec.frames.len());
-            let mut reasons = Vec::new();
-            for frame in entry.spec.frames.iter() {
-                let state = entry.frames.get(&frame);
-                if !want_frames && !matches!(progress.state, JobState::Failed) {
-                    break;
-                }
-                let status = state
-                    .map(|s| frame_status(s, view, &self.policy))
-                    .unwrap_or(FrameStatus::Pending);
-                let failures: Vec<String> = state
-                    .map(|s| {
-                        s.failures
-                            .iter()
-                            .filter(|f| f.counts())
-                            .map(|f| format!("{}: {}", short_peer(&f.peer), f.reason))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let samples = match &status {
-                    FrameStatus::InFlight(c) => self.progress_of(&c.peer, id, frame),
-                    _ => None,
-                };
-                let (state_name, peer, render_ms) = match &status {
-                    FrameStatus::Pending => ("pending", None, None),
-                    FrameStatus::InFlight(c) => ("rendering", Some(c.peer.to_string()), None),
-                    FrameStatus::Done(d) => ("done", Some(d.peer.to_string()), Some(d.render_ms)),
-                    FrameStatus::Failed => ("failed", None, None),
-                };
-                if matches!(status, FrameStatus::Failed) && reasons.len() < 3 {
-                    if let Some(f) = state.and_then(|s| s.failures.iter().find(|f| f.counts())) {
-                        reasons.push(format!("frame {frame}: {}", f.reason));
-                    }
-                } else if progress.state == JobState::Failed
-                    && reasons.is_empty()
-                    && let Some(f) = state.and_then(|s| s.failures.iter().find(|f| f.counts()))
-                {
+        let progress = job_progress(entry, view, &self.policy);
+        let failed_job = progress.state == JobState::Failed;
+        let mut frames = Vec::new();
+        let mut reasons = Vec::new();
+        for frame in entry.spec.frames.iter() {
+            // Reasons of a failed job are gathered whatever frames are listed.
+            if which == FramesQuery::None && !failed_job {
+                break;
+            }
+            let state = entry.frames.get(&frame);
+            let status = state
+                .map(|s| frame_status(s, view, &self.policy))
+                .unwrap_or(FrameStatus::Pending);
+            let first_failure = || state.and_then(|s| s.failures.iter().find(|f| f.counts()));
+            if matches!(status, FrameStatus::Failed) && reasons.len() < 3 {
+                if let Some(f) = first_failure() {
                     reasons.push(format!("frame {frame}: {}", f.reason));
                 }
-                frames.push(FrameView {
-                    frame,
-                    state: state_name.into(),
-                    peer,
-                    render_ms,
-                    samples_done: samples.map(|p| p.0),
-                    samples_total: samples.map(|p| p.1),
-                    failures,
-                });
+            } else if failed_job
+                && reasons.is_empty()
+                && let Some(f) = first_failure()
+            {
+                reasons.push(format!("frame {frame}: {}", f.reason));
             }
-            if !want_frames {
-                frames.clear();
+            let listed = match which {
+                FramesQuery::All => true,
+                FramesQuery::Active => matches!(status, FrameStatus::InFlight(_)),
+                FramesQuery::None => false,
+            };
+            if !listed {
+                continue;
             }
-            let local = self.local_jobs.get(id);
-            let frames_written = local.map(|_| {
-                // A frame is written once, from whichever result could be fetched first.
-                self.written.get(id).map_or(0, |w| {
-                    w.keys().filter(|f| entry.spec.frames.contains(**f)).count()
+            let failures: Vec<String> = state
+                .map(|s| {
+                    s.failures
+                        .iter()
+                        .filter(|f| f.counts())
+                        .map(|f| format!("{}: {}", short_peer(&f.peer), f.reason))
+                        .collect()
                 })
+                .unwrap_or_default();
+            let samples = match &status {
+                FrameStatus::InFlight(c) => self.progress_of(&c.peer, id, frame),
+                _ => None,
+            };
+            let (state_name, peer, render_ms) = match &status {
+                FrameStatus::Pending => ("pending", None, None),
+                FrameStatus::InFlight(c) => ("rendering", Some(c.peer.to_string()), None),
+                FrameStatus::Done(d) => ("done", Some(d.peer.to_string()), Some(d.render_ms)),
+                FrameStatus::Failed => ("failed", None, None),
+            };
+            frames.push(FrameView {
+                frame,
+                state: state_name.into(),
+                peer,
+                render_ms,
+                samples_done: samples.map(|p| p.0),
+                samples_total: samples.map(|p| p.1),
+                failures,
             });
-            JobView {
-                id: id.to_hex(),
-                name: entry.spec.name.clone(),
-                state: progress.state,
-                frames_total: progress.total,
-                frames_done: progress.done,
-                frames_in_flight: progress.in_flight,
-                frames_failed: progress.failed,
-                duplicates: progress.duplicates,
-                submitter: entry.spec.submitter.to_string(),
-                created_unix_ms: entry.spec.created_unix_ms,
-                priority: entry.priority(),
-                out_dir: local.map(|l| l.out_dir.clone()),
-                frames_written,
-                failure: (progress.state == JobState::Failed).then(|| {
-                    if reasons.is_empty() {
-                        "no peer can render the remaining frames".to_string()
-                    } else {
-                        reasons.join("; ")
-                    }
-                }),
-                waiting: (progress.state == JobState::Running
-                    && progress.in_flight == 0
-                    && progress.pending > 0
-                    && fitting_renderers(entry, view).is_empty())
-                .then(|| no_renderer_reason(&entry.spec)),
-                frames,
-                blender_version: entry.spec.blender_version.clone(),
-                require_blender: entry.spec.require_blender.clone(),
-                project: self.project_view(id),
-                archived: false,
-            }
+        }
+        let local = self.local_jobs.get(id);
+        let frames_written = local.map(|_| {
+            // A frame is written once, from whichever result could be fetched first.
+            self.written.get(id).map_or(0, |w| {
+                w.keys().filter(|f| entry.spec.frames.contains(**f)).count()
+            })
+        });
+        JobView {
+            id: id.to_hex(),
+            name: entry.spec.name.clone(),
+            state: progress.state,
+            frames_total: progress.total,
+            frames_done: progress.done,
+            frames_in_flight: progress.in_flight,
+            frames_failed: progress.failed,
+            duplicates: progress.duplicates,
+            submitter: entry.spec.submitter.to_string(),
+            created_unix_ms: entry.spec.created_unix_ms,
+            priority: entry.priority(),
+            out_dir: local.map(|l| l.out_dir.clone()),
+            frames_written,
+            failure: (progress.state == JobState::Failed).then(|| {
+                if reasons.is_empty() {
+                    "no peer can render the remaining frames".to_string()
+                } else {
+                    reasons.join("; ")
+                }
+            }),
+            waiting: (progress.state == JobState::Running
+                && progress.in_flight == 0
+                && progress.pending > 0
+                && fitting_renderers(entry, view).is_empty())
+            .then(|| no_renderer_reason(&entry.spec)),
+            frames,
+            blender_version: entry.spec.blender_version.clone(),
+            require_blender: entry.spec.require_blender.clone(),
+            project: self.project_view(id),
+            archived: false,
         }
     }
 
-    fn project_view(&self, job: &JobId) -> ProjectView {
+    pub(super) fn project_view(&self, job: &JobId) -> ProjectView {
         let Some(state) = self.scenes.get(job) else {
             return ProjectView {
                 state: "none".into(),

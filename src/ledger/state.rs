@@ -184,7 +184,8 @@ impl Ledger {
         Some(self.digests.get(id, entry, buckets))
     }
 
-    /// The digest of every active job, by id.
+    /// The digest of every active job, by id (sync sends [`super::page::theirs_of`]).
+    #[cfg(test)]
     pub fn digests(&self) -> Vec<(JobId, [u8; 32])> {
         self.jobs
             .keys()
