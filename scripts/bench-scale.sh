@@ -4,6 +4,7 @@
 # BASE / speed_i seconds per frame, speeds spread evenly from 1x to 4x. A submitter
 # (--no-render) hands out the job. Prints:
 #   - makespan (submit to the last frame written) against the ideal FRAMES / sum(speeds),
+#     and the best schedule possible with whole frames (speeds known in advance),
 #   - duplicate renders (results beyond one per frame),
 #   - the same job under a static up-front split (the seeds' way: FRAMES/PEERS frames to
 #     each peer, makespan = the slowest peer's share), computed from the same speeds,
@@ -12,7 +13,8 @@
 #     delivered to all peers), and heartbeat bytes per peer per second.
 #
 # Usage: scripts/bench-scale.sh [PEERS=32 FRAMES=400 BASE=4]
-# Environment: MESHD_BIN=PATH (else target/release/meshd is built), BENCH_KEEP=1 (keep logs).
+# Environment: MESHD_BIN=PATH (else target/release/meshd is built), BENCH_KEEP=1 (keep logs),
+# BENCH_LOG=FILTER (the daemons' RUST_LOG, default warn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,7 +60,7 @@ rss_stats() { # prints "mean max" MiB over the renderer pids
 }
 start() { # name args...
     local name=$1; shift
-    NO_COLOR=1 RUST_LOG=warn "$meshd" --data-dir "$work/$name" join "$@" \
+    NO_COLOR=1 RUST_LOG=${BENCH_LOG:-warn} "$meshd" --data-dir "$work/$name" join "$@" \
         --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 --no-mdns >"$work/$name.log" 2>&1 &
     pids+=($!)
     for _ in $(seq 1 300); do
@@ -130,8 +132,24 @@ static=$(printf '%s\n' "${speeds[@]}" | awk -v f="$FRAMES" -v n="$PEERS" -v b="$
     { i = NR - 1; share = int(f / n) + (i < f % n ? 1 : 0); t = share * b / $1; if (t > m) m = t }
     END { printf "%.2f", m }')
 
+# The best any scheduler could do with whole frames, knowing every speed in advance: each
+# frame goes to the peer that would finish it first (optimal for equal frames on peers of
+# different speeds). What separates it from the ideal is the granularity of frames.
+best=$(printf '%s\n' "${speeds[@]}" | awk -v f="$FRAMES" -v b="$BASE" '
+    { t[NR] = b / $1; free[NR] = 0; n = NR }
+    END {
+        for (k = 0; k < f; k++) {
+            i = 1; for (j = 2; j <= n; j++) if (free[j] + t[j] < free[i] + t[i]) i = j
+            free[i] += t[i]
+        }
+        m = 0; for (j = 1; j <= n; j++) if (free[j] > m) m = free[j]
+        printf "%.2f", m
+    }')
+
 printf 'makespan:    %6.2f s   ideal %.2f s   ratio %.3f (target <= 1.05)\n' "$makespan" "$ideal" \
     "$(awk -v a="$makespan" -v b="$ideal" 'BEGIN { print a / b }')"
+printf 'whole frames: %5.2f s   ratio %.3f to ideal (the best possible schedule, speeds known in advance)\n' \
+    "$best" "$(awk -v a="$best" -v b="$ideal" 'BEGIN { print a / b }')"
 printf 'static split: %5.2f s   ratio %.3f to ideal (the seeds way, computed from the same speeds)\n' \
     "$static" "$(awk -v a="$static" -v b="$ideal" 'BEGIN { print a / b }')"
 printf 'duplicates:  %d of %d frames (%.2f%%, target <= 1%%)\n' "$dups" "$FRAMES" \

@@ -165,6 +165,9 @@ struct Daemon {
     blender: Option<BlenderInfo>,
     scenes: HashMap<JobId, SceneState>,
     render: render::RenderState,
+    /// Frames of jobs written here that have a result to write and are not written yet
+    /// (filled as results arrive; see `outputs.rs`).
+    write_ready: std::collections::BTreeSet<(JobId, u32)>,
     /// Output files being written (submitter side).
     writing: HashSet<(JobId, u32)>,
     /// Output writes that failed: how often, since when, and when to try again.
@@ -234,6 +237,7 @@ pub async fn run(
         blender: None,
         scenes: HashMap::new(),
         render,
+        write_ready: Default::default(),
         writing: HashSet::new(),
         write_retry: HashMap::new(),
         replicas: replicas::Queue::default(),
@@ -349,6 +353,8 @@ pub async fn run(
                 d.send_heartbeat().await;
             },
         }
+        // A result arrived or a write ended: start the next writes now, not at the next tick.
+        d.write_outputs();
     }
 
     info!("shutting down");
@@ -401,8 +407,11 @@ impl Daemon {
                     {
                         warn!("cannot persist frame state: {e}");
                     }
-                    self.settle
-                        .frame_changed(u.job, had, self.has_result(&u.job, u.frame));
+                    let has = self.has_result(&u.job, u.frame);
+                    self.settle.frame_changed(u.job, had, has);
+                    if has {
+                        self.queue_write(u.job, u.frame);
+                    }
                     self.settle.recheck(&self.ledger, &u.job);
                     changed.push((u.job, u.frame));
                 }
@@ -428,6 +437,7 @@ impl Daemon {
                     warn!("cannot persist job: {e}");
                 }
                 info!(job = %id.short(), name = %spec.name, frames = spec.frames.len(), "new job");
+                self.fetch_scenes(); // now, not at the next tick
                 true
             }
             Ok((_, false)) => false,
@@ -576,7 +586,11 @@ impl Daemon {
                         SceneState::Retry(at, stats, e)
                     }
                 };
+                let ready = matches!(state, SceneState::Ready(..));
                 self.scenes.insert(job, state);
+                if ready {
+                    self.claim_and_render().await;
+                }
             }
             TaskDone::Rendered(done) => self.on_rendered(*done).await,
             TaskDone::OutputWritten { job, frame, result } => {
@@ -617,6 +631,7 @@ impl Daemon {
     async fn tick(&mut self) {
         self.fetch_scenes();
         self.claim_and_render().await;
+        self.requeue_due_writes();
         self.write_outputs();
         self.replicate();
     }
@@ -682,6 +697,7 @@ impl Daemon {
                     let written = self.store.written_frames(&id).unwrap_or_default();
                     self.written.insert(id, written.into_iter().collect());
                     self.local_jobs.insert(id, local);
+                    self.queue_unwritten(id);
                 }
             }
             Err(e) => warn!("cannot read local jobs: {e}"),

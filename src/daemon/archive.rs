@@ -37,6 +37,7 @@ impl Daemon {
         self.stop_renders_of(id).await;
         // Its project stays listed until the next collection removes its files.
         self.write_retry.retain(|(j, _), _| j != id);
+        self.write_ready.retain(|(j, _)| j != id);
         let Some(summary) = self.ledger.archive(id) else {
             return;
         };
@@ -104,6 +105,7 @@ impl Daemon {
         self.render.drop_job(id);
         self.scenes.remove(id);
         self.write_retry.retain(|(j, _), _| j != id);
+        self.write_ready.retain(|(j, _)| j != id);
         self.local_jobs.remove(id);
         self.written.remove(id);
         self.ledger.forget(id);

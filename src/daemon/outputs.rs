@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{Daemon, TaskDone};
 use crate::ids::{BlobId, JobId};
@@ -64,43 +64,88 @@ impl Daemon {
         self.providers(std::iter::once(renderer).chain(ranked))
     }
 
+    /// Queues `frame` of `job` for writing if this daemon writes the job and has not
+    /// written the frame yet. Cheap: called for every frame that gains a result.
+    pub(super) fn queue_write(&mut self, job: JobId, frame: u32) {
+        if self.local_jobs.contains_key(&job)
+            && !self
+                .written
+                .get(&job)
+                .is_some_and(|w| w.contains_key(&frame))
+        {
+            self.write_ready.insert((job, frame));
+        }
+    }
+
+    /// Queues every frame of `job` with a result not written yet (once, when the job
+    /// becomes one written here: at start, submit, or `meshd fetch`).
+    pub(super) fn queue_unwritten(&mut self, job: JobId) {
+        let Some(entry) = self.ledger.job(&job) else {
+            return;
+        };
+        let frames: Vec<u32> = entry
+            .frames
+            .iter()
+            .filter(|(_, s)| s.canonical().is_some())
+            .map(|(f, _)| *f)
+            .collect();
+        for frame in frames {
+            self.queue_write(job, frame);
+        }
+    }
+
+    /// Frames whose write failed and whose back-off is over go back in the queue. Work
+    /// proportional to the failing frames (called every tick).
+    pub(super) fn requeue_due_writes(&mut self) {
+        let now = Instant::now();
+        for (key, r) in &self.write_retry {
+            if r.next <= now && !self.writing.contains(key) {
+                self.write_ready.insert(*key);
+            }
+        }
+    }
+
+    /// Starts writes of queued frames, least first, at most [`MAX_WRITING`] at once. Called
+    /// after every daemon event; costs nothing when the queue is empty or the slots full.
     pub(super) fn write_outputs(&mut self) {
+        if self.write_ready.is_empty() || self.writing.len() >= MAX_WRITING {
+            return;
+        }
         let now = Instant::now();
         let mut todo: Vec<Todo> = Vec::new();
-        for (job, local) in &self.local_jobs {
-            let Some(entry) = self.ledger.job(job) else {
-                continue;
+        while self.writing.len() + todo.len() < MAX_WRITING {
+            let Some((job, frame)) = self.write_ready.pop_first() else {
+                break;
             };
-            let written = self.written.get(job);
-            if written.is_some_and(|w| w.len() >= entry.spec.frames.len()) {
-                continue; // all written: nothing to do, whatever the job's history
+            let (Some(local), Some(entry)) = (self.local_jobs.get(&job), self.ledger.job(&job))
+            else {
+                continue; // no longer written here, or archived
+            };
+            let Some(state) = entry.frames.get(&frame).filter(|s| s.canonical().is_some()) else {
+                continue; // its results were declared lost: a new one queues it again
+            };
+            if self
+                .written
+                .get(&job)
+                .is_some_and(|w| w.contains_key(&frame))
+                || self.writing.contains(&(job, frame))
+                || self
+                    .write_retry
+                    .get(&(job, frame))
+                    .is_some_and(|r| r.next > now)
+            {
+                continue;
             }
-            let ext = entry.spec.settings.format.extension();
-            for (frame, state) in &entry.frames {
-                if self.writing.len() + todo.len() >= MAX_WRITING {
-                    break;
-                }
-                if state.canonical().is_none()
-                    || written.is_some_and(|w| w.contains_key(frame))
-                    || self.writing.contains(&(*job, *frame))
-                    || self
-                        .write_retry
-                        .get(&(*job, *frame))
-                        .is_some_and(|r| r.next > now)
-                {
-                    continue;
-                }
-                todo.push(Todo {
-                    job: *job,
-                    frame: *frame,
-                    candidates: state
-                        .results()
-                        .map(|d| (d.output, self.holders(job, *frame, d.peer)))
-                        .collect(),
-                    out_dir: local.out_dir.clone(),
-                    name: frame_file_name(*frame, ext),
-                });
-            }
+            todo.push(Todo {
+                job,
+                frame,
+                candidates: state
+                    .results()
+                    .map(|d| (d.output, self.holders(&job, frame, d.peer)))
+                    .collect(),
+                out_dir: local.out_dir.clone(),
+                name: frame_file_name(frame, entry.spec.settings.format.extension()),
+            });
         }
         for t in todo {
             self.writing.insert((t.job, t.frame));
@@ -152,6 +197,7 @@ impl Daemon {
             Err(e) => return self.output_failed(job, frame, e).await,
         };
         self.write_retry.remove(&(job, frame));
+        debug!(job = %job.short(), frame, "frame written");
         if let Err(e) = self.store.mark_written(&job, frame, &blob) {
             warn!("cannot record written frame: {e}");
         }
@@ -170,6 +216,7 @@ impl Daemon {
             .put_local_job(&id, &local)
             .map_err(|e| e.to_string())?;
         self.local_jobs.insert(id, local);
+        self.queue_unwritten(id);
         Ok(())
     }
 
@@ -195,6 +242,8 @@ impl Daemon {
             self.store.clear_written(&id).map_err(|e| e.to_string())?;
             self.written.remove(&id);
             self.set_out_dir(id, &out_dir)?;
+        } else {
+            self.queue_unwritten(id); // states brought back from the archive
         }
         Ok(crate::api::types::SubmitResponse::job(
             id.to_hex(),

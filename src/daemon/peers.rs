@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use libp2p::{Multiaddr, PeerId};
 
 use super::render::{SlotSpec, peer_fits, slot_fits};
+use crate::ledger::tail::Running;
 use crate::ledger::{JobEntry, PeerView};
-use crate::net::Heartbeat;
+use crate::net::{Heartbeat, InFlight};
 
 #[derive(Debug, Default)]
 pub struct PeerState {
@@ -50,6 +51,17 @@ impl PeerTable {
             .filter(|(_, s)| s.connected)
             .map(|(p, _)| *p)
             .collect()
+    }
+}
+
+/// A frame `peer` reported in flight, `since` ago, as of now.
+pub(super) fn running(peer: PeerId, f: &InFlight, since: Duration) -> Running {
+    Running {
+        peer,
+        job: f.job,
+        frame: f.frame,
+        elapsed_ms: f.elapsed_ms.saturating_add(since.as_millis() as u64),
+        progress: (f.total > 0).then(|| f64::from(f.current) / f64::from(f.total)),
     }
 }
 
@@ -131,6 +143,25 @@ impl PeerView for LiveView<'_> {
                         .as_deref()
                         .is_some_and(|v| peer_fits(&entry.spec, v, &h.devices))
             })
+    }
+
+    fn in_flight(&self, peer: &PeerId) -> Vec<Running> {
+        let Some((Some(hb), Some(heard))) = self
+            .table
+            .peers
+            .get(peer)
+            .map(|s| (s.heartbeat.as_ref(), s.heard))
+        else {
+            return Vec::new();
+        };
+        let since = self.now.saturating_duration_since(heard);
+        if since > self.lease {
+            return Vec::new();
+        }
+        hb.rendering
+            .iter()
+            .map(|f| running(*peer, f, since))
+            .collect()
     }
 
     fn live_renderers(&self) -> Vec<PeerId> {

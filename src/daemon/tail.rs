@@ -7,44 +7,28 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
+use super::peers::running;
 use super::render::{SlotSpec, slot_fits};
 use super::{Daemon, SceneState};
 use crate::ids::JobId;
 use crate::ledger::tail::{BackupChoice, Running, choose_backup};
 use crate::ledger::{JobState, PeerView, RunState, job_progress, peer_blocked};
-use crate::net::InFlight;
-
-/// A frame `peer` reported in flight, `since` ago.
-fn running(peer: PeerId, f: &InFlight, since: Duration) -> Running {
-    Running {
-        peer,
-        job: f.job,
-        frame: f.frame,
-        elapsed_ms: f.elapsed_ms.saturating_add(since.as_millis() as u64),
-        progress: (f.total > 0).then(|| f64::from(f.current) / f64::from(f.total)),
-    }
-}
 
 /// Least time between two looks for a straggler.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 
 impl Daemon {
     /// What every live peer (this one included) is rendering now, by its heartbeat.
-    fn running_now(&self, now: Instant) -> Vec<Running> {
+    fn running_now(&self) -> Vec<Running> {
         let mut out: Vec<Running> = self
             .render
             .in_flight()
             .iter()
             .map(|f| running(self.me, f, Duration::ZERO))
             .collect();
-        for (peer, s) in &self.peers.peers {
-            let (Some(hb), Some(heard)) = (&s.heartbeat, s.heard) else {
-                continue;
-            };
-            let since = now.saturating_duration_since(heard);
-            if since <= self.cfg.lease {
-                out.extend(hb.rendering.iter().map(|f| running(*peer, f, since)));
-            }
+        let view = self.view();
+        for peer in self.peers.peers.keys() {
+            out.extend(view.in_flight(peer));
         }
         out
     }
@@ -60,7 +44,7 @@ impl Daemon {
             return None;
         }
         self.render.backup_checked = Some(now);
-        let running = self.running_now(now);
+        let running = self.running_now();
         let busy: HashSet<PeerId> = running.iter().map(|r| r.peer).collect();
         let view = self.view();
         let idle: Vec<PeerId> = view

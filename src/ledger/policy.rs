@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::control::RunState;
 use super::frame::{Claim, Done, FrameState};
 use super::state::{JobEntry, Ledger};
+use super::tail::remaining_ms;
 use crate::ids::JobId;
 
 /// What the caller knows about other peers, judged by local receive times only.
@@ -26,6 +27,11 @@ pub trait PeerView {
     /// devices fit the job's requirements). Default: every renderer fits.
     fn fits(&self, _peer: &PeerId, _entry: &JobEntry) -> bool {
         true
+    }
+    /// What `peer` (another peer) reports rendering now, as of now. Default: nothing known,
+    /// so the peer counts as free.
+    fn in_flight(&self, _peer: &PeerId) -> Vec<super::tail::Running> {
+        Vec::new()
     }
 }
 
@@ -225,20 +231,49 @@ pub fn mean_render_ms(entry: &JobEntry) -> BTreeMap<PeerId, f64> {
 
 /// Whether `me` should leave the job's last `pending` frames to faster live peers: in the
 /// time `me` takes for one frame (its mean so far), the live peers faster than it finish
-/// at least `pending` frames between them (`floor(mine / theirs)` each), so a frame `me`
-/// took would be the last one in. A peer with no result in the job yet always takes.
-pub fn leave_to_faster(entry: &JobEntry, me: &PeerId, live: &[PeerId], pending: usize) -> bool {
+/// at least `pending` new frames between them, so a frame `me` took would be the last one
+/// in. A faster peer first finishes what it reports in flight ([`PeerView::in_flight`]:
+/// its expected time left, [`remaining_ms`]); each free slot of it then does
+/// `floor(time left / its mean)` frames. A peer with no result in the job yet always takes.
+pub fn leave_to_faster(
+    id: &JobId,
+    entry: &JobEntry,
+    me: &PeerId,
+    live: &[PeerId],
+    pending: usize,
+    view: &impl PeerView,
+) -> bool {
     let means = mean_render_ms(entry);
     let Some(&mine) = means.get(me).filter(|m| **m > 0.0) else {
         return false;
     };
-    let capacity: f64 = live
-        .iter()
-        .filter(|p| *p != me)
-        .filter_map(|p| means.get(p))
-        .filter(|t| **t > 0.0 && **t < mine)
-        .map(|t| (mine / t).floor())
-        .sum();
+    let mut capacity = 0.0;
+    for p in live.iter().filter(|p| *p != me) {
+        let Some(&theirs) = means.get(p).filter(|t| **t > 0.0 && **t < mine) else {
+            continue;
+        };
+        let busy = view.in_flight(p);
+        if busy.is_empty() {
+            capacity += (mine / theirs).floor();
+            continue;
+        }
+        for r in busy {
+            let finished = r.job == *id
+                && entry
+                    .frames
+                    .get(&r.frame)
+                    .is_some_and(|s| s.canonical().is_some());
+            let left = if finished {
+                0.0
+            } else {
+                remaining_ms(theirs, r.elapsed_ms, r.progress)
+            };
+            capacity += ((mine - left) / theirs).floor().max(0.0);
+        }
+        if capacity >= pending as f64 {
+            return true;
+        }
+    }
     capacity >= pending as f64
 }
 
@@ -314,7 +349,7 @@ pub fn choose_claim(
             .filter(|p| !blocked_in(&counts, p, policy))
             .copied()
             .collect();
-        if leave_to_faster(entry, me, &unblocked, progress.pending) {
+        if leave_to_faster(id, entry, me, &unblocked, progress.pending, view) {
             continue;
         }
         // Others who could try a frame `me` failed: live, fitting the job, not blocked on it.
@@ -380,6 +415,8 @@ mod tests {
         live: BTreeSet<(PeerId, u64)>,
         /// Live renderers whose devices or Blender do not fit any job.
         unfit: BTreeSet<PeerId>,
+        /// What peers report rendering.
+        running: Vec<super::super::tail::Running>,
     }
 
     impl View {
@@ -401,6 +438,13 @@ mod tests {
         }
         fn fits(&self, peer: &PeerId, _: &JobEntry) -> bool {
             !self.unfit.contains(peer)
+        }
+        fn in_flight(&self, peer: &PeerId) -> Vec<super::super::tail::Running> {
+            self.running
+                .iter()
+                .filter(|r| r.peer == *peer)
+                .cloned()
+                .collect()
         }
     }
 
@@ -554,20 +598,27 @@ mod tests {
         let live = view.live_renderers();
         let entry = l.job(&id).unwrap();
         assert!(
-            !leave_to_faster(entry, &peer(1), &live, 17),
+            !leave_to_faster(&id, entry, &peer(1), &live, 17, &view),
             "17 pending: plenty for all"
         );
         assert!(
-            leave_to_faster(entry, &peer(1), &live, 8),
+            leave_to_faster(&id, entry, &peer(1), &live, 8, &view),
             "8 pending: the fast ones finish first"
         );
         assert!(
-            !leave_to_faster(entry, &peer(2), &live, 1),
+            !leave_to_faster(&id, entry, &peer(2), &live, 1, &view),
             "nobody is faster than 2"
         );
         // Faster peers that are not live do not count; a peer with no result yet takes.
-        assert!(!leave_to_faster(entry, &peer(1), &[peer(1), peer(2)], 8));
-        assert!(!leave_to_faster(entry, &peer(4), &live, 1));
+        assert!(!leave_to_faster(
+            &id,
+            entry,
+            &peer(1),
+            &[peer(1), peer(2)],
+            8,
+            &view
+        ));
+        assert!(!leave_to_faster(&id, entry, &peer(4), &live, 1, &view));
         let policy = RetryPolicy::default();
         for f in 4..=12 {
             l.apply(&done(2, f, 1000)).unwrap();
@@ -575,6 +626,59 @@ mod tests {
         // 8 frames left: peer 1 claims nothing, peer 2 does.
         assert!(choose_claim(&l, &peer(1), 1, &view, &policy, |_, _| true, 4).is_none());
         assert!(choose_claim(&l, &peer(2), 1, &view, &policy, |_, _| true, 4).is_some());
+    }
+
+    #[test]
+    fn a_slow_peer_counts_what_faster_ones_still_have_in_flight() {
+        let mut l = Ledger::new();
+        let (id, _) = l.insert_job(spec("1-20", 0, 1)).unwrap();
+        for (p, f, ms) in [(1, 1, 4000), (2, 2, 1000), (3, 3, 1000)] {
+            l.apply(&FrameUpdate {
+                job: id,
+                frame: f,
+                state: FrameState::from_done(Done {
+                    epoch: 1,
+                    peer: peer(p),
+                    output: BlobId::of(&f.to_le_bytes()),
+                    render_ms: ms,
+                }),
+            })
+            .unwrap();
+        }
+        let mut view = View::with(&[(1, 1), (2, 1), (3, 1)]);
+        let live = view.live_renderers();
+        let running = |p: u8, frame: u32, elapsed_ms: u64| super::super::tail::Running {
+            peer: peer(p),
+            job: id,
+            frame,
+            elapsed_ms,
+            progress: None,
+        };
+        // Free, peers 2 and 3 do 4 frames each in peer 1's 4 s: 8 pending are theirs.
+        assert!(leave_to_faster(
+            &id,
+            l.job(&id).unwrap(),
+            &peer(1),
+            &live,
+            8,
+            &view
+        ));
+        // Each has 0.5 s left of a frame in flight: 3 new frames each in 4 s, so 6 pending
+        // are theirs and a seventh is better taken by peer 1.
+        view.running = vec![running(2, 4, 500), running(3, 5, 500)];
+        let entry = l.job(&id).unwrap();
+        assert!(leave_to_faster(&id, entry, &peer(1), &live, 6, &view));
+        assert!(!leave_to_faster(&id, entry, &peer(1), &live, 7, &view));
+        // A frame reported in flight that already has a result is over: the peer is free.
+        view.running = vec![running(2, 3, 900), running(3, 5, 500)];
+        assert!(leave_to_faster(
+            &id,
+            l.job(&id).unwrap(),
+            &peer(1),
+            &live,
+            7,
+            &view
+        ));
     }
 
     fn failure(p: u8, epoch: u32) -> FrameState {

@@ -4,7 +4,9 @@
 //! - Chunks already held locally (in any blob, or in this blob's partial file left by an
 //!   interrupted fetch) are copied or kept, not fetched.
 //! - Each chunk written is indexed at once, so peers fetching the same blob get it from us.
-//! - Swarming: each fetch asks for its chunks in its own random order, so concurrent
+//! - A single frame ([`fetch`]) asks its providers in the order given: the renderer first,
+//!   then the likely replica holders, so a chunk is not asked of peers that cannot have it.
+//! - Swarming (a project, [`FetchCtx::swarm`]): each fetch asks for its chunks in its own random order, so concurrent
 //!   fetchers hold different chunks early. A chunk is asked first of the other peers
 //!   (starting at one picked by the chunk's hash plus a rotation random per fetch), and of
 //!   the *seeds* (the submitter) only when none of them has it. One fetch keeps at most
@@ -32,6 +34,10 @@ const PARALLEL_CHUNKS: usize = 32;
 /// Chunk requests one fetch may have at the seeds at once while other peers may get the
 /// chunks soon: the seeds' uplink then sends each chunk about once.
 pub const SEED_SLOTS: usize = 2;
+/// Other peers asked for a chunk per attempt before the seeds, when swarming: early in a
+/// fetch few peers hold anything, and asking all of them one after another would cost a
+/// round trip each.
+const ASK_PER_ATTEMPT: usize = 4;
 /// Attempts after which a chunk is asked of a seed however busy.
 const MAX_DEFERRALS: u32 = 40;
 
@@ -89,15 +95,22 @@ pub struct FetchCtx {
     seeds: Arc<[PeerId]>,
     bad: Arc<Mutex<HashSet<PeerId>>>,
     pub stats: Arc<FetchStats>,
+    /// Each chunk is asked first of a peer its hash picks (swarming), rather than of
+    /// `providers` in the order given.
+    spread: bool,
     rotation: usize,
     /// Requests at the seeds in flight (bounded by [`SEED_SLOTS`]).
     seed_requests: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FetchCtx {
-    /// Asks `providers` (each chunk starting at one its hash picks); no seeds.
+    /// Asks `providers` in the order given, most likely holder first (a frame's renderer,
+    /// then its likely replica holders); no seeds.
     pub fn new(client: Client, store: Store, providers: Vec<PeerId>) -> Self {
-        Self::swarm(client, store, providers, Vec::new())
+        FetchCtx {
+            spread: false,
+            ..Self::swarm(client, store, providers, Vec::new())
+        }
     }
 
     /// Asks every one of `peers` for a chunk before the `seeds` (see [`SEED_SLOTS`]).
@@ -110,6 +123,7 @@ impl FetchCtx {
             seeds: seeds.into(),
             bad: Arc::default(),
             stats: Arc::default(),
+            spread: true,
             rotation: rand::random::<u32>() as usize,
             seed_requests: Arc::default(),
         }
@@ -243,11 +257,13 @@ impl FetchCtx {
         Ok(())
     }
 
-    /// Fetches one chunk: first from the other peers (in [`ask_order`]), then from a seed,
+    /// Fetches one chunk. Swarming ([`FetchCtx::swarm`]): first from [`ASK_PER_ATTEMPT`] of
+    /// the other peers (in [`ask_order`], a different few each attempt), then from a seed,
     /// if this fetch has fewer than [`SEED_SLOTS`] requests at the seeds; otherwise the chunk
     /// is deferred (a later attempt waits a little first). After [`MAX_DEFERRALS`] attempts
-    /// a seed is asked regardless. Every answer is checked against the chunk's hash; a peer
-    /// that sends wrong bytes is not asked again.
+    /// a seed is asked regardless; when no seed has it, every other peer is asked. Ordered
+    /// ([`FetchCtx::new`]): every provider in turn. Every answer is checked against the
+    /// chunk's hash; a peer that sends wrong bytes is not asked again.
     async fn fetch_chunk(
         &self,
         c: &ChunkRef,
@@ -258,10 +274,20 @@ impl FetchCtx {
             let ms = (25 * attempt as u64).min(400);
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
-        let order = ask_order(&self.providers, self.rotation, c);
+        let order = if self.spread {
+            let turn = (attempt as usize).wrapping_mul(ASK_PER_ATTEMPT);
+            ask_order(&self.providers, self.rotation.wrapping_add(turn), c)
+        } else {
+            self.providers.to_vec()
+        };
         let live_peers = order.iter().filter(|p| !self.is_bad(p)).count();
-        for p in order {
-            if let Some(bytes) = self.ask(p, c, blob).await {
+        let first = if self.spread && !self.seeds.is_empty() {
+            ASK_PER_ATTEMPT.min(order.len())
+        } else {
+            order.len()
+        };
+        for p in &order[..first] {
+            if let Some(bytes) = self.ask(*p, c, blob).await {
                 return Ok(Got::Bytes(bytes));
             }
         }
@@ -275,6 +301,11 @@ impl FetchCtx {
                 if let Some(bytes) = self.ask(*p, c, blob).await {
                     return Ok(Got::Bytes(bytes));
                 }
+            }
+        }
+        for p in &order[first..] {
+            if let Some(bytes) = self.ask(*p, c, blob).await {
+                return Ok(Got::Bytes(bytes));
             }
         }
         Err(FetchError::Chunk {
