@@ -14,7 +14,8 @@
 #
 # Usage: scripts/bench-scale.sh [PEERS=32 FRAMES=400 BASE=4]
 # Environment: MESHD_BIN=PATH (else target/release/meshd is built), BENCH_KEEP=1 (keep logs),
-# BENCH_LOG=FILTER (the daemons' RUST_LOG, default warn).
+# BENCH_LOG=FILTER (the daemons' RUST_LOG, default warn), BENCH_FOR=SECS (stop after SECS and
+# print the rate frames reach the output instead: for jobs too big to finish here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -110,20 +111,40 @@ hb_pub0=$(gossip_sum peers published_bytes)
 
 t0=$(now)
 job=$(cli submitter submit "$work/scene.blend" "1-$FRAMES" --no-deps --out "$work/out" --json 2>/dev/null | jq -r .id)
-peak_mean=0 peak_max=0
+peak_mean=0 peak_max=0 partial=0
 while :; do
-    st=$(cli submitter status "$job" --json 2>/dev/null || echo '{}')
+    # All jobs, without their frames (a job's own status would list every frame).
+    st=$(cli submitter status --json 2>/dev/null | jq --arg j "$job" '{jobs: [.jobs[] | select(.id == $j)]}' || echo '{}')
     written=$(jq -r '.jobs[0].frames_written // 0' <<<"$st")
     read -r m x < <(rss_stats)
     peak_mean=$(awk -v a="$peak_mean" -v b="$m" 'BEGIN { print (b > a) ? b : a }')
     peak_max=$(awk -v a="$peak_max" -v b="$x" 'BEGIN { print (b > a) ? b : a }')
     [ "$written" = "$FRAMES" ] && break
+    if [ -n "${BENCH_FOR:-}" ] &&
+        awk -v e="$(awk -v a="$(now)" -v b="$t0" 'BEGIN { print a - b }')" -v l="$BENCH_FOR" 'BEGIN { exit !(e > l) }'; then
+        partial=1; break
+    fi
     if awk -v e="$(awk -v a="$(now)" -v b="$t0" 'BEGIN { print a - b }')" 'BEGIN { exit !(e > 1800) }'; then
         echo "TIMEOUT: $written of $FRAMES frames after 30 min" >&2; exit 1
     fi
     sleep 0.2
 done
 makespan=$(awk -v a="$(now)" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')
+if [ "$partial" = 1 ]; then
+    # A job too big to finish here: how fast frames reach the output against the peers'
+    # total speed, how big the daemons got, and how fast the submitter answers.
+    sum_speed=$(printf '%s\n' "${speeds[@]}" | awk '{ s += $1 } END { print s }')
+    rate=$(awk -v w="$written" -v t="$makespan" 'BEGIN { printf "%.1f", w / t }')
+    ideal_rate=$(awk -v s="$sum_speed" -v b="$BASE" 'BEGIN { printf "%.1f", s / b }')
+    ts=$(now); cli submitter status --json >/dev/null; status_ms=$(awk -v a="$(now)" -v b="$ts" 'BEGIN { printf "%.0f", 1000 * (a - b) }')
+    read -r m x < <(rss_stats)
+    sub_rss=$(awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/${pids[0]}/status")
+    printf 'after %.0f s: %d of %d frames written, %s frames/s (the peers render %s frames/s at most: ratio %.3f)\n' \
+        "$makespan" "$written" "$FRAMES" "$rate" "$ideal_rate" "$(awk -v a="$rate" -v b="$ideal_rate" 'BEGIN { print a / b }')"
+    printf 'RSS: submitter %s MiB; renderers mean %s max %s MiB; status answered in %s ms (CLI included)\n' \
+        "$sub_rss" "$m" "$x" "$status_ms"
+    exit 0
+fi
 dups=$(jq -r '.jobs[0].duplicates' <<<"$st")
 sum_speed=$(printf '%s\n' "${speeds[@]}" | awk '{ s += $1 } END { print s }')
 ideal=$(awk -v f="$FRAMES" -v b="$BASE" -v s="$sum_speed" 'BEGIN { printf "%.2f", f * b / s }')

@@ -349,7 +349,7 @@ pub(super) async fn wait(client: &ApiClient, job: &SubmitResponse) -> anyhow::Re
             );
             return Ok(2);
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -728,13 +728,8 @@ impl Daemon {
             };
             // A backup renders until the frame has a result; a claimed render also stops
             // when its claim is lost.
-            let still_ours = state.canonical().is_none()
-                && (active.backup
-                    || state.claim.as_ref().is_some_and(|c| {
-                        c.peer == self.me
-                            && c.incarnation == self.incarnation
-                            && c.epoch == active.epoch
-                    }));
+            let still_ours =
+                state.render_goes_on(&self.me, self.incarnation, active.epoch, active.backup);
             if !still_ours {
                 info!(job = %active.job.short(), frame = active.frame, "claim lost or frame done elsewhere; stopping this frame");
                 if let Some(a) = slot.active.take() {

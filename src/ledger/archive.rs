@@ -81,6 +81,7 @@ impl Ledger {
         self.jobs.insert(
             *id,
             JobEntry {
+                tally: super::tally::Tally::new(&a.spec),
                 spec: a.spec,
                 control: a.control,
                 frames: BTreeMap::new(),

@@ -150,6 +150,20 @@ impl Failure {
 }
 
 impl FrameState {
+    /// Whether a render of this frame by `me` (running as `incarnation`) should go on: the
+    /// frame has no result that counts yet, and the render is a backup (which holds no
+    /// claim) or the winning claim is the one it started under: same peer, same epoch and
+    /// this very incarnation. A claim of an earlier incarnation of `me` at the same epoch
+    /// (published before a crash, then lost from its store) is another render's claim,
+    /// and a dead one.
+    pub fn render_goes_on(&self, me: &PeerId, incarnation: u64, epoch: u32, backup: bool) -> bool {
+        self.canonical().is_none()
+            && (backup
+                || self.claim.as_ref().is_some_and(|c| {
+                    c.peer == *me && c.incarnation == incarnation && c.epoch == epoch
+                }))
+    }
+
     /// A delta holding only a claim.
     pub fn from_claim(claim: Claim) -> Self {
         FrameState {
@@ -372,6 +386,61 @@ pub(crate) mod tests {
                 failures: failures.into_iter().collect(),
                 lost: lost.into_iter().collect(),
             })
+    }
+
+    #[test]
+    fn a_render_stops_when_its_claim_is_beaten_even_by_its_own_earlier_incarnation() {
+        let me = peer(1);
+        let claim = |incarnation, epoch| {
+            FrameState::from_claim(Claim {
+                peer: me,
+                incarnation,
+                epoch,
+            })
+        };
+        // Incarnation 2 renders under its claim at epoch 1.
+        let mut state = claim(2, 1);
+        assert!(state.render_goes_on(&me, 2, 1, false));
+        // Incarnation 1 claimed the same frame at the same epoch before a crash lost that
+        // claim from its store; when the old claim arrives, whichever of the two ranks first
+        // wins. Where the old one wins, the render stops: the old incarnation is dead, so
+        // others take the frame at epoch 2, and going on would render it twice.
+        let old = claim(1, 1);
+        state.merge(&job_id(), 7, &old);
+        let old_won = state.claim.as_ref().is_some_and(|c| c.incarnation == 1);
+        assert_eq!(state.render_goes_on(&me, 2, 1, false), !old_won);
+        let mut beaten = claim(2, 1);
+        beaten.claim = Some(Claim {
+            peer: me,
+            incarnation: 1,
+            epoch: 1,
+        });
+        assert!(
+            !beaten.render_goes_on(&me, 2, 1, false),
+            "a claim of an earlier incarnation is not this render's"
+        );
+        // Another peer's claim, a later epoch, or a result: the render stops; a backup
+        // goes on until there is a result.
+        let other = FrameState::from_claim(Claim {
+            peer: peer(2),
+            incarnation: 1,
+            epoch: 2,
+        });
+        assert!(!other.render_goes_on(&me, 2, 1, false));
+        assert!(other.render_goes_on(&me, 2, 1, true));
+        let mut done = claim(2, 1);
+        done.merge(
+            &job_id(),
+            7,
+            &FrameState::from_done(Done {
+                epoch: 1,
+                peer: peer(2),
+                output: BlobId::of(b"x"),
+                render_ms: 1,
+            }),
+        );
+        assert!(!done.render_goes_on(&me, 2, 1, false));
+        assert!(!done.render_goes_on(&me, 2, 1, true));
     }
 
     fn join(a: &FrameState, b: &FrameState) -> FrameState {

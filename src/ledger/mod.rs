@@ -33,6 +33,7 @@ pub mod policy;
 pub mod sorted;
 pub mod state;
 pub mod tail;
+pub mod tally;
 
 pub use archive::{ArchivedJob, archivable};
 pub use control::{JobControl, RunState};

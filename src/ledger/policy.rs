@@ -99,20 +99,8 @@ pub fn frame_status(state: &FrameState, view: &impl PeerView, policy: &RetryPoli
 }
 
 /// Failed attempts per peer over the job's frames.
-fn failures_by_peer(entry: &JobEntry) -> BTreeMap<PeerId, usize> {
-    let mut counts = BTreeMap::new();
-    for state in entry.frames.values() {
-        let mut prev = None;
-        // Sorted by (epoch, peer, reason): repeats of one attempt are adjacent.
-        for f in state.failures.iter().filter(|f| f.counts()) {
-            let key = (f.epoch, f.peer);
-            if prev != Some(key) {
-                *counts.entry(f.peer).or_insert(0) += 1;
-                prev = Some(key);
-            }
-        }
-    }
-    counts
+fn failures_by_peer(entry: &JobEntry) -> &BTreeMap<PeerId, usize> {
+    &entry.tally.failures
 }
 
 fn blocked_in(counts: &BTreeMap<PeerId, usize>, peer: &PeerId, policy: &RetryPolicy) -> bool {
@@ -121,8 +109,7 @@ fn blocked_in(counts: &BTreeMap<PeerId, usize>, peer: &PeerId, policy: &RetryPol
 
 /// Whether `peer` has failed `max_failures_per_peer_job` attempts or more in this job.
 pub fn peer_blocked(entry: &JobEntry, peer: &PeerId, policy: &RetryPolicy) -> bool {
-    let failed: usize = entry.frames.values().map(|s| s.failed_by(peer)).sum();
-    failed >= policy.max_failures_per_peer_job
+    blocked_in(failures_by_peer(entry), peer, policy)
 }
 
 /// Overall state of a job.
@@ -158,23 +145,22 @@ pub struct JobProgress {
 /// `Running` (also when no renderer is live: one may join later).
 pub fn job_progress(entry: &JobEntry, view: &impl PeerView, policy: &RetryPolicy) -> JobProgress {
     let total = entry.spec.frames.len();
-    let (mut done, mut in_flight, mut pending, mut failed, mut duplicates) = (0, 0, 0, 0, 0);
-    let mut seen = 0;
-    for (&frame, state) in &entry.frames {
-        if !entry.spec.frames.contains(frame) {
+    // Frames with a result are done whatever the view; only the unfinished ones are looked at.
+    let done = total.saturating_sub(entry.tally.unfinished.len());
+    let duplicates = entry.tally.duplicates;
+    let (mut in_flight, mut pending, mut failed) = (0, 0, 0);
+    for frame in &entry.tally.unfinished {
+        let Some(state) = entry.frames.get(frame) else {
+            pending += 1; // the empty state
             continue;
-        }
-        seen += 1;
-        duplicates += state.duplicates();
+        };
         match frame_status(state, view, policy) {
             FrameStatus::Pending => pending += 1,
             FrameStatus::InFlight(_) => in_flight += 1,
-            FrameStatus::Done(_) => done += 1,
+            FrameStatus::Done(_) => {}
             FrameStatus::Failed => failed += 1,
         }
     }
-    // Frames without an entry have the empty state: pending.
-    pending += total.saturating_sub(seen);
 
     let state = if done == total {
         JobState::Done
@@ -187,7 +173,7 @@ pub fn job_progress(entry: &JobEntry, view: &impl PeerView, policy: &RetryPolicy
     } else if pending > 0 && in_flight == 0 {
         let live = fitting_renderers(entry, view);
         let counts = failures_by_peer(entry);
-        if !live.is_empty() && live.iter().all(|p| blocked_in(&counts, p, policy)) {
+        if !live.is_empty() && live.iter().all(|p| blocked_in(counts, p, policy)) {
             JobState::Failed
         } else {
             JobState::Running
@@ -216,17 +202,7 @@ pub struct ClaimChoice {
 
 /// Mean render time (ms) of each peer's results that count in this job.
 pub fn mean_render_ms(entry: &JobEntry) -> BTreeMap<PeerId, f64> {
-    let mut sums: BTreeMap<PeerId, (u64, u64)> = BTreeMap::new();
-    for state in entry.frames.values() {
-        for d in state.results() {
-            let e = sums.entry(d.peer).or_default();
-            e.0 += d.render_ms;
-            e.1 += 1;
-        }
-    }
-    sums.into_iter()
-        .map(|(p, (sum, n))| (p, sum as f64 / n as f64))
-        .collect()
+    entry.tally.mean_render_ms()
 }
 
 /// Whether `me` should leave the job's last `pending` frames to faster live peers: in the
@@ -337,7 +313,7 @@ pub fn choose_claim(
             continue;
         }
         let counts = failures_by_peer(entry);
-        if blocked_in(&counts, me, policy) {
+        if blocked_in(counts, me, policy) {
             continue;
         }
         let progress = job_progress(entry, view, policy);
@@ -346,7 +322,7 @@ pub fn choose_claim(
         }
         let unblocked: Vec<PeerId> = live
             .iter()
-            .filter(|p| !blocked_in(&counts, p, policy))
+            .filter(|p| !blocked_in(counts, p, policy))
             .copied()
             .collect();
         if leave_to_faster(id, entry, me, &unblocked, progress.pending, view) {
@@ -355,12 +331,12 @@ pub fn choose_claim(
         // Others who could try a frame `me` failed: live, fitting the job, not blocked on it.
         let others: Vec<&PeerId> = live
             .iter()
-            .filter(|p| *p != me && !blocked_in(&counts, p, policy) && view.fits(p, entry))
+            .filter(|p| *p != me && !blocked_in(counts, p, policy) && view.fits(p, entry))
             .collect();
 
         let mut best: Option<([u8; 32], u32)> = None;
         let mut taken = 0;
-        for frame in entry.spec.frames.iter() {
+        for &frame in &entry.tally.unfinished {
             if let Some(state) = entry.frames.get(&frame) {
                 if frame_status(state, view, policy) != FrameStatus::Pending {
                     continue;

@@ -9,6 +9,7 @@ use super::control::JobControl;
 use super::digest::{DigestCache, JobDigest};
 use super::frame::FrameState;
 use super::job::JobSpec;
+use super::tally::Tally;
 use crate::ids::JobId;
 
 /// The state of one frame to join into a ledger: a delta (one claim, one result) or a full
@@ -25,9 +26,12 @@ pub struct FrameUpdate {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobEntry {
     pub spec: JobSpec,
+    /// Frame states; change them only through [`Ledger::apply`], which keeps `tally` true.
     pub frames: BTreeMap<u32, FrameState>,
     /// Pause, cancel and priority, as the submitter last set them.
     pub control: JobControl,
+    /// What the frame states add up to (unfinished frames, failures, speeds).
+    pub tally: Tally,
 }
 
 impl JobEntry {
@@ -88,6 +92,7 @@ impl Ledger {
             id,
             JobEntry {
                 control: JobControl::initial(spec.priority),
+                tally: Tally::new(&spec),
                 spec,
                 frames: BTreeMap::new(),
             },
@@ -132,12 +137,18 @@ impl Ledger {
             });
         }
         if let Some(state) = entry.frames.get_mut(&u.frame) {
-            return Ok(state.merge(&u.job, u.frame, &u.state));
+            let before = state.clone();
+            if !state.merge(&u.job, u.frame, &u.state) {
+                return Ok(false);
+            }
+            entry.tally.changed(u.frame, Some(&before), state);
+            return Ok(true);
         }
         let mut state = FrameState::default();
         if !state.merge(&u.job, u.frame, &u.state) {
             return Ok(false);
         }
+        entry.tally.changed(u.frame, None, &state);
         entry.frames.insert(u.frame, state);
         Ok(true)
     }
