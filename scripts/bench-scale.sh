@@ -109,6 +109,16 @@ claims_pub0=$(gossip_sum claims published_bytes)
 claims_recv0=$(gossip_sum claims received_bytes)
 hb_pub0=$(gossip_sum peers published_bytes)
 
+# CPU seconds used by every daemon so far (user + system).
+cpu_secs() {
+    local ticks=0 t
+    for p in "${pids[@]}"; do
+        t=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+        ticks=$((ticks + t))
+    done
+    awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t / hz }'
+}
+cpu0=$(cpu_secs)
 t0=$(now)
 job=$(cli submitter submit "$work/scene.blend" "1-$FRAMES" --no-deps --out "$work/out" --json 2>/dev/null | jq -r .id)
 peak_mean=0 peak_max=0 partial=0
@@ -143,6 +153,10 @@ if [ "$partial" = 1 ]; then
         "$makespan" "$written" "$FRAMES" "$rate" "$ideal_rate" "$(awk -v a="$rate" -v b="$ideal_rate" 'BEGIN { print a / b }')"
     printf 'RSS: submitter %s MiB; renderers mean %s max %s MiB; status answered in %s ms (CLI included)\n' \
         "$sub_rss" "$m" "$x" "$status_ms"
+    cpu=$(awk -v a="$(cpu_secs)" -v b="$cpu0" 'BEGIN { print a - b }')
+    printf 'CPU: the daemons kept %.2f of this machine'"'"'s %d cores busy (%.1f ms of CPU per frame written)\n' \
+        "$(awk -v c="$cpu" -v t="$makespan" 'BEGIN { print c / t }')" "$(nproc)" \
+        "$(awk -v c="$cpu" -v w="$written" 'BEGIN { print (w > 0) ? 1000 * c / w : 0 }')"
     exit 0
 fi
 dups=$(jq -r '.jobs[0].duplicates' <<<"$st")

@@ -127,7 +127,8 @@ enum TaskDone {
         frame: u32,
         epoch: u32,
         render_ms: u64,
-        result: Result<BlobId, String>,
+        /// The output, pinned until its result is merged.
+        result: Result<(BlobId, crate::store::Pin), String>,
     },
     Probed(Result<BlenderInfo, String>),
     Collected {

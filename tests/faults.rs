@@ -189,3 +189,87 @@ fn a_crashed_project_fetch_is_retried() {
     );
     assert_frames(&out, &[1, 2], (64, 48));
 }
+
+/// A renderer killed after a frame is rendered and stored but before it is flushed and
+/// announced: nobody ever hears of that result, the frame is rendered again elsewhere, and
+/// the restarted renderer does not bring the half-stored result back.
+#[cfg(feature = "test-faults")]
+#[test]
+fn a_renderer_killed_mid_flush_leaves_no_result_behind() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "flush.blend", 6, 96, 54, 4);
+    let lease = ["--lease-secs", "3"];
+    let a = Daemon::start(
+        root.path(),
+        "a",
+        None,
+        &["--lease-secs", "3", "--no-render"],
+    );
+    let ticket = a.ticket();
+    let mut b = Daemon::start_env(
+        root.path(),
+        "b",
+        Some(&ticket),
+        &lease,
+        &[("MESHD_FAULT_PAUSE_BEFORE_FLUSH_MS", "60000")],
+    );
+    wait_until(Duration::from_secs(60), "b renders", || a.renderers() == 1);
+    let b_id = b.peer_id();
+    let out = root.path().join("out");
+    let id = submit(&a, &scene, "1-6", &out, &[]);
+
+    // b renders a frame, stores it and stops before the flush: kill it there.
+    let mut frame = None;
+    wait_until(
+        Duration::from_secs(120),
+        "b to pause before a flush",
+        || {
+            frame = b
+                .plain_log()
+                .split("MESHD_FAULT_PAUSE_BEFORE_FLUSH frame ")
+                .nth(1)
+                .and_then(|rest| rest.split(':').next())
+                .and_then(|n| n.trim().parse::<u64>().ok());
+            frame.is_some()
+        },
+    );
+    let frame = frame.unwrap();
+    b.kill();
+    // c joins only now, so the frame b held can only be rendered again.
+    let c = Daemon::start(root.path(), "c", Some(&ticket), &lease);
+    let c_id = c.peer_id();
+
+    // Nobody hears of b's result; the frame is rendered again by c.
+    let done_by = |job: &serde_json::Value| {
+        job["frames"].as_array().and_then(|fs| {
+            fs.iter()
+                .find(|f| f["frame"] == frame && f["state"] == "done")
+                .map(|f| f["peer"].as_str().unwrap_or_default().to_string())
+        })
+    };
+    let mut renderer = None;
+    wait_until(Duration::from_secs(120), "the frame rendered again", || {
+        renderer = done_by(&a.job(&id));
+        renderer.is_some()
+    });
+    assert_eq!(
+        renderer.as_deref(),
+        Some(c_id.as_str()),
+        "frame {frame}: the only result is c's (b, killed mid-flush, announced nothing)"
+    );
+
+    // b comes back with its data dir (the stored, unflushed frame in it) and renders on.
+    b.restart(root.path(), &lease);
+    assert_eq!(b.peer_id(), b_id);
+    wait_until(Duration::from_secs(300), "every frame written", || {
+        a.job(&id)["frames_written"] == 6
+    });
+    assert_frames(&out, &(1..=6).collect::<Vec<_>>(), (96, 54));
+    let job = a.job(&id);
+    assert_eq!(job["state"], "done");
+    assert_eq!(
+        job["duplicates"], 0,
+        "no second result for any frame: b did not bring back what it never flushed"
+    );
+    assert_eq!(done_by(&job).as_deref(), Some(c_id.as_str()));
+}

@@ -288,6 +288,9 @@ async fn discover_deps(
 }
 
 struct ImportedProject {
+    /// The files and the manifest, kept from collections until the job is in the ledger
+    /// (dropped when the submit handler returns, after the daemon added the job).
+    _pins: Vec<crate::store::Pin>,
     id: crate::ids::BlobId,
     files: usize,
     bytes: u64,
@@ -300,10 +303,12 @@ fn import_project(
 ) -> Result<ImportedProject, String> {
     use crate::transfer::project::{ProjectFile, ProjectManifest};
     let mut files = Vec::with_capacity(plan.files.len());
+    let mut pins = Vec::with_capacity(plan.files.len() + 1);
     for (rel, abs) in &plan.files {
-        let blob = store
-            .import_copy(abs)
+        let (blob, pin) = store
+            .import_copy_pinned(abs)
             .map_err(|e| format!("cannot read {}: {e}", abs.display()))?;
+        pins.push(pin);
         let size = store.manifest(&blob).map(|m| m.size).unwrap_or(0);
         files.push(ProjectFile {
             path: rel.clone(),
@@ -318,10 +323,12 @@ fn import_project(
         .to_string();
     let manifest =
         ProjectManifest::new(root, plan.scene.clone(), files).map_err(|e| e.to_string())?;
-    let id = store
-        .import_bytes(&manifest.encode())
+    let (id, pin) = store
+        .import_bytes_pinned(&manifest.encode())
         .map_err(|e| format!("cannot store the project manifest: {e}"))?;
+    pins.push(pin);
     Ok(ImportedProject {
+        _pins: pins,
         id,
         files: manifest.files.len(),
         bytes: manifest.total_size(),

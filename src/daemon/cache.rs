@@ -80,6 +80,9 @@ impl Daemon {
             return;
         }
         let (protected, keep_jobs) = self.protected();
+        // Taken with the protected set: blobs unpinned from now on reached the ledger
+        // after it was computed, and the collection keeps them (store/pins.rs).
+        let mark = self.store.pin_mark();
         // Work dirs of jobs that are over go; forget their laid-out projects with them.
         let over: Vec<_> = self
             .scenes
@@ -97,7 +100,7 @@ impl Daemon {
         let task = self.tasks.spawn(async move {
             let result = tokio::task::spawn_blocking(move || {
                 let mut report = store
-                    .collect(&protected, limit)
+                    .collect(&protected, mark, limit)
                     .map_err(|e| e.to_string())?;
                 report.work_dirs_removed = remove_work_dirs(&work, &keep_jobs);
                 Ok(report)

@@ -578,10 +578,13 @@ impl Daemon {
         let store = self.store.clone();
         let task = self.tasks.spawn(async move {
             let path = rf.path.clone();
+            // Pinned until its result is merged: a collection in between keeps it.
             let result = tokio::task::spawn_blocking(move || {
-                let id = store.import_owned(&path)?;
+                let (id, pin) = store.import_owned_pinned(&path)?;
+                #[cfg(feature = "test-faults")]
+                faults::pause_before_flush(frame);
                 store.flush()?;
-                Ok::<_, crate::store::StoreError>(id)
+                Ok::<_, crate::store::StoreError>((id, pin))
             })
             .await
             .map_err(|e| e.to_string())
@@ -605,10 +608,13 @@ impl Daemon {
         frame: u32,
         epoch: u32,
         render_ms: u64,
-        result: Result<crate::ids::BlobId, String>,
+        result: Result<(crate::ids::BlobId, crate::store::Pin), String>,
     ) {
+        // Dropped once the result is merged below.
+        let mut _pin = None;
         let state = match result {
-            Ok(output) => {
+            Ok((output, pin)) => {
+                _pin = Some(pin);
                 info!(job = %job.short(), frame, ms = render_ms, "frame done");
                 FrameState::from_done(Done {
                     epoch,
@@ -744,6 +750,23 @@ impl Daemon {
 /// Fault injection for the test suite; compiled only with the `test-faults` feature.
 #[cfg(feature = "test-faults")]
 mod faults {
+    /// `MESHD_FAULT_PAUSE_BEFORE_FLUSH_MS=N`: the first finished frame of this daemon is
+    /// imported into the store, then the store task waits N ms before flushing it and
+    /// announcing it: the window in which a crash must not leave a result behind.
+    pub fn pause_before_flush(frame: u32) {
+        static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let Some(ms) = std::env::var("MESHD_FAULT_PAUSE_BEFORE_FLUSH_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return;
+        };
+        if !DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tracing::warn!("MESHD_FAULT_PAUSE_BEFORE_FLUSH frame {frame}: stored, not flushed");
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
+
     /// `MESHD_FAULT_PANIC_SCENE_FETCH=1`: the first project fetch task of this daemon panics.
     pub fn panic_scene_fetch_once() {
         static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -273,6 +273,14 @@ impl FrameState {
     }
 
     /// Whether `peer` reported a failure at `epoch` (or released its claim there).
+    /// Whether `peer` finished this frame under its claim at `epoch` (a result, counting or
+    /// declared lost): that claim holds no render any more.
+    pub fn finished_at(&self, peer: &PeerId, epoch: u32) -> bool {
+        self.done
+            .iter()
+            .any(|d| d.epoch == epoch && d.peer == *peer)
+    }
+
     pub fn failed_at(&self, peer: &PeerId, epoch: u32) -> bool {
         self.failures
             .iter()

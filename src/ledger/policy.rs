@@ -77,9 +77,9 @@ pub enum FrameStatus {
 /// The status of a frame: `Done` if it has any result not declared lost (the canonical one);
 /// `Failed` after `max_failures_per_frame` failed attempts or
 /// [`MAX_LOST`](super::frame::MAX_LOST) lost results;
-/// `InFlight` if its claim's holder has not
-/// reported a failure under that claim and is live for the claim's incarnation; else
-/// `Pending`.
+/// `InFlight` if its claim's holder has neither
+/// reported a failure nor a result under that claim and is live for the claim's
+/// incarnation; else `Pending`.
 pub fn frame_status(state: &FrameState, view: &impl PeerView, policy: &RetryPolicy) -> FrameStatus {
     if let Some(done) = state.canonical() {
         return FrameStatus::Done(done.clone());
@@ -91,6 +91,8 @@ pub fn frame_status(state: &FrameState, view: &impl PeerView, policy: &RetryPoli
     }
     if let Some(c) = &state.claim
         && !state.failed_at(&c.peer, c.epoch)
+        // A claim whose render ended in a result (since declared lost) holds nothing.
+        && !state.finished_at(&c.peer, c.epoch)
         && view.claim_live(&c.peer, c.incarnation)
     {
         return FrameStatus::InFlight(c.clone());
@@ -505,6 +507,39 @@ mod tests {
             frame_status(l.frame(&id, 1).unwrap(), &view, &policy),
             FrameStatus::Failed
         );
+    }
+
+    #[test]
+    fn a_lost_result_of_a_live_renderer_sends_the_frame_back_to_pending() {
+        // Peer 1 claimed, rendered and is alive, but its output cannot be served (its
+        // store lost the file): the submitter declares the result lost. The claim is
+        // spent; it must not keep the frame "in flight" for ever.
+        let (mut l, id) = one_job("1");
+        let view = View::with(&[(1, 1), (2, 1)]);
+        let policy = RetryPolicy::default();
+        let done = Done {
+            epoch: 1,
+            peer: peer(1),
+            output: BlobId::of(b"gone"),
+            render_ms: 1,
+        };
+        apply(&mut l, id, 1, FrameState::from_claim(claim(1, 1, 1)));
+        apply(&mut l, id, 1, FrameState::from_done(done.clone()));
+        apply(
+            &mut l,
+            id,
+            1,
+            FrameState::from_lost(crate::ledger::Lost::of(&done)),
+        );
+        let st = l.frame(&id, 1).unwrap();
+        assert_eq!(
+            st.claim,
+            Some(claim(1, 1, 1)),
+            "the claim is still the winning one"
+        );
+        assert_eq!(frame_status(st, &view, &policy), FrameStatus::Pending);
+        let again = choose_claim(&l, &peer(1), 1, &view, &policy, |_, _| true, 4).unwrap();
+        assert_eq!(again.claim.epoch, 2);
     }
 
     #[test]

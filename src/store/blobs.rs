@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::{Store, StoreError};
+use super::{Pin, Store, StoreError};
 use crate::ids::{BlobId, ChunkId};
 use crate::net::{BlobRequest, BlobResponse, BlobServer};
 use crate::transfer::manifest::Manifest;
@@ -81,22 +81,41 @@ impl Store {
 
     /// Stores `bytes` as a blob and returns its id.
     pub fn import_bytes(&self, bytes: &[u8]) -> Result<BlobId, StoreError> {
+        self.import_bytes_pinned(bytes).map(|(id, _)| id)
+    }
+
+    /// Like [`import_bytes`](Self::import_bytes); the blob stays pinned (kept by every
+    /// collection, see `pins.rs`) while the [`Pin`] lives.
+    pub fn import_bytes_pinned(&self, bytes: &[u8]) -> Result<(BlobId, Pin), StoreError> {
         let tmp = self.temp_path();
         std::fs::write(&tmp, bytes)?;
-        self.import_owned(&tmp)
+        self.import_owned_pinned(&tmp)
     }
 
     /// Copies `path` into the store and returns its id.
     pub fn import_copy(&self, path: &Path) -> Result<BlobId, StoreError> {
+        self.import_copy_pinned(path).map(|(id, _)| id)
+    }
+
+    /// Like [`import_copy`](Self::import_copy), pinned while the [`Pin`] lives.
+    pub fn import_copy_pinned(&self, path: &Path) -> Result<(BlobId, Pin), StoreError> {
         let tmp = self.temp_path();
         std::fs::copy(path, &tmp)?;
-        self.import_owned(&tmp)
+        self.import_owned_pinned(&tmp)
     }
 
     /// Moves `path` (which must be on the data dir's filesystem) into the store.
     pub fn import_owned(&self, path: &Path) -> Result<BlobId, StoreError> {
+        self.import_owned_pinned(path).map(|(id, _)| id)
+    }
+
+    /// Like [`import_owned`](Self::import_owned), pinned while the [`Pin`] lives. The pin
+    /// is taken before the blob's file appears in the store.
+    pub fn import_owned_pinned(&self, path: &Path) -> Result<(BlobId, Pin), StoreError> {
         let manifest = Manifest::build(File::open(path)?)?;
-        self.commit(path, &manifest)
+        let pin = self.pin(manifest.id());
+        let id = self.commit(path, &manifest)?;
+        Ok((id, pin))
     }
 
     /// Files a complete, verified blob at `tmp` under its manifest's id.

@@ -353,7 +353,9 @@ mod tests {
         let ib = import(&store, dir.path(), &b);
         assert_eq!(store.disk_bytes(), 8 << 20);
 
-        let r = store.collect(&[ib].into(), u64::MAX).unwrap();
+        let r = store
+            .collect(&[ib].into(), store.pin_mark(), u64::MAX)
+            .unwrap();
         assert_eq!((r.blobs_compacted, r.blobs_removed), (1, 0));
         assert!(store.is_compact(&ia) && store.has_blob(&ia) && !store.is_whole(&ia));
         let kept = store.disk_bytes();
@@ -371,7 +373,9 @@ mod tests {
         assert_eq!(std::fs::read(path).unwrap(), a);
         assert!(store.is_whole(&ia) && !store.is_compact(&ia));
         // Once whole again, its loose chunks are redundant and swept.
-        store.collect(&[ia].into(), u64::MAX).unwrap();
+        store
+            .collect(&[ia].into(), store.pin_mark(), u64::MAX)
+            .unwrap();
         assert_eq!(store.disk_bytes(), 4 << 20);
     }
 
@@ -381,7 +385,9 @@ mod tests {
         let store = Store::open(&dir.path().join("data")).unwrap();
         let ia = import(&store, dir.path(), &data(1 << 20, 0));
         let ib = import(&store, dir.path(), &vec![3u8; 1 << 20]);
-        let r = store.collect(&HashSet::new(), u64::MAX).unwrap();
+        let r = store
+            .collect(&HashSet::new(), store.pin_mark(), u64::MAX)
+            .unwrap();
         assert_eq!(r.blobs_compacted, 0);
         assert!(store.is_whole(&ia) && store.is_whole(&ib));
     }
@@ -425,7 +431,7 @@ mod tests {
                         let protected = ids.iter()
                             .filter(|(v, id)| protect & (1 << **v) != 0 && store.has_blob(id))
                             .map(|(_, id)| *id).collect();
-                        store.collect(&protected, (limit_mib as u64) << 20).unwrap();
+                        store.collect(&protected, store.pin_mark(), (limit_mib as u64) << 20).unwrap();
                         for id in &protected {
                             prop_assert!(store.has_blob(id), "a protected blob went");
                         }

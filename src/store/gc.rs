@@ -184,12 +184,20 @@ impl Store {
     /// Collects: compacts unprotected blobs that share most of their chunks with others
     /// ([`super::dedup`]), then removes unprotected blobs (LRU first) until at most `limit`
     /// bytes remain, and partial files that are not protected.
-    pub fn collect(&self, protected: &HashSet<BlobId>, limit: u64) -> Result<GcReport, StoreError> {
+    pub fn collect(
+        &self,
+        protected: &HashSet<BlobId>,
+        mark: u64,
+        limit: u64,
+    ) -> Result<GcReport, StoreError> {
         let before = self.disk_bytes();
         let mut report = GcReport::default();
         let whole = self.whole_blobs()?;
         let mut holders = self.holders(&whole);
-        for id in whole.iter().filter(|b| !protected.contains(b)) {
+        for id in whole
+            .iter()
+            .filter(|b| !protected.contains(b) && !self.pin_keeps(b, mark))
+        {
             let saved = self.compact_one(id, &mut holders)?;
             if saved > 0 {
                 report.blobs_compacted += 1;
@@ -197,10 +205,16 @@ impl Store {
             }
         }
         let uses = self.blob_uses()?;
-        let victims = pick_victims(&uses, protected, limit);
+        let mut keep = protected.clone();
+        keep.extend(self.pinned_since(mark));
+        let victims = pick_victims(&uses, &keep, limit);
         // Chunks that compact blobs staying behind still need.
         let needed = self.needed_by_compact(&victims.iter().copied().collect());
         for id in &victims {
+            // Pinned since the list was made: an import of the same bytes that just landed.
+            if self.pin_keeps(id, mark) {
+                continue;
+            }
             self.evict(id, &mut holders, &needed)?;
             report.blobs_removed += 1;
         }

@@ -18,6 +18,7 @@
 pub mod blobs;
 pub mod dedup;
 pub mod gc;
+pub mod pins;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use tracing::warn;
 
 use crate::ids::{BlobId, JobId};
 use crate::ledger::{ArchivedJob, FrameState, FrameUpdate, JobSpec, Ledger};
+pub use pins::Pin;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -64,6 +66,8 @@ pub struct Store {
     archive: sled::Tree,
     forgotten: sled::Tree,
     blob_dir: PathBuf,
+    /// Blobs kept from collections while their references are on the way (`pins.rs`).
+    pins: pins::Shared,
 }
 
 fn frame_key(job: &JobId, frame: u32) -> [u8; 36] {
@@ -123,6 +127,7 @@ impl Store {
             forgotten: db.open_tree("forgotten")?,
             db,
             blob_dir,
+            pins: Default::default(),
         })
     }
 
