@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cloud;
 pub mod daemon;
 pub mod ids;
 pub mod ledger;

@@ -3,6 +3,7 @@
 use crate::api::types::ControlAction;
 
 mod client;
+mod cloud;
 mod control;
 mod fetch;
 mod join;
@@ -78,6 +79,9 @@ pub enum Command {
     /// Forget a job that is over on this machine: its state and bookkeeping go, its files
     /// with the next `meshd gc`. Written output files stay.
     Rm(control::JobArg),
+    /// GPUs rented from Vast.ai and Clore.ai.
+    #[command(subcommand)]
+    Cloud(cloud::CloudCommand),
 }
 
 impl Cli {
@@ -106,5 +110,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             control::run(&data_dir, job, ControlAction::Priority(priority)).await
         }
         Command::Rm(j) => control::run(&data_dir, j, ControlAction::Remove).await,
+        Command::Cloud(c) => cloud::run(c).await,
     }
 }

@@ -1,0 +1,191 @@
+//! Clore.ai's HTTP API (`https://api.clore.ai/v1/...`), as far as meshd uses it.
+//!
+//! - Auth: header `auth: KEY` (not `Authorization`). The marketplace works without a key.
+//! - Every answer carries an integer `code` (0 OK, 3 bad key, 5 rate limit, others with an
+//!   `error` string), presumably with HTTP 200. Code 5 is retried after 1.1 s, growing 1.5x.
+//! - Prices are per day; meshd converts to per hour. The marketplace has no server-side
+//!   filters: meshd filters the list itself.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::offers::{Filter, Offer};
+use super::{CloudConfig, CloudError, Endpoint, Provider, RATE_LIMIT_ATTEMPTS, backoff};
+
+/// First wait after code 5 (Clore allows one call per second per key).
+const RATE_LIMIT_WAIT: Duration = Duration::from_millis(1100);
+
+/// `specs.gpu` is `"2x NVIDIA GeForce RTX 4090"`: the count and the model.
+fn split_gpu(spec: &str) -> (u32, String) {
+    let spec = spec.trim();
+    if let Some((n, rest)) = spec.split_once(['x', 'X'])
+        && let Ok(n) = n.trim().parse::<u32>()
+    {
+        return (n.clamp(1, 64), rest.trim().to_string());
+    }
+    (1, spec.to_string())
+}
+
+/// A USD price per day from `price`: on-demand or spot, in USD-Blockchain, else the
+/// marketplace's own USD figures.
+fn usd_per_day(price: &Value, spot: bool) -> Option<f64> {
+    if spot {
+        price["spot"]["USD-Blockchain"]
+            .as_f64()
+            .or_else(|| price["usd"]["spot"].as_f64())
+    } else {
+        price["on_demand"]["USD-Blockchain"]
+            .as_f64()
+            .or_else(|| price["usd"]["on_demand_usd"].as_f64())
+            .or_else(|| price["usd"]["on_demand_clore"].as_f64())
+    }
+}
+
+/// One marketplace server as an offer, or `None` if it is rented or lacks a price.
+pub fn parse_server(v: &Value, spot: bool) -> Option<Offer> {
+    if v["rented"].as_bool() == Some(true) {
+        return None;
+    }
+    let id = v["id"].as_u64()?;
+    let (gpus, gpu) = match v["specs"]["gpu"].as_str() {
+        Some(s) => split_gpu(s),
+        None => {
+            let arr = v["gpu_array"].as_array()?;
+            let first = arr.first()?;
+            let name = first
+                .as_str()
+                .or_else(|| first.as_array()?.first()?.as_str())?;
+            (arr.len().clamp(1, 64) as u32, name.to_string())
+        }
+    };
+    let per_day = usd_per_day(&v["price"], spot)?;
+    Some(
+        Offer {
+            provider: Provider::Clore,
+            id,
+            gpu,
+            gpus,
+            vram_gb: v["specs"]["gpuram"].as_f64().unwrap_or(0.0),
+            usd_per_hour: per_day / 24.0,
+            reliability: v["reliability"].as_f64(),
+            country: v["specs"]["net"]["cc"]
+                .as_str()
+                .map(str::trim)
+                .filter(|c| c.len() == 2)
+                .map(str::to_ascii_uppercase),
+            spot,
+            model: None,
+            score_per_gpu: None,
+        }
+        .with_speed(),
+    )
+}
+
+/// A Clore API client.
+pub struct Clore {
+    api: Endpoint,
+}
+
+impl Clore {
+    pub fn new(cfg: &CloudConfig) -> Result<Self, CloudError> {
+        Ok(Clore {
+            api: Endpoint::new(cfg, Provider::Clore)?,
+        })
+    }
+
+    /// Servers for rent that match `filter` (not ranked).
+    pub async fn offers(&self, filter: &Filter) -> Result<Vec<Offer>, CloudError> {
+        let answer = self
+            .call(reqwest::Method::GET, "/marketplace", None)
+            .await?;
+        let servers = answer["servers"]
+            .as_array()
+            .ok_or_else(|| self.api.bad_answer("no \"servers\" list"))?;
+        Ok(servers
+            .iter()
+            .filter_map(|s| parse_server(s, filter.spot))
+            .filter(|o| filter.accepts(o))
+            .collect())
+    }
+
+    /// One API call: the JSON answer when `code` is 0, else an error. Code 5 is retried.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, CloudError> {
+        for attempt in 0..RATE_LIMIT_ATTEMPTS {
+            let (status, text) = self.api.send(method.clone(), path, body).await?;
+            let Ok(value) = serde_json::from_str::<Value>(&text) else {
+                return Err(if status.is_success() {
+                    self.api.bad_answer("not JSON")
+                } else {
+                    CloudError::Api {
+                        provider: Provider::Clore.name(),
+                        msg: super::clean(&format!("HTTP {status}")),
+                    }
+                });
+            };
+            match value["code"].as_i64() {
+                Some(0) => return Ok(value),
+                Some(3) => return Err(CloudError::BadKey(Provider::Clore)),
+                Some(5) => {
+                    tracing::debug!(attempt, "Clore rate limit; waiting");
+                    tokio::time::sleep(backoff(RATE_LIMIT_WAIT, attempt)).await;
+                }
+                Some(code) => {
+                    let what = match code {
+                        1 => {
+                            "database error (often: not enough balance, or the server was just rented)"
+                        }
+                        2 => "invalid input",
+                        4 => "invalid endpoint",
+                        _ => "error",
+                    };
+                    let detail = value["error"].as_str().unwrap_or("");
+                    return Err(CloudError::Api {
+                        provider: Provider::Clore.name(),
+                        msg: super::clean(format!("code {code}, {what} {detail}").trim()),
+                    });
+                }
+                None => return Err(self.api.bad_answer("no \"code\"")),
+            }
+        }
+        Err(CloudError::RateLimited(Provider::Clore))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn servers_are_read_in_clores_units() {
+        let v = json!({"id": 6, "rented": false, "reliability": 0.99,
+            "gpu_array": ["NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 4090"],
+            "price": {"on_demand": {"CLORE-Blockchain": 55.0, "USD-Blockchain": 7.2},
+                      "spot": {"CLORE-Blockchain": 20.0},
+                      "usd": {"on_demand_clore": 7.2, "spot": 2.6}},
+            "specs": {"gpu": "2x NVIDIA GeForce RTX 4090", "gpuram": 24, "net": {"cc": "CZ"}}});
+        let o = parse_server(&v, false).unwrap();
+        assert_eq!(
+            (o.id, o.gpus, o.gpu.as_str()),
+            (6, 2, "NVIDIA GeForce RTX 4090")
+        );
+        assert!((o.usd_per_hour - 0.3).abs() < 1e-9, "7.2 $/day");
+        assert_eq!(o.country.as_deref(), Some("CZ"));
+        assert_eq!(o.score_per_gpu, Some(11_078));
+        let s = parse_server(&v, true).unwrap();
+        assert!((s.usd_per_hour - 2.6 / 24.0).abs() < 1e-9);
+        let mut rented = v.clone();
+        rented["rented"] = json!(true);
+        assert!(parse_server(&rented, false).is_none());
+        let mut bare = v.clone();
+        bare["specs"]["gpu"] = Value::Null;
+        assert_eq!(parse_server(&bare, false).unwrap().gpus, 2);
+    }
+}

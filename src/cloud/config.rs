@@ -1,0 +1,166 @@
+//! API keys and base URLs: from the environment, else from `$XDG_CONFIG_HOME/meshd/cloud.env`
+//! (`KEY=value` lines), which must be readable by its owner only. Keys are held in
+//! [`ApiKey`], which never prints.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::{CloudError, Provider};
+
+/// Where the config file is, as the error messages say it.
+pub const FILE_HINT: &str = "~/.config/meshd/cloud.env";
+
+pub const VAST_URL: &str = "https://console.vast.ai";
+pub const CLORE_URL: &str = "https://api.clore.ai/v1";
+
+/// A provider API key. No `Display`; `Debug` prints `ApiKey(…)`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// The key, for the one place that sends it: an HTTP header.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(…)")
+    }
+}
+
+/// Keys and base URLs for every provider.
+#[derive(Clone, Debug)]
+pub struct CloudConfig {
+    keys: HashMap<Provider, ApiKey>,
+    urls: HashMap<Provider, String>,
+}
+
+impl CloudConfig {
+    /// Reads the environment and the config file (the environment wins).
+    pub fn load() -> Result<Self, CloudError> {
+        let file = config_file();
+        let from_file = match &file {
+            Some(p) if p.exists() => read_file(p)?,
+            _ => HashMap::new(),
+        };
+        Ok(Self::from_sources(|k| std::env::var(k).ok(), &from_file))
+    }
+
+    fn from_sources(env: impl Fn(&str) -> Option<String>, file: &HashMap<String, String>) -> Self {
+        let get = |k: &str| {
+            env(k)
+                .or_else(|| file.get(k).cloned())
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let mut keys = HashMap::new();
+        let mut urls = HashMap::new();
+        for p in [Provider::Vast, Provider::Clore] {
+            if let Some(k) = get(p.key_env()) {
+                keys.insert(p, ApiKey(k));
+            }
+            let default = match p {
+                Provider::Vast => VAST_URL,
+                Provider::Clore => CLORE_URL,
+            };
+            let url = get(p.url_env()).unwrap_or_else(|| default.to_string());
+            urls.insert(p, url.trim_end_matches('/').to_string());
+        }
+        CloudConfig { keys, urls }
+    }
+
+    pub fn key(&self, p: Provider) -> Option<&ApiKey> {
+        self.keys.get(&p)
+    }
+
+    /// The key, or an error that says where to put one.
+    pub fn require_key(&self, p: Provider) -> Result<&ApiKey, CloudError> {
+        self.key(p).ok_or(CloudError::MissingKey(p))
+    }
+
+    pub fn url(&self, p: Provider) -> &str {
+        self.urls.get(&p).map(String::as_str).unwrap_or_default()
+    }
+}
+
+fn config_file() -> Option<PathBuf> {
+    directories::BaseDirs::new().map(|d| d.config_dir().join("meshd").join("cloud.env"))
+}
+
+/// `KEY=value` lines; `#` starts a comment. Refused unless only its owner may read it.
+fn read_file(path: &Path) -> Result<HashMap<String, String>, CloudError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| CloudError::Config(format!("cannot read {}: {e}", path.display())))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(CloudError::Config(format!(
+            "{} holds API keys but others may read it: run chmod 600 {}",
+            path.display(),
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CloudError::Config(format!("cannot read {}: {e}", path.display())))?;
+    Ok(parse(&text))
+}
+
+fn parse(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            (k.trim().to_string(), v.to_string())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_wins_over_the_file_and_keys_never_print() {
+        let file = parse(
+            "# keys\nMESHD_VAST_API_KEY = \"file-key\"\nMESHD_CLORE_API_KEY=clore-file\nMESHD_CLORE_URL=http://127.0.0.1:9/v1/\n",
+        );
+        let env = |k: &str| (k == "MESHD_VAST_API_KEY").then(|| "env-key".to_string());
+        let c = CloudConfig::from_sources(env, &file);
+        assert_eq!(c.key(Provider::Vast).map(ApiKey::expose), Some("env-key"));
+        assert_eq!(
+            c.key(Provider::Clore).map(ApiKey::expose),
+            Some("clore-file")
+        );
+        assert_eq!(c.url(Provider::Vast), VAST_URL);
+        assert_eq!(c.url(Provider::Clore), "http://127.0.0.1:9/v1");
+        let printed = format!("{c:?}");
+        assert!(
+            !printed.contains("env-key") && !printed.contains("clore-file"),
+            "{printed}"
+        );
+        let none = CloudConfig::from_sources(|_| None, &HashMap::new());
+        let err = none.require_key(Provider::Clore).unwrap_err().to_string();
+        assert!(err.contains("MESHD_CLORE_API_KEY"), "{err}");
+    }
+
+    #[test]
+    fn a_config_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cloud.env");
+        std::fs::write(&p, "MESHD_VAST_API_KEY=k\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_file(&p).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        assert!(!err.contains("=k"), "{err}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_file(&p).unwrap()["MESHD_VAST_API_KEY"], "k");
+    }
+}
