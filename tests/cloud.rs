@@ -327,3 +327,166 @@ fn bad_flags_are_refused_before_any_request() {
         assert!(!out.status.success() && err.contains(want), "{a:?}: {err}");
     }
 }
+
+/// The Vast client against the fake: rent, wait until it runs, find it by label, destroy;
+/// a taken offer, a bid too low (the instance exists anyway and must be destroyed).
+#[test]
+fn vast_instances_are_created_found_and_destroyed() {
+    use meshd::cloud::instance::{InstanceState, RentSpec, label_for};
+    use meshd::cloud::{CloudConfig, CloudError, vast::Vast};
+
+    let fake = fake_cloud::vast(VAST_KEY, vast_market());
+    fake.state.lock().unwrap().host_ports.insert(22, 2222);
+    let cfg = CloudConfig::from_pairs(&[
+        ("MESHD_VAST_URL", fake.url.as_str()),
+        ("MESHD_VAST_API_KEY", VAST_KEY),
+    ]);
+    let spec = RentSpec {
+        image: "nvidia/cuda:12.4.1-runtime-ubuntu22.04".into(),
+        label: label_for("0123456789abcdef0123"),
+        node_port: 4747,
+        ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE meshd".into(),
+        bid_usd_per_hour: None,
+        disk_gb: 40,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let vast = Vast::new(&cfg).unwrap();
+        let id = vast.create(2, &spec).await.unwrap();
+        vast.attach_ssh(id, &spec.ssh_public_key).await.unwrap();
+        assert_eq!(
+            fake.state.lock().unwrap().instances[&id].ssh_key.as_deref(),
+            Some(spec.ssh_public_key.as_str())
+        );
+        let first = vast.show(id, 4747).await.unwrap().unwrap();
+        assert_eq!(first.state, InstanceState::Starting);
+        assert_eq!(first.ssh, None, "no SSH before it runs");
+        let mut inst = first;
+        for _ in 0..5 {
+            inst = vast.show(id, 4747).await.unwrap().unwrap();
+            if inst.state == InstanceState::Running {
+                break;
+            }
+        }
+        assert_eq!(inst.state, InstanceState::Running);
+        assert_eq!(inst.ssh, Some(("127.0.0.1".to_string(), 2222)));
+        assert_eq!(inst.node, Some(("127.0.0.1".to_string(), 44747)));
+        assert_eq!(inst.label.as_deref(), Some("meshd-0123456789abcdef"));
+        let listed = vast.list(4747).await.unwrap();
+        assert_eq!(listed.iter().map(|i| i.id).collect::<Vec<_>>(), vec![id]);
+
+        // The offer is taken now.
+        match vast.create(2, &spec).await {
+            Err(CloudError::OfferGone { id: 2, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        // A bid under the minimum: Vast makes a stopped instance and says no.
+        let low = RentSpec {
+            bid_usd_per_hour: Some(0.01),
+            ..spec.clone()
+        };
+        let stray = match vast.create(1, &low).await {
+            Err(CloudError::CreatedButFailed { id, .. }) => id,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            vast.show(stray, 4747).await.unwrap().unwrap().state,
+            InstanceState::Stopped
+        );
+        vast.destroy(stray).await.unwrap();
+        vast.destroy(id).await.unwrap();
+        vast.destroy(id).await.unwrap(); // already gone: fine
+        assert!(vast.show(id, 4747).await.unwrap().is_none());
+        assert!(vast.list(4747).await.unwrap().is_empty());
+
+        let keyless = Vast::new(&CloudConfig::from_pairs(&[(
+            "MESHD_VAST_URL",
+            fake.url.as_str(),
+        )]))
+        .unwrap();
+        assert!(matches!(
+            keyless.list(4747).await,
+            Err(CloudError::MissingKey(_))
+        ));
+    });
+    drop(rt);
+    let s = fake.state.lock().unwrap();
+    assert!(
+        s.instances.is_empty(),
+        "nothing left rented: {:?}",
+        s.live_ids()
+    );
+}
+
+/// The Clore client against the fake: order (the answer has no id: found in my_orders),
+/// wait until online, cancel; a taken server; cancelling twice.
+#[test]
+fn clore_orders_are_placed_found_and_cancelled() {
+    use meshd::cloud::instance::{InstanceState, RentSpec, label_for};
+    use meshd::cloud::{CloudConfig, CloudError, clore::Clore};
+
+    let fake = fake_cloud::clore(
+        CLORE_KEY,
+        vec![
+            clore_server(1, "RTX 3090", 1, 24, 4.8, "CZ"),
+            clore_server(2, "RTX 4090", 1, 24, 9.6, "DE"),
+        ],
+    );
+    let cfg = CloudConfig::from_pairs(&[
+        ("MESHD_CLORE_URL", fake.url.as_str()),
+        ("MESHD_CLORE_API_KEY", CLORE_KEY),
+    ]);
+    let spec = RentSpec {
+        image: "cloreai/ubuntu22.04-cuda12".into(),
+        label: label_for("0123456789abcdef"),
+        node_port: 4747,
+        ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE meshd".into(),
+        bid_usd_per_hour: None,
+        disk_gb: 40,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let clore = Clore::new(&cfg).unwrap();
+        let id = clore.create(2, &spec, None).await.unwrap();
+        let mut inst = None;
+        for _ in 0..5 {
+            let all = clore.orders(4747).await.unwrap();
+            inst = all.into_iter().find(|i| i.id == id);
+            if inst
+                .as_ref()
+                .is_some_and(|i| i.state == InstanceState::Running)
+            {
+                break;
+            }
+        }
+        let inst = inst.expect("the order is listed");
+        assert_eq!(inst.state, InstanceState::Running);
+        assert_eq!(inst.ssh, Some(("127.0.0.1".to_string(), 41_022)));
+        assert_eq!(inst.node, Some(("127.0.0.1".to_string(), 45_747)));
+        assert!(
+            (inst.usd_per_hour.unwrap() - 0.4).abs() < 1e-9,
+            "9.60 $/day"
+        );
+
+        match clore.create(2, &spec, None).await {
+            Err(CloudError::Api { msg, .. }) => {
+                assert!(msg.contains("server-already-rented"), "{msg}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let spot = clore.create(1, &spec, Some(2.0)).await.unwrap();
+        clore.cancel(spot).await.unwrap();
+        clore.cancel(id).await.unwrap();
+        clore.cancel(id).await.unwrap(); // no longer active: fine
+        assert!(clore.orders(4747).await.unwrap().is_empty());
+    });
+    drop(rt);
+    let s = fake.state.lock().unwrap();
+    assert!(
+        s.active_ids().is_empty(),
+        "nothing left rented: {:?}",
+        s.active_ids()
+    );
+    let order = s.orders.values().find(|o| o["spot"] == true).unwrap();
+    assert_eq!(order["price"], 2.0, "the spot bid is per day");
+}

@@ -193,7 +193,11 @@ fn print_table(rows: &[OfferRow], estimates: bool, count: u32) {
         );
         if estimates {
             match &r.estimate {
-                Some(e) => line.push_str(&format!(" {:>8.1}h {:>8.2}$", e.hours, e.usd)),
+                Some(e) => line.push_str(&format!(
+                    " {:>8.1}h {:>9}",
+                    e.hours,
+                    format!("${:.2}", e.usd)
+                )),
                 None => line.push_str(&format!(" {:>9} {:>9}", "?", "?")),
             }
         }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::instance::{Instance, InstanceState, RentSpec};
 use super::offers::{Filter, Offer};
 use super::{CloudConfig, CloudError, Endpoint, Provider, RATE_LIMIT_ATTEMPTS, backoff};
 
@@ -109,6 +110,93 @@ impl Clore {
             .collect())
     }
 
+    /// Orders `server` for `spec` (a spot order bids `spot_usd_per_day`): the order's id.
+    /// `create_order` answers without one; the order is found in `my_orders` as the newest
+    /// on that server created since the call.
+    pub async fn create(
+        &self,
+        server: u64,
+        spec: &RentSpec,
+        spot_usd_per_day: Option<f64>,
+    ) -> Result<u64, CloudError> {
+        self.api.require_key()?;
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+            - 60.0; // the provider's clock may lag ours
+        let body = order_body(server, spec, spot_usd_per_day);
+        self.call(reqwest::Method::POST, "/create_order", Some(&body))
+            .await?;
+        for attempt in 0..ORDER_LOOKUPS {
+            if attempt > 0 {
+                tokio::time::sleep(RATE_LIMIT_WAIT).await;
+            }
+            let v = self.my_orders().await?;
+            let newest = v
+                .iter()
+                .filter(|o| o["si"].as_u64() == Some(server))
+                .filter(|o| o["ct"].as_f64().is_some_and(|ct| ct >= since))
+                .max_by(|a, b| {
+                    let ct = |o: &Value| o["ct"].as_f64().unwrap_or(0.0);
+                    ct(a).total_cmp(&ct(b))
+                })
+                .and_then(|o| o["id"].as_u64());
+            if let Some(id) = newest {
+                return Ok(id);
+            }
+        }
+        Err(self.api.bad_answer(
+            "the new order never showed in my_orders: check the Clore console and cancel it there",
+        ))
+    }
+
+    /// Active orders, as instances.
+    pub async fn orders(&self, node_port: u16) -> Result<Vec<Instance>, CloudError> {
+        self.api.require_key()?;
+        Ok(self
+            .my_orders()
+            .await?
+            .iter()
+            .filter_map(|o| parse_order(o, node_port))
+            .collect())
+    }
+
+    /// Cancels order `id`. One that is no longer active counts as cancelled.
+    pub async fn cancel(&self, id: u64) -> Result<(), CloudError> {
+        self.api.require_key()?;
+        let body = serde_json::json!({ "id": id });
+        match self
+            .call(reqwest::Method::POST, "/cancel_order", Some(&body))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e @ (CloudError::BadKey(_) | CloudError::Unreachable { .. })) => Err(e),
+            Err(e) => {
+                let active = self.my_orders().await?;
+                if active.iter().any(|o| o["id"].as_u64() == Some(id)) {
+                    Err(e)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    async fn my_orders(&self) -> Result<Vec<Value>, CloudError> {
+        let v = self
+            .call(
+                reqwest::Method::GET,
+                "/my_orders?return_completed=false",
+                None,
+            )
+            .await?;
+        v["orders"]
+            .as_array()
+            .cloned()
+            .ok_or_else(|| self.api.bad_answer("no \"orders\" list"))
+    }
+
     /// One API call: the JSON answer when `code` is 0, else an error. Code 5 is retried.
     async fn call(
         &self,
@@ -155,6 +243,63 @@ impl Clore {
         }
         Err(CloudError::RateLimited(Provider::Clore))
     }
+}
+
+/// Looks in `my_orders` for a new order this many times, 1.1 s apart.
+const ORDER_LOOKUPS: u32 = 10;
+
+/// The `create_order` body: SSH and the node's port as TCP ports, OptiX libraries injected,
+/// priced in USD; a spot order with its bid per day.
+pub fn order_body(server: u64, spec: &RentSpec, spot_usd_per_day: Option<f64>) -> Value {
+    let mut ports = serde_json::Map::new();
+    ports.insert("22".into(), Value::String("tcp".into()));
+    ports.insert(spec.node_port.to_string(), Value::String("tcp".into()));
+    let mut body = serde_json::json!({
+        "renting_server": server,
+        "type": if spot_usd_per_day.is_some() { "spot" } else { "on-demand" },
+        "currency": "USD-Blockchain",
+        "image": spec.image,
+        "ports": ports,
+        "env": {"NVIDIA_DRIVER_CAPABILITIES": "all"},
+        "ssh_key": spec.ssh_public_key,
+    });
+    if let Some(bid) = spot_usd_per_day {
+        body["spotprice"] = serde_json::json!(bid);
+    }
+    body
+}
+
+/// An order as an instance: `tcp_ports` entries are `"<container>:<host>"`, the host is
+/// `pub_cluster[0]`. Clore has no status string: an expired order is gone, an online one
+/// with its SSH port mapped runs.
+pub fn parse_order(v: &Value, node_port: u16) -> Option<Instance> {
+    let id = v["id"].as_u64()?;
+    let host = v["pub_cluster"][0].as_str().map(str::trim).unwrap_or("");
+    let mapped = |port: u16| -> Option<(String, u16)> {
+        v["tcp_ports"].as_array()?.iter().find_map(|p| {
+            let (inner, outer) = p.as_str()?.split_once(':')?;
+            (inner.trim().parse::<u16>().ok()? == port && !host.is_empty())
+                .then(|| Some((host.to_string(), outer.trim().parse().ok()?)))?
+        })
+    };
+    let state = if v["expired"].as_bool() == Some(true) {
+        InstanceState::Gone
+    } else if v["online"].as_bool() == Some(true) && mapped(22).is_some() {
+        InstanceState::Running
+    } else {
+        InstanceState::Starting
+    };
+    let running = state == InstanceState::Running;
+    Some(Instance {
+        provider: Provider::Clore,
+        id,
+        label: None,
+        ssh: mapped(22).filter(|_| running),
+        node: mapped(node_port).filter(|_| running),
+        usd_per_hour: v["price"].as_f64().map(|p| p / 24.0),
+        started_unix: v["ct"].as_f64(),
+        state,
+    })
 }
 
 #[cfg(test)]

@@ -48,6 +48,16 @@ impl CloudConfig {
         Ok(Self::from_sources(|k| std::env::var(k).ok(), &from_file))
     }
 
+    /// From explicit `NAME=value` settings only (the names of the environment variables),
+    /// ignoring the environment and the config file.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::from_sources(|_| None, &map)
+    }
+
     fn from_sources(env: impl Fn(&str) -> Option<String>, file: &HashMap<String, String>) -> Self {
         let get = |k: &str| {
             env(k)

@@ -10,6 +10,7 @@
 
 pub mod clore;
 pub mod config;
+pub mod instance;
 pub mod offers;
 pub mod speed;
 pub mod vast;
@@ -85,6 +86,16 @@ pub enum CloudError {
         msg: String,
         env: &'static str,
     },
+    #[error("{provider} offer {id} is gone (rented by someone else): list offers again")]
+    OfferGone { provider: &'static str, id: u64 },
+    /// The provider made the instance but reported a failure (a Vast bid too low leaves a
+    /// stopped instance): the caller destroys `id`.
+    #[error("{provider} made instance {id} but refused to run it: {msg}")]
+    CreatedButFailed {
+        provider: &'static str,
+        id: u64,
+        msg: String,
+    },
     #[error("{0}")]
     Config(String),
 }
@@ -149,6 +160,14 @@ impl Endpoint {
         })?;
         let status = resp.status();
         Ok((status, resp.text().await.unwrap_or_default()))
+    }
+
+    /// The key, or [`CloudError::MissingKey`]: renting and listing need one.
+    pub(crate) fn require_key(&self) -> Result<(), CloudError> {
+        self.key
+            .as_ref()
+            .map(|_| ())
+            .ok_or(CloudError::MissingKey(self.provider))
     }
 
     /// An answer that is not what the API documents.

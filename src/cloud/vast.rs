@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::instance::{Instance, InstanceState, RentSpec};
 use super::offers::{Filter, Offer};
 use super::{CloudConfig, CloudError, Endpoint, Provider, RATE_LIMIT_ATTEMPTS, backoff};
 
@@ -118,6 +119,106 @@ impl Vast {
             .collect())
     }
 
+    /// Rents offer `offer` for `spec`: the new instance's id.
+    pub async fn create(&self, offer: u64, spec: &RentSpec) -> Result<u64, CloudError> {
+        self.api.require_key()?;
+        let body = create_body(spec);
+        let path = format!("/api/v0/asks/{offer}/");
+        let (status, value, text) = self.raw(reqwest::Method::PUT, &path, Some(&body)).await?;
+        let id = value.as_ref().and_then(|v| v["new_contract"].as_u64());
+        let ok =
+            (200..300).contains(&status) && value.as_ref().is_some_and(|v| v["success"] != false);
+        match (ok, id) {
+            (true, Some(id)) => Ok(id),
+            (true, None) => Err(self.api.bad_answer("no \"new_contract\" in the answer")),
+            (false, Some(id)) => Err(CloudError::CreatedButFailed {
+                provider: Provider::Vast.name(),
+                id,
+                msg: error_message(status, value.as_ref(), &text),
+            }),
+            (false, None) if status == 404 || status == 410 => Err(CloudError::OfferGone {
+                provider: Provider::Vast.name(),
+                id: offer,
+            }),
+            (false, None) => Err(CloudError::Api {
+                provider: Provider::Vast.name(),
+                msg: error_message(status, value.as_ref(), &text),
+            }),
+        }
+    }
+
+    /// Instance `id`, or `None` if Vast no longer knows it.
+    pub async fn show(&self, id: u64, node_port: u16) -> Result<Option<Instance>, CloudError> {
+        self.api.require_key()?;
+        let v = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v0/instances/{id}/"),
+                None,
+            )
+            .await?;
+        Ok(parse_instance(&v["instances"], node_port))
+    }
+
+    /// Every instance of the account (all pages).
+    pub async fn list(&self, node_port: u16) -> Result<Vec<Instance>, CloudError> {
+        self.api.require_key()?;
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..400 {
+            let path = match &after {
+                None => "/api/v1/instances/?limit=25".to_string(),
+                Some(t) => format!("/api/v1/instances/?limit=25&after_token={}", urlencode(t)),
+            };
+            let v = self.call(reqwest::Method::GET, &path, None).await?;
+            let page = v["instances"]
+                .as_array()
+                .ok_or_else(|| self.api.bad_answer("no \"instances\" list"))?;
+            out.extend(page.iter().filter_map(|i| parse_instance(i, node_port)));
+            match v["next_token"].as_str() {
+                Some(t) if !t.is_empty() && !page.is_empty() => after = Some(t.to_string()),
+                _ => return Ok(out),
+            }
+        }
+        Err(self.api.bad_answer("the instance list never ends"))
+    }
+
+    /// Lets `public_key` log in to instance `id` as root (Vast copies account keys only
+    /// into new instances; this works on any).
+    pub async fn attach_ssh(&self, id: u64, public_key: &str) -> Result<(), CloudError> {
+        self.api.require_key()?;
+        let body = serde_json::json!({ "ssh_key": public_key });
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/v0/instances/{id}/ssh/"),
+            Some(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Destroys instance `id`. One Vast no longer knows counts as destroyed.
+    pub async fn destroy(&self, id: u64) -> Result<(), CloudError> {
+        self.api.require_key()?;
+        let path = format!("/api/v0/instances/{id}/");
+        let (status, value, text) = self
+            .raw(reqwest::Method::DELETE, &path, Some(&serde_json::json!({})))
+            .await?;
+        let gone = value
+            .as_ref()
+            .is_some_and(|v| matches!(v["error"].as_str(), Some("not_found" | "no_such_instance")));
+        if ((200..300).contains(&status) && value.as_ref().is_some_and(|v| v["success"] != false))
+            || status == 404
+            || gone
+        {
+            return Ok(());
+        }
+        Err(CloudError::Api {
+            provider: Provider::Vast.name(),
+            msg: error_message(status, value.as_ref(), &text),
+        })
+    }
+
     /// One API call: the JSON answer, or an error. 429 is retried.
     async fn call(
         &self,
@@ -125,27 +226,122 @@ impl Vast {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, CloudError> {
+        let (status, value, text) = self.raw(method, path, body).await?;
+        if !(200..300).contains(&status) || value.as_ref().is_some_and(|v| v["success"] == false) {
+            return Err(CloudError::Api {
+                provider: Provider::Vast.name(),
+                msg: error_message(status, value.as_ref(), &text),
+            });
+        }
+        value.ok_or_else(|| self.api.bad_answer("not JSON"))
+    }
+
+    /// One request with 429 retried and 401 turned into [`CloudError::BadKey`]: the
+    /// status, the body as JSON if it is, and its text.
+    async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Option<Value>, String), CloudError> {
         for attempt in 0..RATE_LIMIT_ATTEMPTS {
             let (status, text) = self.api.send(method.clone(), path, body).await?;
-            if status.as_u16() == 429 {
-                tracing::debug!(attempt, "Vast rate limit; waiting");
-                tokio::time::sleep(backoff(RATE_LIMIT_WAIT, attempt)).await;
-                continue;
+            match status.as_u16() {
+                429 => {
+                    tracing::debug!(attempt, "Vast rate limit; waiting");
+                    tokio::time::sleep(backoff(RATE_LIMIT_WAIT, attempt)).await;
+                }
+                401 => return Err(CloudError::BadKey(Provider::Vast)),
+                s => return Ok((s, serde_json::from_str(&text).ok(), text)),
             }
-            if status.as_u16() == 401 {
-                return Err(CloudError::BadKey(Provider::Vast));
-            }
-            let value: Option<Value> = serde_json::from_str(&text).ok();
-            if !status.is_success() || value.as_ref().is_some_and(|v| v["success"] == false) {
-                return Err(CloudError::Api {
-                    provider: Provider::Vast.name(),
-                    msg: error_message(status.as_u16(), value.as_ref(), &text),
-                });
-            }
-            return value.ok_or_else(|| self.api.bad_answer("not JSON"));
         }
         Err(CloudError::RateLimited(Provider::Vast))
     }
+}
+
+/// The create body for `spec`: SSH straight to the machine, the node's port mapped, OptiX
+/// libraries injected (`NVIDIA_DRIVER_CAPABILITIES=all`), an interruptible bid if asked.
+/// The SSH key goes separately ([`Vast::attach_ssh`]).
+pub fn create_body(spec: &RentSpec) -> Value {
+    let mut env = serde_json::Map::new();
+    env.insert(
+        format!("-p {p}:{p}", p = spec.node_port),
+        Value::String("1".into()),
+    );
+    env.insert(
+        "NVIDIA_DRIVER_CAPABILITIES".into(),
+        Value::String("all".into()),
+    );
+    serde_json::json!({
+        "client_id": "me",
+        "image": spec.image,
+        "disk": spec.disk_gb,
+        "label": spec.label,
+        "runtype": "ssh_direct",
+        "onstart": "touch ~/.no_auto_tmux",
+        "env": env,
+        "price": spec.bid_usd_per_hour,
+        "cancel_unavail": true,
+    })
+}
+
+/// An instance as Vast shows it, or `None` (`{"instances": null}`: unknown).
+pub fn parse_instance(v: &Value, node_port: u16) -> Option<Instance> {
+    let id = v["id"].as_u64()?;
+    let s = |k: &str| v[k].as_str().unwrap_or("");
+    let (actual, intended, cur, next) = (
+        s("actual_status"),
+        s("intended_status"),
+        s("cur_state"),
+        s("next_state"),
+    );
+    let msg = s("status_msg");
+    let state = if cur == "unloaded" || next == "unloaded" {
+        InstanceState::Gone
+    } else if cur == "stopped" && next == "stopped" && intended == "stopped" {
+        InstanceState::Stopped
+    } else if msg.contains("Error")
+        || matches!(actual, "offline" | "exited")
+        || (actual == "created" && msg.contains("failed"))
+    {
+        InstanceState::Failed(super::clean(if msg.is_empty() { actual } else { msg }))
+    } else if actual == "running" && intended == "running" {
+        InstanceState::Running
+    } else {
+        InstanceState::Starting
+    };
+    let ip = s("public_ipaddr").trim().to_string();
+    let mapped = |port: u16| -> Option<(String, u16)> {
+        let p = v["ports"][format!("{port}/tcp")][0]["HostPort"].as_str()?;
+        Some((ip.clone(), p.trim().parse().ok()?)).filter(|(h, _)| !h.is_empty())
+    };
+    let ssh = mapped(22).or_else(|| {
+        let host = v["ssh_host"].as_str()?.to_string();
+        Some((host, u16::try_from(v["ssh_port"].as_u64()?).ok()?))
+    });
+    let running = state == InstanceState::Running;
+    Some(Instance {
+        provider: Provider::Vast,
+        id,
+        label: v["label"].as_str().map(super::clean),
+        ssh: ssh.filter(|_| running),
+        node: mapped(node_port).filter(|_| running),
+        usd_per_hour: v["dph_total"].as_f64(),
+        started_unix: v["start_date"].as_f64(),
+        state,
+    })
+}
+
+/// Percent-encodes a query value (the list's opaque page token).
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `"<error>: <msg>"` from an error body, else its first line of text; with the status.

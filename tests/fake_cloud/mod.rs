@@ -63,6 +63,13 @@ pub struct VastState {
     pub queries: Vec<Value>,
     /// Requests that carried a wrong key.
     pub rejected: u32,
+    /// Rented instances by id (a BTreeMap: the list pages in id order).
+    pub instances: std::collections::BTreeMap<u64, VastInstance>,
+    next_id: u64,
+    /// `show` calls before a new instance runs (`None`: it never does).
+    pub polls_to_run: Option<u32>,
+    /// Host port a container port is mapped to (else 40000 + port).
+    pub host_ports: HashMap<u16, u16>,
 }
 
 pub type FakeVast = Fake<VastState>;
@@ -71,6 +78,7 @@ pub fn vast(key: &str, offers: Vec<Value>) -> FakeVast {
     let state = VastState {
         key: key.into(),
         offers,
+        polls_to_run: Some(2),
         ..VastState::default()
     };
     serve(
@@ -78,6 +86,13 @@ pub fn vast(key: &str, offers: Vec<Value>) -> FakeVast {
         |s| {
             Router::new()
                 .route("/api/v0/bundles/", post(vast_bundles))
+                .route("/api/v0/asks/{id}/", axum::routing::put(vast_create))
+                .route(
+                    "/api/v0/instances/{id}/",
+                    get(vast_show).delete(vast_destroy),
+                )
+                .route("/api/v1/instances/", get(vast_list))
+                .route("/api/v0/instances/{id}/ssh/", post(vast_attach_ssh))
                 .with_state(s)
         },
         "",
@@ -267,6 +282,22 @@ pub struct CloreState {
     /// Calls per key closer than 1 s apart get code 5, as Clore does.
     pub enforce_spacing: bool,
     last_call: HashMap<String, Instant>,
+    /// Orders by id; cancelled ones stay with `expired: true`.
+    pub orders: std::collections::BTreeMap<u64, Value>,
+    next_order: u64,
+    /// `my_orders` calls before a new order is online with its ports.
+    pub polls_to_run: u32,
+}
+
+impl CloreState {
+    /// Orders still active (not expired).
+    pub fn active_ids(&self) -> Vec<u64> {
+        self.orders
+            .iter()
+            .filter(|(_, o)| o["expired"] != true)
+            .map(|(id, _)| *id)
+            .collect()
+    }
 }
 
 pub type FakeClore = Fake<CloreState>;
@@ -275,6 +306,7 @@ pub fn clore(key: &str, servers: Vec<Value>) -> FakeClore {
     let state = CloreState {
         key: key.into(),
         servers,
+        polls_to_run: 1,
         ..CloreState::default()
     };
     serve(
@@ -282,6 +314,9 @@ pub fn clore(key: &str, servers: Vec<Value>) -> FakeClore {
         |s| {
             Router::new()
                 .route("/v1/marketplace", get(clore_marketplace))
+                .route("/v1/create_order", post(clore_create_order))
+                .route("/v1/my_orders", get(clore_my_orders))
+                .route("/v1/cancel_order", post(clore_cancel_order))
                 .with_state(s)
         },
         "/v1",
@@ -349,4 +384,397 @@ async fn clore_marketplace(
         return Json(e);
     }
     Json(json!({"servers": s.servers, "my_servers": [], "code": 0}))
+}
+
+// ---------------------------------------------------------------------------------------
+// Vast.ai instances
+
+/// A rented instance on the fake Vast.
+#[derive(Clone, Debug)]
+pub struct VastInstance {
+    pub id: u64,
+    pub offer: Value,
+    pub label: String,
+    pub image: String,
+    /// Container ports asked for with `-p P:P` in `env`.
+    pub ports: Vec<u16>,
+    pub price: Option<f64>,
+    pub ssh_key: Option<String>,
+    /// `show` calls left before it runs (`None`: never runs).
+    pub polls_to_run: Option<u32>,
+    pub stopped: bool,
+}
+
+impl VastState {
+    /// Instances not destroyed.
+    pub fn live_ids(&self) -> Vec<u64> {
+        self.instances.keys().copied().collect()
+    }
+}
+
+fn vast_instance_json(i: &VastInstance, host_port_of: &dyn Fn(u16) -> u16) -> Value {
+    let running = i.polls_to_run == Some(0) && !i.stopped;
+    let (actual, cur) = if i.stopped {
+        ("stopped", "stopped")
+    } else if running {
+        ("running", "running")
+    } else {
+        ("loading", "running")
+    };
+    let ports: serde_json::Map<String, Value> = if running {
+        i.ports
+            .iter()
+            .chain(std::iter::once(&22))
+            .map(|p| {
+                (
+                    format!("{p}/tcp"),
+                    json!([{"HostIp": "0.0.0.0", "HostPort": host_port_of(*p).to_string()}]),
+                )
+            })
+            .collect()
+    } else {
+        serde_json::Map::new()
+    };
+    json!({
+        "id": i.id, "machine_id": i.offer["machine_id"], "actual_status": actual,
+        "intended_status": if i.stopped { "stopped" } else { "running" },
+        "cur_state": cur, "next_state": cur,
+        "status_msg": if running { "success, running" } else { "pulling image" },
+        "label": i.label, "image_uuid": i.image, "image_runtype": "ssh ssh_direc ssh_proxy",
+        "ssh_host": "ssh4.vast.example", "ssh_port": 26512, "public_ipaddr": " 127.0.0.1 ",
+        "ports": if running { Value::Object(ports) } else { Value::Null },
+        "gpu_name": i.offer["gpu_name"], "num_gpus": i.offer["num_gpus"],
+        "dph_total": i.price.unwrap_or(i.offer["dph_total"].as_f64().unwrap_or(0.0)),
+        "is_bid": i.price.is_some(), "start_date": 1761008618.2,
+    })
+}
+
+fn vast_err(status: StatusCode, error: &str, msg: &str) -> Response {
+    (
+        status,
+        Json(json!({"success": false, "error": error, "msg": msg})),
+    )
+        .into_response()
+}
+
+/// Auth for endpoints that need a key, plus the rate limit.
+fn vast_gate(
+    s: &mut VastState,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> Option<Response> {
+    match vast_auth(s, headers, q) {
+        Err(r) => {
+            s.rejected += 1;
+            Some(*r)
+        }
+        Ok(false) => Some(vast_err(
+            StatusCode::UNAUTHORIZED,
+            "auth_error",
+            "Invalid user key",
+        )),
+        Ok(true) => vast_rate_limited(s),
+    }
+}
+
+async fn vast_create(
+    State(st): State<Arc<Mutex<VastState>>>,
+    axum::extract::Path(offer_id): axum::extract::Path<u64>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut s = st.lock().unwrap();
+    if let Some(r) = vast_gate(&mut s, &headers, &q) {
+        return r;
+    }
+    let Some(pos) = s.offers.iter().position(|o| o["id"] == offer_id) else {
+        return vast_err(
+            StatusCode::NOT_FOUND,
+            "invalid_args",
+            &format!(
+                "error 404/3603: no_such_ask Instance type by id {offer_id} is not available."
+            ),
+        );
+    };
+    if body["image"].as_str().is_none_or(str::is_empty) {
+        return vast_err(StatusCode::BAD_REQUEST, "invalid_args", "image is required");
+    }
+    let Some(env) = body["env"].as_object() else {
+        return vast_err(
+            StatusCode::BAD_REQUEST,
+            "invalid_args",
+            "env must be a JSON object",
+        );
+    };
+    let ports: Vec<u16> = env
+        .keys()
+        .filter_map(|k| k.strip_prefix("-p ")?.split(':').next()?.parse().ok())
+        .collect();
+    let offer = s.offers.remove(pos);
+    let price = body["price"].as_f64();
+    s.next_id += 1;
+    let id = 7_835_600 + s.next_id;
+    let too_low = price.is_some_and(|p| p < offer["min_bid"].as_f64().unwrap_or(0.0));
+    let inst = VastInstance {
+        id,
+        offer,
+        label: body["label"].as_str().unwrap_or("").to_string(),
+        image: body["image"].as_str().unwrap_or("").to_string(),
+        ports,
+        price,
+        ssh_key: None,
+        polls_to_run: s.polls_to_run,
+        stopped: too_low,
+    };
+    s.instances.insert(id, inst);
+    if too_low {
+        // Vast makes the instance, stopped, and says the bid failed.
+        return (
+            StatusCode::OK,
+            Json(json!({"success": false, "error": "invalid_price", "msg": "bid too low", "new_contract": id})),
+        )
+            .into_response();
+    }
+    Json(json!({"success": true, "new_contract": id})).into_response()
+}
+
+async fn vast_show(
+    State(st): State<Arc<Mutex<VastState>>>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let mut s = st.lock().unwrap();
+    if let Some(r) = vast_gate(&mut s, &headers, &q) {
+        return r;
+    }
+    let map = s.host_ports.clone();
+    let Some(i) = s.instances.get_mut(&id) else {
+        return Json(json!({"instances": null})).into_response();
+    };
+    if let Some(n) = i.polls_to_run.as_mut() {
+        *n = n.saturating_sub(1);
+    }
+    let v = vast_instance_json(i, &|p| map.get(&p).copied().unwrap_or(40_000 + p));
+    Json(json!({"instances": v})).into_response()
+}
+
+async fn vast_destroy(
+    State(st): State<Arc<Mutex<VastState>>>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let mut s = st.lock().unwrap();
+    if let Some(r) = vast_gate(&mut s, &headers, &q) {
+        return r;
+    }
+    match s.instances.remove(&id) {
+        Some(_) => Json(json!({"success": true, "msg": "destroying instance"})).into_response(),
+        None => vast_err(
+            StatusCode::NOT_FOUND,
+            "no_such_instance",
+            "no such instance",
+        ),
+    }
+}
+
+async fn vast_list(
+    State(st): State<Arc<Mutex<VastState>>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let mut s = st.lock().unwrap();
+    if let Some(r) = vast_gate(&mut s, &headers, &q) {
+        return r;
+    }
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(25)
+        .min(25);
+    let after: u64 = q
+        .get("after_token")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let map = s.host_ports.clone();
+    let all: Vec<&VastInstance> = s.instances.values().filter(|i| i.id > after).collect();
+    let page: Vec<Value> = all
+        .iter()
+        .take(limit)
+        .map(|i| vast_instance_json(i, &|p| map.get(&p).copied().unwrap_or(40_000 + p)))
+        .collect();
+    let next = (all.len() > limit).then(|| all[limit - 1].id.to_string());
+    Json(json!({
+        "success": true, "instances_found": page.len(), "total_instances": s.instances.len(),
+        "next_token": next, "instances": page,
+    }))
+    .into_response()
+}
+
+async fn vast_attach_ssh(
+    State(st): State<Arc<Mutex<VastState>>>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut s = st.lock().unwrap();
+    if let Some(r) = vast_gate(&mut s, &headers, &q) {
+        return r;
+    }
+    let Some(key) = body["ssh_key"].as_str().filter(|k| k.starts_with("ssh-")) else {
+        return vast_err(
+            StatusCode::BAD_REQUEST,
+            "invalid_args",
+            "ssh_key is not a public key",
+        );
+    };
+    match s.instances.get_mut(&id) {
+        Some(i) => {
+            i.ssh_key = Some(key.to_string());
+            Json(json!({"success": true, "msg": "ssh key added"})).into_response()
+        }
+        None => vast_err(
+            StatusCode::NOT_FOUND,
+            "no_such_instance",
+            "no such instance",
+        ),
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+async fn clore_create_order(
+    State(st): State<Arc<Mutex<CloreState>>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Json<Value> {
+    let mut s = st.lock().unwrap();
+    if let Some(e) = clore_gate(&mut s, &headers, true) {
+        return Json(e);
+    }
+    let Some(server_id) = body["renting_server"].as_u64() else {
+        return Json(json!({"code": 2, "error": "renting_server missing"}));
+    };
+    if body["image"].as_str().is_none_or(str::is_empty) || !body["ports"].is_object() {
+        return Json(json!({"code": 2, "error": "image and ports are required"}));
+    }
+    let spot = match body["type"].as_str() {
+        Some("on-demand") => false,
+        Some("spot") if body["spotprice"].is_number() => true,
+        _ => {
+            return Json(
+                json!({"code": 2, "error": "type must be on-demand, or spot with spotprice"}),
+            );
+        }
+    };
+    let Some(server) = s.servers.iter_mut().find(|v| v["id"] == server_id) else {
+        return Json(json!({"code": 6, "error": "server-offline"}));
+    };
+    if server["rented"] == true {
+        return Json(json!({"code": 6, "error": "server-already-rented"}));
+    }
+    server["rented"] = true.into();
+    let price = if spot {
+        body["spotprice"].as_f64().unwrap_or(0.0)
+    } else {
+        server["price"]["on_demand"]["USD-Blockchain"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    let specs = server["specs"].clone();
+    let ports: Vec<String> = body["ports"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    s.next_order += 1;
+    let id = 38_000 + s.next_order;
+    let order = json!({
+        "id": id, "si": server_id, "image": body["image"], "currency": body["currency"],
+        "price": price, "creation_fee": 0.1, "spend": 0.0, "ct": unix_now(), "mrl": 72,
+        "online": false, "spot": spot, "expired": false, "pub_cluster": [],
+        "tcp_ports": [], "specs": {"gpu": specs["gpu"], "gpuram": specs["gpuram"]},
+        "reliability": 0.99, "cuda_version": "12.4",
+        "polls_left": s.polls_to_run, "wanted_ports": ports,
+        "ssh_key": body["ssh_key"],
+    });
+    s.orders.insert(id, order);
+    Json(json!({"code": 0}))
+}
+
+async fn clore_my_orders(
+    State(st): State<Arc<Mutex<CloreState>>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    let mut s = st.lock().unwrap();
+    if let Some(e) = clore_gate(&mut s, &headers, true) {
+        return Json(e);
+    }
+    let completed = q.get("return_completed").is_some_and(|v| v == "true");
+    for o in s.orders.values_mut() {
+        let left = o["polls_left"].as_u64().unwrap_or(0);
+        if left > 0 {
+            o["polls_left"] = (left - 1).into();
+        } else if o["expired"] != true && o["online"] != true {
+            let ports: Vec<String> = o["wanted_ports"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| p.as_str())
+                        .map(|p| format!("{p}:{}", 41_000 + p.parse::<u32>().unwrap_or(0)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            o["online"] = true.into();
+            o["pub_cluster"] = json!(["127.0.0.1"]);
+            o["tcp_ports"] = json!(ports);
+        }
+    }
+    let orders: Vec<Value> = s
+        .orders
+        .values()
+        .filter(|o| completed || o["expired"] != true)
+        .map(|o| {
+            let mut o = o.clone();
+            if let Some(m) = o.as_object_mut() {
+                m.remove("polls_left");
+                m.remove("wanted_ports");
+                m.remove("ssh_key");
+            }
+            o
+        })
+        .collect();
+    Json(json!({"orders": orders, "code": 0}))
+}
+
+async fn clore_cancel_order(
+    State(st): State<Arc<Mutex<CloreState>>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Json<Value> {
+    let mut s = st.lock().unwrap();
+    if let Some(e) = clore_gate(&mut s, &headers, true) {
+        return Json(e);
+    }
+    let Some(id) = body["id"].as_u64() else {
+        return Json(json!({"code": 2, "error": "id missing"}));
+    };
+    let Some(order) = s.orders.get_mut(&id).filter(|o| o["expired"] != true) else {
+        return Json(json!({"code": 2, "error": "no such active order"}));
+    };
+    order["expired"] = true.into();
+    order["online"] = false.into();
+    let si = order["si"].clone();
+    if let Some(server) = s.servers.iter_mut().find(|v| v["id"] == si) {
+        server["rented"] = false.into();
+    }
+    Json(json!({"code": 0}))
 }
