@@ -73,6 +73,9 @@ pub struct DaemonConfig {
     pub cache_size: Option<u64>,
     /// Copies of each finished frame kept by peers other than its renderer (`--replicas`).
     pub replicas: usize,
+    /// A job that is over is archived here once its submitter has been gone this long
+    /// (`--archive-orphans-after`).
+    pub archive_orphans_after: Duration,
     /// `--simulate-render SECS`: render no Blender, take SECS per frame (benchmarks only).
     pub simulate_render: Option<Duration>,
 }
@@ -166,6 +169,9 @@ struct Daemon {
     blender: Option<BlenderInfo>,
     scenes: HashMap<JobId, SceneState>,
     render: render::RenderState,
+    /// Jobs that are over while their submitter is gone, and since when (see
+    /// `archive_orphans`).
+    orphans: HashMap<JobId, Instant>,
     /// Frames of jobs written here that have a result to write and are not written yet
     /// (filled as results arrive; see `outputs.rs`).
     write_ready: std::collections::BTreeSet<(JobId, u32)>,
@@ -238,6 +244,7 @@ pub async fn run(
         blender: None,
         scenes: HashMap::new(),
         render,
+        orphans: HashMap::new(),
         write_ready: Default::default(),
         writing: HashSet::new(),
         write_retry: HashMap::new(),
@@ -344,7 +351,10 @@ pub async fn run(
             Some(p) = progress_rx.recv() => d.render.on_progress(p),
             _ = heartbeat.tick() => d.send_heartbeat().await,
             _ = schedule.tick() => d.tick().await,
-            _ = anti_entropy.tick() => d.anti_entropy(),
+            _ = anti_entropy.tick() => {
+                d.anti_entropy();
+                d.archive_orphans().await;
+            }
             _ = redial.tick() => d.redial().await,
             _ = cache.tick() => {
                 let limit = d.cfg.cache_size.unwrap_or(u64::MAX);
@@ -459,6 +469,20 @@ impl Daemon {
                     self.add_job(spec);
                 }
                 GossipMsg::Frames(mut updates) => {
+                    // A submitter back after its job was archived here as an orphan: the
+                    // job is its again (it may need frames rendered anew).
+                    let back: std::collections::BTreeSet<JobId> = updates
+                        .iter()
+                        .filter(|u| {
+                            self.ledger.archived(&u.job).is_some_and(|a| {
+                                a.spec.submitter == g.source && !a.control.run.is_final()
+                            })
+                        })
+                        .map(|u| u.job)
+                        .collect();
+                    for id in back {
+                        self.revive_orphan(&id);
+                    }
                     // News of archived jobs is late: nobody needs it any more.
                     updates.retain(|u| !self.ledger.is_retired(&u.job));
                     // A delta may only speak for its author: its claims, results and failures.
@@ -497,6 +521,21 @@ impl Daemon {
                 if req.version != crate::net::wire::WIRE_VERSION {
                     warn!(%peer, version = req.version, "ignoring sync request of another wire version");
                     return;
+                }
+                // A submitter back after its job was archived here as an orphan: it needs
+                // the job's results again, so the job is active here again.
+                let back: Vec<JobId> = req
+                    .digests
+                    .iter()
+                    .map(|(id, _)| *id)
+                    .filter(|id| {
+                        self.ledger
+                            .archived(id)
+                            .is_some_and(|a| a.spec.submitter == peer && !a.control.run.is_final())
+                    })
+                    .collect();
+                for id in back {
+                    self.revive_orphan(&id);
                 }
                 let resp = self.sync_response(&req);
                 debug!(%peer, jobs = resp.jobs.len(), updates = resp.updates.len(), "answering sync");

@@ -193,3 +193,54 @@ fn finished_jobs_are_archived_everywhere_and_rm_forgets_one() {
     assert!(a.job(&id).is_null(), "a removed job came back");
     assert_eq!(a.job(&running)["state"], "cancelled");
 }
+
+/// A submitter that never comes back never archives its job for the mesh: the others
+/// archive it themselves once it is over and the submitter has been gone long enough.
+#[test]
+fn a_finished_job_whose_submitter_is_gone_is_archived_by_the_others() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "orphan.blend", 4, 64, 36, 2);
+    let mut a = Daemon::start(
+        root.path(),
+        "a",
+        None,
+        &["--no-render", "--lease-secs", "3"],
+    );
+    let ticket = a.ticket();
+    let opts = ["--lease-secs", "3", "--archive-orphans-after", "3"];
+    let r1 = Daemon::start(root.path(), "r1", Some(&ticket), &opts);
+    let r2 = Daemon::start(root.path(), "r2", Some(&ticket), &opts);
+    wait_until(Duration::from_secs(60), "two renderers", || {
+        a.renderers() == 2
+    });
+    let id = submit(&a, &scene, "1-4", &root.path().join("out"), &[]);
+    wait_until(
+        Duration::from_secs(120),
+        "both renderers to hold the project",
+        || r1.job(&id)["project"]["state"] == "ready" && r2.job(&id)["project"]["state"] == "ready",
+    );
+    a.kill();
+    for r in [&r1, &r2] {
+        wait_until(
+            Duration::from_secs(120),
+            &format!("{} to archive the orphaned job", r.name),
+            || r.job(&id)["archived"] == true,
+        );
+        let job = r.job(&id);
+        assert_eq!(job["frames_done"], 4, "{job}");
+        assert!(
+            r.plain_log()
+                .contains("its submitter has been gone too long"),
+            "{}",
+            r.name
+        );
+    }
+    // The submitter comes back after all: it still gets every frame from them.
+    a.restart(root.path(), &["--no-render", "--lease-secs", "3"]);
+    wait_until(
+        Duration::from_secs(120),
+        "the returning submitter to write every frame",
+        || a.job(&id)["frames_written"] == 4,
+    );
+    assert_frames(&root.path().join("out"), &[1, 2, 3, 4], (64, 36));
+}

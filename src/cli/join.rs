@@ -20,6 +20,9 @@ pub const DEFAULT_API_PORT: u16 = 4748;
 pub struct JoinArgs {
     /// Ticket printed by `meshd invite` (or by the first daemon). Omit to found a new mesh.
     pub ticket: Option<String>,
+    /// Read the ticket from this file instead (it holds the mesh key: keep it mode 0600).
+    #[arg(long, value_name = "PATH", conflicts_with = "ticket")]
+    pub ticket_file: Option<PathBuf>,
     /// Address to listen on for peers (repeatable). `/ip4/127.0.0.1/tcp/0` picks a free port.
     #[arg(long, value_name = "MULTIADDR")]
     pub listen: Vec<Multiaddr>,
@@ -68,6 +71,10 @@ pub struct JoinArgs {
     /// blobs of jobs that are over go first; never those of running jobs or undelivered frames.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub cache_size: Option<u64>,
+    /// Archive here a job that is over once its submitter has been gone this many seconds
+    /// (a submitter that never comes back never archives it for the mesh).
+    #[arg(long, value_name = "SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub archive_orphans_after: u64,
 }
 
 /// `500M`, `50G`, `1.5T`, `1024` (bytes); K/M/G/T are powers of 1024, an optional `B`/`iB`
@@ -114,8 +121,15 @@ pub async fn run(data_dir: PathBuf, args: JoinArgs) -> anyhow::Result<i32> {
             args.api
         );
     }
-    let ticket = match &args.ticket {
-        Some(t) => Some(Ticket::decode(t).context("invalid ticket")?),
+    let from_file = match &args.ticket_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the ticket file {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let ticket = match args.ticket.as_deref().or(from_file.as_deref()) {
+        Some(t) => Some(Ticket::decode(t.trim()).context("invalid ticket")?),
         None => None,
     };
     let listen = if args.listen.is_empty() {
@@ -139,6 +153,7 @@ pub async fn run(data_dir: PathBuf, args: JoinArgs) -> anyhow::Result<i32> {
         gpus_together: args.gpus_together,
         frame_timeout: args.frame_timeout.map(Duration::from_secs),
         cache_size: args.cache_size,
+        archive_orphans_after: Duration::from_secs(args.archive_orphans_after),
         replicas: args.replicas as usize,
         simulate_render: args.simulate_render.map(Duration::from_secs_f64),
     };

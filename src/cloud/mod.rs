@@ -13,6 +13,7 @@ pub mod config;
 pub mod instance;
 pub mod offers;
 pub mod speed;
+pub mod ssh;
 pub mod vast;
 
 use std::time::Duration;

@@ -34,6 +34,11 @@ impl Daemon {
         if !archivable(&entry.control, self.writing_here(id, want)) {
             return;
         }
+        self.archive_here(id).await;
+    }
+
+    /// Moves job `id` out of memory here, whatever its control says.
+    async fn archive_here(&mut self, id: &JobId) {
         self.stop_renders_of(id).await;
         // Its project stays listed until the next collection removes its files.
         self.write_retry.retain(|(j, _), _| j != id);
@@ -46,6 +51,49 @@ impl Daemon {
             warn!("cannot persist the archived job: {e}");
         }
         self.settle.recheck(&self.ledger, id);
+    }
+
+    /// Archives here the jobs that are over (every frame has a result, or cancelled) and
+    /// whose submitter has not been live for `--archive-orphans-after`: a submitter that
+    /// never comes back never archives them, and they would stay in memory for ever. Work
+    /// per call: the active jobs (called every few seconds).
+    pub(super) async fn archive_orphans(&mut self) {
+        let now = std::time::Instant::now();
+        let live = self.view().live_peers();
+        let mut due = Vec::new();
+        for (id, entry) in self.ledger.jobs() {
+            let orphaned = self.settle.is_over(id)
+                && entry.spec.submitter != self.me
+                && !self.local_jobs.contains_key(id)
+                && !live.contains(&entry.spec.submitter);
+            if !orphaned {
+                self.orphans.remove(id);
+                continue;
+            }
+            let since = *self.orphans.entry(*id).or_insert(now);
+            if now.saturating_duration_since(since) >= self.cfg.archive_orphans_after {
+                due.push(*id);
+            }
+        }
+        for id in due {
+            self.orphans.remove(&id);
+            info!(job = %id.short(), "its submitter has been gone too long; archiving the job here");
+            self.archive_here(&id).await;
+        }
+    }
+
+    /// Brings back a job archived here as an orphan, its submitter being back.
+    pub(super) fn revive_orphan(&mut self, id: &JobId) {
+        let updates = match self.store.job_frames(id) {
+            Ok(u) => u,
+            Err(e) => return warn!("cannot read the archived job's frames: {e}"),
+        };
+        self.ledger.unarchive(id, &updates);
+        if let Err(e) = self.store.unarchive(id) {
+            warn!("cannot record the job as active: {e}");
+        }
+        self.settle.count(&self.ledger, id);
+        info!(job = %id.short(), "its submitter is back; the job is active here again");
     }
 
     /// Archives, at start, the jobs whose control says so.

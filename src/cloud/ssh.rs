@@ -1,0 +1,255 @@
+//! Bootstrapping a rented machine over SSH with the system's OpenSSH client: a key meshd
+//! generates, the meshd binary uploaded, Blender checked, the mesh ticket handed over SSH
+//! (never through the provider's API or environment, never on a command line), and
+//! `meshd join` started on the node port.
+//!
+//! Every command runs as `ssh -i KEY -p PORT -o BatchMode=yes ... USER@HOST 'sh -c ...'`,
+//! with a known-hosts file of meshd's own (`accept-new`: the first key a host shows is
+//! pinned). Files travel on the command's stdin, so no SFTP/SCP subsystem is needed.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+/// A key pair meshd uses to log in to the machines it rents.
+#[derive(Clone, Debug)]
+pub struct SshKey {
+    pub private: PathBuf,
+    /// The public key line, `ssh-ed25519 AAAA… meshd`.
+    pub public: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("cannot run {0}: {1} (install OpenSSH: apt-get install openssh-client)")]
+    Spawn(&'static str, std::io::Error),
+    #[error("{what} failed on {host}: {detail}")]
+    Remote {
+        what: String,
+        host: String,
+        detail: String,
+    },
+    #[error("{0}")]
+    Local(String),
+}
+
+impl SshKey {
+    /// The key at `dir/id_ed25519`, made with `ssh-keygen` if it is not there.
+    pub async fn load_or_create(dir: &Path) -> Result<Self, SshError> {
+        let private = dir.join("id_ed25519");
+        if !private.exists() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| SshError::Local(format!("cannot create {}: {e}", dir.display())))?;
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "meshd", "-f"])
+                .arg(&private)
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .map_err(|e| SshError::Spawn("ssh-keygen", e))?;
+            if !out.status.success() {
+                return Err(SshError::Local(format!(
+                    "ssh-keygen failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        let public = std::fs::read_to_string(private.with_extension("pub"))
+            .map_err(|e| SshError::Local(format!("cannot read the public key: {e}")))?
+            .trim()
+            .to_string();
+        Ok(SshKey { private, public })
+    }
+}
+
+/// One machine reachable over SSH.
+#[derive(Clone, Debug)]
+pub struct Remote {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    pub key: SshKey,
+    /// meshd's own known-hosts file.
+    pub known_hosts: PathBuf,
+}
+
+impl Remote {
+    fn command(&self, script: &str) -> Command {
+        let mut c = Command::new("ssh");
+        c.arg("-i")
+            .arg(&self.key.private)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+            .args(["-o", "StrictHostKeyChecking=accept-new"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
+            .args(["-o", "ConnectTimeout=15", "-o", "LogLevel=ERROR"])
+            .arg(format!("{}@{}", self.user, self.host))
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    }
+
+    /// Runs `script` (a POSIX shell script) with `input` on its stdin; its stdout.
+    pub async fn run(&self, what: &str, script: &str, input: &[u8]) -> Result<String, SshError> {
+        let mut child = self
+            .command(script)
+            .spawn()
+            .map_err(|e| SshError::Spawn("ssh", e))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A broken pipe means the script did not read its input: its status says why.
+            let _ = stdin.write_all(input).await;
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| SshError::Spawn("ssh", e))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(SshError::Remote {
+                what: what.to_string(),
+                host: format!("{}:{}", self.host, self.port),
+                detail: super::clean(err.trim().lines().last().unwrap_or("exit status non-zero")),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// What to start on a rented machine.
+#[derive(Clone, Debug)]
+pub struct Bootstrap {
+    /// This meshd binary (the node runs the same version).
+    pub binary: PathBuf,
+    /// `meshd invite`'s ticket: it holds the mesh key.
+    pub ticket: String,
+    /// Where the node keeps meshd, its data dir and logs (`~/.meshd` on a rented machine).
+    pub remote_dir: String,
+    /// The port the node's daemon listens on (the one the provider maps).
+    pub node_port: u16,
+    /// Addresses the node dials at start (this daemon's public address), multiaddrs.
+    pub peers: Vec<String>,
+}
+
+/// Single-quotes `s` for a POSIX shell.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Starts meshd on `remote`: uploads the binary, checks Blender, writes the ticket (mode
+/// 0600, from stdin), starts `meshd join` in the background and waits (bounded) until its
+/// API answers. Returns the node's peer id.
+pub async fn bootstrap(remote: &Remote, b: &Bootstrap) -> Result<String, SshError> {
+    let dir = quote(&b.remote_dir);
+    remote
+        .run(
+            "preparing the machine",
+            &format!("umask 077 && mkdir -p {dir}"),
+            b"",
+        )
+        .await?;
+    let binary = std::fs::read(&b.binary)
+        .map_err(|e| SshError::Local(format!("cannot read {}: {e}", b.binary.display())))?;
+    remote
+        .run(
+            "uploading meshd",
+            &format!("cat > {dir}/meshd.part && chmod 700 {dir}/meshd.part && mv {dir}/meshd.part {dir}/meshd"),
+            &binary,
+        )
+        .await?;
+    let blender = remote
+        .run(
+            "looking for Blender",
+            "command -v blender || ls -d /opt/blender*/blender /usr/local/blender*/blender 2>/dev/null | head -n 1 || true",
+            b"",
+        )
+        .await?;
+    let blender = blender.lines().next().unwrap_or("").trim().to_string();
+    if blender.is_empty() {
+        return Err(SshError::Remote {
+            what: "looking for Blender".into(),
+            host: format!("{}:{}", remote.host, remote.port),
+            detail: "no Blender on the machine: rent with an image that has one (--image)".into(),
+        });
+    }
+    remote
+        .run(
+            "handing over the mesh ticket",
+            &format!("umask 077 && cat > {dir}/ticket"),
+            b.ticket.as_bytes(),
+        )
+        .await?;
+    let peers: String = b
+        .peers
+        .iter()
+        .map(|p| format!(" --peer {}", quote(p)))
+        .collect();
+    let start = format!(
+        "cd {dir} && (BLENDER={blender} nohup ./meshd --data-dir {dir}/data join --ticket-file {dir}/ticket \
+         --listen /ip4/0.0.0.0/tcp/{port} --api 127.0.0.1:0 --no-mdns{peers} > {dir}/join.log 2>&1 & echo $! > {dir}/meshd.pid)",
+        blender = quote(&blender),
+        port = b.node_port,
+    );
+    remote.run("starting meshd", &start, b"").await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = remote
+            .run(
+                "asking the node who it is",
+                &format!("{dir}/meshd --data-dir {dir}/data peers --json"),
+                b"",
+            )
+            .await;
+        if let Ok(json) = answer
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&json)
+            && let Some(id) = v["peers"]
+                .as_array()
+                .and_then(|ps| {
+                    ps.iter()
+                        .find(|p| p["is_self"] == true || p["self"] == true)
+                })
+                .and_then(|p| p["id"].as_str())
+        {
+            return Ok(id.to_string());
+        }
+        if Instant::now() > deadline {
+            let log = remote
+                .run(
+                    "reading the node's log",
+                    &format!("tail -n 3 {dir}/join.log"),
+                    b"",
+                )
+                .await
+                .unwrap_or_default();
+            return Err(SshError::Remote {
+                what: "starting meshd".into(),
+                host: format!("{}:{}", remote.host, remote.port),
+                detail: format!(
+                    "its API never answered; its log ends: {}",
+                    super::clean(log.trim())
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Stops the node's daemon (SIGTERM, from its pid file).
+pub async fn stop(remote: &Remote, remote_dir: &str) -> Result<(), SshError> {
+    let dir = quote(remote_dir);
+    remote
+        .run(
+            "stopping meshd",
+            &format!("test -f {dir}/meshd.pid && kill $(cat {dir}/meshd.pid) 2>/dev/null; true"),
+            b"",
+        )
+        .await
+        .map(|_| ())
+}
