@@ -469,20 +469,9 @@ impl Daemon {
                     self.add_job(spec);
                 }
                 GossipMsg::Frames(mut updates) => {
-                    // A submitter back after its job was archived here as an orphan: the
-                    // job is its again (it may need frames rendered anew).
-                    let back: std::collections::BTreeSet<JobId> = updates
-                        .iter()
-                        .filter(|u| {
-                            self.ledger.archived(&u.job).is_some_and(|a| {
-                                a.spec.submitter == g.source && !a.control.run.is_final()
-                            })
-                        })
-                        .map(|u| u.job)
-                        .collect();
-                    for id in back {
-                        self.revive_orphan(&id);
-                    }
+                    // A submitter back after its job was archived here as an orphan.
+                    let jobs: Vec<JobId> = updates.iter().map(|u| u.job).collect();
+                    self.revive_orphans_of(g.source, &jobs);
                     // News of archived jobs is late: nobody needs it any more.
                     updates.retain(|u| !self.ledger.is_retired(&u.job));
                     // A delta may only speak for its author: its claims, results and failures.
@@ -522,21 +511,10 @@ impl Daemon {
                     warn!(%peer, version = req.version, "ignoring sync request of another wire version");
                     return;
                 }
-                // A submitter back after its job was archived here as an orphan: it needs
-                // the job's results again, so the job is active here again.
-                let back: Vec<JobId> = req
-                    .digests
-                    .iter()
-                    .map(|(id, _)| *id)
-                    .filter(|id| {
-                        self.ledger
-                            .archived(id)
-                            .is_some_and(|a| a.spec.submitter == peer && !a.control.run.is_final())
-                    })
-                    .collect();
-                for id in back {
-                    self.revive_orphan(&id);
-                }
+                // A submitter back after its job was archived here as an orphan: it
+                // needs the job's results again.
+                let jobs: Vec<JobId> = req.digests.iter().map(|(id, _)| *id).collect();
+                self.revive_orphans_of(peer, &jobs);
                 let resp = self.sync_response(&req);
                 debug!(%peer, jobs = resp.jobs.len(), updates = resp.updates.len(), "answering sync");
                 if let Err(e) = self.net.respond_sync(channel, resp).await {

@@ -82,8 +82,25 @@ impl Daemon {
         }
     }
 
+    /// Of `jobs`, those that `peer` submitted and that are archived here as orphans (their
+    /// control is not final) become active again: their submitter is back.
+    pub(super) fn revive_orphans_of(&mut self, peer: libp2p::PeerId, jobs: &[JobId]) {
+        let back: std::collections::BTreeSet<JobId> = jobs
+            .iter()
+            .filter(|id| {
+                self.ledger
+                    .archived(id)
+                    .is_some_and(|a| a.spec.submitter == peer && !a.control.run.is_final())
+            })
+            .copied()
+            .collect();
+        for id in back {
+            self.revive_orphan(&id);
+        }
+    }
+
     /// Brings back a job archived here as an orphan, its submitter being back.
-    pub(super) fn revive_orphan(&mut self, id: &JobId) {
+    fn revive_orphan(&mut self, id: &JobId) {
         let updates = match self.store.job_frames(id) {
             Ok(u) => u,
             Err(e) => return warn!("cannot read the archived job's frames: {e}"),
