@@ -108,6 +108,7 @@ fn a_machine_reached_over_ssh_joins_the_mesh_and_renders() {
         binary: PathBuf::from(BIN),
         ticket: a.ticket(),
         remote_dir: node_dir.display().to_string(),
+        listen_ip: "127.0.0.1".into(),
         node_port: free_port(),
         peers: Vec::new(),
     };

@@ -132,6 +132,9 @@ pub struct Bootstrap {
     pub ticket: String,
     /// Where the node keeps meshd, its data dir and logs (`~/.meshd` on a rented machine).
     pub remote_dir: String,
+    /// The address the node's daemon listens on: `0.0.0.0` on a rented machine (the
+    /// provider maps the port from outside), `127.0.0.1` in tests.
+    pub listen_ip: String,
     /// The port the node's daemon listens on (the one the provider maps).
     pub node_port: u16,
     /// Addresses the node dials at start (this daemon's public address), multiaddrs.
@@ -193,8 +196,9 @@ pub async fn bootstrap(remote: &Remote, b: &Bootstrap) -> Result<String, SshErro
         .collect();
     let start = format!(
         "cd {dir} && (BLENDER={blender} nohup ./meshd --data-dir {dir}/data join --ticket-file {dir}/ticket \
-         --listen /ip4/0.0.0.0/tcp/{port} --api 127.0.0.1:0 --no-mdns{peers} > {dir}/join.log 2>&1 & echo $! > {dir}/meshd.pid)",
+         --listen /ip4/{ip}/tcp/{port} --api 127.0.0.1:0 --no-mdns{peers} > {dir}/join.log 2>&1 & echo $! > {dir}/meshd.pid)",
         blender = quote(&blender),
+        ip = quote(&b.listen_ip),
         port = b.node_port,
     );
     remote.run("starting meshd", &start, b"").await?;
