@@ -410,7 +410,6 @@ impl Daemon {
     fn merge_updates(&mut self, updates: &[FrameUpdate]) -> Vec<(JobId, u32)> {
         let mut changed = Vec::new();
         for u in updates {
-            let had = self.has_result(&u.job, u.frame);
             match self.ledger.apply(u) {
                 Ok(true) => {
                     if let Some(state) = self.ledger.frame(&u.job, u.frame)
@@ -418,9 +417,7 @@ impl Daemon {
                     {
                         warn!("cannot persist frame state: {e}");
                     }
-                    let has = self.has_result(&u.job, u.frame);
-                    self.settle.frame_changed(u.job, had, has);
-                    if has {
+                    if self.has_result(&u.job, u.frame) {
                         self.queue_write(u.job, u.frame);
                     }
                     self.settle.recheck(&self.ledger, &u.job);

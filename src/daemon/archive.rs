@@ -28,7 +28,7 @@ impl Daemon {
             return;
         };
         let want = match entry.control.run {
-            RunState::Cancelled => self.settle.results(id),
+            RunState::Cancelled => entry.results(),
             _ => entry.spec.frames.len(),
         };
         if !archivable(&entry.control, self.writing_here(id, want)) {
@@ -109,7 +109,7 @@ impl Daemon {
         if let Err(e) = self.store.unarchive(id) {
             warn!("cannot record the job as active: {e}");
         }
-        self.settle.count(&self.ledger, id);
+        self.settle.recheck(&self.ledger, id);
         info!(job = %id.short(), "its submitter is back; the job is active here again");
     }
 
@@ -201,7 +201,7 @@ impl Daemon {
         let updates = self.store.job_frames(id).map_err(|e| e.to_string())?;
         self.ledger.unarchive(id, &updates);
         self.store.unarchive(id).map_err(|e| e.to_string())?;
-        self.settle.count(&self.ledger, id);
+        self.settle.recheck(&self.ledger, id);
         info!(job = %id.short(), "archived job brought back to fetch its frames");
         Ok(())
     }

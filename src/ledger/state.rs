@@ -39,6 +39,11 @@ impl JobEntry {
     pub fn priority(&self) -> i32 {
         self.control.priority
     }
+
+    /// Frames with a result that counts.
+    pub fn results(&self) -> usize {
+        self.spec.frames.len() - self.tally.unfinished.len()
+    }
 }
 
 /// Why a job or an update was refused.
