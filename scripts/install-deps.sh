@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what meshd's demo and tests need on Debian/Ubuntu: Blender (the distribution's
-# package), ffmpeg, OpenSSH and iproute2 (the mDNS test builds its own LAN from network
+# package), ffmpeg, OpenSSH, curl, xz and iproute2 (the mDNS test builds its own LAN from network
 # namespaces). Does nothing for what is already there.
 set -euo pipefail
 
@@ -10,6 +10,10 @@ command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
+# A rented machine without Blender downloads one with curl and unpacks it with xz; the
+# cloud tests do the same from a local server.
+command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
+command -v xz >/dev/null 2>&1 || need+=(xz-utils)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=""

@@ -7,6 +7,7 @@
 
 mod archive;
 mod cache;
+mod cloud;
 mod control;
 mod outputs;
 mod peers;
@@ -198,6 +199,11 @@ struct Daemon {
     /// What each background task (other than renders) stands for, so that state it holds
     /// is released if the task panics.
     owners: HashMap<tokio::task::Id, TaskOwner>,
+    /// The cloud actor (rented machines), and what it is told of the mesh.
+    cloud: crate::cloud::manager::CloudHandle,
+    activity: tokio::sync::watch::Sender<crate::cloud::rental::Activity>,
+    /// The cloud actor has this daemon's ticket.
+    cloud_ready: bool,
 }
 
 /// The state a background task holds until it reports back.
@@ -219,6 +225,7 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let boot = setup::boot(&cfg, shutdown.child_token()).await?;
     let (api_tx, mut api_rx) = mpsc::channel(64);
+    let (activity, cloud, cloud_task) = cloud::start(&cfg, &boot, shutdown.child_token())?;
     let api_handle = crate::api::serve(
         boot.api_listener,
         boot.token.clone(),
@@ -229,6 +236,7 @@ pub async fn run(
             blender: cfg.blender.clone(),
             scratch: cfg.data_dir.join("tmp"),
         },
+        cloud.clone(),
     );
 
     let (render, mut progress_rx) = render::RenderState::new();
@@ -259,6 +267,9 @@ pub async fn run(
         probing: false,
         settle: settle::Settled::default(),
         owners: HashMap::new(),
+        cloud,
+        activity,
+        cloud_ready: false,
         cfg,
     };
     d.load_local_jobs();
@@ -349,7 +360,10 @@ pub async fn run(
             },
             Some(req) = api_rx.recv() => d.on_api(req).await,
             Some(p) = progress_rx.recv() => d.render.on_progress(p),
-            _ = heartbeat.tick() => d.send_heartbeat().await,
+            _ = heartbeat.tick() => {
+                d.send_heartbeat().await;
+                d.tell_cloud().await;
+            }
             _ = schedule.tick() => d.tick().await,
             _ = anti_entropy.tick() => {
                 d.anti_entropy();
@@ -371,6 +385,8 @@ pub async fn run(
     info!("shutting down");
     d.render.stop();
     d.tasks.shutdown().await;
+    // Rented machines are given back before the daemon exits (bounded by the actor).
+    let _ = tokio::time::timeout(Duration::from_secs(60), cloud_task).await;
     api_handle.abort();
     let _ = d.store.flush();
     let _ = std::fs::remove_file(d.cfg.data_dir.join(setup::API_FILE));
@@ -655,6 +671,8 @@ impl Daemon {
         match req {
             ApiRequest::Submit(spec, out_dir, reply) => {
                 let _ = reply.send(self.submit(*spec, out_dir).await);
+                // A rent for this job may follow at once.
+                self.publish_activity();
             }
             ApiRequest::Status(q, reply) => {
                 let _ = reply.send(self.status_view(&q));

@@ -150,6 +150,8 @@ fn vast_offers_come_best_value_first_with_a_job_estimate() {
         ],
     );
     let t = String::from_utf8_lossy(&out.stdout).to_string();
+    // Shown with --nocapture: what a user sees.
+    println!("$ meshd cloud offers --provider vast --frames 250 --secs-per-frame 60\n{t}");
     assert!(out.status.success(), "{t}");
     assert!(t.lines().next().unwrap().contains("$/h/1k"), "{t}");
     assert!(t.contains("RTX 4090") && t.contains("COST"), "{t}");
@@ -332,7 +334,7 @@ fn bad_flags_are_refused_before_any_request() {
 /// a taken offer, a bid too low (the instance exists anyway and must be destroyed).
 #[test]
 fn vast_instances_are_created_found_and_destroyed() {
-    use meshd::cloud::instance::{InstanceState, RentSpec, label_for};
+    use meshd::cloud::instance::{InstanceState, RentSpec};
     use meshd::cloud::{CloudConfig, CloudError, vast::Vast};
 
     let fake = fake_cloud::vast(VAST_KEY, vast_market());
@@ -343,7 +345,7 @@ fn vast_instances_are_created_found_and_destroyed() {
     ]);
     let spec = RentSpec {
         image: "nvidia/cuda:12.4.1-runtime-ubuntu22.04".into(),
-        label: label_for("0123456789abcdef0123"),
+        label: "meshd-0123456789abcdef".into(),
         node_port: 4747,
         ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE meshd".into(),
         bid_usd_per_hour: None,
@@ -422,7 +424,7 @@ fn vast_instances_are_created_found_and_destroyed() {
 /// wait until online, cancel; a taken server; cancelling twice.
 #[test]
 fn clore_orders_are_placed_found_and_cancelled() {
-    use meshd::cloud::instance::{InstanceState, RentSpec, label_for};
+    use meshd::cloud::instance::{InstanceState, RentSpec};
     use meshd::cloud::{CloudConfig, CloudError, clore::Clore};
 
     let fake = fake_cloud::clore(
@@ -438,7 +440,7 @@ fn clore_orders_are_placed_found_and_cancelled() {
     ]);
     let spec = RentSpec {
         image: "cloreai/ubuntu22.04-cuda12".into(),
-        label: label_for("0123456789abcdef"),
+        label: "meshd-0123456789abcdef".into(),
         node_port: 4747,
         ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE meshd".into(),
         bid_usd_per_hour: None,

@@ -3,80 +3,14 @@
 //! joins the mesh and renders real frames of a job.
 
 mod common;
+mod sshd;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 use meshd::cloud::ssh::{Bootstrap, Remote, SshKey, bootstrap, stop};
-
-/// An sshd of the test's own (host key, port, authorized keys), killed when dropped.
-struct Sshd {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn sshd(dir: &Path, authorized: &str) -> Option<Sshd> {
-    let bin = Path::new("/usr/sbin/sshd");
-    // sshd runs as root (privilege separation needs it); CI runs as root.
-    if !bin.exists() || unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs /usr/sbin/sshd and root");
-        return None;
-    }
-    std::fs::create_dir_all("/run/sshd").ok()?;
-    let host_key = dir.join("host_key");
-    let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&host_key)
-        .status()
-        .ok()?
-        .success();
-    assert!(ok, "ssh-keygen for the host key");
-    let keys = dir.join("authorized_keys");
-    std::fs::write(&keys, format!("{authorized}\n")).unwrap();
-    let port = free_port();
-    let config = dir.join("sshd_config");
-    std::fs::write(
-        &config,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
-             PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile {}\n",
-            host_key.display(),
-            keys.display(),
-            dir.join("sshd.pid").display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(bin)
-        .args(["-D", "-e", "-f"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
-        .spawn()
-        .unwrap();
-    wait_until(Duration::from_secs(20), "sshd to listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    Some(Sshd { child, port })
-}
+use sshd::{free_port, sshd};
 
 #[test]
 fn a_machine_reached_over_ssh_joins_the_mesh_and_renders() {
@@ -111,6 +45,7 @@ fn a_machine_reached_over_ssh_joins_the_mesh_and_renders() {
         listen_ip: "127.0.0.1".into(),
         node_port: free_port(),
         peers: Vec::new(),
+        blender_url: None,
     };
     // Whatever happens below, the node's daemon is stopped at the end.
     struct StopNode<'a>(&'a tokio::runtime::Runtime, &'a Remote, String);

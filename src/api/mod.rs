@@ -12,7 +12,11 @@
 //! | GET    | /v1/invite   | [`types::InviteResponse`]                      |
 //! | POST   | /v1/jobs     | [`types::SubmitRequest`] → [`types::SubmitResponse`] |
 //! | POST   | /v1/gc       | — → [`crate::store::gc::GcReport`]             |
+//! | GET    | /v1/cloud    | [`types::CloudListResponse`]                   |
+//! | POST   | /v1/cloud/rent | [`types::CloudRentRequest`] → [`types::CloudRentResponse`] |
+//! | POST   | /v1/cloud/release | [`types::CloudReleaseRequest`] → [`types::CloudReleaseResponse`] |
 
+mod cloud;
 pub mod types;
 
 use std::path::PathBuf;
@@ -40,6 +44,7 @@ struct Ctx {
     store: Store,
     me: PeerId,
     env: SubmitEnv,
+    cloud: crate::cloud::manager::CloudHandle,
 }
 
 /// What submit needs from the daemon's configuration.
@@ -343,6 +348,7 @@ pub fn serve(
     store: Store,
     me: PeerId,
     env: SubmitEnv,
+    cloud: crate::cloud::manager::CloudHandle,
 ) -> tokio::task::JoinHandle<()> {
     let ctx = Arc::new(Ctx {
         token,
@@ -350,6 +356,7 @@ pub fn serve(
         store,
         me,
         env,
+        cloud,
     });
     let app = Router::new()
         .route("/v1/status", get(status))
@@ -359,6 +366,9 @@ pub fn serve(
         .route("/v1/gc", post(gc))
         .route("/v1/fetch", post(fetch))
         .route("/v1/control", post(control))
+        .route("/v1/cloud", get(cloud::list))
+        .route("/v1/cloud/rent", post(cloud::rent))
+        .route("/v1/cloud/release", post(cloud::release))
         .with_state(ctx);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

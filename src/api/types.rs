@@ -149,6 +149,18 @@ pub struct ErrorBody {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StatusResponse {
     pub jobs: Vec<JobView>,
+    /// What this daemon's rented machines cost (absent when it rents none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<CloudSpend>,
+}
+
+/// Spend on rented machines, over every rental `meshd cloud list` shows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CloudSpend {
+    /// Machines billed now.
+    pub machines: usize,
+    pub usd_per_hour: f64,
+    pub spent_usd: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -243,10 +255,103 @@ pub struct PeerInfo {
     pub rendering: Vec<String>,
     /// Render devices the peer's Blender reports.
     pub devices: Vec<crate::render::DeviceInfo>,
+    /// Set when this daemon rents the peer's machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rented: Option<RentedPeer>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InviteResponse {
     pub ticket: String,
     pub mesh_id: String,
+}
+
+/// `POST /v1/cloud/rent`: machines to rent and join to the mesh.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CloudRentRequest {
+    pub provider: crate::cloud::Provider,
+    pub count: u32,
+    pub gpu: Option<String>,
+    pub min_vram_gb: Option<f64>,
+    pub max_usd_per_hour: Option<f64>,
+    pub region: Option<String>,
+    pub min_reliability: Option<f64>,
+    /// Interruptible machines (Vast bid, Clore spot).
+    pub spot: bool,
+    /// A spot bid for the whole machine, $/h (default: the offer's minimum plus 10%).
+    pub bid_usd_per_hour: Option<f64>,
+    /// Container image (default: the configured one).
+    pub image: Option<String>,
+    /// The port the provider maps for the node's daemon.
+    pub node_port: u16,
+    /// Release when this job (hex id) is over.
+    pub job: Option<String>,
+    /// Dollars the machines of this request may spend in all.
+    pub budget_usd: Option<f64>,
+    /// Release a machine after this long without a frame in flight.
+    pub idle_release_secs: u64,
+}
+
+/// The answer to a rent: the rentals started (see `GET /v1/cloud` for their progress).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CloudRentResponse {
+    pub group: u64,
+    pub rentals: Vec<u64>,
+    /// Machines asked for but not started (the budget or the offers did not allow them).
+    pub short_by: u32,
+}
+
+/// `POST /v1/cloud/release`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CloudReleaseRequest {
+    /// Rental ids, or provider instance ids.
+    pub ids: Vec<u64>,
+    pub group: Option<u64>,
+    pub all: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CloudReleaseResponse {
+    pub released: Vec<u64>,
+}
+
+/// One rented machine, as `meshd cloud list` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RentalInfo {
+    pub id: u64,
+    pub provider: crate::cloud::Provider,
+    pub instance: Option<u64>,
+    /// The offer (Vast) or server (Clore) it was rented from.
+    pub offer: Option<u64>,
+    /// Where its node's daemon answers from outside: `host:port`.
+    pub node: Option<String>,
+    pub phase: crate::cloud::rental::Phase,
+    pub gpu: String,
+    pub gpus: u32,
+    pub usd_per_hour: f64,
+    pub spent_usd: f64,
+    pub spot: bool,
+    pub peer: Option<String>,
+    pub job: Option<String>,
+    pub group: u64,
+    pub budget_usd: Option<f64>,
+    pub note: Option<String>,
+}
+
+/// `GET /v1/cloud`: what this daemon rents (and released lately).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CloudListResponse {
+    pub rentals: Vec<RentalInfo>,
+    /// Machines billed now, $/h in all.
+    pub usd_per_hour: f64,
+    /// Spent on every listed rental.
+    pub spent_usd: f64,
+}
+
+/// A peer this daemon rents: `meshd peers` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RentedPeer {
+    pub provider: crate::cloud::Provider,
+    pub instance: Option<u64>,
+    pub usd_per_hour: f64,
 }

@@ -10,30 +10,87 @@ use crate::cloud::{CloudConfig, Provider, clore::Clore, speed, vast::Vast};
 pub enum CloudCommand {
     /// GPUs for rent, best value first: price per unit of Blender speed (Open Data score).
     Offers(OffersArgs),
+    /// Rent machines and join them to the mesh (the daemon keeps them, and releases them).
+    Rent(super::rent::RentArgs),
+    /// What this daemon rents, with its cost so far.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give rented machines back: by rental or instance id, or all of them.
+    Release {
+        /// Rental ids (as `meshd cloud list` shows) or provider instance ids.
+        #[arg(required_unless_present = "all")]
+        ids: Vec<u64>,
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which machines: the flags `offers` and `rent` share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FilterArgs {
+    #[arg(long, value_enum)]
+    pub provider: Provider,
+    /// Only this GPU model, e.g. "RTX 4090".
+    #[arg(long, value_name = "NAME")]
+    pub gpu: Option<String>,
+    /// Least memory per GPU.
+    #[arg(long, value_name = "GB", allow_negative_numbers = true)]
+    pub min_vram: Option<f64>,
+    /// Most dollars per hour for the whole machine.
+    #[arg(long, value_name = "USD/h", allow_negative_numbers = true)]
+    pub max_price: Option<f64>,
+    /// Only machines in this country (two-letter code).
+    #[arg(long, value_name = "CC")]
+    pub region: Option<String>,
+    /// Least host reliability, 0 to 1.
+    #[arg(long, value_name = "R", allow_negative_numbers = true)]
+    pub min_reliability: Option<f64>,
+    /// Interruptible offers (Vast bid, Clore spot), priced at their minimum bid.
+    #[arg(long)]
+    pub spot: bool,
+}
+
+impl FilterArgs {
+    /// The filter, or a one-line error for a value out of range.
+    pub fn filter(&self) -> anyhow::Result<Filter> {
+        if self
+            .min_reliability
+            .is_some_and(|r| !(0.0..=1.0).contains(&r))
+        {
+            bail!("--min-reliability is between 0 and 1, like 0.98");
+        }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if self.max_price.is_some_and(|p| !positive(p))
+            || self.min_vram.is_some_and(|v| !positive(v))
+        {
+            bail!("--max-price and --min-vram take positive numbers");
+        }
+        if self
+            .region
+            .as_ref()
+            .is_some_and(|r| r.len() != 2 || !r.chars().all(|c| c.is_ascii_alphabetic()))
+        {
+            bail!("--region takes a two-letter country code, like US or DE");
+        }
+        Ok(Filter {
+            gpu: self.gpu.clone(),
+            min_vram_gb: self.min_vram,
+            max_usd_per_hour: self.max_price,
+            country: self.region.clone(),
+            min_reliability: self.min_reliability,
+            spot: self.spot,
+        })
+    }
 }
 
 #[derive(clap::Args, Debug)]
 pub struct OffersArgs {
-    #[arg(long, value_enum)]
-    provider: Provider,
-    /// Only this GPU model, e.g. "RTX 4090".
-    #[arg(long, value_name = "NAME")]
-    gpu: Option<String>,
-    /// Least memory per GPU.
-    #[arg(long, value_name = "GB", allow_negative_numbers = true)]
-    min_vram: Option<f64>,
-    /// Most dollars per hour for the whole machine.
-    #[arg(long, value_name = "USD/h", allow_negative_numbers = true)]
-    max_price: Option<f64>,
-    /// Only machines in this country (two-letter code).
-    #[arg(long, value_name = "CC")]
-    region: Option<String>,
-    /// Least host reliability, 0 to 1.
-    #[arg(long, value_name = "R", allow_negative_numbers = true)]
-    min_reliability: Option<f64>,
-    /// Interruptible offers (Vast bid, Clore spot), priced at their minimum bid.
-    #[arg(long)]
-    spot: bool,
+    #[command(flatten)]
+    filter: FilterArgs,
     /// Estimate time and cost of a job of this many frames...
     #[arg(long, value_name = "N", requires = "secs_per_frame")]
     frames: Option<u32>,
@@ -45,6 +102,10 @@ pub struct OffersArgs {
         allow_negative_numbers = true
     )]
     secs_per_frame: Option<f64>,
+    /// Estimate the rest of this job (id or name) from its frames rendered so far on GPUs of
+    /// known speed.
+    #[arg(long, value_name = "JOB", conflicts_with_all = ["frames", "secs_per_frame"])]
+    job: Option<String>,
     /// The GPU `--secs-per-frame` was measured on.
     #[arg(long, value_name = "NAME", default_value = "RTX 4090")]
     ref_gpu: String,
@@ -73,26 +134,20 @@ struct OffersOut<'a> {
     offers: Vec<OfferRow<'a>>,
 }
 
-pub async fn run(cmd: CloudCommand) -> anyhow::Result<i32> {
+pub async fn run(data_dir: &std::path::Path, cmd: CloudCommand) -> anyhow::Result<i32> {
     match cmd {
-        CloudCommand::Offers(args) => offers(args).await,
+        CloudCommand::Offers(args) => offers(data_dir, args).await,
+        CloudCommand::Rent(args) => super::rent::rent(data_dir, args).await,
+        CloudCommand::List { json } => super::rent::list(data_dir, json).await,
+        CloudCommand::Release { ids, all, json } => {
+            super::rent::release(data_dir, ids, all, json).await
+        }
     }
 }
 
-async fn offers(a: OffersArgs) -> anyhow::Result<i32> {
-    if a.min_reliability.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
-        bail!("--min-reliability is between 0 and 1, like 0.98");
-    }
+async fn offers(data_dir: &std::path::Path, a: OffersArgs) -> anyhow::Result<i32> {
+    let filter = a.filter.filter()?;
     let positive = |v: f64| v.is_finite() && v > 0.0;
-    if a.max_price.is_some_and(|p| !positive(p)) || a.min_vram.is_some_and(|v| !positive(v)) {
-        bail!("--max-price and --min-vram take positive numbers");
-    }
-    if a.region
-        .as_ref()
-        .is_some_and(|r| r.len() != 2 || !r.chars().all(|c| c.is_ascii_alphabetic()))
-    {
-        bail!("--region takes a two-letter country code, like US or DE");
-    }
     let workload = match (a.frames, a.secs_per_frame) {
         (Some(frames), Some(secs)) => {
             if frames == 0 || !positive(secs) {
@@ -110,18 +165,13 @@ async fn offers(a: OffersArgs) -> anyhow::Result<i32> {
                 ref_score,
             })
         }
-        _ => None,
-    };
-    let filter = Filter {
-        gpu: a.gpu.clone(),
-        min_vram_gb: a.min_vram,
-        max_usd_per_hour: a.max_price,
-        country: a.region.clone(),
-        min_reliability: a.min_reliability,
-        spot: a.spot,
+        _ => match &a.job {
+            Some(sel) => Some(job_workload(data_dir, sel).await?),
+            None => None,
+        },
     };
     let cfg = CloudConfig::load()?;
-    let mut found = match a.provider {
+    let mut found = match a.filter.provider {
         Provider::Vast => {
             let fetched = Vast::new(&cfg)?
                 .offers(&filter, (a.limit * 3).clamp(64, 500) as u32)
@@ -144,14 +194,17 @@ async fn offers(a: OffersArgs) -> anyhow::Result<i32> {
         .collect();
     if a.json {
         let out = OffersOut {
-            provider: a.provider,
+            provider: a.filter.provider,
             offers: rows,
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(0);
     }
     if rows.is_empty() {
-        println!("no {} offers match: loosen the filters", a.provider.name());
+        println!(
+            "no {} offers match: loosen the filters",
+            a.filter.provider.name()
+        );
         return Ok(0);
     }
     print_table(&rows, workload.is_some(), a.count);
@@ -214,4 +267,41 @@ fn print_table(rows: &[OfferRow], estimates: bool, count: u32) {
             String::new()
         }
     );
+}
+
+/// The rest of job `sel`, priced from its frames rendered so far: each frame's render time
+/// and the Open Data score of its renderer's GPU (read from `meshd peers`).
+async fn job_workload(data_dir: &std::path::Path, sel: &str) -> anyhow::Result<Workload> {
+    use crate::api::types::{PeersResponse, StatusResponse};
+    let client = super::ApiClient::connect(data_dir)?;
+    let id = super::rent::resolve_job(&client, sel).await?;
+    let status: StatusResponse = client.get_query("/v1/status", &[("job", &id)]).await?;
+    let peers: PeersResponse = client.get("/v1/peers").await?;
+    let Some(job) = status.jobs.into_iter().find(|j| j.id == id) else {
+        bail!("no job matches {sel:?}: see meshd status");
+    };
+    // The best known GPU of each peer: the one it renders with.
+    let score = |peer: &str| -> Option<u32> {
+        let p = peers.peers.iter().find(|p| p.id == peer)?;
+        p.devices
+            .iter()
+            .filter_map(|d| {
+                let vram = d.memory_mib.map_or(0.0, |m| m as f64 / 1024.0);
+                speed::lookup(&d.name, vram).map(|(_, s)| s)
+            })
+            .max()
+    };
+    let rendered: Vec<(f64, Option<u32>)> = job
+        .frames
+        .iter()
+        .filter(|f| f.state == "done")
+        .filter_map(|f| Some((f.render_ms? as f64 / 1000.0, score(f.peer.as_deref()?))))
+        .collect();
+    let remaining = job.frames_total.saturating_sub(job.frames_done) as u32;
+    offers::measured_workload(&rendered, remaining.max(1)).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no frame of job {} was rendered on a GPU of known speed yet: estimate with --frames N --secs-per-frame S",
+            &id[..12]
+        )
+    })
 }

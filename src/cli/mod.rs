@@ -7,6 +7,7 @@ mod cloud;
 mod control;
 mod fetch;
 mod join;
+mod rent;
 mod status;
 mod submit;
 
@@ -110,6 +111,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             control::run(&data_dir, job, ControlAction::Priority(priority)).await
         }
         Command::Rm(j) => control::run(&data_dir, j, ControlAction::Remove).await,
-        Command::Cloud(c) => cloud::run(c).await,
+        Command::Cloud(c) => cloud::run(&data_dir, c).await,
     }
 }

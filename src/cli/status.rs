@@ -36,6 +36,15 @@ pub async fn status(data_dir: &Path, job: Option<&str>, json: bool) -> anyhow::R
         println!("{}", serde_json::to_string_pretty(&resp)?);
         return Ok(0);
     }
+    if let Some(c) = &resp.cloud {
+        println!(
+            "rented: {} machine{} at ${:.3}/h; ${:.2} spent (meshd cloud list)",
+            c.machines,
+            if c.machines == 1 { "" } else { "s" },
+            c.usd_per_hour,
+            c.spent_usd
+        );
+    }
     if resp.jobs.is_empty() {
         println!("no jobs yet: submit one with `meshd submit scene.blend 1-250`");
         return Ok(0);

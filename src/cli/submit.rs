@@ -8,7 +8,10 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
 use super::ApiClient;
-use crate::api::types::{StatusResponse, SubmitRequest, SubmitResponse};
+use crate::api::types::{
+    CloudReleaseRequest, CloudReleaseResponse, CloudRentResponse, StatusResponse, SubmitRequest,
+    SubmitResponse,
+};
 use crate::ledger::{FrameSet, JobState};
 use crate::render::settings::{
     DeviceKind, DeviceRequirement, Engine, OutputFormat, RenderSettings,
@@ -108,6 +111,26 @@ pub struct SubmitArgs {
     /// Print the submitted job as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Rent machines for this job, released when it ends: `vast:4` or `clore:2`.
+    #[arg(long, value_name = "PROVIDER:N", value_parser = parse_cloud)]
+    pub cloud: Option<(crate::cloud::Provider, u32)>,
+    /// With --cloud: only this GPU model, e.g. "RTX 4090".
+    #[arg(long, value_name = "NAME", requires = "cloud")]
+    pub cloud_gpu: Option<String>,
+    /// With --cloud: most dollars per hour per machine.
+    #[arg(
+        long,
+        value_name = "USD/h",
+        requires = "cloud",
+        allow_negative_numbers = true
+    )]
+    pub cloud_max_price: Option<f64>,
+    /// With --cloud: interruptible machines (cheaper; frames of an outbid one go back to
+    /// the mesh).
+    #[arg(long, requires = "cloud")]
+    pub spot: bool,
+    #[command(flatten)]
+    pub rent: super::rent::RentLimits,
 }
 
 impl SubmitArgs {
@@ -197,6 +220,26 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
         Some(o) => cwd.join(o),
         None => cwd.join("meshd-out").join(&name),
     };
+    let cloud = match args.cloud {
+        Some((provider, count)) => Some(super::rent::rent_request(
+            &super::cloud::FilterArgs {
+                provider,
+                gpu: args.cloud_gpu.clone(),
+                min_vram: None,
+                max_price: args.cloud_max_price,
+                region: None,
+                min_reliability: None,
+                spot: args.spot,
+            },
+            count,
+            &args.rent,
+            None,
+        )?),
+        None if args.rent.budget.is_some() || args.rent.image.is_some() => {
+            bail!("--budget and --image are for machines rented with --cloud vast:N")
+        }
+        None => None,
+    };
     let client = ApiClient::connect(data_dir)?;
     let req = SubmitRequest {
         path,
@@ -240,10 +283,59 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
             resp.out_dir.display()
         );
     }
-    if !args.wait {
-        return Ok(0);
+    let Some(mut rent) = cloud else {
+        if !args.wait {
+            return Ok(0);
+        }
+        return wait(&client, &resp).await;
+    };
+    rent.job = Some(resp.id.clone());
+    let provider = rent.provider;
+    let rented: CloudRentResponse = match client.post_or_refusal("/v1/cloud/rent", &rent).await? {
+        Ok(r) => r,
+        Err(refusal) => {
+            eprintln!(
+                "error: renting failed: {}; job {} goes on with the mesh's own peers",
+                refusal.error,
+                &resp.id[..12]
+            );
+            return Ok(1);
+        }
+    };
+    if !args.json {
+        super::rent::announce(&rented, provider);
     }
-    wait(&client, &resp).await
+    if !args.wait {
+        let rentals = super::rent::follow(&client, &rented, !args.json).await?;
+        return Ok(super::rent::outcome(&rentals));
+    }
+    // Ctrl-C releases what was rented for the job (the job itself goes on).
+    tokio::select! {
+        code = wait(&client, &resp) => code,
+        _ = tokio::signal::ctrl_c() => {
+            let req = CloudReleaseRequest { group: Some(rented.group), ..Default::default() };
+            let out: CloudReleaseResponse = client.post("/v1/cloud/release", &req).await?;
+            eprintln!("interrupted: released {} rented machine(s)", out.released.len());
+            Ok(130)
+        }
+    }
+}
+
+/// `vast:4` → (Vast, 4).
+fn parse_cloud(s: &str) -> Result<(crate::cloud::Provider, u32), String> {
+    let bad = || format!("{s:?} is not PROVIDER:N: give it like vast:4 or clore:2");
+    let (p, n) = s.split_once(':').ok_or_else(bad)?;
+    let provider = match p.to_ascii_lowercase().as_str() {
+        "vast" => crate::cloud::Provider::Vast,
+        "clore" => crate::cloud::Provider::Clore,
+        _ => return Err(bad()),
+    };
+    let n: u32 = n
+        .parse()
+        .ok()
+        .filter(|n| (1..=64).contains(n))
+        .ok_or_else(bad)?;
+    Ok((provider, n))
 }
 
 /// Names each missing dependency and the datablock that needs it, on stderr.

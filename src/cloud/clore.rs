@@ -294,6 +294,7 @@ pub fn parse_order(v: &Value, node_port: u16) -> Option<Instance> {
         provider: Provider::Clore,
         id,
         label: None,
+        machine: v["si"].as_u64(),
         ssh: mapped(22).filter(|_| running),
         node: mapped(node_port).filter(|_| running),
         usd_per_hour: v["price"].as_f64().map(|p| p / 24.0),

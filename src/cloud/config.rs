@@ -30,12 +30,41 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
-/// Keys and base URLs for every provider.
+/// Keys and base URLs for every provider, and how rented nodes are set up.
 #[derive(Clone, Debug)]
 pub struct CloudConfig {
     keys: HashMap<Provider, ApiKey>,
     urls: HashMap<Provider, String>,
+    pub node: NodeSettings,
 }
+
+/// How meshd sets up the machines it rents (all optional, from the same environment
+/// variables or config file as the keys).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeSettings {
+    /// `MESHD_CLOUD_IMAGE`: the container image rented machines run.
+    pub image: String,
+    /// `MESHD_CLOUD_REMOTE_DIR`: where a node keeps meshd and its data (relative: in the
+    /// login's home).
+    pub remote_dir: String,
+    /// `MESHD_CLOUD_LISTEN_IP`: the address the node's daemon listens on inside the machine.
+    pub listen_ip: String,
+    /// `MESHD_CLOUD_BLENDER_URL`: a Blender release (`.tar.xz`) installed on a machine
+    /// whose image has none.
+    pub blender_url: String,
+    /// `MESHD_CLOUD_NODE_BINARY`: the meshd uploaded to nodes (default: this one).
+    pub binary: Option<PathBuf>,
+    /// `MESHD_CLOUD_POLL_SECS`: how often rentals are checked against the provider.
+    pub poll_secs: u64,
+    /// `MESHD_CLOUD_START_TIMEOUT_SECS`: longest wait for a machine to run and answer SSH.
+    pub start_timeout_secs: u64,
+}
+
+/// The default image: CUDA's runtime on Ubuntu 24.04 (glibc new enough for a meshd built
+/// on Debian 12); Blender is installed on first start.
+pub const DEFAULT_IMAGE: &str = "nvidia/cuda:12.6.3-runtime-ubuntu24.04";
+pub const DEFAULT_BLENDER_URL: &str =
+    "https://download.blender.org/release/Blender4.2/blender-4.2.3-linux-x64.tar.xz";
 
 impl CloudConfig {
     /// Reads the environment and the config file (the environment wins).
@@ -78,7 +107,23 @@ impl CloudConfig {
             let url = get(p.url_env()).unwrap_or_else(|| default.to_string());
             urls.insert(p, url.trim_end_matches('/').to_string());
         }
-        CloudConfig { keys, urls }
+        let num = |k: &str, default: u64| {
+            get(k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|v| *v > 0)
+                .unwrap_or(default)
+        };
+        let node = NodeSettings {
+            image: get("MESHD_CLOUD_IMAGE").unwrap_or_else(|| DEFAULT_IMAGE.into()),
+            remote_dir: get("MESHD_CLOUD_REMOTE_DIR").unwrap_or_else(|| ".meshd".into()),
+            listen_ip: get("MESHD_CLOUD_LISTEN_IP").unwrap_or_else(|| "0.0.0.0".into()),
+            blender_url: get("MESHD_CLOUD_BLENDER_URL")
+                .unwrap_or_else(|| DEFAULT_BLENDER_URL.into()),
+            binary: get("MESHD_CLOUD_NODE_BINARY").map(PathBuf::from),
+            poll_secs: num("MESHD_CLOUD_POLL_SECS", 30),
+            start_timeout_secs: num("MESHD_CLOUD_START_TIMEOUT_SECS", 900),
+        };
+        CloudConfig { keys, urls, node }
     }
 
     pub fn key(&self, p: Provider) -> Option<&ApiKey> {

@@ -29,6 +29,8 @@ pub struct Instance {
     pub id: u64,
     /// The label meshd set (Vast); Clore orders carry none.
     pub label: Option<String>,
+    /// The machine it runs on (Vast `machine_id`, Clore server id).
+    pub machine: Option<u64>,
     pub state: InstanceState,
     /// Where its sshd answers, once running.
     pub ssh: Option<(String, u16)>,
@@ -54,9 +56,4 @@ pub struct RentSpec {
     /// An interruptible bid, whole machine, $/h (Vast) — Clore takes it per day.
     pub bid_usd_per_hour: Option<f64>,
     pub disk_gb: u32,
-}
-
-/// The label of a mesh's instances: `meshd-` and the first 16 hex digits of its id.
-pub fn label_for(mesh_id: &str) -> String {
-    format!("meshd-{}", &mesh_id[..mesh_id.len().min(16)])
 }

@@ -8,10 +8,14 @@
 //! API keys never appear in logs, errors, tickets or gossip: [`config::ApiKey`] has no
 //! `Display` and a redacted `Debug`.
 
+pub mod account;
 pub mod clore;
 pub mod config;
 pub mod instance;
+pub mod manager;
 pub mod offers;
+pub mod rent;
+pub mod rental;
 pub mod speed;
 pub mod ssh;
 pub mod vast;

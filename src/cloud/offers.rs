@@ -110,6 +110,28 @@ pub struct Workload {
     pub ref_score: u32,
 }
 
+/// The workload of a job's `remaining` frames, from frames already rendered: each as its
+/// render time in seconds and the Open Data score of the GPU that rendered it (`None`: a CPU
+/// or an unmeasured model, not counted). A frame's cost is taken as seconds times score (the
+/// same frame takes half as long on a GPU of twice the score); the mean over the measured
+/// frames. `None` when no frame was measured on a known GPU.
+pub fn measured_workload(rendered: &[(f64, Option<u32>)], remaining: u32) -> Option<Workload> {
+    let costs: Vec<f64> = rendered
+        .iter()
+        .filter_map(|(secs, score)| Some(secs * f64::from((*score)?)))
+        .filter(|c| c.is_finite() && *c > 0.0)
+        .collect();
+    if costs.is_empty() {
+        return None;
+    }
+    let mean = costs.iter().sum::<f64>() / costs.len() as f64;
+    Some(Workload {
+        frames: remaining,
+        secs_per_frame: mean / 1000.0,
+        ref_score: 1000,
+    })
+}
+
 /// Time and cost of a workload on `count` machines like `offer`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Estimate {
@@ -142,6 +164,35 @@ pub fn estimate(offer: &Offer, count: u32, w: &Workload) -> Option<Estimate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jobs_measured_frames_price_the_rest_by_gpu_speed() {
+        // 20 s on a 4090 (11,078) and 40 s on a GPU of half its score cost the same.
+        let w = measured_workload(
+            &[(20.0, Some(11_078)), (40.0, Some(5_539)), (9.0, None)],
+            100,
+        )
+        .unwrap();
+        assert_eq!(w.frames, 100);
+        assert!((w.secs_per_frame * f64::from(w.ref_score) - 221_560.0).abs() < 1e-6);
+        let offer = Offer {
+            provider: Provider::Vast,
+            id: 1,
+            gpu: "RTX 4090".into(),
+            gpus: 1,
+            vram_gb: 24.0,
+            usd_per_hour: 0.5,
+            reliability: None,
+            country: None,
+            spot: false,
+            model: None,
+            score_per_gpu: Some(11_078),
+        };
+        let e = estimate(&offer, 1, &w).unwrap();
+        // 100 frames of 20 s on one 4090, plus start-up.
+        assert!((e.hours - (2000.0 / 3600.0 + STARTUP_MINUTES / 60.0)).abs() < 1e-9);
+        assert!(measured_workload(&[(10.0, None)], 5).is_none());
+    }
 
     fn offer(id: u64, gpu: &str, gpus: u32, usd: f64) -> Offer {
         Offer {

@@ -139,6 +139,30 @@ pub struct Bootstrap {
     pub node_port: u16,
     /// Addresses the node dials at start (this daemon's public address), multiaddrs.
     pub peers: Vec<String>,
+    /// A Blender release (`.tar.xz`) to install when the machine has none.
+    pub blender_url: Option<String>,
+}
+
+/// A script that prints the path of the machine's Blender: the image's, else one installed
+/// from `url` into `dir/blender` (with the libraries it needs, where apt-get is there).
+fn find_blender(dir: &str, url: Option<&str>) -> String {
+    let mut s = format!(
+        "B=$(command -v blender || ls -d /opt/blender*/blender /usr/local/blender*/blender {dir}/blender/blender 2>/dev/null | head -n 1)\n"
+    );
+    if let Some(url) = url {
+        s.push_str(&format!(
+            "if [ -z \"$B\" ]; then\n\
+             need=''; command -v curl >/dev/null || need='curl ca-certificates'; command -v xz >/dev/null || need=\"$need xz-utils\"\n\
+             if command -v apt-get >/dev/null; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need \
+             libxi6 libxxf86vm1 libxfixes3 libxrender1 libgl1 libxkbcommon0 libsm6 libx11-6) > {dir}/install.log 2>&1; fi\n\
+             rm -rf {dir}/blender.part && mkdir -p {dir}/blender.part && curl -fsSL {url} | tar -xJ --strip-components=1 -C {dir}/blender.part >> {dir}/install.log 2>&1 \
+             && mv {dir}/blender.part {dir}/blender && B={dir}/blender/blender\n\
+             fi\n",
+            url = quote(url)
+        ));
+    }
+    s.push_str("echo \"$B\"\n");
+    s
 }
 
 /// Single-quotes `s` for a POSIX shell.
@@ -167,19 +191,36 @@ pub async fn bootstrap(remote: &Remote, b: &Bootstrap) -> Result<String, SshErro
             &binary,
         )
         .await?;
+    let runs = remote
+        .run(
+            "checking the uploaded meshd",
+            &format!("{dir}/meshd --version"),
+            b"",
+        )
+        .await;
+    if let Err(e) = runs {
+        return Err(SshError::Remote {
+            what: "running the uploaded meshd".into(),
+            host: format!("{}:{}", remote.host, remote.port),
+            detail: format!(
+                "{e}; the image's C library may be older than this build's: rent an image based \
+                 on Ubuntu 24.04 or Debian 12, or set MESHD_CLOUD_NODE_BINARY to a static build"
+            ),
+        });
+    }
     let blender = remote
         .run(
             "looking for Blender",
-            "command -v blender || ls -d /opt/blender*/blender /usr/local/blender*/blender 2>/dev/null | head -n 1 || true",
+            &find_blender(&dir, b.blender_url.as_deref()),
             b"",
         )
         .await?;
-    let blender = blender.lines().next().unwrap_or("").trim().to_string();
+    let blender = blender.lines().last().unwrap_or("").trim().to_string();
     if blender.is_empty() {
         return Err(SshError::Remote {
             what: "looking for Blender".into(),
             host: format!("{}:{}", remote.host, remote.port),
-            detail: "no Blender on the machine: rent with an image that has one (--image)".into(),
+            detail: "no Blender on the machine and none could be installed (see install.log in the node's directory): rent with an image that has one (--image)".into(),
         });
     }
     remote

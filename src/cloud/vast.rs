@@ -324,6 +324,7 @@ pub fn parse_instance(v: &Value, node_port: u16) -> Option<Instance> {
         provider: Provider::Vast,
         id,
         label: v["label"].as_str().map(super::clean),
+        machine: v["machine_id"].as_u64(),
         ssh: ssh.filter(|_| running),
         node: mapped(node_port).filter(|_| running),
         usd_per_hour: v["dph_total"].as_f64(),

@@ -70,7 +70,10 @@ impl Daemon {
             jobs.push(v);
         }
         jobs.sort_by_key(|j| std::cmp::Reverse(j.created_unix_ms));
-        StatusResponse { jobs }
+        StatusResponse {
+            jobs,
+            cloud: self.cloud.spend(),
+        }
     }
 
     /// The frames of an archived job, from its states on disk.
@@ -241,6 +244,7 @@ impl Daemon {
         }
         let now = Instant::now();
         let own = self.render.in_flight();
+        let rented = self.cloud.rented_peers();
         let mut peers = vec![PeerInfo {
             id: self.me.to_string(),
             is_self: true,
@@ -257,6 +261,7 @@ impl Daemon {
                 .as_ref()
                 .map(|b| b.devices.clone())
                 .unwrap_or_default(),
+            rented: None,
         }];
         for (id, s) in &self.peers.peers {
             if !s.connected && s.heard.is_none() {
@@ -277,6 +282,7 @@ impl Daemon {
                     .map(|h| h.rendering.iter().map(in_flight_label).collect())
                     .unwrap_or_default(),
                 devices: hb.map(|h| h.devices.clone()).unwrap_or_default(),
+                rented: rented.get(&id.to_string()).cloned(),
             });
         }
         PeersResponse {

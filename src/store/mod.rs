@@ -360,6 +360,11 @@ impl Store {
         Ok(list.iter().filter_map(|a| a.parse().ok()).collect())
     }
 
+    /// The cloud actor's rental records (`cloud::rental`).
+    pub fn cloud_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree("cloud")?)
+    }
+
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())

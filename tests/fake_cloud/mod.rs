@@ -70,6 +70,33 @@ pub struct VastState {
     pub polls_to_run: Option<u32>,
     /// Host port a container port is mapped to (else 40000 + port).
     pub host_ports: HashMap<u16, u16>,
+    /// The machine behind every instance (a test's sshd), if any.
+    pub machine: Option<Machine>,
+    /// Offers listed but taken by someone else by the time they are rented: 410.
+    pub taken: Vec<u64>,
+}
+
+/// What a rented machine is in a test: the sshd's authorized-keys file (a key attached or
+/// ordered with is written there, so SSH works only with the key meshd registered), and what
+/// destroying an instance does to it (kill the node that runs there, as a provider tearing
+/// down the container would).
+#[derive(Clone)]
+pub struct Machine {
+    pub authorized_keys: std::path::PathBuf,
+    pub teardown: Arc<dyn Fn(u64) + Send + Sync>,
+}
+
+impl Machine {
+    fn authorize(&self, key: &str) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.authorized_keys)
+        {
+            let _ = writeln!(f, "{key}");
+        }
+    }
 }
 
 pub type FakeVast = Fake<VastState>;
@@ -287,6 +314,9 @@ pub struct CloreState {
     next_order: u64,
     /// `my_orders` calls before a new order is online with its ports.
     pub polls_to_run: u32,
+    /// Host port a container port is mapped to (else 41000 + port).
+    pub host_ports: HashMap<u16, u16>,
+    pub machine: Option<Machine>,
 }
 
 impl CloreState {
@@ -403,6 +433,8 @@ pub struct VastInstance {
     /// `show` calls left before it runs (`None`: never runs).
     pub polls_to_run: Option<u32>,
     pub stopped: bool,
+    /// Unix seconds it was made.
+    pub created: f64,
 }
 
 impl VastState {
@@ -445,7 +477,7 @@ fn vast_instance_json(i: &VastInstance, host_port_of: &dyn Fn(u16) -> u16) -> Va
         "ports": if running { Value::Object(ports) } else { Value::Null },
         "gpu_name": i.offer["gpu_name"], "num_gpus": i.offer["num_gpus"],
         "dph_total": i.price.unwrap_or(i.offer["dph_total"].as_f64().unwrap_or(0.0)),
-        "is_bid": i.price.is_some(), "start_date": 1761008618.2,
+        "is_bid": i.price.is_some(), "start_date": i.created,
     })
 }
 
@@ -488,6 +520,14 @@ async fn vast_create(
     if let Some(r) = vast_gate(&mut s, &headers, &q) {
         return r;
     }
+    if s.taken.contains(&offer_id) {
+        s.offers.retain(|o| o["id"] != offer_id);
+        return vast_err(
+            StatusCode::GONE,
+            "no_such_ask",
+            &format!("Instance type by id {offer_id} is no longer available."),
+        );
+    }
     let Some(pos) = s.offers.iter().position(|o| o["id"] == offer_id) else {
         return vast_err(
             StatusCode::NOT_FOUND,
@@ -526,6 +566,7 @@ async fn vast_create(
         ssh_key: None,
         polls_to_run: s.polls_to_run,
         stopped: too_low,
+        created: unix_now(),
     };
     s.instances.insert(id, inst);
     if too_low {
@@ -556,7 +597,11 @@ async fn vast_show(
     if let Some(n) = i.polls_to_run.as_mut() {
         *n = n.saturating_sub(1);
     }
-    let v = vast_instance_json(i, &|p| map.get(&p).copied().unwrap_or(40_000 + p));
+    let v = vast_instance_json(i, &|p| {
+        map.get(&p)
+            .copied()
+            .unwrap_or_else(|| 40_000u16.wrapping_add(p))
+    });
     Json(json!({"instances": v})).into_response()
 }
 
@@ -571,7 +616,12 @@ async fn vast_destroy(
         return r;
     }
     match s.instances.remove(&id) {
-        Some(_) => Json(json!({"success": true, "msg": "destroying instance"})).into_response(),
+        Some(_) => {
+            if let Some(m) = &s.machine {
+                (m.teardown)(id);
+            }
+            Json(json!({"success": true, "msg": "destroying instance"})).into_response()
+        }
         None => vast_err(
             StatusCode::NOT_FOUND,
             "no_such_instance",
@@ -603,7 +653,13 @@ async fn vast_list(
     let page: Vec<Value> = all
         .iter()
         .take(limit)
-        .map(|i| vast_instance_json(i, &|p| map.get(&p).copied().unwrap_or(40_000 + p)))
+        .map(|i| {
+            vast_instance_json(i, &|p| {
+                map.get(&p)
+                    .copied()
+                    .unwrap_or_else(|| 40_000u16.wrapping_add(p))
+            })
+        })
         .collect();
     let next = (all.len() > limit).then(|| all[limit - 1].id.to_string());
     Json(json!({
@@ -631,6 +687,11 @@ async fn vast_attach_ssh(
             "ssh_key is not a public key",
         );
     };
+    if s.instances.contains_key(&id)
+        && let Some(m) = &s.machine
+    {
+        m.authorize(key);
+    }
     match s.instances.get_mut(&id) {
         Some(i) => {
             i.ssh_key = Some(key.to_string());
@@ -719,6 +780,8 @@ async fn clore_my_orders(
         return Json(e);
     }
     let completed = q.get("return_completed").is_some_and(|v| v == "true");
+    let map = s.host_ports.clone();
+    let machine = s.machine.clone();
     for o in s.orders.values_mut() {
         let left = o["polls_left"].as_u64().unwrap_or(0);
         if left > 0 {
@@ -729,10 +792,21 @@ async fn clore_my_orders(
                 .map(|a| {
                     a.iter()
                         .filter_map(|p| p.as_str())
-                        .map(|p| format!("{p}:{}", 41_000 + p.parse::<u32>().unwrap_or(0)))
+                        .filter_map(|p| p.parse::<u16>().ok())
+                        .map(|p| {
+                            format!(
+                                "{p}:{}",
+                                map.get(&p)
+                                    .copied()
+                                    .unwrap_or_else(|| 41_000u16.wrapping_add(p))
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
+            if let (Some(m), Some(key)) = (&machine, o["ssh_key"].as_str()) {
+                m.authorize(key);
+            }
             o["online"] = true.into();
             o["pub_cluster"] = json!(["127.0.0.1"]);
             o["tcp_ports"] = json!(ports);
@@ -773,6 +847,9 @@ async fn clore_cancel_order(
     order["expired"] = true.into();
     order["online"] = false.into();
     let si = order["si"].clone();
+    if let Some(m) = &s.machine {
+        (m.teardown)(id);
+    }
     if let Some(server) = s.servers.iter_mut().find(|v| v["id"] == si) {
         server["rented"] = false.into();
     }
