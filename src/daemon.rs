@@ -200,7 +200,7 @@ struct Daemon {
     /// is released if the task panics.
     owners: HashMap<tokio::task::Id, TaskOwner>,
     /// The cloud actor (rented machines), and what it is told of the mesh.
-    cloud: crate::cloud::manager::CloudHandle,
+    cloud: crate::cloud::handle::CloudHandle,
     activity: tokio::sync::watch::Sender<crate::cloud::rental::Activity>,
     /// The cloud actor has this daemon's ticket.
     cloud_ready: bool,

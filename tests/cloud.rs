@@ -449,7 +449,10 @@ fn clore_orders_are_placed_found_and_cancelled() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let clore = Clore::new(&cfg).unwrap();
-        let id = clore.create(2, &spec, None).await.unwrap();
+        let id = clore
+            .create(2, &spec, None, &clore.order_ids().await.unwrap())
+            .await
+            .unwrap();
         let mut inst = None;
         for _ in 0..5 {
             let all = clore.orders(4747).await.unwrap();
@@ -470,13 +473,19 @@ fn clore_orders_are_placed_found_and_cancelled() {
             "9.60 $/day"
         );
 
-        match clore.create(2, &spec, None).await {
+        match clore
+            .create(2, &spec, None, &clore.order_ids().await.unwrap())
+            .await
+        {
             Err(CloudError::Api { msg, .. }) => {
                 assert!(msg.contains("server-already-rented"), "{msg}")
             }
             other => panic!("{other:?}"),
         }
-        let spot = clore.create(1, &spec, Some(2.0)).await.unwrap();
+        let spot = clore
+            .create(1, &spec, Some(2.0), &clore.order_ids().await.unwrap())
+            .await
+            .unwrap();
         clore.cancel(spot).await.unwrap();
         clore.cancel(id).await.unwrap();
         clore.cancel(id).await.unwrap(); // no longer active: fine

@@ -466,6 +466,8 @@ fn a_clore_machine_joins_and_is_released_on_request_and_when_the_daemon_stops() 
         s.host_ports.insert(22, sshd.port);
         s.host_ports.insert(node_port, node_port);
         s.machine = Some(machine(&sshd, &nodes, "clore"));
+        // Calls closer than 1 s apart are refused with code 5, as Clore does.
+        s.enforce_spacing = true;
     }
     let env = cloud_env(root.path(), None, Some(&fake.url), &[]);
     let mut a = start(root.path(), "a", &["--no-render"], &env);
@@ -574,6 +576,8 @@ fn an_idle_machine_is_released_and_an_outbid_one_is_given_up() {
         .get_mut(&instance)
         .unwrap()
         .stopped = true;
+    // Its container stops with it.
+    kill_nodes(&root.join("nodes"), Some(&format!("vast-{instance}")));
     wait_until(
         Duration::from_secs(30),
         "the outbid machine destroyed",

@@ -44,7 +44,7 @@ struct Ctx {
     store: Store,
     me: PeerId,
     env: SubmitEnv,
-    cloud: crate::cloud::manager::CloudHandle,
+    cloud: crate::cloud::handle::CloudHandle,
 }
 
 /// What submit needs from the daemon's configuration.
@@ -348,7 +348,7 @@ pub fn serve(
     store: Store,
     me: PeerId,
     env: SubmitEnv,
-    cloud: crate::cloud::manager::CloudHandle,
+    cloud: crate::cloud::handle::CloudHandle,
 ) -> tokio::task::JoinHandle<()> {
     let ctx = Arc::new(Ctx {
         token,

@@ -77,7 +77,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("{s:?} is not a time: give it like 90s, 5m or 1h")),
     };
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is too long"))
 }
 
 /// The request for `count` machines of `filter`, within `limits`, for `job`.
@@ -116,7 +116,7 @@ pub async fn rent(data_dir: &Path, a: RentArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let req = rent_request(&a.filter, a.count, &a.limits, job)?;
-    let resp: CloudRentResponse = client.post("/v1/cloud/rent", &req).await?;
+    let resp = ask_rent(&client, &req).await?;
     if !a.json {
         announce(&resp, a.filter.provider);
     }
@@ -142,6 +142,36 @@ pub(super) async fn resolve_job(client: &ApiClient, sel: &str) -> anyhow::Result
         [] => bail!("no job matches {sel:?}: see meshd status"),
         _ => bail!("{sel:?} matches several jobs: give more of the id"),
     }
+}
+
+/// Asks the daemon to rent. Ctrl-C while it searches offers waits for its answer and
+/// releases what it started (exit 130): the daemon rents whether or not anyone listens.
+pub async fn ask_rent(
+    client: &ApiClient,
+    req: &CloudRentRequest,
+) -> anyhow::Result<CloudRentResponse> {
+    let post = client.post::<_, CloudRentResponse>("/v1/cloud/rent", req);
+    tokio::pin!(post);
+    tokio::select! {
+        resp = &mut post => resp,
+        _ = tokio::signal::ctrl_c() => {
+            if let Ok(resp) = post.await {
+                release_group(client, resp.group).await?;
+            }
+            std::process::exit(130);
+        }
+    }
+}
+
+/// Releases the machines of one rent, saying how many.
+pub(super) async fn release_group(client: &ApiClient, group: u64) -> anyhow::Result<()> {
+    let req = CloudReleaseRequest {
+        group: Some(group),
+        ..Default::default()
+    };
+    let out: CloudReleaseResponse = client.post("/v1/cloud/release", &req).await?;
+    eprintln!("interrupted: releasing {} machine(s)", out.released.len());
+    Ok(())
 }
 
 /// "renting 2 machines on Vast.ai (1 fewer than asked: ...)".
@@ -205,9 +235,7 @@ pub async fn follow(
         }
         tokio::select! {
             _ = &mut ctrl_c => {
-                let req = CloudReleaseRequest { group: Some(resp.group), ..Default::default() };
-                let out: CloudReleaseResponse = client.post("/v1/cloud/release", &req).await?;
-                eprintln!("interrupted: releasing {} machine(s)", out.released.len());
+                release_group(client, resp.group).await?;
                 std::process::exit(130);
             }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}

@@ -8,10 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
 use super::ApiClient;
-use crate::api::types::{
-    CloudReleaseRequest, CloudReleaseResponse, CloudRentResponse, StatusResponse, SubmitRequest,
-    SubmitResponse,
-};
+use crate::api::types::{StatusResponse, SubmitRequest, SubmitResponse};
 use crate::ledger::{FrameSet, JobState};
 use crate::render::settings::{
     DeviceKind, DeviceRequirement, Engine, OutputFormat, RenderSettings,
@@ -291,12 +288,11 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
     };
     rent.job = Some(resp.id.clone());
     let provider = rent.provider;
-    let rented: CloudRentResponse = match client.post_or_refusal("/v1/cloud/rent", &rent).await? {
+    let rented = match super::rent::ask_rent(&client, &rent).await {
         Ok(r) => r,
-        Err(refusal) => {
+        Err(e) => {
             eprintln!(
-                "error: renting failed: {}; job {} goes on with the mesh's own peers",
-                refusal.error,
+                "error: renting failed: {e}; job {} goes on with the mesh's own peers",
                 &resp.id[..12]
             );
             return Ok(1);
@@ -313,9 +309,7 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
     tokio::select! {
         code = wait(&client, &resp) => code,
         _ = tokio::signal::ctrl_c() => {
-            let req = CloudReleaseRequest { group: Some(rented.group), ..Default::default() };
-            let out: CloudReleaseResponse = client.post("/v1/cloud/release", &req).await?;
-            eprintln!("interrupted: released {} rented machine(s)", out.released.len());
+            super::rent::release_group(&client, rented.group).await?;
             Ok(130)
         }
     }

@@ -39,9 +39,24 @@ impl Account {
         Ok(offers.into_iter().filter(|o| filter.accepts(o)).collect())
     }
 
-    /// Rents `offer` for `spec`: the instance (order) id. A Vast instance made but refused
-    /// (a bid too low) is destroyed here before the error is returned.
-    pub async fn create(&self, offer: &Offer, spec: &RentSpec) -> Result<u64, CloudError> {
+    /// What must be known before ordering to recognise the new order afterwards: Clore's
+    /// active order ids (its orders carry no label). Empty for Vast (labels do that).
+    pub async fn before_order(&self) -> Result<Vec<u64>, CloudError> {
+        match self {
+            Account::Vast(_) => Ok(Vec::new()),
+            Account::Clore(c) => c.order_ids().await,
+        }
+    }
+
+    /// Rents `offer` for `spec`: the instance (order) id. `before` is what
+    /// [`Self::before_order`] gave. A Vast instance made but refused (a bid too low) is
+    /// destroyed here before the error is returned.
+    pub async fn create(
+        &self,
+        offer: &Offer,
+        spec: &RentSpec,
+        before: &[u64],
+    ) -> Result<u64, CloudError> {
         match self {
             Account::Vast(v) => match v.create(offer.id, spec).await {
                 Err(CloudError::CreatedButFailed { provider, id, msg }) => {
@@ -54,7 +69,7 @@ impl Account {
             },
             Account::Clore(c) => {
                 let per_day = spec.bid_usd_per_hour.map(|b| b * 24.0);
-                c.create(offer.id, spec, per_day).await
+                c.create(offer.id, spec, per_day, before).await
             }
         }
     }

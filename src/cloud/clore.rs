@@ -83,15 +83,26 @@ pub fn parse_server(v: &Value, spot: bool) -> Option<Offer> {
     )
 }
 
-/// A Clore API client.
+/// A Clore API client. Calls through one client are spaced [`SPACING`] apart, orders
+/// [`ORDER_SPACING`] apart (Clore allows about one call per second per key): share one
+/// client between tasks.
 pub struct Clore {
     api: Endpoint,
+    /// When the last call ended, and the last order was placed.
+    last_call: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    last_order: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
+
+/// Least time between two calls, and between two orders.
+const SPACING: Duration = Duration::from_millis(1100);
+const ORDER_SPACING: Duration = Duration::from_secs(5);
 
 impl Clore {
     pub fn new(cfg: &CloudConfig) -> Result<Self, CloudError> {
         Ok(Clore {
             api: Endpoint::new(cfg, Provider::Clore)?,
+            last_call: tokio::sync::Mutex::new(None),
+            last_order: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -110,39 +121,53 @@ impl Clore {
             .collect())
     }
 
+    /// Ids of the account's active orders: taken just before ordering, so that the new
+    /// order can be told apart without comparing clocks.
+    pub async fn order_ids(&self) -> Result<Vec<u64>, CloudError> {
+        self.api.require_key()?;
+        Ok(self
+            .my_orders()
+            .await?
+            .iter()
+            .filter_map(|o| o["id"].as_u64())
+            .collect())
+    }
+
     /// Orders `server` for `spec` (a spot order bids `spot_usd_per_day`): the order's id.
-    /// `create_order` answers without one; the order is found in `my_orders` as the newest
-    /// on that server created since the call.
+    /// `create_order` answers without one; the order is found in `my_orders` as the one on
+    /// that server that is not among `before` (the ids [`Self::order_ids`] gave just before).
     pub async fn create(
         &self,
         server: u64,
         spec: &RentSpec,
         spot_usd_per_day: Option<f64>,
+        before: &[u64],
     ) -> Result<u64, CloudError> {
         self.api.require_key()?;
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0)
-            - 60.0; // the provider's clock may lag ours
         let body = order_body(server, spec, spot_usd_per_day);
-        self.call(reqwest::Method::POST, "/create_order", Some(&body))
-            .await?;
+        {
+            let mut last = self.last_order.lock().await;
+            if let Some(t) = *last {
+                tokio::time::sleep_until(t + ORDER_SPACING).await;
+            }
+            let placed = self
+                .call(reqwest::Method::POST, "/create_order", Some(&body))
+                .await;
+            *last = Some(tokio::time::Instant::now());
+            placed?;
+        }
         for attempt in 0..ORDER_LOOKUPS {
             if attempt > 0 {
                 tokio::time::sleep(RATE_LIMIT_WAIT).await;
             }
             let v = self.my_orders().await?;
-            let newest = v
+            let new = v
                 .iter()
                 .filter(|o| o["si"].as_u64() == Some(server))
-                .filter(|o| o["ct"].as_f64().is_some_and(|ct| ct >= since))
-                .max_by(|a, b| {
-                    let ct = |o: &Value| o["ct"].as_f64().unwrap_or(0.0);
-                    ct(a).total_cmp(&ct(b))
-                })
-                .and_then(|o| o["id"].as_u64());
-            if let Some(id) = newest {
+                .filter_map(|o| o["id"].as_u64())
+                .filter(|id| !before.contains(id))
+                .max();
+            if let Some(id) = new {
                 return Ok(id);
             }
         }
@@ -205,7 +230,15 @@ impl Clore {
         body: Option<&Value>,
     ) -> Result<Value, CloudError> {
         for attempt in 0..RATE_LIMIT_ATTEMPTS {
-            let (status, text) = self.api.send(method.clone(), path, body).await?;
+            let (status, text) = {
+                let mut last = self.last_call.lock().await;
+                if let Some(t) = *last {
+                    tokio::time::sleep_until(t + SPACING).await;
+                }
+                let answer = self.api.send(method.clone(), path, body).await;
+                *last = Some(tokio::time::Instant::now());
+                answer?
+            };
             let Ok(value) = serde_json::from_str::<Value>(&text) else {
                 return Err(if status.is_success() {
                     self.api.bad_answer("not JSON")

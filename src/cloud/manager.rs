@@ -1,12 +1,14 @@
 //! The cloud actor: rents machines, joins them to the mesh, and gives every one back.
 //!
 //! One task owns the rental records (sled tree `cloud`, see [`super::rental`]). Requests
-//! come from the local API through a [`CloudHandle`]; each machine being rented is a task of
-//! its own ([`super::rent::rent_one`]) that reports its steps back here to be recorded.
-//! Every `MESHD_CLOUD_POLL_SECS` (and at start) the providers' instance lists are read off
-//! the loop and [`super::rental::review`] decides what to destroy: that one rule set covers
-//! a finished job, an idle node, a budget, an outbid spot instance, and whatever a crash of
-//! this daemon left behind. When the daemon stops, every rental is released before it exits.
+//! come from the local API through a [`CloudHandle`]; the offer search runs as a task
+//! ([`super::prepare`]), and each machine being rented is a task of its own
+//! ([`super::rent::rent_one`]) that reports its steps back here and waits until they are on
+//! disk. Every `MESHD_CLOUD_POLL_SECS` (and at start) the providers' instance lists are read
+//! off the loop and [`super::rental::review`] decides what to destroy: that one rule set
+//! covers a finished job, an idle node, a budget, an outbid spot instance, and whatever a
+//! crash of this daemon left behind. When the daemon stops, every rental is released before
+//! it exits. Nothing on this loop waits on a provider.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -19,17 +21,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::account::Account;
+use super::handle::{CloudHandle, Request, now_unix};
 use super::instance::{Instance, RentSpec};
-use super::offers::{self, Filter};
+use super::prepare::{Prepared, prepare};
 use super::rent::{Change, RentCtx, Step, rent_one};
 use super::rental::{self, Action, Activity, Group, Phase, Rental, Why};
-use super::ssh::{Bootstrap, SshKey};
-use super::{CloudConfig, Provider};
-use crate::api::types::{
-    CloudListResponse, CloudReleaseRequest, CloudReleaseResponse, CloudRentRequest,
-    CloudRentResponse, CloudSpend, RentalInfo, RentedPeer,
-};
-use crate::ids::JobId;
+use super::ssh::Bootstrap;
+use super::{CloudConfig, CloudError, Provider};
+use crate::api::types::{CloudReleaseRequest, CloudReleaseResponse, CloudRentResponse};
 
 /// What the actor needs from the daemon.
 pub struct CloudEnv {
@@ -46,142 +45,13 @@ pub struct CloudEnv {
     pub activity: watch::Receiver<Activity>,
 }
 
-/// The local API's way to the actor. Listing reads the latest records without a round trip.
-#[derive(Clone)]
-pub struct CloudHandle {
-    tx: mpsc::Sender<Request>,
-    rentals: watch::Receiver<Vec<Rental>>,
-}
-
-enum Request {
-    /// The daemon listens: its ticket (holds the mesh key) and mesh id.
-    Ready { ticket: String, mesh_id: String },
-    Rent(
-        Box<CloudRentRequest>,
-        oneshot::Sender<Result<CloudRentResponse, String>>,
-    ),
-    Release(
-        CloudReleaseRequest,
-        oneshot::Sender<Result<CloudReleaseResponse, String>>,
-    ),
-}
-
-const GONE: &str = "the daemon is stopping";
-
-impl CloudHandle {
-    pub async fn ready(&self, ticket: String, mesh_id: String) {
-        let _ = self.tx.send(Request::Ready { ticket, mesh_id }).await;
-    }
-
-    pub async fn rent(&self, req: CloudRentRequest) -> Result<CloudRentResponse, String> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Rent(Box::new(req), tx))
-            .await
-            .map_err(|_| GONE.to_string())?;
-        rx.await.map_err(|_| GONE.to_string())?
-    }
-
-    pub async fn release(&self, req: CloudReleaseRequest) -> Result<CloudReleaseResponse, String> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Release(req, tx))
-            .await
-            .map_err(|_| GONE.to_string())?;
-        rx.await.map_err(|_| GONE.to_string())?
-    }
-
-    /// Every rental on record, live ones first.
-    pub fn list(&self) -> CloudListResponse {
-        let now = now_unix();
-        let mut rentals: Vec<RentalInfo> = self
-            .rentals
-            .borrow()
-            .iter()
-            .map(|r| RentalInfo {
-                id: r.id,
-                provider: r.provider,
-                instance: r.instance,
-                offer: r.offer,
-                node: r.node.as_ref().map(|(h, p)| format!("{h}:{p}")),
-                phase: r.phase,
-                gpu: r.gpu.clone(),
-                gpus: r.gpus,
-                usd_per_hour: r.usd_per_hour,
-                spent_usd: r.spent_usd(now),
-                spot: r.spot,
-                peer: r.peer.clone(),
-                job: r.group.job.map(|j| j.to_hex()),
-                group: r.group.id,
-                budget_usd: r.group.budget_usd,
-                note: r.note.clone(),
-            })
-            .collect();
-        rentals.sort_by_key(|r| (r.phase == Phase::Released, std::cmp::Reverse(r.id)));
-        let usd_per_hour = self
-            .rentals
-            .borrow()
-            .iter()
-            .filter(|r| r.billing())
-            .map(|r| r.usd_per_hour)
-            .sum();
-        let spent_usd = rentals.iter().map(|r| r.spent_usd).sum();
-        CloudListResponse {
-            rentals,
-            usd_per_hour,
-            spent_usd,
-        }
-    }
-
-    /// The spend, for `meshd status`; `None` when nothing was rented.
-    pub fn spend(&self) -> Option<CloudSpend> {
-        let rentals = self.rentals.borrow();
-        if rentals.is_empty() {
-            return None;
-        }
-        let now = now_unix();
-        Some(CloudSpend {
-            machines: rentals.iter().filter(|r| r.billing()).count(),
-            usd_per_hour: rentals
-                .iter()
-                .filter(|r| r.billing())
-                .map(|r| r.usd_per_hour)
-                .sum(),
-            spent_usd: rentals.iter().map(|r| r.spent_usd(now)).sum(),
-        })
-    }
-
-    /// Rented peers by peer id.
-    pub fn rented_peers(&self) -> HashMap<String, RentedPeer> {
-        self.rentals
-            .borrow()
-            .iter()
-            .filter(|r| r.phase.is_live())
-            .filter_map(|r| {
-                Some((
-                    r.peer.clone()?,
-                    RentedPeer {
-                        provider: r.provider,
-                        instance: r.instance,
-                        usd_per_hour: r.usd_per_hour,
-                    },
-                ))
-            })
-            .collect()
-    }
-}
-
-fn now_unix() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 /// Released records are kept this long for `meshd cloud list` and the spend.
 const KEEP_RELEASED_SECS: f64 = 7.0 * 86_400.0;
 /// The longest a stopping daemon spends giving machines back.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(45);
+/// A rent that has not joined this long after its start timeout (a bootstrap that hangs:
+/// a stalled download, a silent machine) is given up and its machine destroyed.
+const BOOTSTRAP_ALLOWANCE: Duration = Duration::from_secs(30 * 60);
 
 /// Starts the actor. It runs until `shutdown`, then releases every rental (bounded) and ends.
 pub fn spawn(
@@ -202,7 +72,11 @@ pub fn spawn(
             Ok(r) => {
                 rentals.insert(r.id, r);
             }
-            Err(e) => warn!("unreadable rental record dropped: {e}"),
+            // Kept on disk: a later meshd may read it.
+            Err(e) => warn!(
+                "a rental record cannot be read ({e}); its machine, if any, is destroyed only \
+                 if its label names this daemon: check the provider's console"
+            ),
         }
     }
     let (snapshot, snap_rx) = watch::channel(rentals.values().cloned().collect());
@@ -211,13 +85,13 @@ pub fn spawn(
         env,
         rentals,
         accounts: HashMap::new(),
-        ssh_key: None,
         ready: None,
         renting: HashMap::new(),
+        rent_ids: HashMap::new(),
         rents: JoinSet::new(),
         bg: JoinSet::new(),
         listing: false,
-        reviewed_all: false,
+        listed_once: HashSet::new(),
         destroying: HashSet::new(),
         idle_since: HashMap::new(),
         steps_tx,
@@ -238,30 +112,35 @@ struct Ready {
     label_prefix: String,
 }
 
-/// Results of provider calls made off the loop.
+type RentReply = oneshot::Sender<Result<CloudRentResponse, String>>;
+
+/// Results of work done off the loop.
 enum Bg {
-    Listed(HashMap<Provider, Vec<Instance>>),
+    /// Instance lists; the providers whose key was refused.
+    Listed(HashMap<Provider, Vec<Instance>>, Vec<Provider>),
     Destroyed {
         provider: Provider,
         instance: u64,
         rental: Option<u64>,
-        result: Result<(), String>,
+        finish: bool,
+        result: Result<(), CloudError>,
     },
+    Prepared(Box<(Result<Prepared, String>, RentReply)>),
 }
 
 struct Manager {
     env: CloudEnv,
     rentals: BTreeMap<u64, Rental>,
     accounts: HashMap<Provider, Arc<Account>>,
-    ssh_key: Option<SshKey>,
     ready: Option<Ready>,
-    /// Rents in progress, by rental.
+    /// Rents in progress, by rental, and the rental of each rent task.
     renting: HashMap<u64, AbortHandle>,
-    rents: JoinSet<(u64, Result<(), String>)>,
+    rent_ids: HashMap<tokio::task::Id, u64>,
+    rents: JoinSet<Result<(), String>>,
     bg: JoinSet<Bg>,
     listing: bool,
-    /// Every provider with a key was listed once since start.
-    reviewed_all: bool,
+    /// Providers listed since start (each provider with a key is, once).
+    listed_once: HashSet<Provider>,
     destroying: HashSet<(Provider, u64)>,
     idle_since: HashMap<u64, f64>,
     steps_tx: mpsc::Sender<Step>,
@@ -283,45 +162,58 @@ impl Manager {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(step) = steps.recv() => self.on_step(step).await,
-                Some(res) = self.rents.join_next() => match res {
-                    Ok((id, result)) => self.on_rent_done(id, result),
-                    Err(e) if e.is_cancelled() => {}
-                    Err(e) => warn!("a rent task failed: {e}"),
+                Some(res) = self.rents.join_next_with_id() => match res {
+                    Ok((task, result)) => self.on_rent_done(task, result),
+                    Err(e) if e.is_cancelled() => {
+                        self.rent_ids.remove(&e.id());
+                    }
+                    Err(e) => {
+                        warn!("a rent task failed: {e}");
+                        self.on_rent_done(e.id(), Err("the rent task crashed".into()));
+                    }
                 },
                 Some(res) = self.bg.join_next() => match res {
-                    Ok(bg) => self.on_bg(bg),
+                    Ok(bg) => self.on_bg(bg).await,
                     Err(e) => {
                         warn!("a cloud task failed: {e}");
                         self.listing = false;
                     }
                 },
-                Some(req) = rx.recv() => self.on_request(req).await,
+                Some(req) = rx.recv() => self.on_request(req),
                 _ = poll.tick() => self.on_poll().await,
             }
+        }
+        // Steps already sent (an instance just created) are recorded before releasing.
+        while let Ok(step) = steps.try_recv() {
+            self.on_step(step).await;
         }
         self.drain().await;
     }
 
-    fn persist(&mut self, id: u64) {
-        if let Some(r) = self.rentals.get(&id) {
-            match postcard::to_stdvec(r) {
-                Ok(bytes) => {
-                    if let Err(e) = self.env.tree.insert(id.to_be_bytes(), bytes) {
-                        warn!(rental = id, "cannot record the rental: {e}");
-                    }
-                }
-                Err(e) => warn!(rental = id, "cannot encode the rental: {e}"),
-            }
-        }
+    /// Writes record `id`; `Err` if it is not on disk (then nothing is rented on it).
+    async fn persist(&mut self, id: u64) -> Result<(), String> {
         self.snapshot
             .send_replace(self.rentals.values().cloned().collect());
+        let Some(r) = self.rentals.get(&id) else {
+            return Ok(());
+        };
+        let bytes = postcard::to_stdvec(r).map_err(|e| e.to_string())?;
+        self.env
+            .tree
+            .insert(id.to_be_bytes(), bytes)
+            .map_err(|e| e.to_string())?;
+        self.env
+            .tree
+            .flush_async()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
     }
 
-    /// Persists and waits until the record is on disk.
-    async fn persist_durably(&mut self, id: u64) {
-        self.persist(id);
-        if let Err(e) = self.env.tree.flush_async().await {
-            warn!(rental = id, "cannot flush the rental record: {e}");
+    /// Like [`Self::persist`] where nothing waits on the outcome.
+    async fn save(&mut self, id: u64) {
+        if let Err(e) = self.persist(id).await {
+            warn!(rental = id, "cannot record the rental: {e}");
         }
     }
 
@@ -329,7 +221,7 @@ impl Manager {
         if let Some(a) = self.accounts.get(&p) {
             return Ok(a.clone());
         }
-        // A key added since start is picked up.
+        // A key added (or fixed) since start is picked up.
         if let Ok(cfg) = CloudConfig::load() {
             self.env.config = cfg;
         }
@@ -341,7 +233,7 @@ impl Manager {
         Ok(a)
     }
 
-    async fn on_request(&mut self, req: Request) {
+    fn on_request(&mut self, req: Request) {
         match req {
             Request::Ready { ticket, mesh_id } => {
                 let label_prefix = rental::label_prefix(&mesh_id, &self.env.me);
@@ -352,7 +244,25 @@ impl Manager {
                 self.start_listing();
             }
             Request::Rent(req, reply) => {
-                let _ = reply.send(self.rent(*req).await);
+                if self.ready.is_none() {
+                    let _ = reply.send(Err(
+                        "the daemon is still starting: try again in a moment".into()
+                    ));
+                    return;
+                }
+                let account = match self.account(req.provider) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                let activity = self.env.activity.clone();
+                let dir = self.env.dir.clone();
+                self.bg.spawn(async move {
+                    let prepared = prepare(account, *req, activity, dir).await;
+                    Bg::Prepared(Box::new((prepared, reply)))
+                });
             }
             Request::Release(req, reply) => {
                 let _ = reply.send(Ok(self.release(req)));
@@ -360,99 +270,58 @@ impl Manager {
         }
     }
 
-    async fn rent(&mut self, req: CloudRentRequest) -> Result<CloudRentResponse, String> {
+    /// Records a rental per machine (on disk before anything is ordered) and starts its rent.
+    async fn start_rents(&mut self, p: Prepared) -> Result<CloudRentResponse, String> {
         let Some(ready) = &self.ready else {
             return Err("the daemon is still starting: try again in a moment".into());
         };
-        let ticket = ready.ticket.clone();
-        let label_prefix = ready.label_prefix.clone();
-        validate(&req)?;
-        let job = match &req.job {
-            None => None,
-            Some(j) => {
-                let id: JobId = j.parse().map_err(|_| format!("{j:?} is not a job id"))?;
-                self.wait_for_job(&id).await?;
-                Some(id)
-            }
-        };
-        let account = self.account(req.provider)?;
-        let filter = Filter {
-            gpu: req.gpu.clone(),
-            min_vram_gb: req.min_vram_gb,
-            max_usd_per_hour: req.max_usd_per_hour,
-            country: req.region.clone(),
-            min_reliability: req.min_reliability,
-            spot: req.spot,
-        };
-        let mut found = account.offers(&filter).await.map_err(|e| e.to_string())?;
-        offers::rank(&mut found);
-        if found.is_empty() {
-            return Err(format!(
-                "no {} offer matches: loosen the filters (see meshd cloud offers)",
-                req.provider.name()
-            ));
-        }
-        let price = |o: &offers::Offer| {
-            if o.spot {
-                req.bid_usd_per_hour.unwrap_or(o.usd_per_hour * 1.1)
-            } else {
-                o.usd_per_hour
-            }
-        };
-        let wanted = (req.count as usize).min(found.len());
-        let prices: Vec<f64> = found.iter().take(wanted).map(price).collect();
-        let n = rental::affordable(&prices, req.budget_usd);
-        if n == 0 {
-            return Err(format!(
-                "a budget of ${:.2} does not cover one hour of the best offer (${:.3}/h): raise --budget",
-                req.budget_usd.unwrap_or(0.0),
-                prices.first().copied().unwrap_or(0.0)
-            ));
-        }
-        let key = match &self.ssh_key {
-            Some(k) => k.clone(),
-            None => {
-                let k = SshKey::load_or_create(&self.env.dir)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.ssh_key = Some(k.clone());
-                k
-            }
-        };
+        let (ticket, label_prefix) = (ready.ticket.clone(), ready.label_prefix.clone());
+        let account = self.account(p.req.provider)?;
+        let req = &p.req;
         let group = Group {
             id: self.rentals.values().map(|r| r.group.id).max().unwrap_or(0) + 1,
-            job,
+            job: p.job,
             budget_usd: req.budget_usd,
             idle_release_secs: req.idle_release_secs,
         };
-        let queue = Arc::new(Mutex::new(VecDeque::from(found)));
+        let queue = Arc::new(Mutex::new(VecDeque::from(p.offers)));
         let node = self.env.config.node.clone();
+        let start_timeout = Duration::from_secs(node.start_timeout_secs);
         let mut ids = Vec::new();
-        for _ in 0..n {
+        for _ in 0..p.count {
             let id = self.rentals.keys().max().copied().unwrap_or(0) + 1;
             let label = format!("{label_prefix}{id}");
-            let r = Rental {
+            self.rentals.insert(
                 id,
-                provider: req.provider,
-                offer: None,
-                gpu: String::new(),
-                gpus: 0,
-                usd_per_hour: 0.0,
-                spot: req.spot,
-                label: label.clone(),
-                node_port: req.node_port,
-                ordered_unix: now_unix(),
-                started_unix: None,
-                ended_unix: None,
-                instance: None,
-                phase: Phase::Ordering,
-                peer: None,
-                node: None,
-                group: group.clone(),
-                note: None,
-            };
-            self.rentals.insert(id, r);
-            self.persist_durably(id).await;
+                Rental {
+                    id,
+                    provider: req.provider,
+                    offer: None,
+                    gpu: String::new(),
+                    gpus: 0,
+                    usd_per_hour: 0.0,
+                    spot: req.spot,
+                    label: label.clone(),
+                    node_port: req.node_port,
+                    ordered_unix: now_unix(),
+                    started_unix: None,
+                    ended_unix: None,
+                    instance: None,
+                    preexisting: Vec::new(),
+                    phase: Phase::Ordering,
+                    peer: None,
+                    node: None,
+                    group: group.clone(),
+                    note: None,
+                },
+            );
+            if let Err(e) = self.persist(id).await {
+                self.rentals.remove(&id);
+                let _ = self.env.tree.remove(id.to_be_bytes());
+                return Err(format!(
+                    "cannot record the rental ({e}): nothing more rented; free disk space"
+                ));
+            }
             let ctx = RentCtx {
                 rental: id,
                 account: account.clone(),
@@ -461,13 +330,13 @@ impl Manager {
                     image: req.image.clone().unwrap_or_else(|| node.image.clone()),
                     label,
                     node_port: req.node_port,
-                    ssh_public_key: key.public.clone(),
+                    ssh_public_key: p.key.public.clone(),
                     bid_usd_per_hour: None,
                     disk_gb: super::vast::DISK_GB,
                 },
                 bid: req.bid_usd_per_hour,
                 steps: self.steps_tx.clone(),
-                ssh_key: key.clone(),
+                ssh_key: p.key.clone(),
                 known_hosts: self.env.dir.join(format!("known_hosts-{id}")),
                 boot: Bootstrap {
                     binary: node
@@ -483,43 +352,34 @@ impl Manager {
                 },
                 net: self.env.net.clone(),
                 activity: self.env.activity.clone(),
-                start_timeout: Duration::from_secs(node.start_timeout_secs),
+                start_timeout,
             };
-            let abort = self.rents.spawn(async move { (id, rent_one(ctx).await) });
+            let ceiling = start_timeout + BOOTSTRAP_ALLOWANCE;
+            let abort = self.rents.spawn(async move {
+                tokio::time::timeout(ceiling, rent_one(ctx))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!(
+                            "the machine did not join within {} min: destroyed",
+                            ceiling.as_secs() / 60
+                        ))
+                    })
+            });
+            self.rent_ids.insert(abort.id(), id);
             self.renting.insert(id, abort);
             ids.push(id);
         }
         info!(
             group = group.id,
-            machines = n,
+            machines = p.count,
             provider = req.provider.name(),
             "renting"
         );
         Ok(CloudRentResponse {
             group: group.id,
             rentals: ids,
-            short_by: req.count.saturating_sub(n as u32),
+            short_by: req.count.saturating_sub(p.count as u32),
         })
-    }
-
-    /// A job named by a rent must be running here (the daemon reports it within a
-    /// heartbeat of its submission).
-    async fn wait_for_job(&mut self, id: &JobId) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            if self.env.activity.borrow().running_jobs.contains(id) {
-                return Ok(());
-            }
-            if tokio::time::timeout_at(deadline, self.env.activity.changed())
-                .await
-                .is_err()
-            {
-                return Err(format!(
-                    "job {} is not running on this daemon: machines are rented for a job that is",
-                    id.short()
-                ));
-            }
-        }
     }
 
     fn release(&mut self, req: CloudReleaseRequest) -> CloudReleaseResponse {
@@ -535,7 +395,7 @@ impl Manager {
             })
             .map(|r| r.id)
             .collect();
-        let actions: Vec<Action> = picked
+        let actions = picked
             .iter()
             .map(|id| Action::Release {
                 rental: *id,
@@ -543,6 +403,8 @@ impl Manager {
             })
             .collect();
         self.apply(actions);
+        // Finish them as soon as the provider confirms.
+        self.start_listing();
         CloudReleaseResponse { released: picked }
     }
 
@@ -552,23 +414,25 @@ impl Manager {
         };
         if r.phase == Phase::Releasing {
             // Released meanwhile (its task is being aborted): keep what it learnt, so the
-            // machine it just made is destroyed too.
+            // machine it just made is destroyed too. No ack: the task stops.
             if let Change::Created { instance, started } = step.change {
                 r.instance = Some(instance);
                 r.started_unix = Some(started);
                 let provider = r.provider;
-                self.persist_durably(step.rental).await;
-                self.destroy(provider, instance, Some(step.rental));
+                self.save(step.rental).await;
+                self.destroy(provider, instance, Some(step.rental), false);
             }
             return;
         }
         match step.change {
-            Change::Offer(offer, price) => {
+            Change::Offer(offer, price, preexisting) => {
                 r.offer = Some(offer.id);
                 r.gpu = offer.model.clone().unwrap_or(offer.gpu.clone());
                 r.gpus = offer.gpus;
                 r.usd_per_hour = price;
+                r.preexisting = preexisting;
             }
+            Change::NotOrdered => r.offer = None,
             Change::Created { instance, started } => {
                 r.instance = Some(instance);
                 r.started_unix = Some(started);
@@ -581,11 +445,19 @@ impl Manager {
             Change::Started { peer } => r.peer = Some(peer),
             Change::Joined => r.phase = Phase::Joined,
         }
-        self.persist_durably(step.rental).await;
-        let _ = step.ack.send(());
+        // Unacknowledged, a step stops its rent (and the machine is destroyed).
+        match self.persist(step.rental).await {
+            Ok(()) => {
+                let _ = step.ack.send(());
+            }
+            Err(e) => warn!(rental = step.rental, "cannot record the rental: {e}"),
+        }
     }
 
-    fn on_rent_done(&mut self, id: u64, result: Result<(), String>) {
+    fn on_rent_done(&mut self, task: tokio::task::Id, result: Result<(), String>) {
+        let Some(id) = self.rent_ids.remove(&task) else {
+            return;
+        };
         self.renting.remove(&id);
         if let Err(why) = result {
             warn!(rental = id, "renting failed: {why}");
@@ -596,18 +468,22 @@ impl Manager {
         }
     }
 
-    fn on_bg(&mut self, bg: Bg) {
+    async fn on_bg(&mut self, bg: Bg) {
         match bg {
-            Bg::Listed(listed) => {
+            Bg::Listed(listed, refused) => {
                 self.listing = false;
-                if !listed.is_empty() {
-                    self.review(&listed);
+                for p in refused {
+                    // A key fixed meanwhile is read again on the next call.
+                    self.accounts.remove(&p);
                 }
+                self.listed_once.extend(listed.keys().copied());
+                self.review(&listed);
             }
             Bg::Destroyed {
                 provider,
                 instance,
                 rental,
+                finish,
                 result,
             } => {
                 self.destroying.remove(&(provider, instance));
@@ -616,17 +492,32 @@ impl Manager {
                         info!(provider = provider.name(), instance, "released");
                         if let Some(id) = rental
                             && let Some(r) = self.rentals.get_mut(&id)
-                            && r.ended_unix.is_none()
                         {
-                            r.ended_unix = Some(now_unix());
-                            self.persist(id);
+                            r.ended_unix.get_or_insert(now_unix());
+                            if finish {
+                                r.phase = Phase::Released;
+                            }
+                            self.save(id).await;
                         }
                     }
-                    Err(e) => warn!(
-                        provider = provider.name(),
-                        instance, "cannot release yet (retried at the next check): {e}"
-                    ),
+                    Err(e) => {
+                        if matches!(e, CloudError::BadKey(_)) {
+                            self.accounts.remove(&provider);
+                        }
+                        warn!(
+                            provider = provider.name(),
+                            instance, "cannot release yet (retried at the next check): {e}"
+                        );
+                    }
                 }
+            }
+            Bg::Prepared(done) => {
+                let (prepared, reply) = *done;
+                let answer = match prepared {
+                    Ok(p) => self.start_rents(p).await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(answer);
             }
         }
     }
@@ -644,11 +535,16 @@ impl Manager {
                 let _ = self.env.net.dial(addr).await;
             }
         }
-        self.start_listing();
+        if self.listing {
+            // The release rules that need no list still run.
+            self.review(&HashMap::new());
+        } else {
+            self.start_listing();
+        }
     }
 
-    /// Reads the instance lists of the providers this daemon rents from (every provider
-    /// with a key, the first time), off the loop.
+    /// Reads the instance lists of the providers this daemon rents from (and of every
+    /// provider with a key, until each was listed once), off the loop.
     fn start_listing(&mut self) {
         if self.listing || self.ready.is_none() {
             return;
@@ -659,11 +555,9 @@ impl Manager {
             .filter(|r| r.phase.is_live())
             .map(|r| r.provider)
             .collect();
-        if !self.reviewed_all {
-            for p in [Provider::Vast, Provider::Clore] {
-                if self.env.config.key(p).is_some() {
-                    providers.insert(p);
-                }
+        for p in [Provider::Vast, Provider::Clore] {
+            if !self.listed_once.contains(&p) && self.env.config.key(p).is_some() {
+                providers.insert(p);
             }
         }
         let mut accounts = Vec::new();
@@ -677,19 +571,24 @@ impl Manager {
             return;
         }
         self.listing = true;
-        self.reviewed_all = true;
         self.bg.spawn(async move {
             let mut listed = HashMap::new();
+            let mut refused = Vec::new();
             for a in accounts {
                 // The node port only fills in addresses, which a review does not use.
                 match a.list(0).await {
                     Ok(l) => {
                         listed.insert(a.provider(), l);
                     }
-                    Err(e) => warn!("cannot list {} instances: {e}", a.provider().name()),
+                    Err(e) => {
+                        if matches!(e, CloudError::BadKey(_)) {
+                            refused.push(a.provider());
+                        }
+                        warn!("cannot list {} instances: {e}", a.provider().name());
+                    }
                 }
             }
-            Bg::Listed(listed)
+            Bg::Listed(listed, refused)
         });
     }
 
@@ -713,6 +612,7 @@ impl Manager {
     }
 
     fn apply(&mut self, actions: Vec<Action>) {
+        let mut changed = Vec::new();
         for a in actions {
             match a {
                 Action::Release { rental, why } => {
@@ -722,34 +622,42 @@ impl Manager {
                     let Some(r) = self.rentals.get_mut(&rental) else {
                         continue;
                     };
-                    if r.phase == Phase::Releasing || r.phase == Phase::Released {
+                    if !r.phase.is_live() || r.phase == Phase::Releasing {
                         continue;
                     }
                     info!(rental, instance = ?r.instance, "releasing: {why}");
                     r.phase = Phase::Releasing;
                     r.note = Some(why.to_string());
                     let (provider, instance) = (r.provider, r.instance);
-                    self.persist(rental);
+                    changed.push(rental);
                     if let Some(i) = instance {
-                        self.destroy(provider, i, Some(rental));
+                        self.destroy(provider, i, Some(rental), false);
                     }
                 }
                 Action::Destroy {
                     provider,
                     instance,
                     rental,
-                } => self.destroy(provider, instance, rental),
-                Action::Adopt { rental, instance } => {
+                    finish,
+                } => self.destroy(provider, instance, rental, finish),
+                Action::Adopt {
+                    rental,
+                    instance,
+                    started,
+                } => {
                     if let Some(r) = self.rentals.get_mut(&rental) {
                         r.instance = Some(instance);
-                        self.persist(rental);
+                        if r.started_unix.is_none() {
+                            r.started_unix = started.or(Some(r.ordered_unix));
+                        }
+                        changed.push(rental);
                     }
                 }
                 Action::Finish { rental } => {
                     if let Some(r) = self.rentals.get_mut(&rental) {
                         r.phase = Phase::Released;
                         r.ended_unix.get_or_insert(now_unix());
-                        self.persist(rental);
+                        changed.push(rental);
                         let _ = std::fs::remove_file(
                             self.env.dir.join(format!("known_hosts-{rental}")),
                         );
@@ -757,9 +665,21 @@ impl Manager {
                 }
             }
         }
+        // Written off the loop's critical path: a lost write here is redone by the next
+        // review (the provider's list is the truth for releases).
+        for id in changed {
+            if let Some(r) = self.rentals.get(&id)
+                && let Ok(bytes) = postcard::to_stdvec(r)
+                && let Err(e) = self.env.tree.insert(id.to_be_bytes(), bytes)
+            {
+                warn!(rental = id, "cannot record the rental: {e}");
+            }
+        }
+        self.snapshot
+            .send_replace(self.rentals.values().cloned().collect());
     }
 
-    fn destroy(&mut self, provider: Provider, instance: u64, rental: Option<u64>) {
+    fn destroy(&mut self, provider: Provider, instance: u64, rental: Option<u64>, finish: bool) {
         if !self.destroying.insert((provider, instance)) {
             return;
         }
@@ -772,11 +692,12 @@ impl Manager {
             }
         };
         self.bg.spawn(async move {
-            let result = account.destroy(instance).await.map_err(|e| e.to_string());
+            let result = account.destroy(instance).await;
             Bg::Destroyed {
                 provider,
                 instance,
                 rental,
+                finish,
                 result,
             }
         });
@@ -786,6 +707,7 @@ impl Manager {
     /// is listed any more (bounded).
     async fn drain(mut self) {
         self.rents.abort_all();
+        self.renting.clear();
         let live: Vec<u64> = self
             .rentals
             .values()
@@ -796,7 +718,6 @@ impl Manager {
             return;
         }
         info!(machines = live.len(), "releasing every rented machine");
-        self.renting.clear();
         let actions = live
             .iter()
             .map(|id| Action::Release {
@@ -808,8 +729,13 @@ impl Manager {
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while tokio::time::Instant::now() < deadline {
             while let Ok(Some(res)) = tokio::time::timeout_at(deadline, self.bg.join_next()).await {
-                if let Ok(bg) = res {
-                    self.on_bg(bg);
+                match res {
+                    // A rent prepared meanwhile is not started.
+                    Ok(Bg::Prepared(done)) => {
+                        let _ = done.1.send(Err("the daemon is stopping".into()));
+                    }
+                    Ok(bg) => self.on_bg(bg).await,
+                    Err(_) => self.listing = false,
                 }
             }
             if !self.rentals.values().any(|r| r.phase.is_live()) {
@@ -831,30 +757,4 @@ impl Manager {
             );
         }
     }
-}
-
-fn validate(req: &CloudRentRequest) -> Result<(), String> {
-    if req.count == 0 || req.count > 64 {
-        return Err("--count takes 1 to 64 machines".into());
-    }
-    if req.budget_usd.is_some_and(|b| !(b.is_finite() && b > 0.0)) {
-        return Err("--budget takes a positive number of dollars".into());
-    }
-    if req
-        .bid_usd_per_hour
-        .is_some_and(|b| !(b.is_finite() && b > 0.0))
-    {
-        return Err("--bid takes a positive number of dollars per hour".into());
-    }
-    if req.node_port == 0 {
-        return Err("--node-port takes a port from 1 to 65535".into());
-    }
-    if req.image.as_ref().is_some_and(|i| {
-        i.is_empty() || i.len() > 1024 || i.chars().any(|c| c.is_control() || c.is_whitespace())
-    }) {
-        return Err(
-            "--image takes an image name like nvidia/cuda:12.6.3-runtime-ubuntu24.04".into(),
-        );
-    }
-    Ok(())
 }

@@ -11,9 +11,11 @@
 pub mod account;
 pub mod clore;
 pub mod config;
+pub mod handle;
 pub mod instance;
 pub mod manager;
 pub mod offers;
+pub mod prepare;
 pub mod rent;
 pub mod rental;
 pub mod speed;

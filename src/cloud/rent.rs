@@ -24,8 +24,11 @@ use super::{CloudError, Provider};
 /// What a rent task reports.
 #[derive(Debug)]
 pub enum Change {
-    /// About to order `offer` at this price ($/h, the whole machine).
-    Offer(Box<Offer>, f64),
+    /// About to order `offer` at this price ($/h, the whole machine); the provider's orders
+    /// before it (Clore), to recognise the new one.
+    Offer(Box<Offer>, f64, Vec<u64>),
+    /// The provider refused the order outright: nothing was made.
+    NotOrdered,
     /// The provider made instance `instance`; billing started at `started` (Unix s).
     Created { instance: u64, started: f64 },
     /// It runs; its daemon will be reachable at `node`.
@@ -109,14 +112,37 @@ pub async fn rent_one(mut ctx: RentCtx) -> Result<(), String> {
             offer.usd_per_hour
         };
         ctx.spec.bid_usd_per_hour = offer.spot.then_some(price);
-        ctx.report(Change::Offer(Box::new(offer.clone()), price))
-            .await?;
-        match ctx.account.create(&offer, &ctx.spec).await {
+        let before = ctx
+            .account
+            .before_order()
+            .await
+            .map_err(|e| e.to_string())?;
+        ctx.report(Change::Offer(
+            Box::new(offer.clone()),
+            price,
+            before.clone(),
+        ))
+        .await?;
+        match ctx.account.create(&offer, &ctx.spec, &before).await {
             Ok(id) => break (id, offer),
             Err(CloudError::OfferGone { .. }) => {
                 tracing::info!(offer = offer.id, "offer gone; trying the next");
+                ctx.report(Change::NotOrdered).await?;
                 continue;
             }
+            // Refused outright: nothing was made, nothing to look for.
+            Err(
+                e @ (CloudError::Api { .. }
+                | CloudError::BadKey(_)
+                | CloudError::MissingKey(_)
+                | CloudError::RateLimited(_)
+                | CloudError::Config(_)),
+            ) => {
+                ctx.report(Change::NotOrdered).await?;
+                return Err(e.to_string());
+            }
+            // The outcome is unknown (a timeout, an answer without the id): the record keeps
+            // the offer, and the next review finds and destroys whatever was made.
             Err(e) => return Err(e.to_string()),
         }
     };

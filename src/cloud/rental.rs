@@ -87,6 +87,9 @@ pub struct Rental {
     pub ended_unix: Option<f64>,
     /// The provider's id (Vast instance, Clore order), once known.
     pub instance: Option<u64>,
+    /// Clore: the account's orders just before this one was placed (the new one is the
+    /// order on `offer` not among them; Clore orders carry no label).
+    pub preexisting: Vec<u64>,
     pub phase: Phase,
     /// The node's peer id, once it runs meshd.
     pub peer: Option<String>,
@@ -169,13 +172,20 @@ pub enum Action {
     /// same review).
     Release { rental: u64, why: Why },
     /// Destroy instance `instance` of `provider` (belonging to `rental`, if recorded).
+    /// With `finish`, the record is finished once the provider confirms (an instance its
+    /// list no longer shows: gone, or missing from one answer by mistake).
     Destroy {
         provider: Provider,
         instance: u64,
         rental: Option<u64>,
+        finish: bool,
     },
-    /// The record learns its instance id (an order found in the provider's list).
-    Adopt { rental: u64, instance: u64 },
+    /// The record learns its instance id (and billing start) from the provider's list.
+    Adopt {
+        rental: u64,
+        instance: u64,
+        started: Option<f64>,
+    },
     /// The provider no longer lists it: the record is finished.
     Finish { rental: u64 },
 }
@@ -184,7 +194,20 @@ pub enum Action {
 /// not see it concludes there is none (Clore shows a new order after a few seconds).
 pub const ORDER_GRACE_SECS: f64 = 120.0;
 
-/// The rules that are pure: given the records, what each provider lists (`None`: its list
+/// Whether listed instance `inst` is the one record `r` was ordering when its id was not
+/// recorded: Vast by the label meshd set; Clore (no labels) as an order on the record's
+/// server that did not exist before the order was placed. No clocks are compared.
+fn ordered_by(r: &Rental, inst: &Instance) -> bool {
+    r.instance.is_none()
+        && match r.provider {
+            Provider::Vast => inst.label.as_deref() == Some(r.label.as_str()),
+            Provider::Clore => {
+                r.offer.is_some() && inst.machine == r.offer && !r.preexisting.contains(&inst.id)
+            }
+        }
+}
+
+/// The rules that are pure: given the records, what each provider lists (absent: its list
 /// could not be read this time), the mesh's activity, the rentals whose rent is running in
 /// this process, and since when each joined node has been idle, what to do now.
 pub fn review(
@@ -197,7 +220,8 @@ pub fn review(
     now: f64,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
-    // 1. Records that should be given back.
+    // 1. Records that should be given back. A rent in progress is given back when its job
+    // ends or its budget runs out, like a joined node; it is never idle or interrupted.
     let budget = over_budget(rentals, now);
     let mut releasing: HashSet<u64> = HashSet::new();
     for r in rentals {
@@ -205,10 +229,11 @@ pub fn review(
             releasing.insert(r.id);
             continue;
         }
-        if !r.phase.is_live() || renting.contains(&r.id) && r.phase != Phase::Joined {
+        if !r.phase.is_live() {
             continue;
         }
-        let why = if r.phase != Phase::Joined {
+        let in_progress = renting.contains(&r.id) && r.phase != Phase::Joined;
+        let why = if !in_progress && r.phase != Phase::Joined {
             Some(Why::Interrupted)
         } else if r
             .group
@@ -218,7 +243,8 @@ pub fn review(
             Some(Why::JobOver)
         } else if budget.contains(&r.id) {
             Some(Why::Budget)
-        } else if let Some(since) = idle_since.get(&r.id)
+        } else if !in_progress
+            && let Some(since) = idle_since.get(&r.id)
             && now - since >= r.group.idle_release_secs as f64
         {
             Some(Why::Idle((now - since) as u64))
@@ -241,31 +267,18 @@ pub fn review(
             let owner = mine
                 .iter()
                 .find(|r| r.instance == Some(inst.id))
-                .or_else(|| {
-                    mine.iter().find(|r| {
-                        r.instance.is_none()
-                            && match provider {
-                                Provider::Vast => inst.label.as_deref() == Some(r.label.as_str()),
-                                Provider::Clore => {
-                                    r.offer.is_some()
-                                        && inst.machine == r.offer
-                                        && inst
-                                            .started_unix
-                                            .is_some_and(|t| t >= r.ordered_unix - 60.0)
-                                }
-                            }
-                    })
-                });
-            let labelled = inst
-                .label
-                .as_deref()
-                .is_some_and(|l| l.starts_with(my_label_prefix));
+                .or_else(|| mine.iter().find(|r| ordered_by(r, inst)));
             let Some(r) = owner else {
+                let labelled = inst
+                    .label
+                    .as_deref()
+                    .is_some_and(|l| l.starts_with(my_label_prefix));
                 if labelled && inst.state != InstanceState::Gone {
                     actions.push(Action::Destroy {
                         provider: *provider,
                         instance: inst.id,
                         rental: None,
+                        finish: false,
                     });
                 }
                 continue;
@@ -275,6 +288,7 @@ pub fn review(
                 actions.push(Action::Adopt {
                     rental: r.id,
                     instance: inst.id,
+                    started: inst.started_unix,
                 });
             }
             if inst.state == InstanceState::Gone {
@@ -283,13 +297,15 @@ pub fn review(
                 }
                 continue;
             }
-            if releasing.contains(&r.id) {
-                actions.push(Action::Destroy {
-                    provider: *provider,
-                    instance: inst.id,
-                    rental: Some(r.id),
-                });
-            } else if r.phase == Phase::Joined
+            // A joined node the provider reports stopped or failed is given up once it is
+            // no longer a live peer (a host's brief hiccup does not kill a busy render).
+            let gone_quiet = r
+                .peer
+                .as_ref()
+                .is_none_or(|p| !activity.live.contains_key(p));
+            if r.phase == Phase::Joined
+                && !releasing.contains(&r.id)
+                && gone_quiet
                 && let InstanceState::Stopped | InstanceState::Failed(_) = &inst.state
             {
                 let what = match &inst.state {
@@ -300,34 +316,48 @@ pub fn review(
                     rental: r.id,
                     why: Why::Stopped(what),
                 });
+                releasing.insert(r.id);
+            }
+            if releasing.contains(&r.id) {
                 actions.push(Action::Destroy {
                     provider: *provider,
                     instance: inst.id,
                     rental: Some(r.id),
+                    finish: false,
                 });
             }
         }
-        // Records whose instance the provider no longer lists.
+        // Records whose instance the provider does not list (any more).
         for r in mine {
             if seen.contains(&r.id) {
                 continue;
             }
-            let grace_over = now - r.ordered_unix > ORDER_GRACE_SECS;
-            let finished = if renting.contains(&r.id) && !releasing.contains(&r.id) {
-                // A rent in progress: its order may not be listed yet; a joined node's
-                // instance that vanished was taken back (a Clore spot order outbid).
-                r.phase == Phase::Joined
-            } else {
-                r.instance.is_some() || grace_over
-            };
-            if finished {
-                if !releasing.contains(&r.id) {
-                    actions.push(Action::Release {
-                        rental: r.id,
-                        why: Why::Stopped("no longer listed".into()),
+            if renting.contains(&r.id) && !releasing.contains(&r.id) {
+                // A rent in progress: its order may not be listed yet.
+                continue;
+            }
+            match r.instance {
+                // Gone (a Clore spot order outbid), or left out of one answer: destroyed by
+                // id (a no-op when gone), finished once the provider confirms.
+                Some(instance) => {
+                    if !releasing.contains(&r.id) {
+                        actions.push(Action::Release {
+                            rental: r.id,
+                            why: Why::Stopped("no longer listed".into()),
+                        });
+                    }
+                    actions.push(Action::Destroy {
+                        provider: *provider,
+                        instance,
+                        rental: Some(r.id),
+                        finish: true,
                     });
                 }
-                actions.push(Action::Finish { rental: r.id });
+                // Never created, or never shown: after the grace there is none.
+                None if now - r.ordered_unix > ORDER_GRACE_SECS => {
+                    actions.push(Action::Finish { rental: r.id });
+                }
+                None => {}
             }
         }
     }
@@ -341,6 +371,7 @@ pub fn review(
                 provider: r.provider,
                 instance,
                 rental: Some(r.id),
+                finish: false,
             });
         }
     }
@@ -446,6 +477,7 @@ mod tests {
             started_unix: instance.map(|_| 1000.0),
             ended_unix: None,
             instance,
+            preexisting: Vec::new(),
             phase,
             peer: Some(format!("peer{id}")),
             node: None,
@@ -513,12 +545,14 @@ mod tests {
         }));
         assert!(a.contains(&Action::Adopt {
             rental: 1,
-            instance: 77
+            instance: 77,
+            started: Some(1000.0)
         }));
         assert!(a.contains(&Action::Destroy {
             provider: Provider::Vast,
             instance: 77,
-            rental: Some(1)
+            rental: Some(1),
+            finish: false,
         }));
     }
 
@@ -542,7 +576,8 @@ mod tests {
             vec![Action::Destroy {
                 provider: Provider::Vast,
                 instance: 5,
-                rental: None
+                rental: None,
+                finish: false,
             }]
         );
     }
@@ -572,7 +607,8 @@ mod tests {
         assert!(a.contains(&Action::Destroy {
             provider: Provider::Vast,
             instance: 77,
-            rental: Some(1)
+            rental: Some(1),
+            finish: false,
         }));
         // Idle for 299 s: kept; 300 s: released.
         assert!(
@@ -597,6 +633,54 @@ mod tests {
     }
 
     #[test]
+    fn a_rent_in_progress_is_given_back_when_its_job_ends_but_never_for_idling() {
+        let mut r = rental(1, Phase::Bootstrapping, Some(77));
+        let job = JobId([7; 32]);
+        r.group.job = Some(job);
+        r.group.idle_release_secs = 1;
+        let l = listed(vec![vast(77, &r.label, InstanceState::Running)]);
+        let mut act = Activity::default();
+        act.running_jobs.insert(job);
+        let quiet = run(
+            std::slice::from_ref(&r),
+            &l,
+            &act,
+            &[1],
+            &[(1, 0.0)],
+            1010.0,
+        );
+        assert!(quiet.is_empty(), "{quiet:?}");
+        let a = run(&[r], &l, &Activity::default(), &[1], &[], 1010.0);
+        assert_eq!(
+            a[0],
+            Action::Release {
+                rental: 1,
+                why: Why::JobOver
+            }
+        );
+    }
+
+    #[test]
+    fn a_busy_node_the_provider_calls_failed_is_kept_while_it_is_a_live_peer() {
+        let r = rental(1, Phase::Joined, Some(77));
+        let l = listed(vec![vast(
+            77,
+            &r.label,
+            InstanceState::Failed("offline".into()),
+        )]);
+        let mut act = Activity::default();
+        act.live.insert("peer1".into(), 1);
+        assert!(run(std::slice::from_ref(&r), &l, &act, &[], &[], 1010.0).is_empty());
+        let a = plain(&[r], &l, 1010.0);
+        assert!(a.contains(&Action::Destroy {
+            provider: Provider::Vast,
+            instance: 77,
+            rental: Some(1),
+            finish: false
+        }));
+    }
+
+    #[test]
     fn a_stopped_spot_instance_is_released_and_a_vanished_one_finished() {
         let r1 = rental(1, Phase::Joined, Some(77));
         let r2 = rental(2, Phase::Joined, Some(78));
@@ -612,9 +696,16 @@ mod tests {
         assert!(a.contains(&Action::Destroy {
             provider: Provider::Vast,
             instance: 77,
-            rental: Some(1)
+            rental: Some(1),
+            finish: false,
         }));
-        assert!(a.contains(&Action::Finish { rental: 2 }));
+        // The one no longer listed is destroyed by id, finished once confirmed.
+        assert!(a.contains(&Action::Destroy {
+            provider: Provider::Vast,
+            instance: 78,
+            rental: Some(2),
+            finish: true
+        }));
     }
 
     #[test]
@@ -627,11 +718,20 @@ mod tests {
             vec![Action::Destroy {
                 provider: Provider::Vast,
                 instance: 77,
-                rental: Some(1)
+                rental: Some(1),
+                finish: false,
             }]
         );
         let a = plain(std::slice::from_ref(&r), &listed(vec![]), 1010.0);
-        assert_eq!(a, vec![Action::Finish { rental: 1 }]);
+        assert_eq!(
+            a,
+            vec![Action::Destroy {
+                provider: Provider::Vast,
+                instance: 77,
+                rental: Some(1),
+                finish: true
+            }]
+        );
         // Unlisted (provider unreachable): destroyed by id.
         let a = plain(&[r], &HashMap::new(), 1010.0);
         assert_eq!(
@@ -639,7 +739,8 @@ mod tests {
             vec![Action::Destroy {
                 provider: Provider::Vast,
                 instance: 77,
-                rental: Some(1)
+                rental: Some(1),
+                finish: false,
             }]
         );
     }
@@ -661,6 +762,9 @@ mod tests {
         let mut r = rental(1, Phase::Ordering, None);
         r.provider = Provider::Clore;
         r.offer = Some(6);
+        // Order 40 was there before; 41 is on another server; 42 is the new one, whatever
+        // the clocks say.
+        r.preexisting = vec![40];
         let order = |id, machine, ct| Instance {
             provider: Provider::Clore,
             id,
@@ -683,7 +787,8 @@ mod tests {
         let a = plain(&[r], &l, 1010.0);
         assert!(a.contains(&Action::Adopt {
             rental: 1,
-            instance: 42
+            instance: 42,
+            started: Some(1005.0)
         }));
         let destroyed: Vec<u64> = a
             .iter()

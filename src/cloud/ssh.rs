@@ -88,6 +88,13 @@ impl Remote {
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
             .args(["-o", "ConnectTimeout=15", "-o", "LogLevel=ERROR"])
+            // A machine that stops answering ends the command within a minute.
+            .args([
+                "-o",
+                "ServerAliveInterval=15",
+                "-o",
+                "ServerAliveCountMax=4",
+            ])
             .arg(format!("{}@{}", self.user, self.host))
             .arg(script)
             .stdin(Stdio::piped())
@@ -155,7 +162,7 @@ fn find_blender(dir: &str, url: Option<&str>) -> String {
              need=''; command -v curl >/dev/null || need='curl ca-certificates'; command -v xz >/dev/null || need=\"$need xz-utils\"\n\
              if command -v apt-get >/dev/null; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need \
              libxi6 libxxf86vm1 libxfixes3 libxrender1 libgl1 libxkbcommon0 libsm6 libx11-6) > {dir}/install.log 2>&1; fi\n\
-             rm -rf {dir}/blender.part && mkdir -p {dir}/blender.part && curl -fsSL {url} | tar -xJ --strip-components=1 -C {dir}/blender.part >> {dir}/install.log 2>&1 \
+             rm -rf {dir}/blender.part && mkdir -p {dir}/blender.part && curl -fsSL --connect-timeout 30 --speed-time 60 --speed-limit 10000 {url} | tar -xJ --strip-components=1 -C {dir}/blender.part >> {dir}/install.log 2>&1 \
              && mv {dir}/blender.part {dir}/blender && B={dir}/blender/blender\n\
              fi\n",
             url = quote(url)

@@ -13,7 +13,8 @@ use tracing::warn;
 use super::setup::{Boot, DaemonError};
 use super::{Daemon, DaemonConfig};
 use crate::cloud::CloudConfig;
-use crate::cloud::manager::{self, CloudEnv, CloudHandle};
+use crate::cloud::handle::CloudHandle;
+use crate::cloud::manager::{self, CloudEnv};
 use crate::cloud::rental::Activity;
 
 pub(super) type Started = (
@@ -51,13 +52,14 @@ impl Daemon {
     /// Hands the ticket to the cloud actor once the daemon listens, then keeps its view of
     /// the mesh current (called on every heartbeat).
     pub(super) async fn tell_cloud(&mut self) {
+        // The jobs first: the actor's first review must not take them for over.
+        self.publish_activity();
         if !self.cloud_ready
             && let Ok(inv) = self.invite().await
         {
             self.cloud.ready(inv.ticket, inv.mesh_id).await;
             self.cloud_ready = true;
         }
-        self.publish_activity();
     }
 
     /// Live peers with their frames in flight, and the jobs not over: work proportional to
