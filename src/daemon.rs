@@ -42,7 +42,7 @@ use crate::transfer::checkout::Checkout;
 
 use peers::{LiveView, PeerTable};
 
-pub use setup::{DaemonError, data_dir_default, read_endpoint};
+pub use setup::{DaemonError, data_dir_default, has_mesh, read_endpoint};
 
 /// How a daemon is started (`meshd join`).
 #[derive(Clone, Debug)]
@@ -279,12 +279,13 @@ pub async fn run(
     if d.cfg.render {
         d.probing = true;
         let blender = d.cfg.blender.clone();
+        let scratch = d.cfg.data_dir.join("tmp");
         let simulated = d.cfg.simulate_render.is_some();
         d.tasks.spawn(async move {
             TaskDone::Probed(if simulated {
                 Ok(render::simulated_blender())
             } else {
-                render::probe_blender(blender).await
+                render::probe_blender(blender, scratch).await
             })
         });
     }

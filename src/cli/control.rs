@@ -37,6 +37,6 @@ pub async fn run(data_dir: &Path, arg: JobArg, action: ControlAction) -> anyhow:
         ControlAction::Priority(p) => format!("now at priority {p}"),
         ControlAction::Remove => "forgotten here".to_string(),
     };
-    println!("job {} ({}) {what}", r.name, &r.id[..12]);
+    println!("job {} ({}) {what}", super::printable(&r.name), &r.id[..12]);
     Ok(0)
 }

@@ -44,7 +44,7 @@ pub async fn run(data_dir: &Path, args: FetchArgs) -> anyhow::Result<i32> {
         println!(
             "writing the {} frames of {} into {}",
             resp.frames_total,
-            resp.name,
+            super::printable(&resp.name),
             resp.out_dir.display()
         );
         return Ok(0);

@@ -174,17 +174,25 @@ pub async fn run(data_dir: PathBuf, args: JoinArgs) -> anyhow::Result<i32> {
         }
         signals.cancel();
     });
+    // The ticket holds the mesh key: it is printed when a mesh is founded, and otherwise
+    // only on request (`meshd invite`), so that it does not land in every start's log.
     let joined = cfg.ticket.is_some();
+    let founding = !joined && !crate::daemon::has_mesh(&cfg.data_dir);
     crate::daemon::run(cfg, shutdown, move |invite| {
         if joined {
             println!("joined mesh {}", invite.mesh_id);
-        } else {
+        } else if founding {
             println!("mesh {} is up", invite.mesh_id);
+            println!(
+                "invite other machines with:\n  meshd join {}",
+                invite.ticket
+            );
+        } else {
+            println!(
+                "mesh {} is up again; `meshd invite` prints a ticket for other machines",
+                invite.mesh_id
+            );
         }
-        println!(
-            "invite other machines with:\n  meshd join {}",
-            invite.ticket
-        );
     })
     .await?;
     Ok(0)

@@ -114,3 +114,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Cloud(c) => cloud::run(&data_dir, c).await,
     }
 }
+
+/// Text from a file or a peer, made safe to print: control characters (terminal escapes,
+/// newlines that forge lines) are shown escaped instead of acted on.
+pub(crate) fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}

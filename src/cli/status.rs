@@ -57,17 +57,17 @@ pub async fn status(data_dir: &Path, job: Option<&str>, json: bool) -> anyhow::R
         println!(
             "{:<12}  {:<20}  {:<8}  {:>11}  {:>9}  {:>6}",
             short(&j.id),
-            j.name,
+            super::printable(&j.name),
             state_name(j),
             format!("{}/{}", j.frames_done, j.frames_total),
             j.frames_in_flight,
             j.frames_failed
         );
         if let Some(f) = &j.failure {
-            println!("  failed: {f}");
+            println!("  failed: {}", super::printable(f));
         }
         if let Some(w) = &j.waiting {
-            println!("  {w}");
+            println!("  {}", super::printable(w));
         }
         let p = &j.project;
         match p.state.as_str() {
@@ -77,7 +77,7 @@ pub async fn status(data_dir: &Path, job: Option<&str>, json: bool) -> anyhow::R
             ),
             "retrying" => println!(
                 "  project fetch failed, retrying: {}",
-                p.error.as_deref().unwrap_or("-")
+                super::printable(p.error.as_deref().unwrap_or("-"))
             ),
             _ => {}
         }
@@ -87,7 +87,7 @@ pub async fn status(data_dir: &Path, job: Option<&str>, json: bool) -> anyhow::R
             if let Some(out) = &j.out_dir {
                 println!(
                     "\n{}: {} of {} frames written to {}",
-                    j.name,
+                    super::printable(&j.name),
                     j.frames_written.unwrap_or(0),
                     j.frames_total,
                     out.display()
@@ -108,7 +108,7 @@ pub async fn status(data_dir: &Path, job: Option<&str>, json: bool) -> anyhow::R
                     .as_deref()
                     .map(|r| format!(" (renders only on Blender {r})"))
                     .unwrap_or_default();
-                println!("submitted from Blender {v}{req}");
+                println!("submitted from Blender {}{req}", super::printable(v));
             }
             for f in &j.frames {
                 let who = f.peer.as_deref().map(short_peer).unwrap_or("-");
@@ -121,7 +121,7 @@ pub async fn status(data_dir: &Path, job: Option<&str>, json: bool) -> anyhow::R
                     f.frame, f.state, who, time
                 );
                 for r in &f.failures {
-                    println!("      failed: {r}");
+                    println!("      failed: {}", super::printable(r));
                 }
             }
         }
@@ -152,8 +152,8 @@ pub async fn peers(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
             "{:<54}  {:<9}  {:<8}  {:<7}  {:>6}  {}",
             p.id,
             state,
-            p.blender.as_deref().unwrap_or("-"),
-            p.render_device.as_deref().unwrap_or("-"),
+            super::printable(p.blender.as_deref().unwrap_or("-")),
+            super::printable(p.render_device.as_deref().unwrap_or("-")),
             p.frames_rendered,
             p.addrs.join(" ")
         );
@@ -162,10 +162,15 @@ pub async fn peers(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
                 .memory_mib
                 .map(|m| format!(", {m} MiB"))
                 .unwrap_or_default();
-            println!("    {} {}{}", d.kind.blender_name(), d.name, mem);
+            println!(
+                "    {} {}{}",
+                d.kind.blender_name(),
+                super::printable(&d.name),
+                mem
+            );
         }
         for r in &p.rendering {
-            println!("    rendering {r}");
+            println!("    rendering {}", super::printable(r));
         }
     }
     Ok(0)

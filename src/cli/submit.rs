@@ -204,8 +204,11 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
     if name.is_empty()
         || name.len() > crate::ledger::job::MAX_JOB_NAME
         || name.contains(['/', '\\'])
+        || name.chars().any(char::is_control)
     {
-        bail!("job name must be 1 to 200 characters without / or \\: pass --name");
+        bail!(
+            "job name must be 1 to 200 characters without / or \\ or control characters: pass --name"
+        );
     }
     if let Some(v) = &args.blender_version
         && crate::ledger::job::parse_major_minor(v).is_none()
@@ -267,7 +270,7 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
     } else {
         print_missing(&resp.missing);
         for w in &resp.warnings {
-            eprintln!("warning: {}", sanitize(w));
+            eprintln!("warning: {}", super::printable(w));
         }
         println!(
             "submitted job {} ({}): {} frames, {} file{} ({}) -> {}",
@@ -347,23 +350,10 @@ fn print_missing(missing: &[crate::transfer::project::Dependency]) {
     for d in missing {
         eprintln!(
             "  {}  (needed by {})",
-            sanitize(&d.path),
-            sanitize(&d.owner)
+            super::printable(&d.path),
+            super::printable(&d.owner)
         );
     }
-}
-
-/// Control characters from a file or a peer, made visible instead of acted on.
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
 }
 
 /// `1.5 MiB`.
@@ -402,7 +392,8 @@ pub(super) async fn wait(client: &ApiClient, job: &SubmitResponse) -> anyhow::Re
         bar.set_position(written as u64);
         bar.set_message(
             view.waiting
-                .clone()
+                .as_deref()
+                .map(super::printable)
                 .unwrap_or_else(|| in_flight_message(view)),
         );
         if written == view.frames_total {
@@ -419,7 +410,8 @@ pub(super) async fn wait(client: &ApiClient, job: &SubmitResponse) -> anyhow::Re
             bar.abandon();
             eprintln!(
                 "error: job {} was cancelled ({written} of {} frames written)",
-                view.name, view.frames_total
+                super::printable(&view.name),
+                view.frames_total
             );
             return Ok(2);
         }
@@ -430,8 +422,8 @@ pub(super) async fn wait(client: &ApiClient, job: &SubmitResponse) -> anyhow::Re
             bar.abandon();
             eprintln!(
                 "error: job {} failed: {}",
-                view.name,
-                view.failure.as_deref().unwrap_or("unknown reason")
+                super::printable(&view.name),
+                super::printable(view.failure.as_deref().unwrap_or("unknown reason"))
             );
             return Ok(2);
         }

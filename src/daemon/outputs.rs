@@ -38,12 +38,27 @@ pub fn frame_file_name(frame: u32, ext: &str) -> String {
     format!("frame_{frame:04}.{ext}")
 }
 
-fn write_atomically(src: &Path, out_dir: &Path, name: &str) -> std::io::Result<()> {
+/// Copies `src` to `out_dir/name` so that the name only ever shows a whole file: through a
+/// `.part` file with an unpredictable name, created exclusively and never through a symlink
+/// (another user who can write the output dir cannot redirect the copy), synced, renamed.
+pub(super) fn write_atomically(src: &Path, out_dir: &Path, name: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(out_dir)?;
-    let part = out_dir.join(format!(".{name}.part"));
-    std::fs::copy(src, &part)?;
-    std::fs::File::open(&part)?.sync_all()?;
-    std::fs::rename(&part, out_dir.join(name))
+    let part = out_dir.join(format!(".{name}.{:016x}.part", rand::random::<u64>()));
+    let copy = || -> std::io::Result<()> {
+        let mut to = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o644)
+            .open(&part)?;
+        std::io::copy(&mut std::fs::File::open(src)?, &mut to)?;
+        to.sync_all()?;
+        std::fs::rename(&part, out_dir.join(name))
+    };
+    copy().inspect_err(|_| {
+        let _ = std::fs::remove_file(&part);
+    })
 }
 
 /// One frame to write: its results' outputs, each with the peers to ask.
@@ -312,5 +327,36 @@ mod tests {
         assert_eq!(frame_file_name(1, "png"), "frame_0001.png");
         assert_eq!(frame_file_name(250, "exr"), "frame_0250.exr");
         assert_eq!(frame_file_name(12345, "png"), "frame_12345.png");
+    }
+
+    #[test]
+    fn a_frame_is_never_written_through_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        // Another user who can write the output dir plants the names a copy might use.
+        std::os::unix::fs::symlink(&victim, out.join(".frame_0001.png.part")).unwrap();
+        let src = dir.path().join("src.png");
+        std::fs::write(&src, b"frame bytes").unwrap();
+        write_atomically(&src, &out, "frame_0001.png").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(
+            std::fs::read(out.join("frame_0001.png")).unwrap(),
+            b"frame bytes"
+        );
+        // Only the frame and the planted link: no part file left behind.
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec![".frame_0001.png.part", "frame_0001.png"]);
+        // A frame already there is replaced whole (rename), not written into.
+        std::os::unix::fs::symlink(&victim, out.join("frame_0002.png")).unwrap();
+        write_atomically(&src, &out, "frame_0002.png").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!out.join("frame_0002.png").is_symlink());
     }
 }

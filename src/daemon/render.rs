@@ -247,9 +247,15 @@ pub(super) fn simulated_blender() -> BlenderInfo {
     }
 }
 
-pub(super) async fn probe_blender(explicit: Option<PathBuf>) -> Result<BlenderInfo, String> {
+/// Finds and probes Blender; `scratch` is the daemon's private scratch dir.
+pub(super) async fn probe_blender(
+    explicit: Option<PathBuf>,
+    scratch: PathBuf,
+) -> Result<BlenderInfo, String> {
     let path = crate::render::find_blender(explicit.as_deref()).map_err(|e| e.to_string())?;
-    crate::render::probe(&path).await.map_err(|e| e.to_string())
+    crate::render::probe(&path, &scratch)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 impl Daemon {

@@ -97,6 +97,26 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
+/// The data dir holds the identity, the mesh key and every job's files: only its owner may
+/// enter it. A wider mode (an old version, a umask of 022) is narrowed, with a warning.
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        tracing::warn!(
+            "data dir {} was open to other users (mode {mode:o}): now 0700",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether `dir` already belongs to a mesh (its key is there).
+pub fn has_mesh(dir: &Path) -> bool {
+    dir.join(MESH_KEY_FILE).exists()
+}
+
 fn load_identity(dir: &Path) -> Result<Keypair, DaemonError> {
     let path = dir.join(IDENTITY_FILE);
     if path.exists() {
@@ -142,6 +162,7 @@ pub(super) async fn boot(
 ) -> Result<Boot, DaemonError> {
     let dir = &cfg.data_dir;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    make_private(dir).map_err(io_err(dir))?;
     let keypair = load_identity(dir)?;
     let key = load_mesh_key(dir, cfg.ticket.as_ref())?;
     let store = match Store::open(dir) {

@@ -56,6 +56,9 @@ impl JobSpec {
         if self.name.contains(['/', '\\', '\0']) || self.name == "." || self.name == ".." {
             return Err("job name must not contain path separators".into());
         }
+        if self.name.chars().any(char::is_control) {
+            return Err("job name must not contain control characters".into());
+        }
         if let Some(v) = &self.blender_version
             && (v.is_empty() || v.len() > 64 || v.chars().any(char::is_control))
         {

@@ -165,15 +165,19 @@ pub(crate) fn private_env(cmd: &mut Command, dir: &Path) {
         .env("PYTHONNOUSERSITE", "1");
 }
 
-/// Runs Blender with the embedded probe script and returns what it reported.
-pub async fn probe(blender: &Path) -> Result<BlenderInfo, ProbeError> {
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("meshd-probe-{}-{seq}", std::process::id()));
-    std::fs::create_dir_all(dir.join("tmp"))?;
-    let result = run_probe(blender, &dir).await;
-    if let Err(e) = std::fs::remove_dir_all(&dir) {
-        tracing::debug!(dir = %dir.display(), "cannot remove probe dir: {e}");
+/// Runs Blender with the embedded probe script and returns what it reported. The script
+/// and Blender's scratch files live in a fresh directory under `scratch` (the daemon's
+/// private `<data dir>/tmp`) with an unpredictable name, made by this process alone: no
+/// other local user can put a script where Blender will run it.
+pub async fn probe(blender: &Path, scratch: &Path) -> Result<BlenderInfo, ProbeError> {
+    std::fs::create_dir_all(scratch)?;
+    let dir = tempfile::Builder::new()
+        .prefix("probe-")
+        .tempdir_in(scratch)?;
+    std::fs::create_dir_all(dir.path().join("tmp"))?;
+    let result = run_probe(blender, dir.path()).await;
+    if let Err(e) = dir.close() {
+        tracing::debug!("cannot remove the probe dir: {e}");
     }
     let mut info = result?;
     if info
@@ -482,7 +486,8 @@ Blender quit\n";
         let blender = find_blender(None).expect(
             "these tests need a real Blender: install it (`apt install blender`) or set BLENDER",
         );
-        let info = probe(&blender).await.unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let info = probe(&blender, scratch.path()).await.unwrap();
         assert!(!info.version.is_empty());
         assert!(info.devices.iter().any(|d| d.kind == DeviceKind::Cpu));
         let _ = info.best_device();
