@@ -43,3 +43,55 @@ fn daemon_with_another_key_cannot_connect() {
     );
     assert_eq!(a.connected_peers(), vec![member.peer_id()]);
 }
+
+#[test]
+fn a_flood_of_half_open_connections_from_one_address_is_bounded() {
+    use std::io::Read;
+    let root = tempfile::tempdir().unwrap();
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let ticket = Ticket::decode(&a.ticket()).unwrap();
+    let port = ticket
+        .addrs
+        .iter()
+        .find_map(|m| {
+            let m: libp2p::Multiaddr = m.parse().ok()?;
+            m.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+                _ => None,
+            })
+        })
+        .unwrap();
+    // Connections that never start the handshake: what anyone who reaches the port can do.
+    let flood: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    for s in &flood {
+        s.set_nonblocking(true).unwrap();
+    }
+    // Closed by the daemon: end of stream or reset (an admitted one sends its handshake
+    // bytes, then has nothing more to read).
+    let closed = |s: &std::net::TcpStream| {
+        let mut buf = [0u8; 64];
+        match (&*s).read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the connections past the per-address bound to be closed",
+        || flood.iter().filter(|s| closed(s)).count() >= 100 - 64,
+    );
+    let refused = flood.iter().filter(|s| closed(s)).count();
+    assert!(
+        refused <= 100 - 64 + 4,
+        "only those past the bound: {refused}"
+    );
+    drop(flood);
+    // The daemon still takes members.
+    let member = Daemon::start(root.path(), "member", Some(&a.ticket()), &["--no-render"]);
+    wait_until(Duration::from_secs(30), "the member to connect", || {
+        !member.connected_peers().is_empty()
+    });
+}

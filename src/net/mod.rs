@@ -7,6 +7,7 @@
 //! - [`ticket`]: invite tickets carrying the mesh key.
 
 pub mod codec;
+pub mod limits;
 pub mod node;
 pub mod stats;
 pub mod swarm;

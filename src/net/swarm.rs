@@ -37,6 +37,8 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub limits: libp2p::connection_limits::Behaviour,
+    pub per_ip: super::limits::PerIp,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +140,8 @@ pub fn build(
                 identify,
                 ping,
                 mdns: Toggle::from(mdns),
+                limits: super::limits::libp2p_limits(),
+                per_ip: super::limits::PerIp::default(),
             })
         })
         .map_err(|e| BuildError::Behaviour(e.to_string()))?;
