@@ -11,6 +11,7 @@ mod cloud;
 mod control;
 mod outputs;
 mod peers;
+mod quota;
 mod render;
 mod replicas;
 mod settle;
@@ -42,6 +43,7 @@ use crate::transfer::checkout::Checkout;
 
 use peers::{LiveView, PeerTable};
 
+pub use quota::Quota;
 pub use setup::{DaemonError, data_dir_default, has_mesh, read_endpoint};
 
 /// How a daemon is started (`meshd join`).
@@ -79,6 +81,8 @@ pub struct DaemonConfig {
     pub archive_orphans_after: Duration,
     /// `--simulate-render SECS`: render no Blender, take SECS per frame (benchmarks only).
     pub simulate_render: Option<Duration>,
+    /// What this peer takes on per submitter (`--quota-*`).
+    pub quota: Quota,
 }
 
 /// Requests from the local API.
@@ -510,6 +514,9 @@ impl Daemon {
             },
             NetEvent::PeerConnected(peer) => {
                 self.peers.entry(peer).connected = true;
+                // A peer that completed the handshake holds the mesh key: worth redialling
+                // after a restart.
+                self.persist_addrs(peer);
                 self.start_sync(peer);
             }
             NetEvent::PeerDisconnected(peer) => self.peers.entry(peer).connected = false,

@@ -75,6 +75,15 @@ pub struct JoinArgs {
     /// (a submitter that never comes back never archives it for the mesh).
     #[arg(long, value_name = "SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     pub archive_orphans_after: u64,
+    /// Work on at most this many running jobs of one submitter (the oldest first).
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub quota_jobs: u64,
+    /// ...with at most this many frames in all.
+    #[arg(long, value_name = "N", default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub quota_frames: u64,
+    /// Fetch no job project bigger than this, e.g. 200G.
+    #[arg(long, value_name = "SIZE", default_value = "200G", value_parser = parse_size)]
+    pub quota_project_bytes: u64,
 }
 
 /// `500M`, `50G`, `1.5T`, `1024` (bytes); K/M/G/T are powers of 1024, an optional `B`/`iB`
@@ -154,6 +163,11 @@ pub async fn run(data_dir: PathBuf, args: JoinArgs) -> anyhow::Result<i32> {
         frame_timeout: args.frame_timeout.map(Duration::from_secs),
         cache_size: args.cache_size,
         archive_orphans_after: Duration::from_secs(args.archive_orphans_after),
+        quota: crate::daemon::Quota {
+            jobs: args.quota_jobs as usize,
+            frames: args.quota_frames,
+            project_bytes: args.quota_project_bytes,
+        },
         replicas: args.replicas as usize,
         simulate_render: args.simulate_render.map(Duration::from_secs_f64),
     };

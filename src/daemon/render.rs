@@ -258,6 +258,9 @@ pub(super) async fn probe_blender(
         .map_err(|e| e.to_string())
 }
 
+/// Projects fetched at once.
+const MAX_SCENE_FETCHES: usize = 3;
+
 impl Daemon {
     pub(super) fn render_device(&self) -> Option<DeviceKind> {
         self.blender.as_ref().map(|b| b.best_device())
@@ -283,34 +286,56 @@ impl Daemon {
                 .any(|s| slot_fits(&entry.spec.settings.device, &s.spec))
     }
 
-    /// Starts fetching the scene of every running job this peer could render.
+    /// Starts fetching the scene of running jobs this peer could render and its quotas
+    /// allow, at most [`MAX_SCENE_FETCHES`] at once (the rest on later rounds).
     pub(super) fn fetch_scenes(&mut self) {
         if !self.can_render() {
             return;
         }
         let now = std::time::Instant::now();
+        let running: Vec<(&JobId, &JobEntry)> = self
+            .ledger
+            .jobs()
+            .filter(|(id, _)| !self.settle.is_over(id))
+            .collect();
+        let allowed = super::quota::within(
+            running.iter().map(|(id, e)| super::quota::RunningJob {
+                id: **id,
+                submitter: e.spec.submitter,
+                created_unix_ms: e.spec.created_unix_ms,
+                frames: e.spec.frames.len() as u64,
+            }),
+            &self.cfg.quota,
+        );
+        let mut fetching = self
+            .scenes
+            .values()
+            .filter(|s| matches!(s, SceneState::Fetching(_)))
+            .count();
         let mut wanted = Vec::new();
-        for (id, entry) in self.ledger.jobs() {
-            if self.settle.is_over(id) {
-                continue;
+        for (id, entry) in running {
+            if fetching >= MAX_SCENE_FETCHES {
+                break;
             }
             let (due, stats) = match self.scenes.get(id) {
                 None => (true, Arc::default()),
                 Some(SceneState::Retry(at, stats, _)) => (*at <= now, stats.clone()),
                 Some(_) => continue,
             };
-            if due && self.can_take(entry) && self.job_running(entry) {
+            if due && allowed.contains(id) && self.can_take(entry) && self.job_running(entry) {
                 let ctx = self.project_fetch(entry).with_stats(stats.clone());
                 wanted.push((*id, entry.spec.project, ctx, stats));
+                fetching += 1;
             }
         }
+        let max_bytes = self.cfg.quota.project_bytes;
         for (id, project, ctx, stats) in wanted {
             self.scenes.insert(id, SceneState::Fetching(stats));
             let dir = self.job_dir(&id);
             let task = self.tasks.spawn(async move {
                 #[cfg(feature = "test-faults")]
                 faults::panic_scene_fetch_once();
-                let result = crate::transfer::checkout::checkout(&ctx, project, &dir)
+                let result = crate::transfer::checkout::checkout(&ctx, project, &dir, max_bytes)
                     .await
                     .map_err(|e| e.to_string());
                 TaskDone::SceneFetched { job: id, result }

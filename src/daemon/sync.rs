@@ -13,6 +13,10 @@ use crate::net::{SyncRequest, SyncResponse};
 /// Bytes of frame states one sync answer carries at most (the codec allows 64 MiB).
 const SYNC_PAGE_BYTES: usize = 4 << 20;
 
+/// Peers known at all (connected or not), in memory: mDNS lets anyone on the LAN announce
+/// peer ids, so the table is bounded.
+const MAX_KNOWN_PEERS: usize = 1024;
+
 impl Daemon {
     pub(super) fn sync_request(&self, cursor: Option<Cursor>) -> SyncRequest {
         let mut digests = Vec::new();
@@ -97,11 +101,22 @@ impl Daemon {
             }
             let _ = self.net.dial(addr).await;
         }
-        let Ok(known) = self.store.peer_addrs() else {
-            return;
-        };
+        // Members we hear of through heartbeats (their freshest addresses, in memory), then
+        // peers we were connected to (on disk, also from earlier runs).
+        let mut known: Vec<(PeerId, Vec<libp2p::Multiaddr>)> = self
+            .peers
+            .peers
+            .iter()
+            .filter(|(_, s)| s.heard.is_some() && !s.addrs.is_empty())
+            .map(|(p, s)| (*p, s.addrs.clone()))
+            .collect();
+        known.extend(self.store.peer_addrs().unwrap_or_default());
+        let mut dialled = std::collections::HashSet::new();
         for (peer, addrs) in known {
-            if peer == self.me || self.peers.peers.get(&peer).is_some_and(|s| s.connected) {
+            if peer == self.me
+                || self.peers.peers.get(&peer).is_some_and(|s| s.connected)
+                || !dialled.insert(peer)
+            {
                 continue;
             }
             for a in addrs.into_iter().take(4) {
@@ -128,13 +143,18 @@ impl Daemon {
         }
     }
 
-    /// Adds addresses to what we know of `peer` (kept for redials, persisted). Returns whether
-    /// any was new.
+    /// Adds addresses to what we know of `peer` (kept for redials). Returns whether any was
+    /// new. They are persisted only for a peer this daemon is connected to: a peer id that
+    /// anyone on the LAN can announce over mDNS, or that never answered, is not written to
+    /// disk. Peers never connected are kept in memory up to [`MAX_UNCONNECTED`].
     pub(super) fn remember_addrs(
         &mut self,
         peer: PeerId,
         addrs: impl IntoIterator<Item = libp2p::Multiaddr>,
     ) -> bool {
+        if !self.peers.peers.contains_key(&peer) && self.peers.peers.len() >= MAX_KNOWN_PEERS {
+            return false;
+        }
         let e = self.peers.entry(peer);
         let fresh: Vec<_> = addrs.into_iter().collect();
         let new = fresh.iter().any(|a| !e.addrs.contains(a));
@@ -145,9 +165,19 @@ impl Daemon {
         let known = std::mem::take(&mut e.addrs);
         e.addrs = crate::net::node::unique_addrs(fresh.into_iter().chain(known));
         e.addrs.truncate(16);
+        if e.connected {
+            self.persist_addrs(peer);
+        }
+        true
+    }
+
+    /// Writes what we know of `peer`'s addresses (called once it is connected).
+    pub(super) fn persist_addrs(&self, peer: PeerId) {
+        let Some(e) = self.peers.peers.get(&peer).filter(|e| !e.addrs.is_empty()) else {
+            return;
+        };
         if let Err(err) = self.store.put_peer_addrs(&peer, &e.addrs) {
             tracing::warn!("cannot persist peer addresses: {err}");
         }
-        true
     }
 }

@@ -50,6 +50,9 @@ pub struct LocalJob {
     pub out_dir: PathBuf,
 }
 
+/// Peers whose addresses are kept on disk.
+pub const MAX_STORED_PEERS: usize = 256;
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -59,6 +62,9 @@ pub struct Store {
     local: sled::Tree,
     written: sled::Tree,
     peers: sled::Tree,
+    /// When each peer's addresses were last written (a sequence number), to forget the
+    /// oldest past [`MAX_STORED_PEERS`].
+    peer_written: sled::Tree,
     pub(crate) manifests: sled::Tree,
     pub(crate) chunks: sled::Tree,
     compact: sled::Tree,
@@ -119,6 +125,7 @@ impl Store {
             local: db.open_tree("local")?,
             written: db.open_tree("written")?,
             peers: db.open_tree("peers")?,
+            peer_written: db.open_tree("peer_written")?,
             manifests: db.open_tree("manifests")?,
             chunks: db.open_tree("chunks")?,
             compact: db.open_tree("compact")?,
@@ -317,10 +324,38 @@ impl Store {
         Ok(())
     }
 
+    /// Remembers where `peer` listens (at most 16 addresses), for redials after a restart.
+    /// At most [`MAX_STORED_PEERS`] peers are kept: adding one more forgets the one written
+    /// longest ago.
     pub fn put_peer_addrs(&self, peer: &PeerId, addrs: &[Multiaddr]) -> Result<(), StoreError> {
         let list: Vec<String> = addrs.iter().take(16).map(|a| a.to_string()).collect();
         let bytes = postcard::to_stdvec(&list).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.peers.insert(peer.to_bytes(), bytes)?;
+        let key = peer.to_bytes();
+        let seq = self.db.generate_id()?;
+        if self.peers.insert(&key, bytes)?.is_none() && self.peers.len() > MAX_STORED_PEERS {
+            // The oldest write has the least sequence number (none: written by an older
+            // version, older than all).
+            let written = |k: &[u8]| -> u64 {
+                self.peer_written
+                    .get(k)
+                    .ok()
+                    .flatten()
+                    .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+                    .unwrap_or(0)
+            };
+            let oldest = self
+                .peers
+                .iter()
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| k.as_ref() != key.as_slice())
+                .min_by_key(|k| written(k));
+            if let Some(k) = oldest {
+                self.peers.remove(&k)?;
+                self.peer_written.remove(&k)?;
+            }
+        }
+        self.peer_written.insert(&key, &seq.to_be_bytes())?;
         Ok(())
     }
 
@@ -375,6 +410,39 @@ impl Store {
 mod tests {
     use super::*;
     use crate::ledger::{Claim, Done};
+
+    #[test]
+    fn stored_peers_are_capped_and_the_oldest_written_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let addr: Multiaddr = "/ip4/10.0.0.1/tcp/4747".parse().unwrap();
+        let peers: Vec<PeerId> = (0..MAX_STORED_PEERS + 10)
+            .map(|_| {
+                libp2p::identity::Keypair::generate_ed25519()
+                    .public()
+                    .to_peer_id()
+            })
+            .collect();
+        for p in &peers {
+            store
+                .put_peer_addrs(p, std::slice::from_ref(&addr))
+                .unwrap();
+            // The first peer is seen again and again: it stays.
+            store
+                .put_peer_addrs(&peers[0], std::slice::from_ref(&addr))
+                .unwrap();
+        }
+        let kept: Vec<PeerId> = store
+            .peer_addrs()
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(kept.len(), MAX_STORED_PEERS);
+        assert!(kept.contains(&peers[0]));
+        assert!(kept.contains(peers.last().unwrap()));
+        assert!(!kept.contains(&peers[1]), "the oldest written is gone");
+    }
 
     #[test]
     fn frame_states_stored_before_lost_results_still_load() {

@@ -60,10 +60,21 @@ pub fn read_manifest(path: &Path) -> Result<ProjectManifest, CheckoutError> {
 }
 
 /// Fetches project `id` and lays it out under `dir`.
-pub async fn checkout(ctx: &FetchCtx, id: BlobId, dir: &Path) -> Result<Checkout, CheckoutError> {
+pub async fn checkout(
+    ctx: &FetchCtx,
+    id: BlobId,
+    dir: &Path,
+    max_bytes: u64,
+) -> Result<Checkout, CheckoutError> {
     let manifest_path = ctx.fetch(id).await?;
     ctx.store.touch_blob(&id);
     let manifest = read_manifest(&manifest_path)?;
+    let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
+    if bytes > max_bytes {
+        return Err(CheckoutError::Manifest(format!(
+            "the project is {bytes} bytes, over this peer's --quota-project-bytes {max_bytes}"
+        )));
+    }
     let mut fetches = futures::stream::iter(manifest.blobs())
         .map(|blob| async move { ctx.fetch(blob).await.map(|_| ()) })
         .buffer_unordered(PARALLEL_FILES);
