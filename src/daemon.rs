@@ -125,6 +125,8 @@ enum TaskDone {
         frame: u32,
         /// The result written.
         result: Result<BlobId, String>,
+        /// Results whose bytes are no image of the job's format, with why.
+        unusable: Vec<(BlobId, String)>,
     },
     Replicated {
         blob: BlobId,
@@ -632,8 +634,19 @@ impl Daemon {
                 }
             }
             TaskDone::Rendered(done) => self.on_rendered(*done).await,
-            TaskDone::OutputWritten { job, frame, result } => {
-                self.on_output_written(job, frame, result).await
+            TaskDone::OutputWritten {
+                job,
+                frame,
+                result,
+                unusable,
+            } => {
+                if self.declare_unusable(job, frame, &unusable).await && result.is_err() {
+                    // Nothing to retry: the frame is rendered again.
+                    self.writing.remove(&(job, frame));
+                    self.write_retry.remove(&(job, frame));
+                } else {
+                    self.on_output_written(job, frame, result).await
+                }
             }
             TaskDone::Replicated { blob, result } => self.on_replicated(blob, result),
             TaskDone::Stored {

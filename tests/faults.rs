@@ -273,3 +273,36 @@ fn a_renderer_killed_mid_flush_leaves_no_result_behind() {
     );
     assert_eq!(done_by(&job).as_deref(), Some(c_id.as_str()));
 }
+
+/// A renderer that announces results whose bytes are no image: the submitter writes none
+/// of them, renders the frame again, and fails it with the reason once it keeps happening,
+/// instead of reporting success over garbage.
+#[test]
+fn results_that_are_no_image_are_never_written() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "liar.blend", 2, 64, 36, 1);
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let _liar = Daemon::start_env(
+        root.path(),
+        "liar",
+        Some(&a.ticket()),
+        &[],
+        &[("MESHD_FAULT_GARBAGE_OUTPUT", "1")],
+    );
+    wait_until(Duration::from_secs(60), "the liar to render", || {
+        a.renderers() == 1
+    });
+    let out = root.path().join("out");
+    let id = submit(&a, &scene, "1-2", &out, &[]);
+    wait_until(Duration::from_secs(180), "the job to end", || {
+        a.job(&id)["state"] == "failed"
+    });
+    let written: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(written.is_empty(), "nothing written: {written:?}");
+    assert!(
+        a.log().contains("is not a PNG file"),
+        "the submitter says why"
+    );
+}

@@ -395,14 +395,7 @@ impl Manager {
             })
             .map(|r| r.id)
             .collect();
-        let actions = picked
-            .iter()
-            .map(|id| Action::Release {
-                rental: *id,
-                why: Why::Asked,
-            })
-            .collect();
-        self.apply(actions);
+        self.release_all(&picked, Why::Asked);
         // Finish them as soon as the provider confirms.
         self.start_listing();
         CloudReleaseResponse { released: picked }
@@ -679,6 +672,17 @@ impl Manager {
             .send_replace(self.rentals.values().cloned().collect());
     }
 
+    fn release_all(&mut self, ids: &[u64], why: Why) {
+        let actions = ids
+            .iter()
+            .map(|id| Action::Release {
+                rental: *id,
+                why: why.clone(),
+            })
+            .collect();
+        self.apply(actions);
+    }
+
     fn destroy(&mut self, provider: Provider, instance: u64, rental: Option<u64>, finish: bool) {
         if !self.destroying.insert((provider, instance)) {
             return;
@@ -718,14 +722,7 @@ impl Manager {
             return;
         }
         info!(machines = live.len(), "releasing every rented machine");
-        let actions = live
-            .iter()
-            .map(|id| Action::Release {
-                rental: *id,
-                why: Why::Shutdown,
-            })
-            .collect();
-        self.apply(actions);
+        self.release_all(&live, Why::Shutdown);
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while tokio::time::Instant::now() < deadline {
             while let Ok(Some(res)) = tokio::time::timeout_at(deadline, self.bg.join_next()).await {

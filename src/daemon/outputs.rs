@@ -66,11 +66,105 @@ struct Todo {
     job: JobId,
     frame: u32,
     candidates: Vec<(BlobId, Vec<PeerId>)>,
+    format: crate::render::settings::OutputFormat,
     out_dir: PathBuf,
     name: String,
 }
 
+/// Whether the file at `path` is an image of `format` that decodes: a frame is checked
+/// before it is written, whatever its renderer says (its bytes match the hash it announced,
+/// which proves nothing about them).
+pub(super) fn check_output(
+    path: &Path,
+    format: crate::render::settings::OutputFormat,
+) -> Result<(), String> {
+    use crate::render::settings::OutputFormat as F;
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    let head = &head[..n];
+    let ok = match format {
+        F::Png => head.starts_with(b"\x89PNG\r\n\x1a\n"),
+        F::Jpeg => head.starts_with(&[0xFF, 0xD8, 0xFF]),
+        F::Tiff => head.starts_with(b"II*\0") || head.starts_with(b"MM\0*"),
+        F::OpenExr | F::OpenExrMultilayer => head.starts_with(&[0x76, 0x2F, 0x31, 0x01]),
+    };
+    if !ok {
+        return Err(format!("it is not a {} file", format.blender_name()));
+    }
+    crate::render::verify::verify_image(path, None, true).map(|_| ())
+}
+
+/// Why a fetched result was not written.
+enum Bad {
+    /// Its bytes are no image of the job's format.
+    Unusable(String),
+    /// Writing the output failed.
+    Io(String),
+}
+
 impl Daemon {
+    /// Results of `frame` whose bytes are no image of the job's format are declared lost at
+    /// once by the submitter (proven unusable, not merely unreachable): the frame is
+    /// rendered again, and after [`crate::ledger::frame::MAX_LOST`] such results it fails
+    /// with the reason, instead of a wrong frame being written.
+    /// Whether any was declared.
+    pub(super) async fn declare_unusable(
+        &mut self,
+        job: JobId,
+        frame: u32,
+        unusable: &[(BlobId, String)],
+    ) -> bool {
+        if unusable.is_empty() {
+            return false;
+        }
+        let Some(entry) = self
+            .ledger
+            .job(&job)
+            .filter(|e| e.spec.submitter == self.me)
+        else {
+            return false;
+        };
+        let Some(state) = entry.frames.get(&frame) else {
+            return false;
+        };
+        let bad: Vec<Lost> = state
+            .results()
+            .filter_map(|d| {
+                let (_, why) = unusable.iter().find(|(b, _)| *b == d.output)?;
+                warn!(
+                    job = %job.short(),
+                    frame,
+                    peer = %d.peer,
+                    "the result is not written: {why}; the frame will be rendered again"
+                );
+                Some(Lost::of(d))
+            })
+            .collect();
+        if bad.is_empty() {
+            return false;
+        }
+        self.declare_lost(job, frame, bad).await;
+        true
+    }
+
+    /// Merges and gossips `Lost` for these results of `frame`.
+    async fn declare_lost(&mut self, job: JobId, frame: u32, lost: Vec<Lost>) {
+        let updates: Vec<FrameUpdate> = lost
+            .into_iter()
+            .map(|l| FrameUpdate {
+                job,
+                frame,
+                state: FrameState::from_lost(l),
+            })
+            .collect();
+        let changed = self.merge_updates(&updates);
+        self.after_ledger_change(&changed);
+        self.publish(GossipMsg::Frames(updates)).await;
+    }
+
     /// Peers to ask for a result of `frame`: its renderer, then likely replica holders, then
     /// every other connected peer.
     fn holders(&self, job: &JobId, frame: u32, renderer: PeerId) -> Vec<PeerId> {
@@ -158,6 +252,7 @@ impl Daemon {
                     .results()
                     .map(|d| (d.output, self.holders(&job, frame, d.peer)))
                     .collect(),
+                format: entry.spec.settings.format,
                 out_dir: local.out_dir.clone(),
                 name: frame_file_name(frame, entry.spec.settings.format.extension()),
             });
@@ -169,21 +264,36 @@ impl Daemon {
             let (job, frame) = (t.job, t.frame);
             let task = self.tasks.spawn(async move {
                 let mut errors = Vec::new();
+                let mut unusable = Vec::new();
                 let mut result = Err(String::new());
                 for (blob, providers) in t.candidates {
-                    match crate::transfer::fetch(&net, &store, blob, &providers).await {
-                        Ok(src) => {
-                            let (out_dir, name) = (t.out_dir.clone(), t.name.clone());
-                            result = tokio::task::spawn_blocking(move || {
-                                write_atomically(&src, &out_dir, &name)
-                            })
-                            .await
-                            .map_err(|e| e.to_string())
-                            .and_then(|r| r.map_err(|e| e.to_string()))
-                            .map(|()| blob);
+                    let src = match crate::transfer::fetch(&net, &store, blob, &providers).await {
+                        Ok(src) => src,
+                        Err(e) => {
+                            errors.push(e.to_string());
+                            continue;
+                        }
+                    };
+                    let (out_dir, name, format) = (t.out_dir.clone(), t.name.clone(), t.format);
+                    let written = tokio::task::spawn_blocking(move || {
+                        check_output(&src, format).map_err(Bad::Unusable)?;
+                        write_atomically(&src, &out_dir, &name).map_err(|e| Bad::Io(e.to_string()))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(Bad::Io(e.to_string())));
+                    match written {
+                        Ok(()) => {
+                            result = Ok(blob);
                             break;
                         }
-                        Err(e) => errors.push(e.to_string()),
+                        Err(Bad::Unusable(why)) => {
+                            errors.push(why.clone());
+                            unusable.push((blob, why));
+                        }
+                        Err(Bad::Io(e)) => {
+                            result = Err(e);
+                            break;
+                        }
                     }
                 }
                 if result.as_ref().is_err_and(|e| e.is_empty()) {
@@ -193,6 +303,7 @@ impl Daemon {
                     job: t.job,
                     frame: t.frame,
                     result,
+                    unusable,
                 }
             });
             self.owners
@@ -303,18 +414,8 @@ impl Daemon {
             results = lost.len(),
             "no peer can serve this frame any more; it will be rendered again"
         );
-        let updates: Vec<FrameUpdate> = lost
-            .into_iter()
-            .map(|l| FrameUpdate {
-                job,
-                frame,
-                state: FrameState::from_lost(l),
-            })
-            .collect();
         self.write_retry.remove(&(job, frame));
-        let changed = self.merge_updates(&updates);
-        self.after_ledger_change(&changed);
-        self.publish(GossipMsg::Frames(updates)).await;
+        self.declare_lost(job, frame, lost).await;
     }
 }
 
@@ -327,6 +428,27 @@ mod tests {
         assert_eq!(frame_file_name(1, "png"), "frame_0001.png");
         assert_eq!(frame_file_name(250, "exr"), "frame_0250.exr");
         assert_eq!(frame_file_name(12345, "png"), "frame_12345.png");
+    }
+
+    #[test]
+    fn only_a_decodable_image_of_the_jobs_format_passes() {
+        use crate::render::settings::OutputFormat;
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("f.png");
+        image::RgbImage::from_pixel(8, 4, image::Rgb([200, 10, 10]))
+            .save(&png)
+            .unwrap();
+        assert_eq!(check_output(&png, OutputFormat::Png), Ok(()));
+        let e = check_output(&png, OutputFormat::OpenExr).unwrap_err();
+        assert!(e.contains("not a OPEN_EXR"), "{e}");
+        let junk = dir.path().join("junk.png");
+        std::fs::write(&junk, b"not an image at all").unwrap();
+        assert!(check_output(&junk, OutputFormat::Png).is_err());
+        // The right magic, then garbage: it must also decode.
+        let mut fake = b"\x89PNG\r\n\x1a\n".to_vec();
+        fake.extend_from_slice(&[7u8; 64]);
+        std::fs::write(&junk, &fake).unwrap();
+        assert!(check_output(&junk, OutputFormat::Png).is_err());
     }
 
     #[test]

@@ -611,6 +611,8 @@ impl Daemon {
             let path = rf.path.clone();
             // Pinned until its result is merged: a collection in between keeps it.
             let result = tokio::task::spawn_blocking(move || {
+                #[cfg(feature = "test-faults")]
+                faults::garbage_output(&path);
                 let (id, pin) = store.import_owned_pinned(&path)?;
                 #[cfg(feature = "test-faults")]
                 faults::pause_before_flush(frame);
@@ -795,6 +797,16 @@ mod faults {
         if !DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
             tracing::warn!("MESHD_FAULT_PAUSE_BEFORE_FLUSH frame {frame}: stored, not flushed");
             std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
+
+    /// `MESHD_FAULT_GARBAGE_OUTPUT=1`: a lying renderer. Every frame it renders is replaced,
+    /// after Blender's own checks, by bytes that are no image; its results announce those.
+    pub fn garbage_output(path: &std::path::Path) {
+        if std::env::var_os("MESHD_FAULT_GARBAGE_OUTPUT").is_some() {
+            tracing::warn!("MESHD_FAULT_GARBAGE_OUTPUT: serving non-image bytes");
+            let junk: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
+            let _ = std::fs::write(path, junk);
         }
     }
 
