@@ -69,7 +69,7 @@ pub async fn checkout(
     let manifest_path = ctx.fetch(id).await?;
     ctx.store.touch_blob(&id);
     let manifest = read_manifest(&manifest_path)?;
-    let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
+    let bytes = manifest.total_size();
     if bytes > max_bytes {
         return Err(CheckoutError::Manifest(format!(
             "the project is {bytes} bytes, over this peer's --quota-project-bytes {max_bytes}"
