@@ -639,15 +639,7 @@ impl Daemon {
                 frame,
                 result,
                 unusable,
-            } => {
-                if self.declare_unusable(job, frame, &unusable).await && result.is_err() {
-                    // Nothing to retry: the frame is rendered again.
-                    self.writing.remove(&(job, frame));
-                    self.write_retry.remove(&(job, frame));
-                } else {
-                    self.on_output_written(job, frame, result).await
-                }
-            }
+            } => self.on_output_written(job, frame, result, &unusable).await,
             TaskDone::Replicated { blob, result } => self.on_replicated(blob, result),
             TaskDone::Stored {
                 job,

@@ -343,14 +343,10 @@ fn vast_instances_are_created_found_and_destroyed() {
         ("MESHD_VAST_URL", fake.url.as_str()),
         ("MESHD_VAST_API_KEY", VAST_KEY),
     ]);
-    let spec = RentSpec {
-        image: "nvidia/cuda:12.4.1-runtime-ubuntu22.04".into(),
-        label: "meshd-0123456789abcdef".into(),
-        node_port: 4747,
-        ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE meshd".into(),
-        bid_usd_per_hour: None,
-        disk_gb: 40,
-    };
+    let spec = fake_cloud::rent_spec(
+        "nvidia/cuda:12.4.1-runtime-ubuntu22.04",
+        "meshd-0123456789abcdef",
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let vast = Vast::new(&cfg).unwrap();
@@ -424,7 +420,7 @@ fn vast_instances_are_created_found_and_destroyed() {
 /// wait until online, cancel; a taken server; cancelling twice.
 #[test]
 fn clore_orders_are_placed_found_and_cancelled() {
-    use meshd::cloud::instance::{InstanceState, RentSpec};
+    use meshd::cloud::instance::InstanceState;
     use meshd::cloud::{CloudConfig, CloudError, clore::Clore};
 
     let fake = fake_cloud::clore(
@@ -438,14 +434,7 @@ fn clore_orders_are_placed_found_and_cancelled() {
         ("MESHD_CLORE_URL", fake.url.as_str()),
         ("MESHD_CLORE_API_KEY", CLORE_KEY),
     ]);
-    let spec = RentSpec {
-        image: "cloreai/ubuntu22.04-cuda12".into(),
-        label: "meshd-0123456789abcdef".into(),
-        node_port: 4747,
-        ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE meshd".into(),
-        bid_usd_per_hour: None,
-        disk_gb: 40,
-    };
+    let spec = fake_cloud::rent_spec("cloreai/ubuntu22.04-cuda12", "meshd-0123456789abcdef");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let clore = Clore::new(&cfg).unwrap();

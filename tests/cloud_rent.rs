@@ -97,6 +97,16 @@ fn start(root: &Path, name: &str, extra: &[&str], env: &[(String, String)]) -> D
     Daemon::start_env(root, name, None, extra, &as_strs(env))
 }
 
+/// `meshd cloud rent --provider PROVIDER [--node-port PORT] ARGS...` on `d`, to its end.
+fn rent(d: &Daemon, provider: &str, port: Option<&str>, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["cloud", "rent", "--provider", provider];
+    if let Some(p) = port {
+        all.extend(["--node-port", p]);
+    }
+    all.extend_from_slice(args);
+    d.cli(&all)
+}
+
 fn rentals(d: &Daemon) -> Vec<Value> {
     d.cli_json(&["cloud", "list", "--json"])["rentals"]
         .as_array()
@@ -235,6 +245,17 @@ fn a_machine_rented_for_a_job_joins_renders_and_is_released_when_the_job_ends() 
         a.job(&job)["frames_written"] == 4
     });
     assert_frames(&out, &[1, 2, 3, 4], (64, 36));
+    // What the rented node delivered is Blender's own render of the scene.
+    let reference = root.join("reference");
+    reference_render(&scene, &reference, 1, 4);
+    for f in 1..=4 {
+        let name = format!("frame_{f:04}.png");
+        let diff = image_diff(&out.join(&name), &reference.join(&name));
+        assert!(
+            diff < 1.0,
+            "{name} differs from Blender's render ({diff:.2})"
+        );
+    }
     wait_until(Duration::from_secs(30), "the machine released", || {
         vast_live(&rig.fake).is_empty()
     });
@@ -258,18 +279,12 @@ fn a_budget_reached_mid_job_releases_the_machine_and_the_job_finishes_on_the_mes
     let out = root.join("out");
     let job = submit(&a, &scene, "1-30", &out, &[]);
     let port = rig.node_port.to_string();
-    let o = a.cli(&[
-        "cloud",
-        "rent",
-        "--provider",
+    let o = rent(
+        &a,
         "vast",
-        "--job",
-        &job,
-        "--node-port",
-        &port,
-        "--budget",
-        "361",
-    ]);
+        Some(port.as_str()),
+        &["--job", &job, "--budget", "361"],
+    );
     assert!(o.status.success(), "{}", text(&o));
     wait_until(
         Duration::from_secs(60),
@@ -313,7 +328,7 @@ fn a_machine_that_never_runs_is_destroyed_and_said_so() {
         &[("MESHD_CLOUD_START_TIMEOUT_SECS", "3")],
     );
     let a = start(root.path(), "a", &["--no-render"], &env);
-    let o = a.cli(&["cloud", "rent", "--provider", "vast"]);
+    let o = rent(&a, "vast", None, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let said = text(&o);
     assert!(said.contains("did not run within 3 s"), "{said}");
@@ -351,7 +366,7 @@ fn a_machine_whose_ssh_fails_is_destroyed() {
         &[("MESHD_CLOUD_START_TIMEOUT_SECS", "4")],
     );
     let a = start(root.path(), "a", &["--no-render"], &env);
-    let o = a.cli(&["cloud", "rent", "--provider", "vast"]);
+    let o = rent(&a, "vast", None, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("SSH to instance"), "{}", text(&o));
     wait_until(Duration::from_secs(20), "nothing rented", || {
@@ -369,7 +384,7 @@ fn a_daemon_killed_mid_rent_destroys_the_machine_when_it_is_back() {
     fake.state.lock().unwrap().polls_to_run = None;
     let env = cloud_env(root.path(), Some(&fake.url), None, &[]);
     let mut a = start(root.path(), "a", &["--no-render"], &env);
-    let o = a.cli(&["cloud", "rent", "--provider", "vast", "--no-wait"]);
+    let o = rent(&a, "vast", None, &["--no-wait"]);
     assert!(o.status.success(), "{}", text(&o));
     wait_until(Duration::from_secs(20), "the instance created", || {
         vast_live(&fake).len() == 1
@@ -418,14 +433,7 @@ fn an_instance_labelled_for_this_daemon_but_unrecorded_is_destroyed_and_others_a
         ("MESHD_VAST_API_KEY", VAST_KEY),
     ]);
     let vast = meshd::cloud::vast::Vast::new(&cfg).unwrap();
-    let spec = |label: String| meshd::cloud::instance::RentSpec {
-        image: "img".into(),
-        label,
-        node_port: 4747,
-        ssh_public_key: "ssh-ed25519 AAAA x".into(),
-        bid_usd_per_hour: None,
-        disk_gb: 10,
-    };
+    let spec = |label: String| fake_cloud::rent_spec("img", &label);
     let leaked = rt
         .block_on(vast.create(11, &spec(format!("{prefix}99"))))
         .unwrap();
@@ -472,7 +480,7 @@ fn a_clore_machine_joins_and_is_released_on_request_and_when_the_daemon_stops() 
     let env = cloud_env(root.path(), None, Some(&fake.url), &[]);
     let mut a = start(root.path(), "a", &["--no-render"], &env);
     let port = node_port.to_string();
-    let o = a.cli(&["cloud", "rent", "--provider", "clore", "--node-port", &port]);
+    let o = rent(&a, "clore", Some(port.as_str()), &[]);
     assert!(o.status.success(), "{}", text(&o));
     let list = rentals(&a);
     assert_eq!(list[0]["phase"], "joined", "{list:?}");
@@ -486,7 +494,7 @@ fn a_clore_machine_joins_and_is_released_on_request_and_when_the_daemon_stops() 
 
     // Ctrl-C while a rent is followed releases it.
     fake.state.lock().unwrap().polls_to_run = 1_000;
-    let mut rent = Command::new(BIN)
+    let mut following = Command::new(BIN)
         .arg("--data-dir")
         .arg(&a.dir)
         .args(["cloud", "rent", "--provider", "clore", "--node-port", &port])
@@ -498,8 +506,8 @@ fn a_clore_machine_joins_and_is_released_on_request_and_when_the_daemon_stops() 
     wait_until(Duration::from_secs(30), "the second order placed", || {
         fake.state.lock().unwrap().active_ids().len() == 1
     });
-    unsafe { libc::kill(rent.id() as i32, libc::SIGINT) };
-    let status = rent.wait().unwrap();
+    unsafe { libc::kill(following.id() as i32, libc::SIGINT) };
+    let status = following.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     wait_until(
         Duration::from_secs(20),
@@ -509,7 +517,7 @@ fn a_clore_machine_joins_and_is_released_on_request_and_when_the_daemon_stops() 
 
     // A rented machine is given back when the daemon stops.
     fake.state.lock().unwrap().polls_to_run = 1;
-    let o = a.cli(&["cloud", "rent", "--provider", "clore", "--node-port", &port]);
+    let o = rent(&a, "clore", Some(port.as_str()), &[]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(fake.state.lock().unwrap().active_ids().len(), 1);
     let pid = a.pid().unwrap();
@@ -528,16 +536,7 @@ fn an_idle_machine_is_released_and_an_outbid_one_is_given_up() {
     let a = start(root, "a", &["--no-render", "--lease-secs", "5"], &env);
     let port = rig.node_port.to_string();
     // Nothing to render: released once idle for 3 s.
-    let o = a.cli(&[
-        "cloud",
-        "rent",
-        "--provider",
-        "vast",
-        "--node-port",
-        &port,
-        "--idle-release",
-        "3s",
-    ]);
+    let o = rent(&a, "vast", Some(port.as_str()), &["--idle-release", "3s"]);
     assert!(o.status.success(), "{}", text(&o));
     wait_until(Duration::from_secs(30), "the idle machine released", || {
         vast_live(&rig.fake).is_empty()
@@ -552,15 +551,7 @@ fn an_idle_machine_is_released_and_an_outbid_one_is_given_up() {
         .unwrap()
         .offers
         .push(vast_offer(12, "RTX 4090", 1, 24564, 0.40, "US"));
-    let o = a.cli(&[
-        "cloud",
-        "rent",
-        "--provider",
-        "vast",
-        "--node-port",
-        &port,
-        "--spot",
-    ]);
+    let o = rent(&a, "vast", Some(port.as_str()), &["--spot"]);
     assert!(o.status.success(), "{}", text(&o));
     let rental = rentals(&a)
         .into_iter()
@@ -611,7 +602,7 @@ fn a_missing_or_wrong_key_or_a_short_budget_is_one_line_and_rents_nothing() {
     // A budget below one hour of the best offer.
     let env = cloud_env(root.path(), Some(&fake.url), None, &[]);
     let mut a = start(root.path(), "a", &["--no-render"], &env);
-    let o = a.cli(&["cloud", "rent", "--provider", "vast", "--budget", "0.1"]);
+    let o = rent(&a, "vast", None, &["--budget", "0.1"]);
     one_line(&o, "raise --budget");
     // A wrong key.
     let wrong: Vec<(String, String)> = env
@@ -630,7 +621,7 @@ fn a_missing_or_wrong_key_or_a_short_budget_is_one_line_and_rents_nothing() {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     a.restart_env(root.path(), &["--no-render"], &envs);
-    let o = a.cli(&["cloud", "rent", "--provider", "vast"]);
+    let o = rent(&a, "vast", None, &[]);
     one_line(&o, "rejected the API key");
     // No key at all.
     let none: Vec<(&str, &str)> = envs
@@ -639,7 +630,7 @@ fn a_missing_or_wrong_key_or_a_short_budget_is_one_line_and_rents_nothing() {
         .filter(|(k, _)| *k != "MESHD_VAST_API_KEY")
         .collect();
     a.restart_env(root.path(), &["--no-render"], &none);
-    let o = a.cli(&["cloud", "rent", "--provider", "vast"]);
+    let o = rent(&a, "vast", None, &[]);
     one_line(&o, "MESHD_VAST_API_KEY");
     assert!(vast_live(&fake).is_empty());
     assert!(!a.log().contains(VAST_KEY) && !a.log().contains("not-the-key"));
@@ -737,16 +728,7 @@ fn a_machine_without_blender_gets_one_installed_and_renders_with_it() {
     let out = root.join("out");
     let job = submit(&a, &scene, "1-2", &out, &[]);
     let port = rig.node_port.to_string();
-    let o = a.cli(&[
-        "cloud",
-        "rent",
-        "--provider",
-        "vast",
-        "--job",
-        &job,
-        "--node-port",
-        &port,
-    ]);
+    let o = rent(&a, "vast", Some(port.as_str()), &["--job", &job]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
     let instance = rentals(&a)[0]["instance"].as_u64().unwrap();

@@ -44,7 +44,6 @@ fn a_machine_reached_over_ssh_joins_the_mesh_and_renders() {
         remote_dir: node_dir.display().to_string(),
         listen_ip: "127.0.0.1".into(),
         node_port: free_port(),
-        peers: Vec::new(),
         blender_url: None,
     };
     // Whatever happens below, the node's daemon is stopped at the end.

@@ -271,13 +271,8 @@ pub struct InviteResponse {
 pub struct CloudRentRequest {
     pub provider: crate::cloud::Provider,
     pub count: u32,
-    pub gpu: Option<String>,
-    pub min_vram_gb: Option<f64>,
-    pub max_usd_per_hour: Option<f64>,
-    pub region: Option<String>,
-    pub min_reliability: Option<f64>,
-    /// Interruptible machines (Vast bid, Clore spot).
-    pub spot: bool,
+    /// Which machines; `spot` asks for interruptible ones (Vast bid, Clore spot).
+    pub filter: crate::cloud::Filter,
     /// A spot bid for the whole machine, $/h (default: the offer's minimum plus 10%).
     pub bid_usd_per_hour: Option<f64>,
     /// Container image (default: the configured one).

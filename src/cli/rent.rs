@@ -82,24 +82,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// The request for `count` machines of `filter`, within `limits`, for `job`.
 pub fn rent_request(
-    filter: &FilterArgs,
+    which: &FilterArgs,
     count: u32,
     limits: &RentLimits,
     job: Option<String>,
 ) -> anyhow::Result<CloudRentRequest> {
-    let f = filter.filter()?;
+    let filter = which.filter()?;
     if limits.budget.is_some_and(|b| !(b.is_finite() && b > 0.0)) {
         bail!("--budget takes a positive number of dollars, like 20");
     }
     Ok(CloudRentRequest {
-        provider: filter.provider,
+        provider: which.provider,
         count,
-        gpu: f.gpu,
-        min_vram_gb: f.min_vram_gb,
-        max_usd_per_hour: f.max_usd_per_hour,
-        region: f.country,
-        min_reliability: f.min_reliability,
-        spot: f.spot,
+        filter,
         bid_usd_per_hour: limits.bid,
         image: limits.image.clone(),
         node_port: limits.node_port,
@@ -256,7 +251,7 @@ fn describe(r: &RentalInfo) -> String {
     format!(
         "rental {}  {} {}  {}  ${:.3}/h  {}",
         r.id,
-        provider_tag(r.provider),
+        r.provider.tag(),
         r.instance.map_or("-".into(), |i| i.to_string()),
         if r.gpu.is_empty() {
             "?".into()
@@ -266,13 +261,6 @@ fn describe(r: &RentalInfo) -> String {
         r.usd_per_hour,
         crate::cloud::clean(&what)
     )
-}
-
-fn provider_tag(p: Provider) -> &'static str {
-    match p {
-        Provider::Vast => "vast",
-        Provider::Clore => "clore",
-    }
 }
 
 pub async fn list(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
@@ -307,7 +295,7 @@ pub async fn list(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
         println!(
             "{:<4} {:<6} {:>10} {:<22} {:>8.3} {:>8} {:<13} {:<14} {}",
             r.id,
-            provider_tag(r.provider),
+            r.provider.tag(),
             r.instance.map_or("-".into(), |i| i.to_string()),
             gpu,
             r.usd_per_hour,

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::now_unix;
 use super::rental::{Phase, Rental};
 use crate::api::types::{
     CloudListResponse, CloudReleaseRequest, CloudReleaseResponse, CloudRentRequest,
@@ -134,11 +135,4 @@ impl CloudHandle {
             })
             .collect()
     }
-}
-
-pub(super) fn now_unix() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }

@@ -21,13 +21,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::account::Account;
-use super::handle::{CloudHandle, Request, now_unix};
+use super::handle::{CloudHandle, Request};
 use super::instance::{Instance, RentSpec};
 use super::prepare::{Prepared, prepare};
 use super::rent::{Change, RentCtx, Step, rent_one};
 use super::rental::{self, Action, Activity, Group, Phase, Rental, Why};
 use super::ssh::Bootstrap;
-use super::{CloudConfig, CloudError, Provider};
+use super::{CloudConfig, CloudError, Provider, now_unix};
 use crate::api::types::{CloudReleaseRequest, CloudReleaseResponse, CloudRentResponse};
 
 /// What the actor needs from the daemon.
@@ -192,8 +192,18 @@ impl Manager {
 
     /// Writes record `id`; `Err` if it is not on disk (then nothing is rented on it).
     async fn persist(&mut self, id: u64) -> Result<(), String> {
-        self.snapshot
-            .send_replace(self.rentals.values().cloned().collect());
+        self.publish();
+        self.write(id)?;
+        self.env
+            .tree
+            .flush_async()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Writes record `id` into the tree (on disk at sled's next flush).
+    fn write(&self, id: u64) -> Result<(), String> {
         let Some(r) = self.rentals.get(&id) else {
             return Ok(());
         };
@@ -201,13 +211,14 @@ impl Manager {
         self.env
             .tree
             .insert(id.to_be_bytes(), bytes)
-            .map_err(|e| e.to_string())?;
-        self.env
-            .tree
-            .flush_async()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Makes the records visible to the API (list, peers, status).
+    fn publish(&self) {
+        self.snapshot
+            .send_replace(self.rentals.values().cloned().collect());
     }
 
     /// Like [`Self::persist`] where nothing waits on the outcome.
@@ -300,7 +311,7 @@ impl Manager {
                     gpu: String::new(),
                     gpus: 0,
                     usd_per_hour: 0.0,
-                    spot: req.spot,
+                    spot: req.filter.spot,
                     label: label.clone(),
                     node_port: req.node_port,
                     ordered_unix: now_unix(),
@@ -347,7 +358,6 @@ impl Manager {
                     remote_dir: node.remote_dir.clone(),
                     listen_ip: node.listen_ip.clone(),
                     node_port: req.node_port,
-                    peers: Vec::new(),
                     blender_url: Some(node.blender_url.clone()),
                 },
                 net: self.env.net.clone(),
@@ -661,15 +671,11 @@ impl Manager {
         // Written off the loop's critical path: a lost write here is redone by the next
         // review (the provider's list is the truth for releases).
         for id in changed {
-            if let Some(r) = self.rentals.get(&id)
-                && let Ok(bytes) = postcard::to_stdvec(r)
-                && let Err(e) = self.env.tree.insert(id.to_be_bytes(), bytes)
-            {
+            if let Err(e) = self.write(id) {
                 warn!(rental = id, "cannot record the rental: {e}");
             }
         }
-        self.snapshot
-            .send_replace(self.rentals.values().cloned().collect());
+        self.publish();
     }
 
     fn release_all(&mut self, ids: &[u64], why: Why) {

@@ -45,6 +45,14 @@ impl Provider {
         }
     }
 
+    /// Its short lowercase name (`vast`, `clore`), as on the command line and in JSON.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Provider::Vast => "vast",
+            Provider::Clore => "clore",
+        }
+    }
+
     /// The environment variable that holds this provider's API key.
     pub fn key_env(self) -> &'static str {
         match self {
@@ -105,6 +113,14 @@ pub enum CloudError {
     },
     #[error("{0}")]
     Config(String),
+}
+
+/// Now, Unix seconds (the providers give times so).
+pub(crate) fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Waits before retry `attempt` (0-based) of a rate-limited call: `base`, growing 1.5x.

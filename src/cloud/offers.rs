@@ -55,8 +55,8 @@ impl Offer {
     }
 }
 
-/// What the user asks for (`meshd cloud offers` flags).
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What the user asks for (`meshd cloud offers` flags; part of a rent request).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Filter {
     /// A GPU model, any spelling [`speed::key`] accepts.
     pub gpu: Option<String>,

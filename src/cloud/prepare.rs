@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::account::Account;
-use super::offers::{self, Filter, Offer};
+use super::offers::{self, Offer};
 use super::rental::{self, Activity};
 use super::ssh::SshKey;
 use crate::api::types::CloudRentRequest;
@@ -41,15 +41,10 @@ pub async fn prepare(
             Some(id)
         }
     };
-    let filter = Filter {
-        gpu: req.gpu.clone(),
-        min_vram_gb: req.min_vram_gb,
-        max_usd_per_hour: req.max_usd_per_hour,
-        country: req.region.clone(),
-        min_reliability: req.min_reliability,
-        spot: req.spot,
-    };
-    let mut found = account.offers(&filter).await.map_err(|e| e.to_string())?;
+    let mut found = account
+        .offers(&req.filter)
+        .await
+        .map_err(|e| e.to_string())?;
     offers::rank(&mut found);
     if found.is_empty() {
         return Err(format!(
@@ -179,12 +174,7 @@ mod tests {
         CloudRentRequest {
             provider: Provider::Vast,
             count,
-            gpu: None,
-            min_vram_gb: None,
-            max_usd_per_hour: None,
-            region: None,
-            min_reliability: None,
-            spot: false,
+            filter: Default::default(),
             bid_usd_per_hour: None,
             image: None,
             node_port: 4747,

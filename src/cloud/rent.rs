@@ -19,7 +19,7 @@ use super::instance::{InstanceState, RentSpec};
 use super::offers::Offer;
 use super::rental::Activity;
 use super::ssh::{self, Bootstrap, Remote, SshKey};
-use super::{CloudError, Provider};
+use super::{CloudError, now_unix};
 
 /// What a rent task reports.
 #[derive(Debug)]
@@ -69,13 +69,6 @@ const SHOW_EVERY: Duration = Duration::from_secs(2);
 /// How long a node that runs meshd may take to become a live peer.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn now_unix() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 impl RentCtx {
     async fn report(&self, change: Change) -> Result<(), String> {
         let (ack, done) = oneshot::channel();
@@ -106,11 +99,7 @@ pub async fn rent_one(mut ctx: RentCtx) -> Result<(), String> {
                 provider.name()
             ));
         };
-        let price = if offer.spot {
-            ctx.bid.unwrap_or(offer.usd_per_hour * 1.1)
-        } else {
-            offer.usd_per_hour
-        };
+        let price = super::prepare::price(&offer, ctx.bid);
         ctx.spec.bid_usd_per_hour = offer.spot.then_some(price);
         let before = ctx
             .account
@@ -227,7 +216,7 @@ pub async fn rent_one(mut ctx: RentCtx) -> Result<(), String> {
     boot.remote_dir = format!(
         "{}/{}-{instance}",
         boot.remote_dir.trim_end_matches('/'),
-        provider_tag(provider)
+        provider.tag()
     );
     let peer = ssh::bootstrap(&remote, &boot)
         .await
@@ -258,13 +247,6 @@ pub async fn rent_one(mut ctx: RentCtx) -> Result<(), String> {
     ctx.report(Change::Joined).await?;
     tracing::info!(instance, %peer, "rented node joined the mesh");
     Ok(())
-}
-
-fn provider_tag(p: Provider) -> &'static str {
-    match p {
-        Provider::Vast => "vast",
-        Provider::Clore => "clore",
-    }
 }
 
 /// `/ip4/H/tcp/P/p2p/PEER`, or `/dns4/...` for a host name.

@@ -143,7 +143,6 @@ pub enum Why {
     Idle(u64),
     Budget,
     Stopped(String),
-    Unrecorded,
     Failed(String),
     Shutdown,
 }
@@ -158,7 +157,6 @@ impl std::fmt::Display for Why {
             Why::Idle(s) => write!(f, "idle for {} min", s / 60),
             Why::Budget => write!(f, "the budget would be exceeded within the hour"),
             Why::Stopped(s) => write!(f, "the provider stopped it ({s})"),
-            Why::Unrecorded => write!(f, "labelled for this daemon but not in its records"),
             Why::Failed(s) => write!(f, "{s}"),
             Why::Shutdown => write!(f, "the daemon stopped"),
         }

@@ -144,8 +144,6 @@ pub struct Bootstrap {
     pub listen_ip: String,
     /// The port the node's daemon listens on (the one the provider maps).
     pub node_port: u16,
-    /// Addresses the node dials at start (this daemon's public address), multiaddrs.
-    pub peers: Vec<String>,
     /// A Blender release (`.tar.xz`) to install when the machine has none.
     pub blender_url: Option<String>,
 }
@@ -237,14 +235,9 @@ pub async fn bootstrap(remote: &Remote, b: &Bootstrap) -> Result<String, SshErro
             b.ticket.as_bytes(),
         )
         .await?;
-    let peers: String = b
-        .peers
-        .iter()
-        .map(|p| format!(" --peer {}", quote(p)))
-        .collect();
     let start = format!(
         "cd {dir} && (BLENDER={blender} nohup ./meshd --data-dir {dir}/data join --ticket-file {dir}/ticket \
-         --listen /ip4/{ip}/tcp/{port} --api 127.0.0.1:0 --no-mdns{peers} > {dir}/join.log 2>&1 & echo $! > {dir}/meshd.pid)",
+         --listen /ip4/{ip}/tcp/{port} --api 127.0.0.1:0 --no-mdns > {dir}/join.log 2>&1 & echo $! > {dir}/meshd.pid)",
         blender = quote(&blender),
         ip = quote(&b.listen_ip),
         port = b.node_port,

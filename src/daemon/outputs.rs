@@ -111,7 +111,7 @@ impl Daemon {
     /// rendered again, and after [`crate::ledger::frame::MAX_LOST`] such results it fails
     /// with the reason, instead of a wrong frame being written.
     /// Whether any was declared.
-    pub(super) async fn declare_unusable(
+    async fn declare_unusable(
         &mut self,
         job: JobId,
         frame: u32,
@@ -311,15 +311,23 @@ impl Daemon {
         }
     }
 
+    /// A write ended. Results found unusable on the way are declared so; if none was
+    /// written because of that, there is nothing to retry: the frame is rendered again.
     pub(super) async fn on_output_written(
         &mut self,
         job: JobId,
         frame: u32,
         result: Result<BlobId, String>,
+        unusable: &[(BlobId, String)],
     ) {
         self.writing.remove(&(job, frame));
+        let declared = self.declare_unusable(job, frame, unusable).await;
         let blob = match result {
             Ok(blob) => blob,
+            Err(_) if declared => {
+                self.write_retry.remove(&(job, frame));
+                return;
+            }
             Err(e) => return self.output_failed(job, frame, e).await,
         };
         self.write_retry.remove(&(job, frame));

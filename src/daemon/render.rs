@@ -293,40 +293,55 @@ impl Daemon {
             return;
         }
         let now = std::time::Instant::now();
-        let running: Vec<(&JobId, &JobEntry)> = self
-            .ledger
-            .jobs()
-            .filter(|(id, _)| !self.settle.is_over(id))
-            .collect();
-        let allowed = super::quota::within(
-            running.iter().map(|(id, e)| super::quota::RunningJob {
-                id: **id,
-                submitter: e.spec.submitter,
-                created_unix_ms: e.spec.created_unix_ms,
-                frames: e.spec.frames.len() as u64,
-            }),
-            &self.cfg.quota,
-        );
         let mut fetching = self
             .scenes
             .values()
             .filter(|s| matches!(s, SceneState::Fetching(_)))
             .count();
+        // Jobs whose project is due to be fetched: usually none, so the quota is worked out
+        // only when one is.
+        let due: Vec<(&JobId, &JobEntry)> = self
+            .ledger
+            .jobs()
+            .filter(|(id, _)| !self.settle.is_over(id))
+            .filter(|(id, _)| match self.scenes.get(*id) {
+                None => true,
+                Some(SceneState::Retry(at, ..)) => *at <= now,
+                Some(_) => false,
+            })
+            .filter(|(_, e)| self.can_take(e) && self.job_running(e))
+            .collect();
+        if due.is_empty() || fetching >= MAX_SCENE_FETCHES {
+            self.release_finished_workers();
+            return;
+        }
+        let allowed = super::quota::within(
+            self.ledger
+                .jobs()
+                .filter(|(id, _)| !self.settle.is_over(id))
+                .map(|(id, e)| super::quota::RunningJob {
+                    id: *id,
+                    submitter: e.spec.submitter,
+                    created_unix_ms: e.spec.created_unix_ms,
+                    frames: e.spec.frames.len() as u64,
+                }),
+            &self.cfg.quota,
+        );
         let mut wanted = Vec::new();
-        for (id, entry) in running {
+        for (id, entry) in due {
             if fetching >= MAX_SCENE_FETCHES {
                 break;
             }
-            let (due, stats) = match self.scenes.get(id) {
-                None => (true, Arc::default()),
-                Some(SceneState::Retry(at, stats, _)) => (*at <= now, stats.clone()),
-                Some(_) => continue,
-            };
-            if due && allowed.contains(id) && self.can_take(entry) && self.job_running(entry) {
-                let ctx = self.project_fetch(entry).with_stats(stats.clone());
-                wanted.push((*id, entry.spec.project, ctx, stats));
-                fetching += 1;
+            if !allowed.contains(id) {
+                continue;
             }
+            let stats = match self.scenes.get(id) {
+                Some(SceneState::Retry(_, stats, _)) => stats.clone(),
+                _ => Arc::default(),
+            };
+            let ctx = self.project_fetch(entry).with_stats(stats.clone());
+            wanted.push((*id, entry.spec.project, ctx, stats));
+            fetching += 1;
         }
         let max_bytes = self.cfg.quota.project_bytes;
         for (id, project, ctx, stats) in wanted {
@@ -689,7 +704,7 @@ impl Daemon {
             }
             Some(super::TaskOwner::Output(job, frame)) => {
                 return self
-                    .on_output_written(job, frame, Err("the output task crashed".into()))
+                    .on_output_written(job, frame, Err("the output task crashed".into()), &[])
                     .await;
             }
             Some(super::TaskOwner::Replica(blob)) => {

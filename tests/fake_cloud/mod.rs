@@ -50,6 +50,18 @@ fn serve<S: Send + 'static>(
     }
 }
 
+/// What a test rents: `image`, labelled `label`, the node port 4747, a dummy key.
+pub fn rent_spec(image: &str, label: &str) -> meshd::cloud::instance::RentSpec {
+    meshd::cloud::instance::RentSpec {
+        image: image.into(),
+        label: label.into(),
+        node_port: 4747,
+        ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE meshd".into(),
+        bid_usd_per_hour: None,
+        disk_gb: 40,
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Vast.ai
 
