@@ -81,6 +81,7 @@ fn main() {
         priority: 0,
         blender_version: None,
         require_blender: None,
+        sig: Default::default(),
     };
     let mut l = Ledger::new();
     let (id, _) = l.insert_job(spec).expect("valid job");
@@ -88,6 +89,7 @@ fn main() {
         job: id,
         frame: f,
         state: FrameState::from_claim(Claim {
+            sig: Default::default(),
             peer: ids[f as usize % peers],
             incarnation: 1,
             epoch: 1,
@@ -97,6 +99,9 @@ fn main() {
         job: id,
         frame: f,
         state: FrameState::from_done(Done {
+            incarnation: 0,
+            claim_sig: Default::default(),
+            sig: Default::default(),
             epoch: 1,
             peer: ids[f as usize % peers],
             output: BlobId::of(&f.to_le_bytes()),
@@ -143,6 +148,9 @@ fn main() {
             job: id,
             frame: frames / 2,
             state: FrameState::from_done(Done {
+                incarnation: 0,
+                claim_sig: Default::default(),
+                sig: Default::default(),
                 epoch: 2,
                 peer: ids[1],
                 output: BlobId::of(b"again"),
@@ -157,6 +165,9 @@ fn main() {
             job: id,
             frame: frames / 3,
             state: FrameState::from_done(Done {
+                incarnation: 0,
+                claim_sig: Default::default(),
+                sig: Default::default(),
                 epoch: 3,
                 peer: ids[2],
                 output: BlobId::of(b"third"),
@@ -171,6 +182,9 @@ fn main() {
             job: id,
             frame: frames / 4,
             state: FrameState::from_done(Done {
+                incarnation: 0,
+                claim_sig: Default::default(),
+                sig: Default::default(),
                 epoch: 4,
                 peer: ids[3],
                 output: BlobId::of(b"fourth"),

@@ -9,6 +9,8 @@ mod archive;
 mod cache;
 mod cloud;
 mod control;
+#[cfg(feature = "test-faults")]
+mod liar;
 mod outputs;
 mod peers;
 mod quota;
@@ -168,6 +170,8 @@ struct Daemon {
     me: PeerId,
     incarnation: u64,
     key: MeshKey,
+    /// Signs this peer's claims, results, failures, jobs and controls.
+    identity: libp2p::identity::Keypair,
     store: Store,
     ledger: Ledger,
     net: Client,
@@ -210,6 +214,8 @@ struct Daemon {
     activity: tokio::sync::watch::Sender<crate::cloud::rental::Activity>,
     /// The cloud actor has this daemon's ticket.
     cloud_ready: bool,
+    /// Peers that lied to this daemon (see `punish`): refused until it restarts.
+    banned: HashSet<PeerId>,
 }
 
 /// The state a background task holds until it reports back.
@@ -250,6 +256,7 @@ pub async fn run(
         me: boot.net.local_peer_id(),
         incarnation: boot.incarnation,
         key: boot.key,
+        identity: boot.identity,
         ledger: boot.ledger,
         net: boot.net,
         store: boot.store,
@@ -276,6 +283,7 @@ pub async fn run(
         cloud,
         activity,
         cloud_ready: false,
+        banned: HashSet::new(),
         cfg,
     };
     d.load_local_jobs();
@@ -429,11 +437,76 @@ impl Daemon {
         }
     }
 
-    /// Joins frame deltas into the ledger and persists what changed. Returns the changed keys.
+    /// Joins frame deltas made here into the ledger and persists what changed. Returns the
+    /// changed keys.
     fn merge_updates(&mut self, updates: &[FrameUpdate]) -> Vec<(JobId, u32)> {
-        let mut changed = Vec::new();
+        let (changed, forged) = self.merge_checked(updates);
+        if let Some(e) = forged {
+            warn!("an entry made here does not verify: {e}");
+        }
+        changed
+    }
+
+    /// Joins frame deltas `sender` sent; a forged one costs it its connection, and a peer
+    /// found holding far more open claims than it has render slots is disconnected too.
+    async fn merge_from(&mut self, sender: PeerId, updates: &[FrameUpdate]) -> Vec<(JobId, u32)> {
+        let (changed, forged) = self.merge_checked(updates);
+        if let Some(e) = forged {
+            self.punish(sender, &format!("it sent a {e}")).await;
+        }
+        let mut flooders = Vec::new();
         for u in updates {
-            match self.ledger.apply(u) {
+            if let Some(c) = &u.state.claim
+                && c.peer != self.me
+                && !flooders.contains(&c.peer)
+                && self.claims_flood(&u.job, &c.peer, c.incarnation)
+            {
+                flooders.push(c.peer);
+            }
+        }
+        for peer in flooders {
+            self.punish(peer, "it holds far more claims than it has render slots")
+                .await;
+        }
+        // Results of liars keep arriving through honest peers: never waited for.
+        self.forsake_liars_in(&changed).await;
+        changed
+    }
+
+    /// Whether `peer` (as `incarnation`) holds more open claims in `job` than its
+    /// heartbeat's render slots allow: twice the slots (a finished frame's claim stays
+    /// open while it is stored and the next is claimed) and a margin.
+    fn claims_flood(&self, job: &JobId, peer: &PeerId, incarnation: u64) -> bool {
+        // Judged against the slots of the same incarnation only: a restarted peer's old
+        // claims were made with the slots it had then.
+        let Some(hb) = self
+            .peers
+            .peers
+            .get(peer)
+            .and_then(|s| s.heartbeat.as_ref())
+        else {
+            return false; // not live: its claims hold nothing anyway
+        };
+        if hb.incarnation != incarnation || hb.probing {
+            return false;
+        }
+        let open = self.ledger.job(job).map_or(0, |e| {
+            let held = e.tally.open_claims.get(&(*peer, incarnation));
+            held.copied().unwrap_or(0)
+        });
+        open > 2 * hb.slots as usize + 2
+    }
+
+    /// Joins every update whose entries verify ([`Ledger::apply_signed`]); returns the
+    /// changed keys and the first forgery found, whose update is dropped.
+    fn merge_checked(
+        &mut self,
+        updates: &[FrameUpdate],
+    ) -> (Vec<(JobId, u32)>, Option<crate::ledger::LedgerError>) {
+        let mut changed = Vec::new();
+        let mut forged = None;
+        for u in updates {
+            match self.ledger.apply_signed(u) {
                 Ok(true) => {
                     if let Some(state) = self.ledger.frame(&u.job, u.frame)
                         && let Err(e) = self.store.put_frame(&u.job, u.frame, state)
@@ -447,10 +520,28 @@ impl Daemon {
                     changed.push((u.job, u.frame));
                 }
                 Ok(false) => {}
+                Err(e) if e.is_forgery() => {
+                    forged.get_or_insert(e);
+                }
                 Err(e) => debug!("ignored frame update: {e}"),
             }
         }
-        changed
+        (changed, forged)
+    }
+
+    /// `peer` lied (a forged or nonsensical entry, a result that is no image): it is
+    /// disconnected and refused from now on, and its heartbeats no longer count, so its
+    /// claims lapse. Nothing it signed is removed: the ledger stays one CRDT everywhere.
+    async fn punish(&mut self, peer: PeerId, why: &str) {
+        if peer == self.me || !self.banned.insert(peer) {
+            return;
+        }
+        warn!(%peer, "disconnecting a peer that misbehaved: {why}");
+        self.peers.forget_heartbeat(&peer);
+        if let Err(e) = self.net.ban(peer).await {
+            warn!("cannot disconnect {peer}: {e}");
+        }
+        self.forsake_liars().await;
     }
 
     fn has_result(&self, job: &JobId, frame: u32) -> bool {
@@ -459,9 +550,10 @@ impl Daemon {
             .is_some_and(|s| s.canonical().is_some())
     }
 
-    /// Adds a job from a peer or a submit. Returns true if it was new.
-    fn add_job(&mut self, spec: JobSpec) -> bool {
-        match self.ledger.insert_job(spec.clone()) {
+    /// Adds a job from a peer, the store or a submit (signed by its submitter). Returns
+    /// true if it was new; a forged job is an error.
+    fn add_job(&mut self, spec: JobSpec) -> Result<bool, crate::ledger::LedgerError> {
+        match self.ledger.insert_signed_job(spec.clone()) {
             Ok((id, true)) => {
                 self.settle.recheck(&self.ledger, &id);
                 if let Err(e) = self.store.put_job(&spec) {
@@ -469,31 +561,48 @@ impl Daemon {
                 }
                 info!(job = %id.short(), name = %spec.name, frames = spec.frames.len(), "new job");
                 self.fetch_scenes(); // now, not at the next tick
-                true
+                Ok(true)
             }
-            Ok((_, false)) => false,
+            Ok((_, false)) => Ok(false),
+            Err(e) if e.is_forgery() => Err(e),
             Err(e) => {
                 warn!("rejected job: {e}");
-                false
+                Ok(false)
+            }
+        }
+    }
+
+    /// Adds jobs `sender` sent; a forged one costs it its connection.
+    async fn add_jobs_from(&mut self, sender: PeerId, specs: Vec<JobSpec>) {
+        for spec in specs {
+            let _id = spec.id();
+            match self.add_job(spec) {
+                Err(e) => return self.punish(sender, &format!("it sent a {e}")).await,
+                #[cfg(feature = "test-faults")]
+                Ok(true) => self.lie_about_job(_id).await,
+                Ok(_) => {}
             }
         }
     }
 
     async fn on_net_event(&mut self, ev: NetEvent) {
         match ev {
+            // The node refuses them too; what it had queued is dropped here.
+            NetEvent::Gossip(g) if self.banned.contains(&g.source) => {}
             NetEvent::Gossip(g) => match g.msg {
                 GossipMsg::Job(spec) if spec.submitter != g.source => {
-                    warn!(peer = %g.source, "ignoring a job announced in another peer's name");
+                    self.punish(g.source, "it announced a job in another peer's name")
+                        .await;
                 }
-                GossipMsg::Job(spec) => {
-                    self.add_job(spec);
-                }
+                GossipMsg::Job(spec) => self.add_jobs_from(g.source, vec![*spec]).await,
                 GossipMsg::Frames(mut updates) => {
                     // A submitter back after its job was archived here as an orphan.
                     let jobs: Vec<JobId> = updates.iter().map(|u| u.job).collect();
                     self.revive_orphans_of(g.source, &jobs);
-                    // News of archived jobs is late: nobody needs it any more.
-                    updates.retain(|u| !self.ledger.is_retired(&u.job));
+                    // News of archived jobs is late: nobody needs it any more. News of jobs
+                    // not known here yet cannot be judged (who is the submitter?): sync
+                    // brings the job and the news again.
+                    updates.retain(|u| self.ledger.job(&u.job).is_some());
                     // A delta may only speak for its author: its claims, results and failures.
                     let submitter =
                         |u: &FrameUpdate| self.ledger.job(&u.job).map(|e| e.spec.submitter);
@@ -501,17 +610,33 @@ impl Daemon {
                         .iter()
                         .all(|u| authored_by(&u.state, &g.source, submitter(u)))
                     {
-                        warn!(peer = %g.source, "ignoring frame updates made in another peer's name");
-                        return;
+                        let why = "it gossiped frame updates in another peer's name";
+                        return self.punish(g.source, why).await;
                     }
-                    let changed = self.merge_updates(&updates);
+                    let changed = self.merge_from(g.source, &updates).await;
                     self.after_ledger_change(&changed);
                     self.note_results(&changed, false);
                 }
                 GossipMsg::Control(job, control) => self.on_control(g.source, job, control).await,
                 GossipMsg::Heartbeat(hb) => {
                     self.learn_addrs(g.source, &hb.addrs).await;
+                    let incarnation = hb.incarnation;
+                    let first = self.peers.peers.get(&g.source).is_none_or(|s| {
+                        s.heartbeat
+                            .as_ref()
+                            .is_none_or(|h| h.incarnation != incarnation)
+                    });
                     self.peers.heartbeat(g.source, hb, Instant::now());
+                    // Its claims hold from now on: are there too many?
+                    if first
+                        && self
+                            .ledger
+                            .jobs()
+                            .any(|(id, _)| self.claims_flood(id, &g.source, incarnation))
+                    {
+                        let why = "it holds far more claims than it has render slots";
+                        self.punish(g.source, why).await;
+                    }
                 }
             },
             NetEvent::PeerConnected(peer) => {
@@ -538,7 +663,10 @@ impl Daemon {
                 // needs the job's results again.
                 let jobs: Vec<JobId> = req.digests.iter().map(|(id, _)| *id).collect();
                 self.revive_orphans_of(peer, &jobs);
-                let resp = self.sync_response(&req);
+                #[cfg_attr(not(feature = "test-faults"), allow(unused_mut))]
+                let mut resp = self.sync_response(&req);
+                #[cfg(feature = "test-faults")]
+                self.lie_in_sync(&mut resp);
                 debug!(%peer, jobs = resp.jobs.len(), updates = resp.updates.len(), "answering sync");
                 if let Err(e) = self.net.respond_sync(channel, resp).await {
                     warn!("cannot answer sync: {e}");
@@ -574,6 +702,11 @@ impl Daemon {
                 .collect(),
             projects: self.have_projects(),
             probing: self.probing,
+            slots: if self.can_render() {
+                self.render.slot_count() as u32
+            } else {
+                0
+            },
         };
         self.render.progress_dirty = false;
         self.publish(GossipMsg::Heartbeat(hb)).await;
@@ -586,13 +719,11 @@ impl Daemon {
                     warn!(%peer, version = resp.version, "ignoring sync answer of another wire version");
                 }
                 Ok(resp) => {
-                    for spec in resp.jobs {
-                        self.add_job(spec);
-                    }
+                    self.add_jobs_from(peer, resp.jobs).await;
                     for (job, control) in resp.controls {
-                        self.merge_control(job, control).await;
+                        self.merge_control_from(Some(peer), job, control).await;
                     }
-                    let changed = self.merge_updates(&resp.updates);
+                    let changed = self.merge_from(peer, &resp.updates).await;
                     if !changed.is_empty() {
                         debug!(%peer, changed = changed.len(), "sync brought news");
                     }
@@ -710,10 +841,13 @@ impl Daemon {
         spec.validate()?;
         let id = spec.id();
         self.set_out_dir(id, &out_dir)?;
-        self.add_job(spec.clone());
+        let mut spec = spec;
+        spec.submitter = self.me;
+        crate::ledger::sign::sign_job(&self.identity, &mut spec);
+        self.add_job(spec.clone()).map_err(|e| e.to_string())?;
         let _ = self.store.flush();
         let resp = SubmitResponse::job(id.to_hex(), spec.name.clone(), spec.frames.len(), out_dir);
-        self.publish(GossipMsg::Job(spec)).await;
+        self.publish(GossipMsg::Job(Box::new(spec))).await;
         Ok(resp)
     }
 

@@ -275,14 +275,14 @@ fn a_renderer_killed_mid_flush_leaves_no_result_behind() {
 }
 
 /// A renderer that announces results whose bytes are no image: the submitter writes none
-/// of them, renders the frame again, and fails it with the reason once it keeps happening,
-/// instead of reporting success over garbage.
+/// of them, declares them lost (so the frames are rendered again) and disconnects the
+/// renderer, which signed them; nothing is reported done over garbage.
 #[test]
 fn results_that_are_no_image_are_never_written() {
     let root = tempfile::tempdir().unwrap();
     let scene = make_scene(root.path(), "liar.blend", 2, 64, 36, 1);
     let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
-    let _liar = Daemon::start_env(
+    let liar = Daemon::start_env(
         root.path(),
         "liar",
         Some(&a.ticket()),
@@ -292,15 +292,26 @@ fn results_that_are_no_image_are_never_written() {
     wait_until(Duration::from_secs(60), "the liar to render", || {
         a.renderers() == 1
     });
+    let liar_id = liar.peer_id();
     let out = root.path().join("out");
     let id = submit(&a, &scene, "1-2", &out, &[]);
-    wait_until(Duration::from_secs(180), "the job to end", || {
-        a.job(&id)["state"] == "failed"
-    });
+    wait_until(
+        Duration::from_secs(180),
+        "the liar to be disconnected",
+        || {
+            a.log()
+                .lines()
+                .any(|l| l.contains("misbehaved") && l.contains(&liar_id))
+                && !a.connected_peers().contains(&liar_id)
+        },
+    );
     let written: Vec<_> = std::fs::read_dir(&out)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(written.is_empty(), "nothing written: {written:?}");
+    let job = a.job(&id);
+    assert_ne!(job["state"], "done", "{job}");
+    assert_eq!(job["frames_written"], 0, "{job}");
     assert!(
         a.log().contains("is not a PNG file"),
         "the submitter says why"

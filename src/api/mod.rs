@@ -255,6 +255,7 @@ async fn submit(
         priority: req.priority,
         blender_version: blender.clone(),
         require_blender: req.require_blender,
+        sig: Default::default(),
     };
     spec.validate().map_err(bad)?;
     let out_dir = req.out_dir;

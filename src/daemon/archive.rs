@@ -137,10 +137,11 @@ impl Daemon {
             && !entry.control.run.is_final()
             && !self.writing_here(id, entry.spec.frames.len())
         {
-            let next = entry
+            let mut next = entry
                 .control
                 .next(RunState::Archived, entry.control.priority);
-            self.merge_control(*id, next).await;
+            crate::ledger::sign::sign_control(&self.identity, id, &mut next);
+            self.merge_control_from(None, *id, next).await;
             let _ = self.store.flush();
             self.publish(GossipMsg::Control(*id, next)).await;
         } else {

@@ -8,22 +8,34 @@ use tracing::{info, warn};
 use super::Daemon;
 use crate::api::types::{ControlAction, ControlResponse};
 use crate::ids::JobId;
-use crate::ledger::{JobControl, RunState};
+use crate::ledger::{JobControl, RunState, sign};
 use crate::net::GossipMsg;
 
 impl Daemon {
     /// A control change gossiped by `source`: only the job's submitter may make one.
     pub(super) async fn on_control(&mut self, source: PeerId, job: JobId, control: JobControl) {
         match self.ledger.job(&job) {
-            Some(e) if e.spec.submitter == source => self.merge_control(job, control).await,
-            Some(_) => warn!(peer = %source, "ignoring a job control made in another peer's name"),
+            Some(e) if e.spec.submitter == source => {
+                self.merge_control_from(Some(source), job, control).await
+            }
+            Some(_) => {
+                let why = "it gossiped a job control in another peer's name";
+                self.punish(source, why).await
+            }
             None => {} // sync brings the job and its control
         }
     }
 
-    /// Joins a control change; persists it and stops renders the change forbids.
-    pub(super) async fn merge_control(&mut self, job: JobId, control: JobControl) {
-        match self.ledger.apply_control(&job, &control) {
+    /// Joins a control change (from `sender`, or made here): it must be signed by the
+    /// job's submitter, or it costs the sender its connection. Persists it and stops
+    /// renders the change forbids.
+    pub(super) async fn merge_control_from(
+        &mut self,
+        sender: Option<PeerId>,
+        job: JobId,
+        control: JobControl,
+    ) {
+        match self.ledger.apply_signed_control(&job, &control) {
             Ok(true) => {
                 self.settle.recheck(&self.ledger, &job);
                 if let Err(e) = self.store.put_control(&job, &control) {
@@ -37,6 +49,10 @@ impl Daemon {
                 self.maybe_archive(&job).await;
             }
             Ok(false) => {}
+            Err(e) if e.is_forgery() => match sender {
+                Some(peer) => self.punish(peer, &format!("it sent a {e}")).await,
+                None => warn!("a job control made here does not verify: {e}"),
+            },
             Err(e) => tracing::debug!("ignored job control: {e}"),
         }
     }
@@ -70,14 +86,15 @@ impl Daemon {
         if now.run.is_final() {
             return Err(format!("job {name} is over; submit it again"));
         }
-        let next = match action {
+        let mut next = match action {
             ControlAction::Cancel => now.next(RunState::Cancelled, now.priority),
             ControlAction::Pause => now.next(RunState::Paused, now.priority),
             ControlAction::Resume => now.next(RunState::Active, now.priority),
             ControlAction::Priority(p) => now.next(now.run, p),
             ControlAction::Remove => return self.remove(&id),
         };
-        self.merge_control(id, next).await;
+        sign::sign_control(&self.identity, &id, &mut next);
+        self.merge_control_from(None, id, next).await;
         let _ = self.store.flush();
         self.publish(GossipMsg::Control(id, next)).await;
         Ok(ControlResponse {

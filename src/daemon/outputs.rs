@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use super::{Daemon, TaskDone};
 use crate::ids::{BlobId, JobId};
-use crate::ledger::{FrameState, FrameUpdate, Lost};
+use crate::ledger::{Done, FrameState, FrameUpdate, sign};
 use crate::net::GossipMsg;
 
 /// Output files being fetched/written at once.
@@ -130,7 +130,7 @@ impl Daemon {
         let Some(state) = entry.frames.get(&frame) else {
             return false;
         };
-        let bad: Vec<Lost> = state
+        let bad: Vec<Done> = state
             .results()
             .filter_map(|d| {
                 let (_, why) = unusable.iter().find(|(b, _)| *b == d.output)?;
@@ -140,24 +140,91 @@ impl Daemon {
                     peer = %d.peer,
                     "the result is not written: {why}; the frame will be rendered again"
                 );
-                Some(Lost::of(d))
+                Some(d.clone())
             })
             .collect();
         if bad.is_empty() {
             return false;
         }
-        self.declare_lost(job, frame, bad).await;
+        // An honest renderer checks its frame before it signs the result, and the bytes
+        // are the ones it signed: a result that is no image is a lie.
+        let liars: Vec<PeerId> = bad
+            .iter()
+            .map(|d| d.peer)
+            .filter(|p| *p != self.me)
+            .collect();
+        for peer in liars {
+            self.punish(peer, "it signed a result that is no image")
+                .await;
+        }
+        self.declare_lost(job, frame, &bad, true).await;
         true
     }
 
-    /// Merges and gossips `Lost` for these results of `frame`.
-    async fn declare_lost(&mut self, job: JobId, frame: u32, lost: Vec<Lost>) {
-        let updates: Vec<FrameUpdate> = lost
-            .into_iter()
-            .map(|l| FrameUpdate {
+    /// A peer was disconnected for lying: in the jobs submitted here, the results of
+    /// frames not written yet by such peers are declared lost at once (they cannot be
+    /// fetched from them any more, and nothing a liar signed is worth waiting for), so
+    /// those frames are rendered again. A frame already written stays as it is.
+    pub(super) async fn forsake_liars(&mut self) {
+        let frames: Vec<(JobId, u32)> = self
+            .ledger
+            .jobs()
+            .filter(|(_, e)| e.spec.submitter == self.me)
+            .flat_map(|(id, e)| e.frames.keys().map(|f| (*id, *f)))
+            .collect();
+        self.forsake_liars_in(&frames).await;
+    }
+
+    /// Of these frames of jobs submitted here, not written yet: results of peers
+    /// disconnected for lying are declared lost and unusable (they arrive late, by sync
+    /// through honest peers), which also excludes their renderer from the job everywhere.
+    pub(super) async fn forsake_liars_in(&mut self, frames: &[(JobId, u32)]) {
+        if self.banned.is_empty() {
+            return;
+        }
+        let mut lost: Vec<(JobId, u32, Vec<Done>)> = Vec::new();
+        for &(job, frame) in frames {
+            let Some(entry) = self
+                .ledger
+                .job(&job)
+                .filter(|e| e.spec.submitter == self.me)
+            else {
+                continue;
+            };
+            if self
+                .written
+                .get(&job)
+                .is_some_and(|w| w.contains_key(&frame))
+            {
+                continue;
+            }
+            let Some(state) = entry.frames.get(&frame) else {
+                continue;
+            };
+            let theirs: Vec<Done> = state
+                .results()
+                .filter(|d| self.banned.contains(&d.peer))
+                .cloned()
+                .collect();
+            if !theirs.is_empty() {
+                lost.push((job, frame, theirs));
+            }
+        }
+        for (job, frame, results) in lost {
+            self.declare_lost(job, frame, &results, true).await;
+        }
+    }
+
+    /// Merges and gossips `Lost` for these results of `frame`, signed as the submitter;
+    /// `unusable`: they are lies, and their renderers are excluded from the job.
+    async fn declare_lost(&mut self, job: JobId, frame: u32, results: &[Done], unusable: bool) {
+        let key = &self.identity;
+        let updates: Vec<FrameUpdate> = results
+            .iter()
+            .map(|d| FrameUpdate {
                 job,
                 frame,
-                state: FrameState::from_lost(l),
+                state: FrameState::from_lost(sign::lost(key, &job, frame, d, unusable)),
             })
             .collect();
         let changed = self.merge_updates(&updates);
@@ -415,7 +482,7 @@ impl Daemon {
         if attempts < 3 || !(lease_over && all_gone || attempts >= LOST_AFTER_ATTEMPTS) {
             return;
         }
-        let lost: Vec<Lost> = state.results().map(Lost::of).collect();
+        let lost: Vec<Done> = state.results().cloned().collect();
         warn!(
             job = %job.short(),
             frame,
@@ -423,7 +490,7 @@ impl Daemon {
             "no peer can serve this frame any more; it will be rendered again"
         );
         self.write_retry.remove(&(job, frame));
-        self.declare_lost(job, frame, lost).await;
+        self.declare_lost(job, frame, &lost, false).await;
     }
 }
 

@@ -45,6 +45,14 @@ impl PeerTable {
         e.heartbeat = Some(hb);
     }
 
+    /// Drops what `peer`'s heartbeats said: it is no longer live (see `Daemon::punish`).
+    pub fn forget_heartbeat(&mut self, peer: &PeerId) {
+        if let Some(e) = self.peers.get_mut(peer) {
+            e.heard = None;
+            e.heartbeat = None;
+        }
+    }
+
     pub fn connected(&self) -> Vec<PeerId> {
         self.peers
             .iter()
@@ -200,6 +208,7 @@ mod tests {
             addrs: vec![],
             projects: vec![],
             probing: false,
+            slots: 1,
         }
     }
 

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use super::{Daemon, SceneState, TaskDone};
 use crate::ids::JobId;
 use crate::ledger::{
-    Done, Failure, FrameState, FrameUpdate, JobEntry, JobState, choose_claim, job_progress,
+    FrameState, FrameUpdate, JobEntry, JobState, choose_claim, job_progress, sign,
 };
 use crate::net::{GossipMsg, InFlight};
 use crate::render::settings::{DeviceKind, DeviceRequirement};
@@ -166,6 +166,11 @@ impl RenderState {
     }
 
     /// Frames in flight on this peer, with progress.
+    /// Frames this peer renders at once.
+    pub(super) fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
     pub(super) fn in_flight(&self) -> Vec<InFlight> {
         self.slots
             .iter()
@@ -491,10 +496,11 @@ impl Daemon {
         let (job, frame, epoch, backup) = match choice {
             Some(choice) => {
                 let (job, frame, epoch) = (choice.job, choice.frame, choice.claim.epoch);
+                let claim = sign::claim(&self.identity, &job, frame, self.incarnation, epoch);
                 let update = FrameUpdate {
                     job,
                     frame,
-                    state: FrameState::from_claim(choice.claim),
+                    state: FrameState::from_claim(claim),
                 };
                 self.merge_updates(std::slice::from_ref(&update));
                 self.publish(GossipMsg::Frames(vec![update])).await;
@@ -664,12 +670,15 @@ impl Daemon {
             Ok((output, pin)) => {
                 _pin = Some(pin);
                 info!(job = %job.short(), frame, ms = render_ms, "frame done");
-                FrameState::from_done(Done {
+                FrameState::from_done(sign::done(
+                    &self.identity,
+                    &job,
+                    frame,
+                    self.incarnation,
                     epoch,
-                    peer: self.me,
                     output,
                     render_ms,
-                })
+                ))
             }
             Err(e) => self.failure(job, frame, epoch, format!("storing the frame failed: {e}")),
         };
@@ -680,11 +689,8 @@ impl Daemon {
 
     fn failure(&self, job: JobId, frame: u32, epoch: u32, reason: String) -> FrameState {
         warn!(job = %job.short(), frame, "frame failed: {reason}");
-        FrameState::from_failure(Failure {
-            epoch,
-            peer: self.me,
-            reason: crate::ledger::frame::truncate_reason(&reason),
-        })
+        let reason = crate::ledger::frame::truncate_reason(&reason);
+        FrameState::from_failure(sign::failure(&self.identity, &job, frame, epoch, reason))
     }
 
     /// A render task panicked: free its slot and record the frame as failed.
@@ -755,11 +761,13 @@ impl Daemon {
                 released.push(FrameUpdate {
                     job: *job,
                     frame: a.frame,
-                    state: FrameState::from_failure(Failure {
-                        epoch: a.epoch,
-                        peer: self.me,
-                        reason: crate::ledger::frame::STOPPED.to_string(),
-                    }),
+                    state: FrameState::from_failure(sign::failure(
+                        &self.identity,
+                        job,
+                        a.frame,
+                        a.epoch,
+                        crate::ledger::frame::STOPPED.to_string(),
+                    )),
                 });
             }
             slot.idle.remove(job);

@@ -58,6 +58,9 @@ mod tests {
         let mut s = Settled::of(&l);
         assert!(!s.is_over(&id));
         let done = |f: u32| Done {
+            incarnation: 0,
+            claim_sig: Default::default(),
+            sig: Default::default(),
             epoch: 1,
             peer: peer(1),
             output: crate::ids::BlobId::of(&f.to_le_bytes()),

@@ -52,6 +52,8 @@ pub enum DaemonError {
 
 pub(super) struct Boot {
     pub key: MeshKey,
+    /// This peer's identity: it signs every ledger entry this peer makes.
+    pub identity: Keypair,
     pub store: Store,
     pub incarnation: u64,
     pub ledger: Ledger,
@@ -185,6 +187,7 @@ pub(super) async fn boot(
     } else {
         Duration::from_secs(1)
     };
+    let identity = keypair.clone();
     let swarm = crate::net::swarm::build(keypair, key, cfg.mdns, agent, heartbeat)
         .map_err(|e| DaemonError::Net(e.to_string()))?;
     let server: Arc<dyn crate::net::BlobServer> = Arc::new(store.clone());
@@ -221,6 +224,7 @@ pub(super) async fn boot(
     }
     Ok(Boot {
         key,
+        identity,
         store,
         incarnation,
         ledger,

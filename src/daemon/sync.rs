@@ -114,6 +114,7 @@ impl Daemon {
         let mut dialled = std::collections::HashSet::new();
         for (peer, addrs) in known {
             if peer == self.me
+                || self.banned.contains(&peer)
                 || self.peers.peers.get(&peer).is_some_and(|s| s.connected)
                 || !dialled.insert(peer)
             {

@@ -59,6 +59,9 @@ impl Daemon {
             .into_iter()
             .filter_map(|id| {
                 let e = self.ledger.job(&id)?;
+                if e.tally.excluded.contains_key(&self.me) {
+                    return None;
+                }
                 Some((-e.priority(), e.spec.created_unix_ms, id))
             })
             .collect();

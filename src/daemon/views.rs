@@ -12,7 +12,7 @@ use crate::api::types::{
 };
 use crate::ids::JobId;
 use crate::ledger::{
-    FrameStatus, JobSpec, JobState, fitting_renderers, frame_status, job_progress,
+    FrameStatus, JobSpec, JobState, fitting_renderers, frame_status_in, job_progress,
 };
 use crate::net::InFlight;
 
@@ -114,7 +114,7 @@ impl Daemon {
             }
             let state = entry.frames.get(&frame);
             let status = state
-                .map(|s| frame_status(s, view, &self.policy))
+                .map(|s| frame_status_in(entry, s, view, &self.policy))
                 .unwrap_or(FrameStatus::Pending);
             let first_failure = || state.and_then(|s| s.failures.iter().find(|f| f.counts()));
             if matches!(status, FrameStatus::Failed) && reasons.len() < 3 {

@@ -88,7 +88,7 @@ impl Ledger {
             },
         );
         for u in frames.iter().filter(|u| u.job == *id) {
-            let _ = self.apply(u);
+            let _ = self.apply_signed(u);
         }
         true
     }
@@ -133,9 +133,9 @@ pub fn archivable(control: &JobControl, writing_here: bool) -> bool {
 mod tests {
     use super::*;
     use crate::ids::BlobId;
-    use crate::ledger::frame::tests::peer;
+    use crate::ledger::FrameState;
+    use crate::ledger::frame::tests::key;
     use crate::ledger::state::tests::spec;
-    use crate::ledger::{Done, FrameState};
 
     #[test]
     fn an_archived_job_keeps_a_summary_and_ignores_news() {
@@ -144,12 +144,16 @@ mod tests {
         let done = |f: u32, p: u8| FrameUpdate {
             job: id,
             frame: f,
-            state: FrameState::from_done(Done {
-                epoch: 1,
-                peer: peer(p),
-                output: BlobId::of(&[f as u8, p]),
-                render_ms: 1,
-            }),
+            // Signed: unarchiving reads states from the store, which are checked.
+            state: FrameState::from_done(crate::ledger::sign::done(
+                &key(p),
+                &id,
+                f,
+                1,
+                1,
+                BlobId::of(&[f as u8, p]),
+                1,
+            )),
         };
         for f in 1..=3 {
             l.apply(&done(f, 1)).unwrap();

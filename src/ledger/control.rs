@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::sign::Sig;
+
 /// Whether a job's frames may be rendered.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -38,6 +40,9 @@ pub struct JobControl {
     pub seq: u64,
     pub run: RunState,
     pub priority: i32,
+    /// The submitter's signature ([`super::sign::sign_control`]); none on the initial
+    /// control, which never travels.
+    pub sig: Sig,
 }
 
 impl JobControl {
@@ -47,11 +52,12 @@ impl JobControl {
             seq: 0,
             run: RunState::Active,
             priority,
+            sig: Sig::default(),
         }
     }
 
-    fn key(&self) -> (u64, RunState, i32) {
-        (self.seq, self.run, self.priority)
+    fn key(&self) -> (u64, RunState, i32, Sig) {
+        (self.seq, self.run, self.priority, self.sig)
     }
 
     /// Joins `other` into `self`; returns whether `self` changed.
@@ -64,12 +70,14 @@ impl JobControl {
         }
     }
 
-    /// The next change the submitter makes from this state.
+    /// The next change the submitter makes from this state (unsigned: see
+    /// [`super::sign::sign_control`]).
     pub fn next(&self, run: RunState, priority: i32) -> JobControl {
         JobControl {
             seq: self.seq + 1,
             run,
             priority,
+            sig: Sig::default(),
         }
     }
 }
@@ -81,6 +89,7 @@ mod tests {
 
     fn arb() -> impl Strategy<Value = JobControl> {
         (0u64..4, 0u8..4, -2i32..3).prop_map(|(seq, r, priority)| JobControl {
+            sig: Sig::default(),
             seq,
             run: [
                 RunState::Active,

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
+use super::sign::Sig;
 use super::sorted::SortedSet;
 use crate::ids::{BlobId, JobId};
 
@@ -25,51 +26,73 @@ pub const MAX_FAILURES: usize = 64;
 pub const MAX_LOST: usize = 4;
 
 /// A peer's claim on a frame. `incarnation` counts the holder daemon's starts: the claim is
-/// live only while that peer's heartbeat for that incarnation is fresh.
+/// live only while that peer's heartbeat for that incarnation is fresh. Signed by `peer`
+/// (see [`super::sign`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Claim {
     pub peer: PeerId,
     pub incarnation: u64,
     pub epoch: u32,
+    pub sig: Sig,
 }
 
 /// A finished render. Ordered by field order; the least `Done` of a frame is canonical.
+/// Signed by `peer`, and it carries that peer's signed claim at `epoch` by `incarnation`
+/// (`claim_sig`): a result follows a claim its renderer made (see [`super::sign`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Done {
     pub epoch: u32,
     pub peer: PeerId,
     pub output: BlobId,
     pub render_ms: u64,
+    pub incarnation: u64,
+    pub claim_sig: Sig,
+    pub sig: Sig,
 }
 
 /// The reason of a [`Failure`] that only releases a claim: the holder stopped the render
 /// because the job was paused or cancelled. It does not count as a failed attempt.
 pub const STOPPED: &str = "stopped: the job was paused or cancelled";
 
-/// A failed render attempt by `peer` under its claim at `epoch`.
+/// A failed render attempt by `peer` under its claim at `epoch`. Signed by `peer`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Failure {
     pub epoch: u32,
     pub peer: PeerId,
     pub reason: String,
+    pub sig: Sig,
 }
 
 /// A result whose output nobody can serve any more: its renderer is gone and no replica
 /// answers. Names the [`Done`] by its `(epoch, peer)` (a peer finishes a frame at most once
-/// per epoch). Only the job's submitter declares a result lost; see docs/protocol.md,
-/// "Lost results".
+/// per epoch). Only the job's submitter declares a result lost, and signs it; see
+/// docs/protocol.md, "Lost results".
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Lost {
     pub epoch: u32,
     pub peer: PeerId,
+    /// The submitter fetched the result and its bytes are no image of the job's format
+    /// (or its renderer was caught lying otherwise): the renderer is excluded from the
+    /// job, its claims on it hold nothing (see `policy::frame_status_in`).
+    pub unusable: bool,
+    pub sig: Sig,
 }
 
 impl Lost {
+    /// An unsigned declaration that `d` is lost (for tests of the CRDT).
+    #[cfg(test)]
     pub fn of(d: &Done) -> Self {
         Lost {
             epoch: d.epoch,
             peer: d.peer,
+            unusable: false,
+            sig: Sig::default(),
         }
+    }
+
+    /// Whether this declares `d` lost.
+    pub fn names(&self, d: &Done) -> bool {
+        self.epoch == d.epoch && self.peer == d.peer
     }
 }
 
@@ -100,8 +123,9 @@ pub fn claim_beats(job: &JobId, frame: u32, a: &Claim, b: &Claim) -> bool {
     if ra != rb {
         return ra < rb;
     }
-    // Only on a blake3 collision: fall back to the claims themselves so the order stays total.
-    (a.peer.to_bytes(), a.incarnation) < (b.peer.to_bytes(), b.incarnation)
+    // Only on a blake3 collision, or for two signatures of one claim (only its signer can
+    // make those): fall back to the claims themselves so the order stays total.
+    (a.peer.to_bytes(), a.incarnation, a.sig) < (b.peer.to_bytes(), b.incarnation, b.sig)
 }
 
 /// The CRDT state of one frame. The empty state (the default) means nothing is known.
@@ -220,7 +244,7 @@ impl FrameState {
     /// Whether `d` was declared lost. Once [`MAX_LOST`] results are lost every result is:
     /// the set keeps only its least entries, so a dropped one must not count again.
     pub fn is_lost(&self, d: &Done) -> bool {
-        self.lost.len() >= MAX_LOST || self.lost.contains(&Lost::of(d))
+        self.lost.len() >= MAX_LOST || self.lost.iter().any(|l| l.names(d))
     }
 
     /// Results that still count (not declared lost), least first.
@@ -346,12 +370,14 @@ pub(crate) mod tests {
     use libp2p_identity::Keypair;
     use proptest::prelude::*;
 
+    /// A deterministic identity for tests: the key of [`peer`]`(i)`.
+    pub(crate) fn key(i: u8) -> Keypair {
+        Keypair::ed25519_from_bytes([i; 32]).expect("32 bytes is a valid ed25519 secret")
+    }
+
     /// A deterministic peer id for tests.
     pub(crate) fn peer(i: u8) -> PeerId {
-        Keypair::ed25519_from_bytes([i; 32])
-            .expect("32 bytes is a valid ed25519 secret")
-            .public()
-            .to_peer_id()
+        key(i).public().to_peer_id()
     }
 
     pub(crate) fn job_id() -> JobId {
@@ -360,6 +386,7 @@ pub(crate) mod tests {
 
     pub(crate) fn arb_claim() -> impl Strategy<Value = Claim> {
         (0u8..4, 0u64..2, 0u32..4).prop_map(|(p, incarnation, epoch)| Claim {
+            sig: Sig::default(),
             peer: peer(p),
             incarnation,
             epoch,
@@ -368,17 +395,23 @@ pub(crate) mod tests {
 
     pub(crate) fn arb_state() -> impl Strategy<Value = FrameState> {
         let done = (0u32..3, 0u8..4, 0u8..2, 0u64..2).prop_map(|(epoch, p, o, render_ms)| Done {
+            incarnation: 0,
+            claim_sig: Sig::default(),
+            sig: Sig::default(),
             epoch,
             peer: peer(p),
             output: BlobId::of(&[o]),
             render_ms,
         });
         let failure = (0u32..3, 0u8..4, 0u8..2).prop_map(|(epoch, p, r)| Failure {
+            sig: Sig::default(),
             epoch,
             peer: peer(p),
             reason: format!("reason {r}"),
         });
         let lost = (0u32..3, 0u8..4).prop_map(|(epoch, p)| Lost {
+            unusable: p == 3,
+            sig: Sig::default(),
             epoch,
             peer: peer(p),
         });
@@ -401,6 +434,7 @@ pub(crate) mod tests {
         let me = peer(1);
         let claim = |incarnation, epoch| {
             FrameState::from_claim(Claim {
+                sig: Default::default(),
                 peer: me,
                 incarnation,
                 epoch,
@@ -419,6 +453,7 @@ pub(crate) mod tests {
         assert_eq!(state.render_goes_on(&me, 2, 1, false), !old_won);
         let mut beaten = claim(2, 1);
         beaten.claim = Some(Claim {
+            sig: Default::default(),
             peer: me,
             incarnation: 1,
             epoch: 1,
@@ -430,6 +465,7 @@ pub(crate) mod tests {
         // Another peer's claim, a later epoch, or a result: the render stops; a backup
         // goes on until there is a result.
         let other = FrameState::from_claim(Claim {
+            sig: Default::default(),
             peer: peer(2),
             incarnation: 1,
             epoch: 2,
@@ -441,6 +477,9 @@ pub(crate) mod tests {
             &job_id(),
             7,
             &FrameState::from_done(Done {
+                incarnation: 0,
+                claim_sig: Default::default(),
+                sig: Default::default(),
                 epoch: 1,
                 peer: peer(2),
                 output: BlobId::of(b"x"),
@@ -489,7 +528,7 @@ pub(crate) mod tests {
             let ab = join(&a, &b);
             let lost: BTreeSet<Lost> = a.lost.iter().chain(&b.lost).cloned().collect();
             let counting: BTreeSet<&Done> = a.done.iter().chain(&b.done)
-                .filter(|d| lost.len() < MAX_LOST && !lost.contains(&Lost::of(d))).collect();
+                .filter(|d| lost.len() < MAX_LOST && !lost.iter().any(|l| l.names(d))).collect();
             prop_assert_eq!(ab.canonical(), counting.first().copied());
             prop_assert_eq!(ab.duplicates(), counting.len().saturating_sub(1));
             // Once lost, a result never counts again, whatever arrives later.
@@ -497,7 +536,7 @@ pub(crate) mod tests {
                 let mut again = ab.clone();
                 again.merge(&job_id(), 7, &a);
                 again.merge(&job_id(), 7, &b);
-                prop_assert!(again.results().all(|d| Lost::of(d) != *l));
+                prop_assert!(again.results().all(|d| !l.names(d)));
             }
         }
 
@@ -523,6 +562,7 @@ pub(crate) mod tests {
     fn higher_epoch_wins_and_hash_breaks_ties() {
         let j = job_id();
         let c = |p: u8, inc: u64, epoch: u32| Claim {
+            sig: Default::default(),
             peer: peer(p),
             incarnation: inc,
             epoch,
@@ -545,6 +585,9 @@ pub(crate) mod tests {
         let mut s = FrameState::default();
         for e in (0..40u32).rev() {
             let d = FrameState::from_done(Done {
+                incarnation: 0,
+                claim_sig: Default::default(),
+                sig: Default::default(),
                 epoch: e,
                 peer: peer(0),
                 output: BlobId::of(b"x"),
@@ -557,6 +600,9 @@ pub(crate) mod tests {
         assert_eq!(s.duplicates(), MAX_DONE - 1);
         assert!(s.validate().is_ok());
         let late = FrameState::from_done(Done {
+            incarnation: 0,
+            claim_sig: Default::default(),
+            sig: Default::default(),
             epoch: 99,
             peer: peer(1),
             output: BlobId::of(b"y"),
@@ -568,6 +614,7 @@ pub(crate) mod tests {
                 &j,
                 1,
                 &FrameState::from_failure(Failure {
+                    sig: Default::default(),
                     epoch: e,
                     peer: peer(1),
                     reason: "boom".into(),
@@ -583,6 +630,7 @@ pub(crate) mod tests {
         let mut s = FrameState::default();
         for (epoch, p, reason) in [(1, 0, "a"), (1, 0, "b"), (2, 0, "a"), (2, 1, "a")] {
             s.failures.insert(Failure {
+                sig: Default::default(),
                 epoch,
                 peer: peer(p),
                 reason: reason.into(),
@@ -600,12 +648,14 @@ pub(crate) mod tests {
     #[test]
     fn validate_limits() {
         let mut s = FrameState::from_failure(Failure {
+            sig: Default::default(),
             epoch: 1,
             peer: peer(0),
             reason: "x".repeat(MAX_REASON),
         });
         assert!(s.validate().is_ok());
         s.failures.insert(Failure {
+            sig: Default::default(),
             epoch: 2,
             peer: peer(0),
             reason: "x".repeat(MAX_REASON + 1),
@@ -614,6 +664,9 @@ pub(crate) mod tests {
         let mut s = FrameState::default();
         for e in 0..=MAX_DONE as u32 {
             s.done.insert(Done {
+                incarnation: 0,
+                claim_sig: Default::default(),
+                sig: Default::default(),
                 epoch: e,
                 peer: peer(0),
                 output: BlobId::of(b"x"),
@@ -624,6 +677,7 @@ pub(crate) mod tests {
         let mut s = FrameState::default();
         for e in 0..=MAX_FAILURES as u32 {
             s.failures.insert(Failure {
+                sig: Default::default(),
                 epoch: e,
                 peer: peer(0),
                 reason: String::new(),
@@ -649,6 +703,7 @@ pub(crate) mod tests {
     fn deltas_and_empty() {
         assert!(FrameState::default().is_empty());
         let c = Claim {
+            sig: Default::default(),
             peer: peer(0),
             incarnation: 1,
             epoch: 1,

@@ -4,11 +4,12 @@ use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
 use super::frameset::FrameSet;
+use super::sign::Sig;
 use crate::ids::{BlobId, JobId};
 use crate::render::settings::RenderSettings;
 
 /// Current `JobSpec` encoding version.
-pub const JOB_SPEC_VERSION: u16 = 2;
+pub const JOB_SPEC_VERSION: u16 = 3;
 
 /// Longest job name accepted from a peer or a user.
 pub const MAX_JOB_NAME: usize = 200;
@@ -32,13 +33,20 @@ pub struct JobSpec {
     pub blender_version: Option<String>,
     /// Only peers whose Blender has this major.minor ("4.2") render the job.
     pub require_blender: Option<String>,
+    /// The submitter's signature of the job id ([`super::sign::sign_job`]). Last, and not
+    /// part of the id.
+    pub sig: Sig,
 }
 
 impl JobSpec {
-    /// The canonical encoding that the id hashes.
+    /// The canonical encoding that the id hashes (not the whole spec: store and send it
+    /// with postcard): the spec without its signature (postcard
+    /// encodes a struct as its fields in order, and the signature, last, as 64 raw bytes).
     pub fn encode(&self) -> Vec<u8> {
         // Serializing plain structs into a Vec cannot fail.
-        postcard::to_stdvec(self).unwrap_or_default()
+        let mut bytes = postcard::to_stdvec(self).unwrap_or_default();
+        bytes.truncate(bytes.len().saturating_sub(std::mem::size_of::<Sig>()));
+        bytes
     }
 
     pub fn id(&self) -> JobId {

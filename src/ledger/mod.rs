@@ -30,6 +30,7 @@ pub mod frameset;
 pub mod job;
 pub mod page;
 pub mod policy;
+pub mod sign;
 pub mod sorted;
 pub mod state;
 pub mod tail;
@@ -42,6 +43,7 @@ pub use frameset::{FrameSet, FrameSetError, MAX_FRAME, MAX_FRAMES_PER_JOB};
 pub use job::JobSpec;
 pub use policy::{
     ClaimChoice, FrameStatus, JobProgress, JobState, PeerView, RetryPolicy, choose_claim,
-    fitting_renderers, frame_status, job_progress, peer_blocked, replica_holders,
+    fitting_renderers, frame_status, frame_status_in, job_progress, peer_blocked, replica_holders,
 };
+pub use sign::{Invalid, Sig};
 pub use state::{FrameUpdate, JobEntry, Ledger, LedgerError};

@@ -170,6 +170,9 @@ mod tests {
                     job: id,
                     frame: f,
                     state: FrameState::from_done(Done {
+                        incarnation: 0,
+                        claim_sig: Default::default(),
+                        sig: Default::default(),
                         epoch: 1,
                         peer: peer((f % 4) as u8),
                         output: BlobId::of(&f.to_le_bytes()),
@@ -229,6 +232,9 @@ mod tests {
                     job: id,
                     frame: f,
                     state: FrameState::from_done(Done {
+                        incarnation: 0,
+                        claim_sig: Default::default(),
+                        sig: Default::default(),
                         epoch: 2,
                         peer: peer(9),
                         output: BlobId::of(b"again"),

@@ -81,6 +81,27 @@ pub enum FrameStatus {
 /// reported a failure nor a result under that claim and is live for the claim's
 /// incarnation; else `Pending`.
 pub fn frame_status(state: &FrameState, view: &impl PeerView, policy: &RetryPolicy) -> FrameStatus {
+    status_excluding(state, view, policy, &BTreeMap::new())
+}
+
+/// [`frame_status`] of a frame of `entry`'s job: a claim of a peer excluded from the job
+/// (the submitter declared a result of theirs unusable: `Tally::excluded`) holds
+/// nothing, so a liar cannot keep frames from honest peers by claiming them.
+pub fn frame_status_in(
+    entry: &JobEntry,
+    state: &FrameState,
+    view: &impl PeerView,
+    policy: &RetryPolicy,
+) -> FrameStatus {
+    status_excluding(state, view, policy, &entry.tally.excluded)
+}
+
+fn status_excluding(
+    state: &FrameState,
+    view: &impl PeerView,
+    policy: &RetryPolicy,
+    excluded: &BTreeMap<PeerId, usize>,
+) -> FrameStatus {
     if let Some(done) = state.canonical() {
         return FrameStatus::Done(done.clone());
     }
@@ -94,6 +115,7 @@ pub fn frame_status(state: &FrameState, view: &impl PeerView, policy: &RetryPoli
         // A claim whose render ended in a result (since declared lost) holds nothing.
         && !state.finished_at(&c.peer, c.epoch)
         && view.claim_live(&c.peer, c.incarnation)
+        && !excluded.contains_key(&c.peer)
     {
         return FrameStatus::InFlight(c.clone());
     }
@@ -156,7 +178,7 @@ pub fn job_progress(entry: &JobEntry, view: &impl PeerView, policy: &RetryPolicy
             pending += 1; // the empty state
             continue;
         };
-        match frame_status(state, view, policy) {
+        match frame_status_in(entry, state, view, policy) {
             FrameStatus::Pending => pending += 1,
             FrameStatus::InFlight(_) => in_flight += 1,
             FrameStatus::Done(_) => {}
@@ -315,7 +337,8 @@ pub fn choose_claim(
             continue;
         }
         let counts = failures_by_peer(entry);
-        if blocked_in(counts, me, policy) {
+        // Blocked after failing too often, or excluded by the submitter.
+        if blocked_in(counts, me, policy) || entry.tally.excluded.contains_key(me) {
             continue;
         }
         let progress = job_progress(entry, view, policy);
@@ -340,7 +363,7 @@ pub fn choose_claim(
         let mut taken = 0;
         for &frame in &entry.tally.unfinished {
             if let Some(state) = entry.frames.get(&frame) {
-                if frame_status(state, view, policy) != FrameStatus::Pending {
+                if frame_status_in(entry, state, view, policy) != FrameStatus::Pending {
                     continue;
                 }
                 if state.failed_by(me) > 0 && others.iter().any(|p| state.failed_by(p) == 0) {
@@ -367,6 +390,7 @@ pub fn choose_claim(
                 job: *id,
                 frame,
                 claim: Claim {
+                    sig: Default::default(),
                     peer: *me,
                     incarnation,
                     epoch,
@@ -428,6 +452,7 @@ mod tests {
 
     fn claim(p: u8, incarnation: u64, epoch: u32) -> Claim {
         Claim {
+            sig: Default::default(),
             peer: peer(p),
             incarnation,
             epoch,
@@ -460,6 +485,62 @@ mod tests {
     }
 
     #[test]
+    fn claims_of_a_peer_excluded_from_the_job_hold_nothing() {
+        use crate::ledger::frame::Lost;
+        let mut l = Ledger::new();
+        let (id, _) = l.insert_job(spec("1-2", 0, 1)).unwrap();
+        let view = View::with(&[(1, 1), (2, 1)]);
+        let policy = RetryPolicy::default();
+        let update = |frame, state| FrameUpdate {
+            job: id,
+            frame,
+            state,
+        };
+        l.apply(&update(1, FrameState::from_claim(claim(2, 1, 1))))
+            .unwrap();
+        let status = |l: &Ledger| {
+            let entry = l.job(&id).unwrap();
+            frame_status_in(entry, entry.frames.get(&1).unwrap(), &view, &policy)
+        };
+        assert!(matches!(status(&l), FrameStatus::InFlight(_)));
+        // The submitter finds a result of peer 2 on frame 2 is no image.
+        let liar = Done {
+            epoch: 1,
+            peer: peer(2),
+            output: BlobId::of(b"junk"),
+            render_ms: 1,
+            incarnation: 1,
+            claim_sig: Default::default(),
+            sig: Default::default(),
+        };
+        let mut lost = Lost::of(&liar);
+        lost.unusable = true;
+        l.apply(&update(2, FrameState::from_done(liar))).unwrap();
+        l.apply(&update(2, FrameState::from_lost(lost))).unwrap();
+        assert_eq!(
+            status(&l),
+            FrameStatus::Pending,
+            "peer 2's claim holds nothing"
+        );
+        let entry = l.job(&id).unwrap();
+        let state = entry.frames.get(&1).unwrap();
+        assert!(
+            matches!(
+                frame_status(state, &view, &policy),
+                FrameStatus::InFlight(_)
+            ),
+            "outside the job, the claim is as live as its holder"
+        );
+        let c = choose_claim(&l, &peer(1), 1, &view, &policy, |_, _| true, 4);
+        assert!(
+            c.is_some_and(|c| c.claim.epoch == 2),
+            "peer 1 takes both frames"
+        );
+        let excluded = choose_claim(&l, &peer(2), 1, &view, &policy, |_, _| true, 4);
+        assert!(excluded.is_none(), "peer 2 claims no frame of the job");
+    }
+
+    #[test]
     fn a_lost_result_sends_the_frame_back_to_pending_and_is_given_up_after_max_lost() {
         use crate::ledger::frame::{Lost, MAX_LOST};
         let (mut l, id) = {
@@ -470,6 +551,9 @@ mod tests {
         let view = View::with(&[(1, 1), (2, 1)]);
         let policy = RetryPolicy::default();
         let done = |epoch| Done {
+            incarnation: 0,
+            claim_sig: Default::default(),
+            sig: Default::default(),
             epoch,
             peer: peer(1),
             output: BlobId::of(&epoch.to_le_bytes()),
@@ -518,6 +602,9 @@ mod tests {
         let view = View::with(&[(1, 1), (2, 1)]);
         let policy = RetryPolicy::default();
         let done = Done {
+            incarnation: 0,
+            claim_sig: Default::default(),
+            sig: Default::default(),
             epoch: 1,
             peer: peer(1),
             output: BlobId::of(b"gone"),
@@ -594,6 +681,9 @@ mod tests {
             job: id,
             frame: f,
             state: FrameState::from_done(Done {
+                incarnation: 0,
+                claim_sig: Default::default(),
+                sig: Default::default(),
                 epoch: 1,
                 peer: peer(p),
                 output: BlobId::of(&f.to_le_bytes()),
@@ -648,6 +738,9 @@ mod tests {
                 job: id,
                 frame: f,
                 state: FrameState::from_done(Done {
+                    incarnation: 0,
+                    claim_sig: Default::default(),
+                    sig: Default::default(),
                     epoch: 1,
                     peer: peer(p),
                     output: BlobId::of(&f.to_le_bytes()),
@@ -694,6 +787,7 @@ mod tests {
 
     fn failure(p: u8, epoch: u32) -> FrameState {
         FrameState::from_failure(Failure {
+            sig: Default::default(),
             epoch,
             peer: peer(p),
             reason: "crashed".into(),
@@ -764,6 +858,9 @@ mod tests {
         let (mut l, id) = one_job("1-2");
         for p in [2, 1] {
             let done = Done {
+                incarnation: 0,
+                claim_sig: Default::default(),
+                sig: Default::default(),
                 epoch: 1,
                 peer: peer(p),
                 output: BlobId::of(&[p]),
@@ -799,6 +896,9 @@ mod tests {
         );
         assert_eq!(choose(&l, 0, &view, 8).map(|c| c.frame), Some(2));
         let done = Done {
+            incarnation: 0,
+            claim_sig: Default::default(),
+            sig: Default::default(),
             epoch: 1,
             peer: peer(0),
             output: BlobId::of(b"2"),

@@ -59,6 +59,16 @@ pub enum LedgerError {
     InvalidState(String),
     #[error("job spec does not hash to the job id it was sent with")]
     JobIdMismatch,
+    /// An entry whose signature does not check out: whoever sent it lied.
+    #[error("forged entry: {0}")]
+    Forged(#[from] super::sign::Invalid),
+}
+
+impl LedgerError {
+    /// Whether the sender of the refused entry misbehaved (no honest peer sends it).
+    pub fn is_forgery(&self) -> bool {
+        matches!(self, LedgerError::Forged(_))
+    }
 }
 
 /// All known jobs and their frame states. Two ledgers that were given the same jobs and the
@@ -103,6 +113,51 @@ impl Ledger {
             },
         );
         Ok((id, true))
+    }
+
+    /// Like [`insert_job`](Self::insert_job) for a spec from a peer or the store: its
+    /// submitter's signature must check out ([`super::sign::verify_job`]).
+    pub fn insert_signed_job(&mut self, spec: JobSpec) -> Result<(JobId, bool), LedgerError> {
+        spec.validate().map_err(LedgerError::InvalidJob)?;
+        let id = spec.id();
+        if !self.jobs.contains_key(&id) && !self.is_retired(&id) {
+            super::sign::verify_job(&spec)?;
+        }
+        self.insert_job(spec)
+    }
+
+    /// Like [`apply`](Self::apply) for an update from a peer or the store: every entry the
+    /// frame's state lacks must be signed by the peer it names, lost results by the job's
+    /// submitter ([`super::sign::verify_news`]). A forged entry refuses the whole update.
+    pub fn apply_signed(&mut self, u: &FrameUpdate) -> Result<bool, LedgerError> {
+        u.state.validate().map_err(LedgerError::InvalidState)?;
+        if self.is_retired(&u.job) {
+            return Ok(false);
+        }
+        let entry = self
+            .jobs
+            .get(&u.job)
+            .ok_or(LedgerError::UnknownJob(u.job))?;
+        let known = entry.frames.get(&u.frame);
+        super::sign::verify_news(&u.job, u.frame, known, &u.state, &entry.spec.submitter)?;
+        self.apply(u)
+    }
+
+    /// Like [`apply_control`](Self::apply_control) for a change from a peer or the store:
+    /// it must be signed by the job's submitter.
+    pub fn apply_signed_control(
+        &mut self,
+        id: &JobId,
+        control: &JobControl,
+    ) -> Result<bool, LedgerError> {
+        if self.is_retired(id) {
+            return Ok(false);
+        }
+        let entry = self.jobs.get(id).ok_or(LedgerError::UnknownJob(*id))?;
+        if entry.control != *control {
+            super::sign::verify_control(id, &entry.spec.submitter, control)?;
+        }
+        self.apply_control(id, control)
     }
 
     /// Like [`insert_job`](Self::insert_job) for a spec that arrived with its id: refuses
@@ -258,6 +313,7 @@ pub(crate) mod tests {
             priority,
             blender_version: Some("3.4.1".into()),
             require_blender: None,
+            sig: Default::default(),
         }
     }
 
@@ -291,6 +347,7 @@ pub(crate) mod tests {
     fn apply_checks_job_frame_and_state() {
         let (mut l, id) = ledger_with_job();
         let claim = FrameState::from_claim(Claim {
+            sig: Default::default(),
             peer: peer(1),
             incarnation: 1,
             epoch: 1,
@@ -312,6 +369,7 @@ pub(crate) mod tests {
             Err(LedgerError::UnknownJob(unknown))
         );
         let bad = FrameState::from_failure(Failure {
+            sig: Default::default(),
             epoch: 1,
             peer: peer(1),
             reason: "x".repeat(5000),
@@ -334,6 +392,9 @@ pub(crate) mod tests {
         let empty = l.job_digest(&id).unwrap();
         let mut l2 = l.clone();
         let done = FrameState::from_done(Done {
+            incarnation: 0,
+            claim_sig: Default::default(),
+            sig: Default::default(),
             epoch: 1,
             peer: peer(1),
             output: BlobId::of(b"out"),
@@ -394,7 +455,7 @@ pub(crate) mod tests {
                     delivered.clone().flat_map(|(_, s)| &s.lost).collect();
                 let least = delivered
                     .flat_map(|(_, s)| &s.done)
-                    .filter(|d| !lost.contains(&crate::ledger::Lost::of(d)))
+                    .filter(|d| !lost.iter().any(|l| l.names(d)))
                     .min()
                     .filter(|_| lost.len() < crate::ledger::frame::MAX_LOST);
                 prop_assert_eq!(fa.and_then(|s| s.canonical()), least);

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use libp2p_identity::PeerId;
 
-use super::policy::{FrameStatus, PeerView, RetryPolicy, frame_status, mean_render_ms};
+use super::policy::{FrameStatus, PeerView, RetryPolicy, frame_status_in, mean_render_ms};
 use super::state::JobEntry;
 use crate::ids::JobId;
 
@@ -93,7 +93,7 @@ pub fn choose_backup(
         let Some(state) = entry.frames.get(&r.frame) else {
             continue;
         };
-        let FrameStatus::InFlight(claim) = frame_status(state, view, policy) else {
+        let FrameStatus::InFlight(claim) = frame_status_in(entry, state, view, policy) else {
             continue;
         };
         if claim.peer != r.peer || state.failed_by(me) > 0 {
@@ -157,6 +157,9 @@ mod tests {
                 job: id,
                 frame: f,
                 state: FrameState::from_done(Done {
+                    incarnation: 0,
+                    claim_sig: Default::default(),
+                    sig: Default::default(),
                     epoch: 1,
                     peer: peer(p),
                     output: BlobId::of(&[f as u8]),
@@ -170,6 +173,7 @@ mod tests {
                 job: id,
                 frame: f,
                 state: FrameState::from_claim(Claim {
+                    sig: Default::default(),
                     peer: peer(p),
                     incarnation: 1,
                     epoch: 1,

@@ -26,6 +26,13 @@ pub struct Tally {
     pub failures: BTreeMap<PeerId, usize>,
     /// Per peer, over its results that count: total render milliseconds and their number.
     pub renders: BTreeMap<PeerId, (u64, u64)>,
+    /// Open claims per holder and incarnation: frames it claimed that have no result and
+    /// no failure or result of its own under that claim (whether live or not). A peer
+    /// holds about as many as it has render slots; many more is a claim flood.
+    pub open_claims: BTreeMap<(PeerId, u64), usize>,
+    /// Peers excluded from the job: the submitter declared a result of theirs unusable
+    /// (with the number of such declarations).
+    pub excluded: BTreeMap<PeerId, usize>,
 }
 
 impl Tally {
@@ -86,6 +93,19 @@ impl Tally {
                 prev = Some(key);
             }
         }
+        if let Some(c) = &state.claim
+            && state.canonical().is_none()
+            && !state.failed_at(&c.peer, c.epoch)
+            && !state.finished_at(&c.peer, c.epoch)
+        {
+            apply(
+                self.open_claims.entry((c.peer, c.incarnation)).or_insert(0),
+                1,
+            );
+        }
+        for l in state.lost.iter().filter(|l| l.unusable) {
+            apply(self.excluded.entry(l.peer).or_insert(0), 1);
+        }
         for d in state.results() {
             let e = self.renders.entry(d.peer).or_insert((0, 0));
             if add {
@@ -99,6 +119,8 @@ impl Tally {
         if !add {
             self.failures.retain(|_, n| *n > 0);
             self.renders.retain(|_, (_, n)| *n > 0);
+            self.open_claims.retain(|_, n| *n > 0);
+            self.excluded.retain(|_, n| *n > 0);
         }
     }
 }

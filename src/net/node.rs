@@ -81,6 +81,7 @@ enum Command {
     },
     Dial(Multiaddr),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Ban(PeerId),
 }
 
 /// Handle to the network task.
@@ -132,6 +133,12 @@ impl Client {
 
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
         self.send(Command::Dial(addr)).await
+    }
+
+    /// Disconnects `peer` and refuses it from now on (until this daemon restarts): its
+    /// connections, and gossip it authored, whoever relays it.
+    pub async fn ban(&self, peer: PeerId) -> Result<(), NetError> {
+        self.send(Command::Ban(peer)).await
     }
 
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
@@ -282,6 +289,9 @@ impl EventLoop {
             Command::ListenAddrs(reply) => {
                 let _ = reply.send(self.listen_addrs.clone());
             }
+            Command::Ban(peer) => {
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+            }
         }
     }
 
@@ -403,6 +413,18 @@ impl EventLoop {
                 message_id,
                 message,
             } => {
+                let banned =
+                    |p: &PeerId| self.swarm.behaviour().blocked.blocked_peers().contains(p);
+                if message.source.as_ref().is_some_and(banned) {
+                    // Its author lied before: not passed on, not believed.
+                    let gs = &mut self.swarm.behaviour_mut().gossipsub;
+                    gs.report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        MessageAcceptance::Ignore,
+                    );
+                    return;
+                }
                 let gs = &mut self.swarm.behaviour_mut().gossipsub;
                 let known_topic = self.topics.get(&message.topic).copied();
                 let decoded = GossipMsg::decode(&message.data).and_then(|m| {

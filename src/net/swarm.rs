@@ -39,6 +39,8 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub limits: libp2p::connection_limits::Behaviour,
     pub per_ip: super::limits::PerIp,
+    /// Peers that lied (`Client::ban`): refused and disconnected.
+    pub blocked: libp2p::allow_block_list::Behaviour<libp2p::allow_block_list::BlockedPeers>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +144,7 @@ pub fn build(
                 mdns: Toggle::from(mdns),
                 limits: super::limits::libp2p_limits(),
                 per_ip: super::limits::PerIp::default(),
+                blocked: Default::default(),
             })
         })
         .map_err(|e| BuildError::Behaviour(e.to_string()))?;

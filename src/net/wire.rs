@@ -13,7 +13,7 @@ use crate::ledger::{FrameUpdate, JobSpec};
 use crate::render::DeviceInfo;
 
 /// Version of the gossip envelope and the request/response bodies.
-pub const WIRE_VERSION: u16 = 4;
+pub const WIRE_VERSION: u16 = 5;
 
 /// Most projects one heartbeat announces.
 pub const MAX_HAVE_PROJECTS: usize = 64;
@@ -55,8 +55,9 @@ pub struct Envelope {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum GossipMsg {
-    /// A job was submitted (or is re-announced).
-    Job(JobSpec),
+    /// A job was submitted (or is re-announced). Boxed: a spec is large (postcard encodes
+    /// a box as its content).
+    Job(Box<JobSpec>),
     /// Frame-state deltas: claims, results, failures. Joined into the ledger.
     Frames(Vec<FrameUpdate>),
     /// A peer is alive; what it can do.
@@ -131,6 +132,9 @@ pub struct Heartbeat {
     /// The sender will render but is still probing its Blender (just started): it counts as
     /// a renderer that may take the job, so a job is not declared failed meanwhile.
     pub probing: bool,
+    /// Frames the sender renders at once (0: it does not render). Its open claims are
+    /// bounded by this: a peer holding far more is flooding and is disconnected.
+    pub slots: u32,
 }
 
 /// One project a peer holds.
@@ -240,6 +244,7 @@ mod tests {
             job: JobId::of(b"job"),
             frame: 3,
             state: FrameState::from_claim(Claim {
+                sig: Default::default(),
                 peer,
                 incarnation: 2,
                 epoch: 1,
@@ -265,6 +270,7 @@ mod tests {
                 complete: false,
             }],
             probing: false,
+            slots: 1,
         };
         vec![
             GossipMsg::Frames(vec![update]).encode(),

@@ -2,7 +2,8 @@
 //! blob files on disk named by their id (see [`blobs`]).
 //!
 //! Trees:
-//! - `meta`: `incarnation` (u64 BE, bumped at every start)
+//! - `meta`: `incarnation` (u64 BE, bumped at every start), `ledger_format` (u32 BE,
+//!   [`LEDGER_FORMAT`])
 //! - `jobs`: JobId → postcard `JobSpec`
 //! - `frames`: JobId ‖ frame (u32 BE) → postcard `FrameState`
 //! - `local`: JobId → postcard [`LocalJob`] (jobs submitted here: where their frames go)
@@ -50,6 +51,10 @@ pub struct LocalJob {
     pub out_dir: PathBuf,
 }
 
+/// Version of the ledger's encoding in the database (`meta` key `ledger_format`): 2 since
+/// ledger entries are signed.
+pub const LEDGER_FORMAT: u32 = 2;
+
 /// Peers whose addresses are kept on disk.
 pub const MAX_STORED_PEERS: usize = 256;
 
@@ -87,25 +92,9 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
-/// A frame state as stored before lost results existed (wire version 2).
-#[derive(Deserialize)]
-struct FrameStateV2 {
-    claim: Option<crate::ledger::Claim>,
-    done: crate::ledger::sorted::SortedSet<crate::ledger::Done>,
-    failures: crate::ledger::sorted::SortedSet<crate::ledger::Failure>,
-}
-
-/// Decodes a stored frame state, also in the shape older versions wrote.
+/// Decodes a stored frame state.
 fn decode_frame(bytes: &[u8]) -> Result<FrameState, StoreError> {
-    decode::<FrameState>("frame", bytes).or_else(|e| {
-        let old: FrameStateV2 = postcard::from_bytes(bytes).map_err(|_| e)?;
-        Ok(FrameState {
-            claim: old.claim,
-            done: old.done,
-            failures: old.failures,
-            lost: Default::default(),
-        })
-    })
+    decode::<FrameState>("frame", bytes)
 }
 
 impl Store {
@@ -118,7 +107,7 @@ impl Store {
         std::fs::create_dir_all(blob_dir.join("tmp"))?;
         std::fs::create_dir_all(blob_dir.join("partial"))?;
         std::fs::create_dir_all(blob_dir.join("chunks"))?;
-        Ok(Store {
+        let store = Store {
             meta: db.open_tree("meta")?,
             jobs: db.open_tree("jobs")?,
             frames: db.open_tree("frames")?,
@@ -135,7 +124,44 @@ impl Store {
             db,
             blob_dir,
             pins: Default::default(),
-        })
+        };
+        store.upgrade()?;
+        Ok(store)
+    }
+
+    /// Brings a database of an older [`LEDGER_FORMAT`] up to date. Ledger entries of
+    /// format 1 carry no signatures, so no peer would accept them: those jobs, their frame
+    /// states and their bookkeeping are dropped (their output files stay where they were
+    /// written). Blobs, peers and the incarnation are kept.
+    fn upgrade(&self) -> Result<(), StoreError> {
+        let format = self
+            .meta
+            .get("ledger_format")?
+            .and_then(|b| <[u8; 4]>::try_from(&b[..]).ok())
+            .map_or(1, u32::from_be_bytes);
+        if format >= LEDGER_FORMAT {
+            return Ok(());
+        }
+        if !self.jobs.is_empty() || !self.archive.is_empty() {
+            warn!(
+                "this data dir holds jobs of an older meshd, whose ledger entries are not \
+                 signed; they are dropped (frames already written stay in their output dirs)"
+            );
+        }
+        for tree in [
+            &self.jobs,
+            &self.frames,
+            &self.local,
+            &self.written,
+            &self.controls,
+            &self.archive,
+        ] {
+            tree.clear()?;
+        }
+        self.meta
+            .insert("ledger_format", &LEDGER_FORMAT.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Increments and returns this daemon's start counter.
@@ -156,7 +182,8 @@ impl Store {
     }
 
     pub fn put_job(&self, spec: &JobSpec) -> Result<(), StoreError> {
-        self.jobs.insert(spec.id().0, spec.encode())?;
+        let bytes = postcard::to_stdvec(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.jobs.insert(spec.id().0, bytes)?;
         Ok(())
     }
 
@@ -196,7 +223,7 @@ impl Store {
         }
         for item in self.jobs.iter() {
             let (_, v) = item?;
-            match decode::<JobSpec>("job", &v).map(|s| ledger.insert_job(s)) {
+            match decode::<JobSpec>("job", &v).map(|s| ledger.insert_signed_job(s)) {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => warn!("skipping stored job: {e}"),
                 Err(e) => warn!("skipping stored job: {e}"),
@@ -211,12 +238,14 @@ impl Store {
                 warn!("skipping a stored job control that does not decode");
                 continue;
             };
-            let _ = ledger.apply_control(&JobId(id), &control);
+            if let Err(e) = ledger.apply_signed_control(&JobId(id), &control) {
+                warn!("skipping a stored job control: {e}");
+            }
         }
         let active: Vec<JobId> = ledger.jobs().map(|(id, _)| *id).collect();
         for id in active {
             for update in self.job_frames(&id)? {
-                if let Err(e) = ledger.apply(&update) {
+                if let Err(e) = ledger.apply_signed(&update) {
                     warn!("skipping stored frame: {e}");
                 }
             }
@@ -409,7 +438,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Claim, Done};
 
     #[test]
     fn stored_peers_are_capped_and_the_oldest_written_is_forgotten() {
@@ -445,30 +473,58 @@ mod tests {
     }
 
     #[test]
-    fn frame_states_stored_before_lost_results_still_load() {
-        #[derive(Serialize)]
-        struct V2<'a> {
-            claim: &'a Option<Claim>,
-            done: &'a crate::ledger::sorted::SortedSet<Done>,
-            failures: &'a crate::ledger::sorted::SortedSet<crate::ledger::Failure>,
-        }
-        let peer = libp2p::identity::Keypair::generate_ed25519()
-            .public()
-            .to_peer_id();
-        let state = FrameState::from_done(Done {
-            epoch: 1,
-            peer,
-            output: BlobId::of(b"frame"),
-            render_ms: 5,
-        });
-        let old = postcard::to_stdvec(&V2 {
-            claim: &state.claim,
-            done: &state.done,
-            failures: &state.failures,
-        })
-        .unwrap();
-        assert_eq!(decode_frame(&old).unwrap(), state);
-        let new = postcard::to_stdvec(&state).unwrap();
-        assert_eq!(decode_frame(&new).unwrap(), state);
+    fn forged_entries_in_the_database_are_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let sub = libp2p::identity::Keypair::generate_ed25519();
+        let mut spec = crate::ledger::state::tests::spec("1-3", 0, 1);
+        spec.submitter = sub.public().to_peer_id();
+        crate::ledger::sign::sign_job(&sub, &mut spec);
+        let id = spec.id();
+        store.put_job(&spec).unwrap();
+        let renderer = libp2p::identity::Keypair::generate_ed25519();
+        let good = crate::ledger::sign::done(&renderer, &id, 1, 1, 1, BlobId::of(b"a"), 5);
+        let mut forged = crate::ledger::sign::done(&renderer, &id, 2, 1, 1, BlobId::of(b"b"), 5);
+        forged.output = BlobId::of(b"not what was signed");
+        store
+            .put_frame(&id, 1, &FrameState::from_done(good.clone()))
+            .unwrap();
+        store
+            .put_frame(&id, 2, &FrameState::from_done(forged))
+            .unwrap();
+        // A job whose signature is not its submitter's is not loaded either.
+        let mut unsigned = crate::ledger::state::tests::spec("1-9", 0, 2);
+        unsigned.submitter = sub.public().to_peer_id();
+        store.put_job(&unsigned).unwrap();
+
+        let ledger = store.load_ledger().unwrap();
+        let entry = ledger.job(&id).expect("the signed job loads");
+        assert_eq!(
+            entry.frames.get(&1).and_then(|s| s.canonical()),
+            Some(&good)
+        );
+        assert!(
+            !entry.frames.contains_key(&2),
+            "the forged result is dropped"
+        );
+        assert!(ledger.job(&unsigned.id()).is_none());
+    }
+
+    #[test]
+    fn a_database_of_unsigned_entries_is_cleared_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let spec = crate::ledger::state::tests::spec("1-3", 0, 1);
+        store.put_job(&spec).unwrap();
+        store.put_peer_addrs(&PeerId::random(), &[]).ok();
+        // As an older meshd left it: no format recorded.
+        store.meta.remove("ledger_format").unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.jobs.is_empty(), "unsigned jobs are dropped");
+        store.put_job(&spec).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.jobs.len(), 1, "a current database is left alone");
     }
 }
