@@ -1,7 +1,9 @@
 //! Benchmark: the ledger at scale, without a network. Prints figures from one run:
 //! heap bytes per frame state (claimed, then done), the cost of digests (cold and after one
 //! change), of a full paged sync to a new peer and of an incremental one, of choosing a
-//! claim near the end of a big job, and what archiving the job frees.
+//! claim near the end of a big job, and what archiving the job frees. Then the cost of
+//! signatures: joining signed results with their signatures checked (as from a peer or the
+//! store) against joining the same results unchecked, side by side, and their wire size.
 //!
 //! Usage: `cargo run --release --example ledger_scale [FRAMES=100000] [PEERS=50]`
 
@@ -81,6 +83,7 @@ fn main() {
         priority: 0,
         blender_version: None,
         require_blender: None,
+        size: None,
         sig: Default::default(),
     };
     let mut l = Ledger::new();
@@ -264,5 +267,93 @@ fn main() {
         "sync to a new peer: {pages} pages, {:.1} MiB, {full_ms:.0} ms; one missed result: {} updates, {incr_bytes} B, {incr_sync_ms:.2} ms; in sync: {equal_ms:.3} ms",
         bytes as f64 / (1 << 20) as f64,
         p.updates.len()
+    );
+    signed(frames.min(20_000), peers);
+}
+
+/// Signed claims and results for `frames` frames: checked and joined, then joined without
+/// checks, in one run; bytes per frame on the wire with and without signatures.
+fn signed(frames: u32, peers: usize) {
+    use meshd::ledger::sign;
+    let keys: Vec<Keypair> = (0..peers).map(|_| Keypair::generate_ed25519()).collect();
+    let submitter = &keys[0];
+    let mut spec = JobSpec {
+        version: JOB_SPEC_VERSION,
+        name: "signed".into(),
+        project: BlobId::of(b"project"),
+        frames: format!("1-{frames}").parse().expect("frame range"),
+        settings: RenderSettings::default(),
+        submitter: submitter.public().to_peer_id(),
+        created_unix_ms: 2,
+        priority: 0,
+        blender_version: None,
+        require_blender: None,
+        size: None,
+        sig: Default::default(),
+    };
+    sign::sign_job(submitter, &mut spec);
+    let id = spec.id();
+    let updates: Vec<FrameUpdate> = (1..=frames)
+        .map(|f| {
+            let k = &keys[f as usize % peers];
+            let mut state = FrameState::from_claim(sign::claim(k, &id, f, 1, 1));
+            let output = BlobId::of(&f.to_le_bytes());
+            state.done.insert(sign::done(k, &id, f, 1, 1, output, 1000));
+            FrameUpdate {
+                job: id,
+                frame: f,
+                state,
+            }
+        })
+        .collect();
+    let unsigned: Vec<FrameUpdate> = updates
+        .iter()
+        .map(|u| {
+            let mut u = u.clone();
+            if let Some(c) = u.state.claim.as_mut() {
+                c.sig = Default::default();
+            }
+            u.state.done = u
+                .state
+                .done
+                .iter()
+                .map(|d| Done {
+                    claim_sig: Default::default(),
+                    sig: Default::default(),
+                    ..d.clone()
+                })
+                .collect();
+            u
+        })
+        .collect();
+
+    let mut checked = Ledger::new();
+    checked.insert_signed_job(spec.clone()).expect("signed job");
+    let t = Instant::now();
+    for u in &updates {
+        checked.apply_signed(u).expect("valid entries");
+    }
+    let checked_ms = ms(t);
+    let t = Instant::now();
+    for u in &updates {
+        checked.apply_signed(u).expect("valid entries");
+    }
+    let again_ms = ms(t);
+    let mut plain = Ledger::new();
+    plain.insert_job(spec).expect("job");
+    let t = Instant::now();
+    for u in &unsigned {
+        plain.apply(u).expect("update");
+    }
+    let plain_ms = ms(t);
+    let size = |us: &[FrameUpdate]| {
+        postcard::to_stdvec(us).map_or(0, |v| v.len()) as f64 / f64::from(frames)
+    };
+    println!(
+        "signed entries, {frames} frames (claim + result each): joined with signatures checked {checked_ms:.0} ms ({:.1} us/frame), unchecked {plain_ms:.0} ms: {:.1}x; resent (already held, not checked again) {again_ms:.0} ms; {:.0} B/frame on the wire signed, {:.0} B unsigned",
+        checked_ms * 1000.0 / f64::from(frames),
+        checked_ms / plain_ms.max(0.001),
+        size(&updates),
+        size(&unsigned),
     );
 }

@@ -132,7 +132,7 @@ enum TaskDone {
     },
     Replicated {
         blob: BlobId,
-        result: Result<(), String>,
+        result: Result<(), replicas::CopyError>,
     },
     Stored {
         job: JobId,
@@ -771,7 +771,7 @@ impl Daemon {
                 result,
                 unusable,
             } => self.on_output_written(job, frame, result, &unusable).await,
-            TaskDone::Replicated { blob, result } => self.on_replicated(blob, result),
+            TaskDone::Replicated { blob, result } => self.on_replicated(blob, result).await,
             TaskDone::Stored {
                 job,
                 frame,

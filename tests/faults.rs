@@ -279,6 +279,17 @@ fn a_renderer_killed_mid_flush_leaves_no_result_behind() {
 /// renderer, which signed them; nothing is reported done over garbage.
 #[test]
 fn results_that_are_no_image_are_never_written() {
+    lying_renderer_is_refused("1", "is not a PNG file");
+}
+
+/// The same for a renderer whose frames are valid images of another size than the job's
+/// (as the submitting machine's Blender computed it).
+#[test]
+fn results_of_the_wrong_size_are_never_written() {
+    lying_renderer_is_refused("resize", "8x8");
+}
+
+fn lying_renderer_is_refused(how: &str, why: &str) {
     let root = tempfile::tempdir().unwrap();
     let scene = make_scene(root.path(), "liar.blend", 2, 64, 36, 1);
     let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
@@ -287,7 +298,7 @@ fn results_that_are_no_image_are_never_written() {
         "liar",
         Some(&a.ticket()),
         &[],
-        &[("MESHD_FAULT_GARBAGE_OUTPUT", "1")],
+        &[("MESHD_FAULT_GARBAGE_OUTPUT", how)],
     );
     wait_until(Duration::from_secs(60), "the liar to render", || {
         a.renderers() == 1
@@ -312,8 +323,5 @@ fn results_that_are_no_image_are_never_written() {
     let job = a.job(&id);
     assert_ne!(job["state"], "done", "{job}");
     assert_eq!(job["frames_written"], 0, "{job}");
-    assert!(
-        a.log().contains("is not a PNG file"),
-        "the submitter says why"
-    );
+    assert!(a.log().contains(why), "the submitter says why ({why})");
 }

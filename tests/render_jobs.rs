@@ -393,7 +393,8 @@ fn a_simulated_renderer_delivers_distinct_small_frames() {
     wait_until(Duration::from_secs(60), "every frame written", || {
         a.job(&id)["frames_written"] == 4
     });
-    assert_frames(&out, &[1, 2, 3, 4], (32, 18));
+    // At the job's size: the submitter checks every frame's size.
+    assert_frames(&out, &[1, 2, 3, 4], (64, 48));
     let a1 = std::fs::read(out.join("frame_0001.png")).unwrap();
     assert_ne!(a1, std::fs::read(out.join("frame_0002.png")).unwrap());
     assert!(!s.log().contains("started Blender"), "no Blender ran");

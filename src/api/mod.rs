@@ -200,17 +200,18 @@ async fn submit(
 
     // 1. What the scene needs, found by this machine's Blender.
     let mut warnings = Vec::new();
-    let (deps, blender) = if req.no_deps {
+    let (deps, blender, size) = if req.no_deps {
         warnings.push(
             "--no-deps: only the .blend is sent; textures, linked libraries and caches it \
              needs will be missing on renderers"
                 .to_string(),
         );
-        (Vec::new(), None)
+        (Vec::new(), None, None)
     } else {
         let found = discover_deps(&ctx.env, &scene).await.map_err(bad)?;
         warnings.extend(found.errors.iter().map(|e| format!("not inspected: {e}")));
-        (found.deps, Some(found.blender))
+        let size = found.output_size(req.settings.scene.as_deref(), req.settings.resolution_pct);
+        (found.deps, Some(found.blender), size)
     };
     let plan = crate::transfer::project::plan(&scene, &deps).map_err(|e| bad(e.to_string()))?;
 
@@ -255,6 +256,7 @@ async fn submit(
         priority: req.priority,
         blender_version: blender.clone(),
         require_blender: req.require_blender,
+        size,
         sig: Default::default(),
     };
     spec.validate().map_err(bad)?;

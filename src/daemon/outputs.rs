@@ -67,16 +67,18 @@ struct Todo {
     frame: u32,
     candidates: Vec<(BlobId, Vec<PeerId>)>,
     format: crate::render::settings::OutputFormat,
+    size: Option<(u32, u32)>,
     out_dir: PathBuf,
     name: String,
 }
 
-/// Whether the file at `path` is an image of `format` that decodes: a frame is checked
-/// before it is written, whatever its renderer says (its bytes match the hash it announced,
-/// which proves nothing about them).
+/// Whether the file at `path` is an image of `format` that decodes, at `size` when the job
+/// knows it: a frame is checked before it is written or kept as a replica, whatever its
+/// renderer says (its bytes match the hash it announced, which proves nothing about them).
 pub(super) fn check_output(
     path: &Path,
     format: crate::render::settings::OutputFormat,
+    size: Option<(u32, u32)>,
 ) -> Result<(), String> {
     use crate::render::settings::OutputFormat as F;
     use std::io::Read;
@@ -94,7 +96,7 @@ pub(super) fn check_output(
     if !ok {
         return Err(format!("it is not a {} file", format.blender_name()));
     }
-    crate::render::verify::verify_image(path, None, true).map(|_| ())
+    crate::render::verify::verify_image(path, size, true).map(|_| ())
 }
 
 /// Why a fetched result was not written.
@@ -320,6 +322,7 @@ impl Daemon {
                     .map(|d| (d.output, self.holders(&job, frame, d.peer)))
                     .collect(),
                 format: entry.spec.settings.format,
+                size: entry.spec.size,
                 out_dir: local.out_dir.clone(),
                 name: frame_file_name(frame, entry.spec.settings.format.extension()),
             });
@@ -341,9 +344,10 @@ impl Daemon {
                             continue;
                         }
                     };
-                    let (out_dir, name, format) = (t.out_dir.clone(), t.name.clone(), t.format);
+                    let (out_dir, name) = (t.out_dir.clone(), t.name.clone());
+                    let (format, size) = (t.format, t.size);
                     let written = tokio::task::spawn_blocking(move || {
-                        check_output(&src, format).map_err(Bad::Unusable)?;
+                        check_output(&src, format, size).map_err(Bad::Unusable)?;
                         write_atomically(&src, &out_dir, &name).map_err(|e| Bad::Io(e.to_string()))
                     })
                     .await
@@ -513,17 +517,23 @@ mod tests {
         image::RgbImage::from_pixel(8, 4, image::Rgb([200, 10, 10]))
             .save(&png)
             .unwrap();
-        assert_eq!(check_output(&png, OutputFormat::Png), Ok(()));
-        let e = check_output(&png, OutputFormat::OpenExr).unwrap_err();
+        assert_eq!(check_output(&png, OutputFormat::Png, None), Ok(()));
+        assert_eq!(check_output(&png, OutputFormat::Png, Some((8, 4))), Ok(()));
+        let e = check_output(&png, OutputFormat::Png, Some((16, 9))).unwrap_err();
+        assert!(
+            e.contains("8x4") && e.contains("16x9"),
+            "a frame of another size: {e}"
+        );
+        let e = check_output(&png, OutputFormat::OpenExr, None).unwrap_err();
         assert!(e.contains("not a OPEN_EXR"), "{e}");
         let junk = dir.path().join("junk.png");
         std::fs::write(&junk, b"not an image at all").unwrap();
-        assert!(check_output(&junk, OutputFormat::Png).is_err());
+        assert!(check_output(&junk, OutputFormat::Png, None).is_err());
         // The right magic, then garbage: it must also decode.
         let mut fake = b"\x89PNG\r\n\x1a\n".to_vec();
         fake.extend_from_slice(&[7u8; 64]);
         std::fs::write(&junk, &fake).unwrap();
-        assert!(check_output(&junk, OutputFormat::Png).is_err());
+        assert!(check_output(&junk, OutputFormat::Png, None).is_err());
     }
 
     #[test]

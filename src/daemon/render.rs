@@ -540,6 +540,7 @@ impl Daemon {
                     max_rss_mib: self.cfg.max_worker_rss_mib,
                     frame_timeout: self.cfg.frame_timeout,
                     simulate: self.cfg.simulate_render,
+                    frame_size: entry.spec.size,
                 })
             });
         let out_dir = job_dir.join(format!("out-{slot}"));
@@ -714,7 +715,8 @@ impl Daemon {
                     .await;
             }
             Some(super::TaskOwner::Replica(blob)) => {
-                return self.on_replicated(blob, Err("the copy task crashed".into()));
+                let crashed = super::replicas::CopyError::Fetch("the copy task crashed".into());
+                return self.on_replicated(blob, Err(crashed)).await;
             }
             Some(super::TaskOwner::Store(job, frame, epoch)) => {
                 return self
@@ -825,11 +827,21 @@ mod faults {
 
     /// `MESHD_FAULT_GARBAGE_OUTPUT=1`: a lying renderer. Every frame it renders is replaced,
     /// after Blender's own checks, by bytes that are no image; its results announce those.
+    /// `MESHD_FAULT_GARBAGE_OUTPUT=1`: every rendered frame is replaced by random bytes;
+    /// `=resize`: by a valid image of another size (8x8) in the same format.
     pub fn garbage_output(path: &std::path::Path) {
-        if std::env::var_os("MESHD_FAULT_GARBAGE_OUTPUT").is_some() {
-            tracing::warn!("MESHD_FAULT_GARBAGE_OUTPUT: serving non-image bytes");
-            let junk: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
-            let _ = std::fs::write(path, junk);
+        match std::env::var("MESHD_FAULT_GARBAGE_OUTPUT").as_deref() {
+            Ok("resize") => {
+                tracing::warn!("MESHD_FAULT_GARBAGE_OUTPUT: serving a frame of the wrong size");
+                let img = image::RgbImage::from_pixel(8, 8, image::Rgb([250, 0, 250]));
+                let _ = img.save(path);
+            }
+            Ok(_) => {
+                tracing::warn!("MESHD_FAULT_GARBAGE_OUTPUT: serving non-image bytes");
+                let junk: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
+                let _ = std::fs::write(path, junk);
+            }
+            Err(_) => {}
         }
     }
 

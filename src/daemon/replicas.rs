@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Daemon, TaskDone};
 use crate::ids::{BlobId, JobId};
@@ -40,6 +40,15 @@ struct Want {
 #[derive(Debug, Default)]
 pub(super) struct Queue {
     wants: HashMap<BlobId, Want>,
+}
+
+/// Why a copy of a result was not kept.
+#[derive(Debug)]
+pub(crate) enum CopyError {
+    /// It could not be fetched (yet).
+    Fetch(String),
+    /// Its bytes are no frame of the job: no image of its format, or not at its size.
+    Unusable(String),
 }
 
 impl Daemon {
@@ -127,15 +136,31 @@ impl Daemon {
             };
             w.running = true;
             running += 1;
-            let from = w.from;
+            let (from, job) = (w.from, w.job);
             let providers = self.providers(std::iter::once(from));
             let net = self.net.clone();
             let store = self.store.clone();
+            // Checked like the submitter checks it: a copy of no frame is not worth keeping.
+            let spec = self
+                .ledger
+                .job(&job)
+                .map(|e| (e.spec.settings.format, e.spec.size));
             let task = self.tasks.spawn(async move {
-                let result = crate::transfer::fetch(&net, &store, blob, &providers)
+                let result = async {
+                    let path = crate::transfer::fetch(&net, &store, blob, &providers)
+                        .await
+                        .map_err(|e| CopyError::Fetch(e.to_string()))?;
+                    let Some((format, size)) = spec else {
+                        return Ok(());
+                    };
+                    tokio::task::spawn_blocking(move || {
+                        super::outputs::check_output(&path, format, size)
+                    })
                     .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| CopyError::Fetch(e.to_string()))?
+                    .map_err(CopyError::Unusable)
+                }
+                .await;
                 TaskDone::Replicated { blob, result }
             });
             self.owners
@@ -143,7 +168,7 @@ impl Daemon {
         }
     }
 
-    pub(super) fn on_replicated(&mut self, blob: BlobId, result: Result<(), String>) {
+    pub(super) async fn on_replicated(&mut self, blob: BlobId, result: Result<(), CopyError>) {
         let Some(w) = self.replicas.wants.get_mut(&blob) else {
             return;
         };
@@ -153,7 +178,15 @@ impl Daemon {
                 info!(job = %w.job.short(), frame = w.frame, "holding a copy of the frame");
                 self.replicas.wants.remove(&blob);
             }
-            Err(e) => {
+            Err(CopyError::Unusable(why)) => {
+                let (job, frame, from) = (w.job, w.frame, w.from);
+                self.replicas.wants.remove(&blob);
+                warn!(job = %job.short(), frame, peer = %from, "not keeping a copy: {why}");
+                // Its renderer signed these bytes as the frame.
+                self.punish(from, "it signed a result that is no frame of its job")
+                    .await;
+            }
+            Err(CopyError::Fetch(e)) => {
                 w.attempts += 1;
                 if w.attempts >= ATTEMPTS {
                     debug!(job = %w.job.short(), frame = w.frame, "giving up on a copy: {e}");

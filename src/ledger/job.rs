@@ -33,6 +33,9 @@ pub struct JobSpec {
     pub blender_version: Option<String>,
     /// Only peers whose Blender has this major.minor ("4.2") render the job.
     pub require_blender: Option<String>,
+    /// Width and height of every frame, as the submitting machine's Blender computed them
+    /// (None without one, or with a cropped border): frames of another size are refused.
+    pub size: Option<(u32, u32)>,
     /// The submitter's signature of the job id ([`super::sign::sign_job`]). Last, and not
     /// part of the id.
     pub sig: Sig,

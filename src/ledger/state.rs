@@ -313,6 +313,7 @@ pub(crate) mod tests {
             priority,
             blender_version: Some("3.4.1".into()),
             require_blender: None,
+            size: None,
             sig: Default::default(),
         }
     }

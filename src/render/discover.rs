@@ -50,6 +50,39 @@ pub struct Discovery {
     /// Datablocks the walker could not inspect (reported, not fatal).
     #[serde(default)]
     pub errors: Vec<String>,
+    /// Each scene's resolution settings.
+    #[serde(default)]
+    pub sizes: Vec<SceneSize>,
+    /// The scene Blender opens the file with.
+    #[serde(default)]
+    pub active: Option<String>,
+}
+
+/// A scene's resolution settings, as the walk found them.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct SceneSize {
+    pub name: String,
+    pub x: u32,
+    pub y: u32,
+    pub pct: u32,
+    /// Rendering a border cropped to it: the size is not worth predicting.
+    pub crop: bool,
+}
+
+impl Discovery {
+    /// The size of the frames of `scene` (the active one if `None`) with the resolution
+    /// percentage `pct` (the file's if `None`), rounded as Blender does; `None` when it
+    /// cannot be told (unknown scene, a cropped border).
+    pub fn output_size(&self, scene: Option<&str>, pct: Option<u16>) -> Option<(u32, u32)> {
+        let name = scene.or(self.active.as_deref())?;
+        let s = self.sizes.iter().find(|s| s.name == name)?;
+        if s.crop {
+            return None;
+        }
+        let pct = pct.map_or(s.pct, u32::from);
+        let (w, h) = (s.x * pct / 100, s.y * pct / 100);
+        (w > 0 && h > 0).then_some((w, h))
+    }
 }
 
 /// Lists the external files `scene` needs. `work` is a private scratch directory.
@@ -137,5 +170,33 @@ mod tests {
         assert_eq!(d.deps[0].owner, "Image \"t\"");
         assert!(parse_discovery("no marker\n@@MESHD@@ {bad json").is_none());
         assert!(parse_discovery("@@MESHD@@ {\"event\": \"ready\"}").is_none());
+    }
+
+    #[test]
+    fn the_frame_size_is_the_scene_resolution_at_its_percentage() {
+        let scene = |name: &str, crop| SceneSize {
+            name: name.into(),
+            x: 1920,
+            y: 1081,
+            pct: 50,
+            crop,
+        };
+        let d = Discovery {
+            blender: "3.4.1".into(),
+            deps: vec![],
+            errors: vec![],
+            sizes: vec![scene("Shot", false), scene("Cropped", true)],
+            active: Some("Shot".into()),
+        };
+        assert_eq!(
+            d.output_size(None, None),
+            Some((960, 540)),
+            "rounded down, as Blender"
+        );
+        assert_eq!(d.output_size(Some("Shot"), Some(100)), Some((1920, 1081)));
+        assert_eq!(d.output_size(Some("Cropped"), None), None);
+        assert_eq!(d.output_size(Some("Other"), None), None);
+        let none = Discovery { active: None, ..d };
+        assert_eq!(none.output_size(None, None), None);
     }
 }

@@ -572,8 +572,28 @@ def discover():
             "scene": norm(bpy.data.filepath) if bpy.data.filepath else "",
             "deps": deps,
             "errors": errors,
+            "sizes": scene_sizes(),
+            "active": bpy.context.scene.name if bpy.context.scene else None,
         }
     )
+
+
+def scene_sizes():
+    """Each scene's output resolution settings: the submitter checks every frame it is
+    sent against them (a frame of another size is no frame of this job)."""
+    out = []
+    for s in bpy.data.scenes:
+        r = s.render
+        out.append(
+            {
+                "name": s.name,
+                "x": int(r.resolution_x),
+                "y": int(r.resolution_y),
+                "pct": int(r.resolution_percentage),
+                "crop": bool(r.use_border and r.use_crop_to_border),
+            }
+        )
+    return out
 
 
 # ---------------------------------------------------------------- remap + verify

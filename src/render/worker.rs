@@ -67,6 +67,9 @@ pub struct WorkerConfig {
     /// `--simulate-render`: run no Blender, take this long per frame (see
     /// [`super::simulate`]). A benchmarking aid only.
     pub simulate: Option<Duration>,
+    /// The job's frame size when its submitter knew it (`JobSpec::size`): simulated frames
+    /// are made at it, as the submitter checks every frame's size.
+    pub frame_size: Option<(u32, u32)>,
 }
 
 /// A frame Blender wrote and meshd checked.
@@ -205,7 +208,8 @@ impl Worker {
         }
         if let Some(secs) = self.config.simulate {
             let seed = self.config.scene.to_string_lossy().into_owned();
-            return super::simulate::render(seed.as_bytes(), frame, secs, out_dir).await;
+            let size = self.config.frame_size;
+            return super::simulate::render(seed.as_bytes(), frame, secs, size, out_dir).await;
         }
         self.busy = true;
         let result = self.render_inner(frame, out_dir, progress).await;

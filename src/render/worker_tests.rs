@@ -94,6 +94,7 @@ fn config(scene: &Path, work: &Path) -> WorkerConfig {
         max_rss_mib: None,
         frame_timeout: None,
         simulate: None,
+        frame_size: None,
     }
 }
 
