@@ -4,7 +4,7 @@
 //! Liveness is not in the CRDT. The caller passes what it knows about peers as a
 //! [`PeerView`], built from the local receive times of their heartbeats.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
@@ -81,7 +81,7 @@ pub enum FrameStatus {
 /// reported a failure nor a result under that claim and is live for the claim's
 /// incarnation; else `Pending`.
 pub fn frame_status(state: &FrameState, view: &impl PeerView, policy: &RetryPolicy) -> FrameStatus {
-    status_excluding(state, view, policy, &BTreeMap::new())
+    status_of(state, view, policy, None)
 }
 
 /// [`frame_status`] of a frame of `entry`'s job: a claim of a peer excluded from the job
@@ -93,23 +93,26 @@ pub fn frame_status_in(
     view: &impl PeerView,
     policy: &RetryPolicy,
 ) -> FrameStatus {
-    status_excluding(state, view, policy, &entry.tally.excluded)
+    status_of(state, view, policy, Some(entry))
 }
 
-fn status_excluding(
+fn status_of(
     state: &FrameState,
     view: &impl PeerView,
     policy: &RetryPolicy,
-    excluded: &BTreeMap<PeerId, usize>,
+    entry: Option<&JobEntry>,
 ) -> FrameStatus {
     if let Some(done) = state.canonical() {
         return FrameStatus::Done(done.clone());
     }
-    if state.failure_count() >= policy.max_failures_per_frame
+    if (state.failure_count() >= policy.max_failures_per_frame
+        && failed_widely(state, view, policy, entry))
         || state.lost.len() >= super::frame::MAX_LOST
     {
         return FrameStatus::Failed;
     }
+    let no_one = BTreeMap::new();
+    let excluded = entry.map_or(&no_one, |e| &e.tally.excluded);
     if let Some(c) = &state.claim
         && !state.failed_at(&c.peer, c.epoch)
         // A claim whose render ended in a result (since declared lost) holds nothing.
@@ -120,6 +123,36 @@ fn status_excluding(
         return FrameStatus::InFlight(c.clone());
     }
     FrameStatus::Pending
+}
+
+/// Whether a frame's failed attempts speak for more than one peer: at least two peers
+/// failed it, or no live renderer (fitting the job and not blocked on it, when `entry`
+/// says which) that has not failed it is left. So one member cannot fail a frame on its own (its failures are
+/// signed by it alone) while another renderer could still try; a mesh of one renderer
+/// still gives up after its attempts. Looked at only once the attempts are spent.
+fn failed_widely(
+    state: &FrameState,
+    view: &impl PeerView,
+    policy: &RetryPolicy,
+    entry: Option<&JobEntry>,
+) -> bool {
+    let failers: BTreeSet<&PeerId> = state
+        .failures
+        .iter()
+        .filter(|f| f.counts())
+        .map(|f| &f.peer)
+        .collect();
+    if failers.len() >= 2 {
+        return true;
+    }
+    let renderers = match entry {
+        Some(e) => fitting_renderers(e, view)
+            .into_iter()
+            .filter(|p| !peer_blocked(e, p, policy))
+            .collect(),
+        None => view.live_renderers(),
+    };
+    renderers.iter().all(|p| failers.contains(p))
 }
 
 /// Failed attempts per peer over the job's frames.
@@ -880,6 +913,34 @@ mod tests {
         assert_eq!((prog.done, prog.pending, prog.duplicates), (1, 1, 1));
         assert_eq!(prog.state, JobState::Running);
         assert_eq!(choose(&l, 3, &view, 8).map(|c| c.frame), Some(2));
+    }
+
+    #[test]
+    fn one_peer_alone_cannot_fail_a_frame_another_could_render() {
+        let (mut l, id) = one_job("1");
+        // Peer 2 signs failures at three epochs on its own (a liar, or a broken machine).
+        for e in 1..=3 {
+            apply(&mut l, id, 1, failure(2, e));
+        }
+        let p = RetryPolicy::default();
+        let both = View::with(&[(1, 1), (2, 1)]);
+        let status = |l: &Ledger, view: &View| {
+            let entry = l.job(&id).unwrap();
+            frame_status_in(entry, entry.frames.get(&1).unwrap(), view, &p)
+        };
+        assert_eq!(
+            status(&l, &both),
+            FrameStatus::Pending,
+            "peer 1 has not tried"
+        );
+        let c = choose(&l, 1, &both, 8).expect("peer 1 takes it");
+        assert_eq!((c.frame, c.claim.epoch), (1, 4));
+        // Alone, peer 2's attempts are all there is: the frame is given up.
+        let alone = View::with(&[(2, 1)]);
+        assert_eq!(status(&l, &alone), FrameStatus::Failed);
+        // Once peer 1 fails it too, it is failed for everyone.
+        apply(&mut l, id, 1, failure(1, 4));
+        assert_eq!(status(&l, &both), FrameStatus::Failed);
     }
 
     #[test]
