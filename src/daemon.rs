@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 use crate::api::types::{InviteResponse, PeersResponse, StatusResponse, SubmitResponse};
 use crate::ids::{BlobId, JobId};
 use crate::ledger::{FrameUpdate, JobSpec, Ledger, RetryPolicy};
-use crate::net::{Client, GossipMsg, Heartbeat, MeshKey, NetEvent, SyncResponse};
+use crate::net::{Client, GossipMsg, Heartbeat, MeshKey, NetEvent};
 use crate::render::BlenderInfo;
 use crate::store::Store;
 use crate::transfer::FetchStats;
@@ -115,7 +115,7 @@ pub enum ApiRequest {
 enum TaskDone {
     Synced {
         peer: PeerId,
-        result: Result<SyncResponse, String>,
+        result: Result<sync::Checked, String>,
     },
     SceneFetched {
         job: JobId,
@@ -440,17 +440,23 @@ impl Daemon {
     /// Joins frame deltas made here into the ledger and persists what changed. Returns the
     /// changed keys.
     fn merge_updates(&mut self, updates: &[FrameUpdate]) -> Vec<(JobId, u32)> {
-        let (changed, forged) = self.merge_checked(updates);
+        let (changed, forged) = self.merge_checked(updates, false);
         if let Some(e) = forged {
             warn!("an entry made here does not verify: {e}");
         }
         changed
     }
 
-    /// Joins frame deltas `sender` sent; a forged one costs it its connection, and a peer
-    /// found holding far more open claims than it has render slots is disconnected too.
-    async fn merge_from(&mut self, sender: PeerId, updates: &[FrameUpdate]) -> Vec<(JobId, u32)> {
-        let (changed, forged) = self.merge_checked(updates);
+    /// Joins frame deltas `sender` sent (their signatures already `checked`, or not yet);
+    /// a forged one costs it its connection, and a peer found holding far more open claims
+    /// than it has render slots is disconnected too.
+    async fn merge_from(
+        &mut self,
+        sender: PeerId,
+        updates: &[FrameUpdate],
+        checked: bool,
+    ) -> Vec<(JobId, u32)> {
+        let (changed, forged) = self.merge_checked(updates, checked);
         if let Some(e) = forged {
             self.punish(sender, &format!("it sent a {e}")).await;
         }
@@ -497,16 +503,23 @@ impl Daemon {
         open > 2 * hb.slots as usize + 2
     }
 
-    /// Joins every update whose entries verify ([`Ledger::apply_signed`]); returns the
-    /// changed keys and the first forgery found, whose update is dropped.
+    /// Joins every update whose entries verify ([`Ledger::apply_signed`]; `checked`: they
+    /// were verified already, off the loop); returns the changed keys and the first
+    /// forgery found, whose update is dropped.
     fn merge_checked(
         &mut self,
         updates: &[FrameUpdate],
+        checked: bool,
     ) -> (Vec<(JobId, u32)>, Option<crate::ledger::LedgerError>) {
         let mut changed = Vec::new();
         let mut forged = None;
         for u in updates {
-            match self.ledger.apply_signed(u) {
+            let applied = if checked {
+                self.ledger.apply(u)
+            } else {
+                self.ledger.apply_signed(u)
+            };
+            match applied {
                 Ok(true) => {
                     if let Some(state) = self.ledger.frame(&u.job, u.frame)
                         && let Err(e) = self.store.put_frame(&u.job, u.frame, state)
@@ -613,7 +626,7 @@ impl Daemon {
                         let why = "it gossiped frame updates in another peer's name";
                         return self.punish(g.source, why).await;
                     }
-                    let changed = self.merge_from(g.source, &updates).await;
+                    let changed = self.merge_from(g.source, &updates, false).await;
                     self.after_ledger_change(&changed);
                     self.note_results(&changed, false);
                 }
@@ -715,15 +728,23 @@ impl Daemon {
     async fn on_task_done(&mut self, done: TaskDone) {
         match done {
             TaskDone::Synced { peer, result } => match result {
-                Ok(resp) if resp.version != crate::net::wire::WIRE_VERSION => {
-                    warn!(%peer, version = resp.version, "ignoring sync answer of another wire version");
+                Ok(c) if c.resp.version != crate::net::wire::WIRE_VERSION => {
+                    let version = c.resp.version;
+                    warn!(%peer, version, "ignoring sync answer of another wire version");
                 }
-                Ok(resp) => {
+                Ok(sync::Checked {
+                    forged: Some(e), ..
+                }) => {
+                    self.punish(peer, &format!("it sent a forged entry: {e}"))
+                        .await
+                }
+                Ok(sync::Checked { resp, forged: None }) => {
                     self.add_jobs_from(peer, resp.jobs).await;
                     for (job, control) in resp.controls {
                         self.merge_control_from(Some(peer), job, control).await;
                     }
-                    let changed = self.merge_from(peer, &resp.updates).await;
+                    // Checked in the sync task already.
+                    let changed = self.merge_from(peer, &resp.updates, true).await;
                     if !changed.is_empty() {
                         debug!(%peer, changed = changed.len(), "sync brought news");
                     }

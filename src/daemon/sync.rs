@@ -10,6 +10,14 @@ use crate::ids::JobId;
 use crate::ledger::page::{Cursor, Theirs, page, theirs_of};
 use crate::net::{SyncRequest, SyncResponse};
 
+/// A sync answer whose frame updates were checked off the loop: only those that verify
+/// are left, and the first forgery is kept to hold against the peer.
+#[derive(Debug)]
+pub(crate) struct Checked {
+    pub resp: SyncResponse,
+    pub forged: Option<crate::ledger::Invalid>,
+}
+
 /// Bytes of frame states one sync answer carries at most (the codec allows 64 MiB).
 const SYNC_PAGE_BYTES: usize = 4 << 20;
 
@@ -69,11 +77,29 @@ impl Daemon {
     }
 
     /// Asks `peer` for what this daemon lacks, from `cursor` (the next page of an answer).
+    /// The answer's signatures are checked in the task, off the loop (a page holds up to
+    /// 4 MiB of entries: thousands of signatures).
     pub(super) fn start_sync_from(&mut self, peer: PeerId, cursor: Option<Cursor>) {
         let net = self.net.clone();
         let req = self.sync_request(cursor);
+        let submitters: HashMap<JobId, PeerId> = self
+            .ledger
+            .jobs()
+            .map(|(id, e)| (*id, e.spec.submitter))
+            .collect();
         self.tasks.spawn(async move {
-            let result = net.sync(peer, req).await.map_err(|e| e.to_string());
+            let result = match net.sync(peer, req).await {
+                Ok(mut resp) => tokio::task::spawn_blocking(move || {
+                    let updates = std::mem::take(&mut resp.updates);
+                    let (valid, forged) =
+                        crate::ledger::sign::verify_page(updates, &resp.jobs, submitters);
+                    resp.updates = valid;
+                    Checked { resp, forged }
+                })
+                .await
+                .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
             TaskDone::Synced { peer, result }
         });
     }

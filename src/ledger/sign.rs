@@ -346,6 +346,43 @@ pub fn verify_news(
     Ok(())
 }
 
+/// Checks every frame update of a sync answer off the daemon's loop, before any of it is
+/// joined: `submitters` names the submitter of each job the updates may be about (the
+/// jobs known locally, and those in the answer, whose own signatures are checked here).
+/// Returns the updates whose entries all verify (updates of jobs of unknown submitter are
+/// dropped: a later round brings them with their job) and the first forgery found.
+pub fn verify_page(
+    updates: Vec<super::FrameUpdate>,
+    jobs: &[JobSpec],
+    mut submitters: HashMap<JobId, PeerId>,
+) -> (Vec<super::FrameUpdate>, Option<Invalid>) {
+    let mut forged = None;
+    for spec in jobs {
+        match verify_job(spec) {
+            Ok(()) => {
+                submitters.entry(spec.id()).or_insert(spec.submitter);
+            }
+            Err(e) => {
+                forged.get_or_insert(e);
+            }
+        }
+    }
+    let valid = updates
+        .into_iter()
+        .filter(|u| match submitters.get(&u.job) {
+            None => false,
+            Some(sub) => match verify_news(&u.job, u.frame, None, &u.state, sub) {
+                Ok(()) => true,
+                Err(e) => {
+                    forged.get_or_insert(e);
+                    false
+                }
+            },
+        })
+        .collect();
+    (valid, forged)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,6 +485,44 @@ mod tests {
         let mut other = c;
         sign_control(&key(3), &id, &mut other);
         assert!(verify_control(&id, &submitter, &other).is_err());
+    }
+
+    #[test]
+    fn a_sync_page_keeps_what_verifies_and_names_the_first_forgery() {
+        use crate::ledger::FrameUpdate;
+        let (k, sub, mallory) = (key(1), key(2), key(3));
+        let mut spec = crate::ledger::state::tests::spec("1-3", 0, 1);
+        spec.submitter = sub.public().to_peer_id();
+        sign_job(&sub, &mut spec);
+        let job = spec.id();
+        let update = |frame, state| FrameUpdate { job, frame, state };
+        let good = update(1, FrameState::from_claim(claim(&k, &job, 1, 1, 1)));
+        let mut c = claim(&mallory, &job, 2, 1, 1);
+        c.peer = k.public().to_peer_id();
+        let forged = update(2, FrameState::from_claim(c));
+        let other_job = FrameUpdate {
+            job: JobId::of(b"unknown"),
+            ..good.clone()
+        };
+        let page = vec![good.clone(), forged, other_job];
+        // The job arrives in the same answer: its submitter is taken from it.
+        let (valid, err) = verify_page(page.clone(), std::slice::from_ref(&spec), HashMap::new());
+        assert_eq!(
+            valid,
+            vec![good.clone()],
+            "the forgery and the unknown job's update go"
+        );
+        assert!(matches!(err, Some(Invalid::BadSignature { .. })));
+        let (valid, err) = verify_page(
+            vec![good.clone()],
+            &[],
+            HashMap::from([(job, spec.submitter)]),
+        );
+        assert_eq!((valid, err), (vec![good], None));
+        // A job spec that is not its submitter's is itself a forgery.
+        let mut fake = spec.clone();
+        fake.sig = Sig([1; 64]);
+        assert!(verify_page(vec![], &[fake], HashMap::new()).1.is_some());
     }
 
     #[test]
