@@ -471,8 +471,7 @@ impl Daemon {
             }
         }
         for peer in flooders {
-            self.punish(peer, "it holds far more claims than it has render slots")
-                .await;
+            self.punish(peer, FLOODING).await;
         }
         // Results of liars keep arriving through honest peers: never waited for.
         self.forsake_liars_in(&changed).await;
@@ -647,8 +646,7 @@ impl Daemon {
                             .jobs()
                             .any(|(id, _)| self.claims_flood(id, &g.source, incarnation))
                     {
-                        let why = "it holds far more claims than it has render slots";
-                        self.punish(g.source, why).await;
+                        self.punish(g.source, FLOODING).await;
                     }
                 }
             },
@@ -905,6 +903,9 @@ impl Daemon {
         }
     }
 }
+
+/// Why a peer holding too many open claims is disconnected (see `Daemon::claims_flood`).
+const FLOODING: &str = "it holds far more claims than it has render slots";
 
 /// Whether every claim, result and failure in `state` names `author` as its peer, and only
 /// the job's submitter declares results lost.

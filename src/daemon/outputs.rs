@@ -159,7 +159,16 @@ impl Daemon {
             self.punish(peer, "it signed a result that is no image")
                 .await;
         }
-        self.declare_lost(job, frame, &bad, true).await;
+        // Punishing declared the liars' results lost already; the rest (this peer's own,
+        // which only a broken disk makes) are declared here.
+        let state = self.ledger.frame(&job, frame);
+        let left: Vec<Done> = bad
+            .into_iter()
+            .filter(|d| state.is_some_and(|s| !s.is_lost(d)))
+            .collect();
+        if !left.is_empty() {
+            self.declare_lost(job, frame, &left, true).await;
+        }
         true
     }
 
