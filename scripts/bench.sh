@@ -9,46 +9,8 @@
 # ROUNDS=N alternations of -a and meshd in part 2 (default 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/install-deps.sh
-if [ -n "${MESHD_BIN:-}" ]; then
-    meshd=$(realpath "$MESHD_BIN")
-else
-    cargo build --release --locked --quiet
-    meshd="$PWD/target/release/meshd"
-fi
-W=${1:-320}; H=${2:-180}; S=${3:-16}
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-blender -b --factory-startup -noaudio --python scripts/make_demo_scene.py -- \
-    "$work/scene.blend" --frames 24 --width "$W" --height "$H" --samples "$S" >/dev/null 2>&1
-now() { date +%s.%N; }
-elapsed() { awk -v a="$(now)" -v b="$1" 'BEGIN { printf "%.3f", a - b }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-
-start() { # name [ticket]
-    local name=$1; shift
-    "$meshd" --data-dir "$work/$name" join "$@" --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 \
-        --no-mdns >"$work/$name.log" 2>&1 &
-    pids+=($!)
-    for _ in $(seq 1 200); do
-        "$meshd" --data-dir "$work/$name" peers --json 2>/dev/null | grep -q '"blender": "' && return 0
-        sleep 0.1
-    done
-    echo "daemon $name did not come up" >&2; exit 1
-}
-stop_all() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    pids=()
-}
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 blender_a() { # frames
     local t; t=$(now)
     blender -b --factory-startup -noaudio "$work/scene.blend" -o "$work/a$1/frame_####" -F PNG \

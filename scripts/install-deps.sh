@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what meshd's demo and tests need on Debian/Ubuntu: Blender (the distribution's
-# package), ffmpeg, OpenSSH, curl, xz and iproute2 (the mDNS test builds its own LAN from network
-# namespaces). Does nothing for what is already there.
+# package), ffmpeg, OpenSSH, curl, xz, iproute2 (the mDNS test builds its own LAN from network
+# namespaces) and bubblewrap (Blender's sandbox). Does nothing for what is already there.
 set -euo pipefail
 
 need=()
@@ -14,6 +14,7 @@ command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 # cloud tests do the same from a local server.
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)
+command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=""

@@ -113,7 +113,11 @@ cargo_tests() {
     local name=$1 out rc
     shift
     out=$(mktemp)
-    BLENDER=$venv/bin/blender cargo test --locked "${cargo_flags[@]}" "$@" 2>&1 | tee "$out"
+    # Blender's sandbox must see the venv, its base Python and the launcher script.
+    local sandbox_read
+    sandbox_read="$venv:$root/scripts:$("$venv/bin/python" -c 'import sys; print(sys.base_prefix)')"
+    BLENDER=$venv/bin/blender MESHD_SANDBOX_READ=$sandbox_read \
+        cargo test --locked "${cargo_flags[@]}" "$@" 2>&1 | tee "$out"
     rc=${PIPESTATUS[0]}
     local passed failed
     passed=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i+1) ~ /^passed/) n += $i } END { print n + 0 }' "$out")

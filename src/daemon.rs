@@ -16,6 +16,7 @@ mod peers;
 mod quota;
 mod render;
 mod replicas;
+mod rotate;
 mod settle;
 mod setup;
 mod sync;
@@ -37,7 +38,7 @@ use tracing::{debug, info, warn};
 use crate::api::types::{InviteResponse, PeersResponse, StatusResponse, SubmitResponse};
 use crate::ids::{BlobId, JobId};
 use crate::ledger::{FrameUpdate, JobSpec, Ledger, RetryPolicy};
-use crate::net::{Client, GossipMsg, Heartbeat, MeshKey, NetEvent};
+use crate::net::{Client, GossipMsg, Heartbeat, NetEvent};
 use crate::render::BlenderInfo;
 use crate::store::Store;
 use crate::transfer::FetchStats;
@@ -63,6 +64,13 @@ pub struct DaemonConfig {
     pub lease: Duration,
     /// Let Python in .blend files run for jobs that allow it.
     pub allow_scripts: bool,
+    /// With `allow_scripts`: only for jobs of these submitters (and this peer's own); empty
+    /// means every member (`--trust-submitter`).
+    pub trust_submitters: Vec<PeerId>,
+    /// Run Blender unconfined even where bubblewrap is installed (`--no-sandbox`).
+    pub no_sandbox: bool,
+    /// Extra read-only paths inside the sandbox (`--sandbox-read`).
+    pub sandbox_read: Vec<PathBuf>,
     /// Take frames (false: this peer only submits and relays).
     pub render: bool,
     /// Frames a Blender process renders before it is recycled.
@@ -100,6 +108,10 @@ pub enum ApiRequest {
     ),
     Peers(oneshot::Sender<PeersResponse>),
     Invite(oneshot::Sender<Result<InviteResponse, String>>),
+    RotateKey(
+        crate::api::types::RotateKeyRequest,
+        oneshot::Sender<Result<crate::api::types::RotateKeyResponse, String>>,
+    ),
     Gc(oneshot::Sender<Result<crate::store::gc::GcReport, String>>),
     Fetch(
         crate::api::types::FetchRequest,
@@ -169,7 +181,10 @@ struct Daemon {
     cfg: DaemonConfig,
     me: PeerId,
     incarnation: u64,
-    key: MeshKey,
+    /// The mesh key new connections use (`meshd rotate-key` changes it).
+    key: crate::net::CurrentKey,
+    /// The mesh's id: it outlives key rotations.
+    mesh_id: String,
     /// Signs this peer's claims, results, failures, jobs and controls.
     identity: libp2p::identity::Keypair,
     store: Store,
@@ -216,6 +231,8 @@ struct Daemon {
     cloud_ready: bool,
     /// Peers that lied to this daemon (see `punish`): refused until it restarts.
     banned: HashSet<PeerId>,
+    /// Where this peer's Blenders run.
+    sandbox: crate::render::Sandbox,
 }
 
 /// The state a background task holds until it reports back.
@@ -236,6 +253,7 @@ pub async fn run(
     on_ready: impl FnOnce(&InviteResponse) + Send,
 ) -> Result<(), DaemonError> {
     let boot = setup::boot(&cfg, shutdown.child_token()).await?;
+    let sandbox = setup::sandbox(&cfg).await?;
     let (api_tx, mut api_rx) = mpsc::channel(64);
     let (activity, cloud, cloud_task) = cloud::start(&cfg, &boot, shutdown.child_token())?;
     let api_handle = crate::api::serve(
@@ -256,6 +274,7 @@ pub async fn run(
         me: boot.net.local_peer_id(),
         incarnation: boot.incarnation,
         key: boot.key,
+        mesh_id: boot.mesh_id,
         identity: boot.identity,
         ledger: boot.ledger,
         net: boot.net,
@@ -284,6 +303,7 @@ pub async fn run(
         activity,
         cloud_ready: false,
         banned: HashSet::new(),
+        sandbox,
         cfg,
     };
     d.load_local_jobs();
@@ -295,11 +315,12 @@ pub async fn run(
         let blender = d.cfg.blender.clone();
         let scratch = d.cfg.data_dir.join("tmp");
         let simulated = d.cfg.simulate_render.is_some();
+        let sandbox = d.sandbox.clone();
         d.tasks.spawn(async move {
             TaskDone::Probed(if simulated {
                 Ok(render::simulated_blender())
             } else {
-                render::probe_blender(blender, scratch).await
+                render::probe_blender(blender, scratch, &sandbox).await
             })
         });
     }
@@ -665,6 +686,9 @@ impl Daemon {
                 self.peers.entry(peer).agent = Some(agent);
                 self.remember_addrs(peer, addrs);
             }
+            NetEvent::KeyRotation { peer, req, channel } => {
+                self.on_key_rotation(peer, req, channel).await;
+            }
             NetEvent::SyncRequest { peer, req, channel } => {
                 if req.version != crate::net::wire::WIRE_VERSION {
                     warn!(%peer, version = req.version, "ignoring sync request of another wire version");
@@ -843,6 +867,7 @@ impl Daemon {
             ApiRequest::Peers(reply) => {
                 let _ = reply.send(self.peers_view());
             }
+            ApiRequest::RotateKey(req, reply) => self.rotate_key(req, reply).await,
             ApiRequest::Invite(reply) => {
                 let _ = reply.send(self.invite().await);
             }
@@ -870,7 +895,7 @@ impl Daemon {
         Ok(resp)
     }
 
-    async fn invite(&self) -> Result<InviteResponse, String> {
+    pub(super) async fn invite(&self) -> Result<InviteResponse, String> {
         let mut addrs = self.net.listen_addrs().await.map_err(|e| e.to_string())?;
         if addrs.is_empty() {
             return Err("the daemon is not listening yet".into());
@@ -884,8 +909,8 @@ impl Daemon {
             .map(|a| a.with_p2p(self.me).unwrap_or_else(|a| a))
             .collect();
         Ok(InviteResponse {
-            ticket: crate::net::Ticket::new(self.key, &addrs).encode(),
-            mesh_id: self.key.mesh_id(),
+            ticket: crate::net::Ticket::new(self.key.get(), &self.mesh_id, &addrs).encode(),
+            mesh_id: self.mesh_id.clone(),
         })
     }
 

@@ -48,12 +48,9 @@ proptest! {
     #[test]
     fn tickets(s in ".{0,600}", flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
         let _ = Ticket::decode(&s);
-        let valid = Ticket {
-            version: 1,
-            key: meshd::net::MeshKey::generate(),
-            addrs: vec!["/ip4/127.0.0.1/tcp/4747".into()],
-        }
-        .encode();
+        let key = meshd::net::MeshKey::generate();
+        let valid = Ticket::new(key, &key.mesh_id(), &["/ip4/127.0.0.1/tcp/4747".parse().unwrap()])
+            .encode();
         prop_assert!(Ticket::decode(&valid).is_ok());
         let bent: String = mutate(valid.as_bytes(), &flips)
             .into_iter()

@@ -10,6 +10,7 @@
 //! | GET    | /v1/status   | [`types::StatusResponse`]                      |
 //! | GET    | /v1/peers    | [`types::PeersResponse`]                       |
 //! | GET    | /v1/invite   | [`types::InviteResponse`]                      |
+//! | POST   | /v1/rotate-key | [`types::RotateKeyRequest`] → [`types::RotateKeyResponse`] |
 //! | POST   | /v1/jobs     | [`types::SubmitRequest`] → [`types::SubmitResponse`] |
 //! | POST   | /v1/gc       | — → [`crate::store::gc::GcReport`]             |
 //! | GET    | /v1/cloud    | [`types::CloudListResponse`]                   |
@@ -124,6 +125,18 @@ async fn invite(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> ApiResult<In
         .await?
         .map(Json)
         .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, e))
+}
+
+async fn rotate_key(
+    State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
+    Json(req): Json<types::RotateKeyRequest>,
+) -> ApiResult<types::RotateKeyResponse> {
+    check_token(&ctx, &headers)?;
+    ask(&ctx, |reply| ApiRequest::RotateKey(req, reply))
+        .await?
+        .map(Json)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, e))
 }
 
 async fn gc(
@@ -365,6 +378,7 @@ pub fn serve(
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/invite", get(invite))
+        .route("/v1/rotate-key", post(rotate_key))
         .route("/v1/jobs", post(submit))
         .route("/v1/gc", post(gc))
         .route("/v1/fetch", post(fetch))

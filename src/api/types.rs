@@ -266,6 +266,27 @@ pub struct InviteResponse {
     pub mesh_id: String,
 }
 
+/// `POST /v1/rotate-key`: a new mesh key for the peers that are here now.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RotateKeyRequest {
+    /// Peer ids that must not get the new key; they are disconnected.
+    pub exclude: Vec<String>,
+}
+
+/// What a key rotation reached.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RotateKeyResponse {
+    pub mesh_id: String,
+    /// A ticket with the new key, for machines to join from now on.
+    pub ticket: String,
+    /// Peers that took the new key from this daemon (others may get it passed on).
+    pub switched: Vec<String>,
+    /// Connected peers that did not take it, with why: they must join again with a new
+    /// ticket.
+    pub not_reached: Vec<(String, String)>,
+    pub excluded: Vec<String>,
+}
+
 /// `POST /v1/cloud/rent`: machines to rent and join to the mesh.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CloudRentRequest {

@@ -44,6 +44,27 @@ pub struct JoinArgs {
     /// Let Python inside .blend files run, for jobs that allow it.
     #[arg(long)]
     pub allow_scripts: bool,
+    /// With --allow-scripts: run Python only in jobs of this submitter (a peer id; repeatable;
+    /// this peer's own jobs always count). Without it every mesh member counts.
+    #[arg(
+        long = "trust-submitter",
+        value_name = "PEER",
+        requires = "allow_scripts"
+    )]
+    pub trust_submitters: Vec<libp2p::PeerId>,
+    /// Run Blender unconfined even where bubblewrap is installed. Scenes from any member
+    /// then run with this user's files and network.
+    #[arg(long)]
+    pub no_sandbox: bool,
+    /// Another path Blender may read inside the sandbox (repeatable; $MESHD_SANDBOX_READ,
+    /// `:`-separated), e.g. for a Blender started by a wrapper script.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "MESHD_SANDBOX_READ",
+        value_delimiter = ':'
+    )]
+    pub sandbox_read: Vec<PathBuf>,
     /// Do not render: only submit, store and relay.
     #[arg(long)]
     pub no_render: bool,
@@ -156,6 +177,9 @@ pub async fn run(data_dir: PathBuf, args: JoinArgs) -> anyhow::Result<i32> {
         peers: args.peers,
         lease: Duration::from_secs(args.lease_secs),
         allow_scripts: args.allow_scripts,
+        trust_submitters: args.trust_submitters,
+        no_sandbox: args.no_sandbox,
+        sandbox_read: args.sandbox_read,
         render: !args.no_render,
         frames_per_worker: args.frames_per_worker,
         max_worker_rss_mib: args.max_worker_rss_mib,

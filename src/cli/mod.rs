@@ -4,16 +4,18 @@ use crate::api::types::ControlAction;
 
 mod client;
 mod cloud;
+pub mod config;
 mod control;
 mod fetch;
 mod join;
 mod rent;
 mod status;
 mod submit;
+mod video;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub use client::ApiClient;
 
@@ -38,6 +40,24 @@ pub enum Command {
     Join(join::JoinArgs),
     /// Print a ticket that lets another machine join this daemon's mesh.
     Invite {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Assemble a job's frames into a video with ffmpeg (the job must be complete here).
+    Video(video::VideoArgs),
+    /// Print a shell completion script: `meshd completions bash > /etc/bash_completion.d/meshd`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), or write one page per command into DIR with --out.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Make a new mesh key, hand it to the peers here now, and switch: old tickets and the
+    /// excluded peers can no longer connect. Peers away now need a new ticket.
+    RotateKey {
+        /// A peer id (from `meshd peers`) that must not get the new key; repeatable.
+        #[arg(long, value_name = "PEER")]
+        exclude: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -93,12 +113,84 @@ impl Cli {
     }
 }
 
+/// Parses the command line, with `meshd join`'s defaults from the config file
+/// ([`config`]) for the flags it does not give. Exits on `--help`, `--version` and usage
+/// errors, as clap does.
+pub fn parse() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cmd = Cli::command();
+    let matches = cmd.clone().get_matches_from(&args);
+    let Some(("join", given)) = matches.subcommand() else {
+        return Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    };
+    let Some(file) = config::path() else {
+        return Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    };
+    cmd.build();
+    let extra = cmd
+        .find_subcommand("join")
+        .map(|join| config::join_args(&file, join, given))
+        .unwrap_or_else(|| Ok(Vec::new()));
+    let extra = match extra {
+        Ok(extra) if extra.is_empty() => {
+            return Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        }
+        Ok(extra) => extra,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    // The file's flags go right after `join`, before the command line's own.
+    let at = args
+        .iter()
+        .enumerate()
+        .position(|(i, a)| a == "join" && (i == 0 || args[i - 1] != "--data-dir"))
+        .map_or(args.len(), |i| i + 1);
+    let mut merged = args[..at].to_vec();
+    merged.extend(extra);
+    merged.extend_from_slice(&args[at..]);
+    match Cli::try_parse_from(merged) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            eprintln!(
+                "note: defaults for `meshd join` come from {}",
+                file.display()
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+/// `meshd man`: the main page on stdout, or every page into `out`.
+fn man(out: Option<&std::path::Path>) -> anyhow::Result<i32> {
+    use anyhow::Context;
+    let cmd = Cli::command();
+    let Some(dir) = out else {
+        clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+        return Ok(0);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    clap_mangen::generate_to(cmd, dir)
+        .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+    println!("man pages written to {}", dir.display());
+    Ok(0)
+}
+
 /// Runs the parsed command. The returned code is the process exit status.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let data_dir = cli.data_dir();
     match cli.command {
         Command::Join(args) => join::run(data_dir, args).await,
         Command::Invite { json } => status::invite(&data_dir, json).await,
+        Command::Video(args) => video::run(&data_dir, args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "meshd", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { out } => man(out.as_deref()),
+        Command::RotateKey { exclude, json } => status::rotate_key(&data_dir, exclude, json).await,
         Command::Submit(args) => submit::run(&data_dir, *args).await,
         Command::Status { job, json } => status::status(&data_dir, job.as_deref(), json).await,
         Command::Peers { json } => status::peers(&data_dir, json).await,

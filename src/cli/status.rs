@@ -187,6 +187,37 @@ pub async fn invite(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// `meshd rotate-key`.
+pub async fn rotate_key(data_dir: &Path, exclude: Vec<String>, json: bool) -> anyhow::Result<i32> {
+    let client = ApiClient::connect(data_dir)?;
+    let req = crate::api::types::RotateKeyRequest { exclude };
+    let r: crate::api::types::RotateKeyResponse = client.post("/v1/rotate-key", &req).await?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(0);
+    }
+    println!(
+        "mesh {}: new key in use; {} peer{} took it from here",
+        r.mesh_id,
+        r.switched.len(),
+        if r.switched.len() == 1 { "" } else { "s" }
+    );
+    for p in &r.excluded {
+        println!("excluded and disconnected: {p}");
+    }
+    for (p, why) in &r.not_reached {
+        println!(
+            "not reached: {p} ({}); unless a peer passes the key on, it must join again with a new ticket",
+            super::printable(why)
+        );
+    }
+    println!(
+        "old tickets no longer work; new machines join with:\n  meshd join {}",
+        r.ticket
+    );
+    Ok(0)
+}
+
 /// `meshd gc`.
 pub async fn gc(data_dir: &std::path::Path, json: bool) -> anyhow::Result<i32> {
     let client = ApiClient::connect(data_dir)?;

@@ -53,6 +53,12 @@ pub struct SubmitArgs {
     /// Job name (default: the file name without .blend).
     #[arg(long)]
     pub name: Option<String>,
+    /// When every frame is in, assemble them into a video with ffmpeg (implies --wait):
+    /// `<job name>.mp4` in the output dir, or see --fps and --codec.
+    #[arg(long)]
+    pub video: bool,
+    #[command(flatten)]
+    pub video_encoding: super::video::Encoding,
     /// Show progress and exit when every frame is in (non-zero if the job fails).
     #[arg(long)]
     pub wait: bool,
@@ -283,11 +289,13 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
             resp.out_dir.display()
         );
     }
+    let waits = args.wait || args.video;
+    let video = args.video.then_some(args.video_encoding);
     let Some(mut rent) = cloud else {
-        if !args.wait {
+        if !waits {
             return Ok(0);
         }
-        return wait(&client, &resp).await;
+        return wait_and_encode(&client, &resp, video).await;
     };
     rent.job = Some(resp.id.clone());
     let provider = rent.provider;
@@ -304,13 +312,13 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
     if !args.json {
         super::rent::announce(&rented, provider);
     }
-    if !args.wait {
+    if !waits {
         let rentals = super::rent::follow(&client, &rented, !args.json).await?;
         return Ok(super::rent::outcome(&rentals));
     }
     // Ctrl-C releases what was rented for the job (the job itself goes on).
     tokio::select! {
-        code = wait(&client, &resp) => code,
+        code = wait_and_encode(&client, &resp, video) => code,
         _ = tokio::signal::ctrl_c() => {
             super::rent::release_group(&client, rented.group).await?;
             Ok(130)
@@ -370,6 +378,20 @@ pub fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
+}
+
+/// [`wait`], then with `video` the frames are encoded (`--video`).
+async fn wait_and_encode(
+    client: &ApiClient,
+    job: &SubmitResponse,
+    video: Option<super::video::Encoding>,
+) -> anyhow::Result<i32> {
+    let code = wait(client, job).await?;
+    if let (0, Some(enc)) = (code, video) {
+        let out = super::video::default_output(&job.out_dir, &job.name, enc.codec);
+        super::video::encode(&job.out_dir, job.frames_total, &out, enc, false).await?;
+    }
+    Ok(code)
 }
 
 /// Follows a job until all its frames are written locally, or it fails.

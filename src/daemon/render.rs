@@ -256,9 +256,10 @@ pub(super) fn simulated_blender() -> BlenderInfo {
 pub(super) async fn probe_blender(
     explicit: Option<PathBuf>,
     scratch: PathBuf,
+    sandbox: &crate::render::Sandbox,
 ) -> Result<BlenderInfo, String> {
     let path = crate::render::find_blender(explicit.as_deref()).map_err(|e| e.to_string())?;
-    crate::render::probe(&path, &scratch)
+    crate::render::probe(&path, &scratch, sandbox)
         .await
         .map_err(|e| e.to_string())
 }
@@ -269,6 +270,15 @@ const MAX_SCENE_FETCHES: usize = 3;
 impl Daemon {
     pub(super) fn render_device(&self) -> Option<DeviceKind> {
         self.blender.as_ref().map(|b| b.best_device())
+    }
+
+    /// Whether Python in this submitter's scenes may run here (`--allow-scripts`,
+    /// `--trust-submitter`).
+    fn trusts(&self, submitter: &PeerId) -> bool {
+        self.cfg.allow_scripts
+            && (self.cfg.trust_submitters.is_empty()
+                || *submitter == self.me
+                || self.cfg.trust_submitters.contains(submitter))
     }
 
     fn job_dir(&self, job: &JobId) -> PathBuf {
@@ -532,7 +542,7 @@ impl Daemon {
                     scene: checkout.scene.clone(),
                     project: Some(ProjectLayout::of(checkout)),
                     work_dir: job_dir.join(format!("worker-{slot}")),
-                    scripts_allowed: settings.allow_scripts && self.cfg.allow_scripts,
+                    scripts_allowed: settings.allow_scripts && self.trusts(&entry.spec.submitter),
                     settings,
                     device: spec.device,
                     device_id: spec.device_id.clone(),
@@ -541,6 +551,7 @@ impl Daemon {
                     frame_timeout: self.cfg.frame_timeout,
                     simulate: self.cfg.simulate_render,
                     frame_size: entry.spec.size,
+                    sandbox: self.sandbox.clone(),
                 })
             });
         let out_dir = job_dir.join(format!("out-{slot}"));

@@ -1,6 +1,7 @@
 //! Start-up: the data dir, identity, mesh key, store and network, before the loop runs.
 //!
 //! Data dir layout: `identity.key` (libp2p keypair, protobuf), `mesh.key` (hex pre-shared key),
+//! `mesh.id` (the mesh's id, which outlives key rotations),
 //! `api.json` (where the running daemon's API listens, with its token), `db/` (sled),
 //! `blobs/` (content-addressed files), `work/` (per-job Blender dirs and scratch).
 
@@ -17,12 +18,16 @@ use tokio_util::sync::CancellationToken;
 use super::DaemonConfig;
 use crate::api::types::ApiEndpoint;
 use crate::ledger::Ledger;
-use crate::net::{Client, MeshKey, NetEvent};
+use crate::net::{Client, CurrentKey, MeshKey, NetEvent};
+use crate::render::Sandbox;
 use crate::store::Store;
 
 pub const API_FILE: &str = "api.json";
 const IDENTITY_FILE: &str = "identity.key";
 const MESH_KEY_FILE: &str = "mesh.key";
+const MESH_ID_FILE: &str = "mesh.id";
+/// Fingerprints of keys this data dir used before a rotation, one hex line each.
+const RETIRED_KEYS_FILE: &str = "mesh.retired";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -48,10 +53,44 @@ pub enum DaemonError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Sandbox(#[from] crate::render::sandbox::SandboxError),
+}
+
+/// The sandbox this daemon's Blenders run in (none when it does not render), with a
+/// warning when they run unconfined.
+pub(super) async fn sandbox(cfg: &DaemonConfig) -> Result<Sandbox, DaemonError> {
+    if !cfg.render || cfg.simulate_render.is_some() {
+        return Ok(Sandbox::Off);
+    }
+    let data_dir = std::path::absolute(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
+    let data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
+    let scratch = data_dir.join("tmp");
+    let sandbox = Sandbox::detect(
+        cfg.no_sandbox,
+        vec![data_dir],
+        cfg.sandbox_read.clone(),
+        &scratch,
+    )
+    .await?;
+    match &sandbox {
+        Sandbox::Bwrap(b) => {
+            tracing::info!(bwrap = %b.program.display(), "Blender runs in a bubblewrap sandbox")
+        }
+        Sandbox::Off if cfg.no_sandbox => tracing::warn!(
+            "--no-sandbox: Blender runs unconfined, with this user's files and network; a scene from any mesh member can read and write what this user can"
+        ),
+        Sandbox::Off => tracing::warn!(
+            "bubblewrap is not installed: Blender runs unconfined, with this user's files and network; install it (apt install bubblewrap), or pass --no-sandbox to accept this"
+        ),
+    }
+    Ok(sandbox)
 }
 
 pub(super) struct Boot {
-    pub key: MeshKey,
+    pub key: CurrentKey,
+    /// The mesh's id: it names the gossip topics and stays when the key is rotated.
+    pub mesh_id: String,
     /// This peer's identity: it signs every ledger entry this peer makes.
     pub identity: Keypair,
     pub store: Store,
@@ -134,28 +173,98 @@ fn load_identity(dir: &Path) -> Result<Keypair, DaemonError> {
     Ok(key)
 }
 
-/// The mesh key: the ticket's (checked against a stored one), the stored one, or a new one.
-fn load_mesh_key(dir: &Path, ticket: Option<&crate::net::Ticket>) -> Result<MeshKey, DaemonError> {
+/// The mesh key and id: the ticket's (its mesh must be the stored one; a ticket of the same
+/// mesh with another key means the key was rotated while this peer was away), the stored
+/// ones, or new ones.
+fn load_mesh(
+    dir: &Path,
+    ticket: Option<&crate::net::Ticket>,
+) -> Result<(MeshKey, String), DaemonError> {
     let path = dir.join(MESH_KEY_FILE);
+    let id_path = dir.join(MESH_ID_FILE);
+    let damaged = |p: &Path| {
+        DaemonError::Identity(format!(
+            "{} is damaged; remove it to found a new mesh",
+            p.display()
+        ))
+    };
     let stored = if path.exists() {
         let s = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        Some(MeshKey::from_hex(&s).ok_or_else(|| {
-            DaemonError::Identity(format!(
-                "{} is damaged; remove it to found a new mesh",
-                path.display()
-            ))
-        })?)
+        Some(MeshKey::from_hex(&s).ok_or_else(|| damaged(&path))?)
     } else {
         None
     };
-    let key = match (stored, ticket) {
-        (Some(s), Some(t)) if s != t.key => return Err(DaemonError::OtherMesh(dir.to_path_buf())),
-        (Some(s), _) => return Ok(s),
-        (None, Some(t)) => t.key,
-        (None, None) => MeshKey::generate(),
+    let stored_id = if id_path.exists() {
+        let s = std::fs::read_to_string(&id_path).map_err(io_err(&id_path))?;
+        let s = s.trim().to_string();
+        if !crate::net::ticket::is_mesh_id(&s) {
+            return Err(damaged(&id_path));
+        }
+        Some(s)
+    } else {
+        // Data dirs from before key rotation: the id is the key's.
+        stored.map(|k| k.mesh_id())
     };
-    write_private(&path, key.to_hex().as_bytes()).map_err(io_err(&path))?;
-    Ok(key)
+    let (key, id) = match (stored, stored_id, ticket) {
+        (_, Some(id), Some(t)) if id != t.mesh => {
+            return Err(DaemonError::OtherMesh(dir.to_path_buf()));
+        }
+        (Some(s), Some(id), Some(t)) if s != t.key && is_retired(dir, &t.key) => {
+            tracing::warn!(
+                "the ticket holds a key this mesh retired in a rotation: using the current key (`meshd invite` prints a current ticket)"
+            );
+            (s, id)
+        }
+        (Some(s), Some(id), Some(t)) if s != t.key => {
+            tracing::warn!(
+                "the ticket holds a newer key of this mesh (rotated while this peer was away): using it"
+            );
+            (t.key, id)
+        }
+        (Some(s), Some(id), _) => (s, id),
+        (_, _, Some(t)) => (t.key, t.mesh.clone()),
+        (_, _, None) => {
+            let k = MeshKey::generate();
+            (k, k.mesh_id())
+        }
+    };
+    if stored != Some(key) {
+        store_mesh_key(dir, key)?;
+    }
+    if !id_path.exists() {
+        write_private(&id_path, id.as_bytes()).map_err(io_err(&id_path))?;
+    }
+    Ok((key, id))
+}
+
+/// Persists the mesh key (after a rotation: the next start uses it). The key it replaces
+/// is remembered as retired, so that a stale ticket (in a config file, say) does not bring
+/// it back.
+pub(super) fn store_mesh_key(dir: &Path, key: MeshKey) -> Result<(), DaemonError> {
+    let path = dir.join(MESH_KEY_FILE);
+    if let Some(old) = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| MeshKey::from_hex(&s))
+        .filter(|old| *old != key)
+    {
+        let retired = dir.join(RETIRED_KEYS_FILE);
+        let mut list = std::fs::read_to_string(&retired).unwrap_or_default();
+        list.push_str(&fingerprint(&old));
+        list.push('\n');
+        write_private(&retired, list.as_bytes()).map_err(io_err(&retired))?;
+    }
+    write_private(&path, key.to_hex().as_bytes()).map_err(io_err(&path))
+}
+
+/// A key's fingerprint for [`RETIRED_KEYS_FILE`] (not the key: the file need not be secret).
+fn fingerprint(key: &MeshKey) -> String {
+    hex::encode(blake3::derive_key("meshd retired mesh key v1", &key.0))
+}
+
+fn is_retired(dir: &Path, key: &MeshKey) -> bool {
+    let fp = fingerprint(key);
+    std::fs::read_to_string(dir.join(RETIRED_KEYS_FILE))
+        .is_ok_and(|list| list.lines().any(|l| l.trim() == fp))
 }
 
 pub(super) async fn boot(
@@ -166,7 +275,8 @@ pub(super) async fn boot(
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     make_private(dir).map_err(io_err(dir))?;
     let keypair = load_identity(dir)?;
-    let key = load_mesh_key(dir, cfg.ticket.as_ref())?;
+    let (key, mesh_id) = load_mesh(dir, cfg.ticket.as_ref())?;
+    let key = CurrentKey::new(key);
     let store = match Store::open(dir) {
         Ok(s) => s,
         Err(crate::store::StoreError::Db(sled::Error::Io(e)))
@@ -188,11 +298,11 @@ pub(super) async fn boot(
         Duration::from_secs(1)
     };
     let identity = keypair.clone();
-    let swarm = crate::net::swarm::build(keypair, key, cfg.mdns, agent, heartbeat)
+    let swarm = crate::net::swarm::build(keypair, key.clone(), cfg.mdns, agent, heartbeat)
         .map_err(|e| DaemonError::Net(e.to_string()))?;
     let server: Arc<dyn crate::net::BlobServer> = Arc::new(store.clone());
     let (net, events, _handle) =
-        crate::net::node::spawn(swarm, key.mesh_id(), &cfg.listen, server, cancel)
+        crate::net::node::spawn(swarm, mesh_id.clone(), &cfg.listen, server, cancel)
             .map_err(DaemonError::Net)?;
 
     let api_listener = tokio::net::TcpListener::bind(cfg.api)
@@ -224,6 +334,7 @@ pub(super) async fn boot(
     }
     Ok(Boot {
         key,
+        mesh_id,
         identity,
         store,
         incarnation,

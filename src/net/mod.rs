@@ -15,8 +15,8 @@ pub mod ticket;
 pub mod wire;
 
 pub use node::{BlobServer, Client, NetError, NetEvent};
-pub use ticket::{MeshKey, Ticket, TicketError};
+pub use ticket::{CurrentKey, MeshKey, Ticket, TicketError};
 pub use wire::{
-    BlobRequest, BlobResponse, GossipMsg, HaveProject, Heartbeat, InFlight, SyncRequest,
-    SyncResponse, Topic,
+    BlobRequest, BlobResponse, GossipMsg, HaveProject, Heartbeat, InFlight, KeyRotation,
+    KeyRotationAck, SyncRequest, SyncResponse, Topic,
 };

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, PublishError, TopicHash};
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::ResponseChannel;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
 use tokio::sync::{mpsc, oneshot};
@@ -20,7 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::swarm::{Behaviour, BehaviourEvent};
-use super::wire::{BlobRequest, BlobResponse, Gossip, GossipMsg, SyncRequest, SyncResponse, Topic};
+use super::wire::{
+    BlobRequest, BlobResponse, Gossip, GossipMsg, KeyRotation, KeyRotationAck, SyncRequest,
+    SyncResponse, Topic,
+};
+
+mod requests;
 
 /// Answers blob requests from peers. Called on a blocking thread.
 pub trait BlobServer: Send + Sync + 'static {
@@ -56,6 +61,12 @@ pub enum NetEvent {
         req: SyncRequest,
         channel: ResponseChannel<SyncResponse>,
     },
+    /// A peer hands over a new mesh key; answer with [`Client::respond_key`].
+    KeyRotation {
+        peer: PeerId,
+        req: KeyRotation,
+        channel: ResponseChannel<KeyRotationAck>,
+    },
     ListenAddr(Multiaddr),
 }
 
@@ -78,6 +89,15 @@ enum Command {
     RespondBlob {
         channel: ResponseChannel<BlobResponse>,
         resp: BlobResponse,
+    },
+    Key {
+        peer: PeerId,
+        req: KeyRotation,
+        reply: oneshot::Sender<Result<KeyRotationAck, NetError>>,
+    },
+    RespondKey {
+        channel: ResponseChannel<KeyRotationAck>,
+        ack: KeyRotationAck,
     },
     Dial(Multiaddr),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
@@ -131,6 +151,25 @@ impl Client {
         self.send(Command::RespondSync { channel, resp }).await
     }
 
+    /// Hands `peer` a new mesh key over the connection it has now.
+    pub async fn rotate_key(
+        &self,
+        peer: PeerId,
+        req: KeyRotation,
+    ) -> Result<KeyRotationAck, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Key { peer, req, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    pub async fn respond_key(
+        &self,
+        channel: ResponseChannel<KeyRotationAck>,
+        ack: KeyRotationAck,
+    ) -> Result<(), NetError> {
+        self.send(Command::RespondKey { channel, ack }).await
+    }
+
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
         self.send(Command::Dial(addr)).await
     }
@@ -158,8 +197,9 @@ struct EventLoop {
     self_tx: mpsc::WeakSender<Command>,
     events: mpsc::Sender<NetEvent>,
     blob_server: Arc<dyn BlobServer>,
-    pending_sync: HashMap<OutboundRequestId, oneshot::Sender<Result<SyncResponse, NetError>>>,
-    pending_blob: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse, NetError>>>,
+    pending_sync: requests::Pending<SyncResponse>,
+    pending_blob: requests::Pending<BlobResponse>,
+    pending_key: requests::Pending<KeyRotationAck>,
     queued: VecDeque<GossipMsg>,
     listen_addrs: Vec<Multiaddr>,
     topics: HashMap<TopicHash, Topic>,
@@ -209,6 +249,7 @@ pub fn spawn(
         blob_server,
         pending_sync: HashMap::new(),
         pending_blob: HashMap::new(),
+        pending_key: HashMap::new(),
         queued: VecDeque::new(),
         listen_addrs: Vec::new(),
         topics,
@@ -279,6 +320,21 @@ impl EventLoop {
                     .is_err()
                 {
                     debug!("blob requester went away before the response");
+                }
+            }
+            Command::Key { peer, req, reply } => {
+                let id = self.swarm.behaviour_mut().key.send_request(&peer, req);
+                self.pending_key.insert(id, reply);
+            }
+            Command::RespondKey { channel, ack } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .key
+                    .send_response(channel, ack)
+                    .is_err()
+                {
+                    debug!("key rotation sender went away before the answer");
                 }
             }
             Command::Dial(addr) => {
@@ -365,6 +421,7 @@ impl EventLoop {
             BehaviourEvent::Gossipsub(ev) => self.on_gossip(ev),
             BehaviourEvent::Sync(ev) => self.on_sync(ev),
             BehaviourEvent::Blob(ev) => self.on_blob(ev),
+            BehaviourEvent::Key(ev) => self.on_key(ev),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let addrs: Vec<Multiaddr> =
                     info.listen_addrs.into_iter().filter(is_dialable).collect();
@@ -461,108 +518,6 @@ impl EventLoop {
                 self.flush_queue();
             }
             _ => {}
-        }
-    }
-
-    fn on_sync(&mut self, ev: request_response::Event<SyncRequest, SyncResponse>) {
-        use request_response::{Event, Message};
-        match ev {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                self.emit(NetEvent::SyncRequest {
-                    peer,
-                    req: request,
-                    channel,
-                });
-            }
-            Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(tx) = self.pending_sync.remove(&request_id) {
-                    let _ = tx.send(Ok(response));
-                }
-            }
-            Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                if let Some(tx) = self.pending_sync.remove(&request_id) {
-                    let _ = tx.send(Err(NetError::Request {
-                        peer,
-                        reason: error.to_string(),
-                    }));
-                }
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                debug!(%peer, "inbound sync failed: {error}");
-            }
-            Event::ResponseSent { .. } => {}
-        }
-    }
-
-    fn on_blob(&mut self, ev: request_response::Event<BlobRequest, BlobResponse>) {
-        use request_response::{Event, Message};
-        match ev {
-            Event::Message {
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let server = self.blob_server.clone();
-                let Some(tx) = self.self_tx.upgrade() else {
-                    return;
-                };
-                tokio::spawn(async move {
-                    let resp = tokio::task::spawn_blocking(move || server.serve(&request))
-                        .await
-                        .unwrap_or(BlobResponse::NotFound);
-                    let _ = tx.send(Command::RespondBlob { channel, resp }).await;
-                });
-            }
-            Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(tx) = self.pending_blob.remove(&request_id) {
-                    let _ = tx.send(Ok(response));
-                }
-            }
-            Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                if let Some(tx) = self.pending_blob.remove(&request_id) {
-                    let _ = tx.send(Err(NetError::Request {
-                        peer,
-                        reason: error.to_string(),
-                    }));
-                }
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                debug!(%peer, "inbound blob request failed: {error}");
-            }
-            Event::ResponseSent { .. } => {}
         }
     }
 }

@@ -13,27 +13,35 @@ use libp2p::{
 };
 
 use super::codec::PostcardCodec;
-use super::ticket::MeshKey;
-use super::wire::{BlobRequest, BlobResponse, MAX_GOSSIP_BYTES, SyncRequest, SyncResponse};
+use super::ticket::CurrentKey;
+use super::wire::{
+    BlobRequest, BlobResponse, KeyRotation, KeyRotationAck, MAX_GOSSIP_BYTES, SyncRequest,
+    SyncResponse,
+};
 
 pub const SYNC_PROTOCOL: &str = "/meshd/sync/1";
 pub const BLOB_PROTOCOL: &str = "/meshd/blob/1";
 pub const IDENTIFY_PROTOCOL: &str = "/meshd/id/1";
+pub const KEY_PROTOCOL: &str = "/meshd/key/1";
 
 /// Limits on request-response bodies. A chunk is at most 1 MiB (see `transfer::chunk`).
 const MAX_SYNC_REQUEST: usize = 4 * 1024 * 1024;
 const MAX_SYNC_RESPONSE: usize = 64 * 1024 * 1024;
 const MAX_BLOB_REQUEST: usize = 1024;
 const MAX_BLOB_RESPONSE: usize = 4 * 1024 * 1024;
+const MAX_KEY_REQUEST: usize = 16 * 1024;
+const MAX_KEY_RESPONSE: usize = 1024;
 
 pub type SyncCodec = PostcardCodec<SyncRequest, SyncResponse>;
 pub type BlobCodec = PostcardCodec<BlobRequest, BlobResponse>;
+pub type KeyCodec = PostcardCodec<KeyRotation, KeyRotationAck>;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     pub sync: request_response::Behaviour<SyncCodec>,
     pub blob: request_response::Behaviour<BlobCodec>,
+    pub key: request_response::Behaviour<KeyCodec>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -51,22 +59,24 @@ pub enum BuildError {
     Behaviour(String),
 }
 
-/// Builds the swarm for one mesh. `gossip_heartbeat` is gossipsub's heartbeat interval.
+/// Builds the swarm for one mesh. Each new connection uses the mesh key `mesh_key` holds at that
+/// moment. `gossip_heartbeat` is gossipsub's heartbeat interval.
 pub fn build(
     keypair: Keypair,
-    key: MeshKey,
+    mesh_key: CurrentKey,
     mdns_enabled: bool,
     agent: String,
     gossip_heartbeat: Duration,
 ) -> Result<Swarm<Behaviour>, BuildError> {
-    let psk = PreSharedKey::new(key.0);
     let builder = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(|key| {
             let noise = noise::Config::new(key)?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
                 tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                    .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                    .and_then(move |socket, _| {
+                        PnetConfig::new(PreSharedKey::new(mesh_key.get().0)).handshake(socket)
+                    })
                     .upgrade(upgrade::Version::V1Lazy)
                     .authenticate(noise)
                     .multiplex(yamux::Config::default())
@@ -122,6 +132,14 @@ pub fn build(
                     .with_request_timeout(Duration::from_secs(60))
                     .with_max_concurrent_streams(64),
             );
+            let key_rotation = request_response::Behaviour::with_codec(
+                KeyCodec::new(MAX_KEY_REQUEST, MAX_KEY_RESPONSE),
+                [(
+                    StreamProtocol::new(KEY_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            );
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                     .with_agent_version(agent.clone()),
@@ -139,6 +157,7 @@ pub fn build(
                 gossipsub,
                 sync,
                 blob,
+                key: key_rotation,
                 identify,
                 ping,
                 mdns: Toggle::from(mdns),

@@ -221,6 +221,31 @@ pub enum BlobResponse {
     NotFound,
 }
 
+/// Most peers one key rotation can exclude.
+pub const MAX_EXCLUDED: usize = 256;
+
+/// `/meshd/key/1` request: a member hands over a new mesh key (`meshd rotate-key`), over a
+/// connection the old key already protects. The receiver switches (new connections need the
+/// new key) and passes it on to its own peers, except the sender and the excluded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRotation {
+    pub version: u16,
+    /// The mesh's id: a rotation for another mesh is refused.
+    pub mesh: String,
+    pub key: super::MeshKey,
+    /// Peers that must not learn the key: receivers disconnect them.
+    pub exclude: Vec<PeerId>,
+}
+
+/// `/meshd/key/1` response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyRotationAck {
+    /// The receiver uses the new key (or already did).
+    Switched,
+    /// Not taken, with why.
+    Refused(String),
+}
+
 /// Who sent what, for events the node hands to the daemon.
 #[derive(Clone, Debug)]
 pub struct Gossip {

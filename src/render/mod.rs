@@ -10,8 +10,9 @@
 //!     --python-exit-code 86 --python WORK/meshd_driver.py -- --meshd-config WORK/meshd_job.json
 //! ```
 //!
-//! with `BLENDER_USER_CONFIG`, `BLENDER_USER_SCRIPTS`, `BLENDER_USER_DATAFILES` and
-//! `TMPDIR` pointing into the worker's private directory (Blender writes its
+//! (inside bubblewrap where it is installed: [`sandbox`]) with `BLENDER_USER_CONFIG`,
+//! `BLENDER_USER_SCRIPTS`, `BLENDER_USER_DATAFILES` and `TMPDIR` pointing into the worker's
+//! private directory (Blender writes its
 //! `<scene>.crash.txt` there). `-y` (scripts in the `.blend` run) only when the job and this
 //! peer allow it. The embedded `driver.py` applies the job's settings once (scene, camera,
 //! engine, output format and depth, resolution %, samples, Cycles device; denoising off
@@ -41,6 +42,7 @@ pub mod discover;
 pub mod logparse;
 pub mod probe;
 mod process;
+pub mod sandbox;
 pub mod settings;
 pub mod simulate;
 pub mod verify;
@@ -48,4 +50,5 @@ pub mod worker;
 
 pub use blendfile::{BlendFileError, check_blend_file};
 pub use probe::{BlenderInfo, DeviceInfo, ProbeError, find_blender, probe};
+pub use sandbox::Sandbox;
 pub use worker::{FrameError, FrameProgress, ProjectLayout, RenderedFrame, Worker, WorkerConfig};

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::process::Command;
 
+use super::sandbox::{Sandbox, View};
 use super::settings::DeviceKind;
 
 /// The embedded probe script.
@@ -169,13 +170,17 @@ pub(crate) fn private_env(cmd: &mut Command, dir: &Path) {
 /// and Blender's scratch files live in a fresh directory under `scratch` (the daemon's
 /// private `<data dir>/tmp`) with an unpredictable name, made by this process alone: no
 /// other local user can put a script where Blender will run it.
-pub async fn probe(blender: &Path, scratch: &Path) -> Result<BlenderInfo, ProbeError> {
+pub async fn probe(
+    blender: &Path,
+    scratch: &Path,
+    sandbox: &Sandbox,
+) -> Result<BlenderInfo, ProbeError> {
     std::fs::create_dir_all(scratch)?;
     let dir = tempfile::Builder::new()
         .prefix("probe-")
         .tempdir_in(scratch)?;
     std::fs::create_dir_all(dir.path().join("tmp"))?;
-    let result = run_probe(blender, dir.path()).await;
+    let result = run_probe(blender, dir.path(), sandbox).await;
     if let Err(e) = dir.close() {
         tracing::debug!("cannot remove the probe dir: {e}");
     }
@@ -244,10 +249,19 @@ fn pci_location(id: &str) -> Option<String> {
     ok.then(|| loc.to_ascii_lowercase())
 }
 
-async fn run_probe(blender: &Path, dir: &Path) -> Result<BlenderInfo, ProbeError> {
+async fn run_probe(
+    blender: &Path,
+    dir: &Path,
+    sandbox: &Sandbox,
+) -> Result<BlenderInfo, ProbeError> {
     let script = dir.join("probe.py");
     std::fs::write(&script, PROBE_PY)?;
-    let mut cmd = Command::new(blender);
+    // In the same sandbox as the renders, so that the devices found are those they see.
+    let view = View {
+        read: Vec::new(),
+        write: vec![dir.to_path_buf()],
+    };
+    let mut cmd = sandbox.command(blender, &view);
     cmd.args(["-b", "--factory-startup", "-noaudio", "--python-exit-code"])
         .arg(PYTHON_EXIT_CODE.to_string())
         .arg("--python")
@@ -487,7 +501,9 @@ Blender quit\n";
             "these tests need a real Blender: install it (`apt install blender`) or set BLENDER",
         );
         let scratch = tempfile::tempdir().unwrap();
-        let info = probe(&blender, scratch.path()).await.unwrap();
+        let info = probe(&blender, scratch.path(), &Sandbox::Off)
+            .await
+            .unwrap();
         assert!(!info.version.is_empty());
         assert!(info.devices.iter().any(|d| d.kind == DeviceKind::Cpu));
         let _ = info.best_device();

@@ -114,10 +114,7 @@ impl Blender {
 
     /// Resident memory in MiB (Linux `/proc`; `None` elsewhere).
     pub fn rss_mib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024)
+        tree_rss_kib(self.pid()?, 0).map(|kib| kib / 1024)
     }
 
     fn remember(&mut self, line: &str) {
@@ -343,6 +340,29 @@ fn die_with_parent(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Resident memory of `pid` and its descendants (a sandboxed Blender is a grandchild of
+/// the process meshd started), from `/proc`.
+fn tree_rss_kib(pid: u32, depth: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let own = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let below: u64 = if depth < 8 {
+        children
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .filter_map(|c| tree_rss_kib(c, depth + 1))
+            .sum()
+    } else {
+        0
+    };
+    Some(own + below)
 }
 
 #[cfg(not(target_os = "linux"))]

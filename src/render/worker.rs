@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 use thiserror::Error;
-use tokio::process::Command;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::blendfile::{BlendFileError, check_blend_file};
 use super::discover::{PROJECT_PY, PROJECT_PY_NAME};
 use super::probe::{PYTHON_EXIT_CODE, private_env};
 use super::process::{Blender, Outcome, one_line};
+use super::sandbox::{Sandbox, View};
 use super::settings::{DeviceKind, Engine, RenderSettings};
 use super::verify::verify_image;
 
@@ -70,6 +70,9 @@ pub struct WorkerConfig {
     /// The job's frame size when its submitter knew it (`JobSpec::size`): simulated frames
     /// are made at it, as the submitter checks every frame's size.
     pub frame_size: Option<(u32, u32)>,
+    /// Where Blender runs: inside bubblewrap it sees the project read-only and may write
+    /// only to `work_dir` and the output dir.
+    pub sandbox: Sandbox,
 }
 
 /// A frame Blender wrote and meshd checked.
@@ -169,6 +172,8 @@ struct DriverConfig<'a> {
 pub struct Worker {
     config: WorkerConfig,
     proc: Option<Blender>,
+    /// The output dir `proc` was started with: a sandboxed Blender can write nowhere else.
+    proc_out: PathBuf,
     /// Set while a frame is in flight; still set on entry means a `render` was dropped.
     busy: bool,
 }
@@ -178,6 +183,7 @@ impl Worker {
         Worker {
             config,
             proc: None,
+            proc_out: PathBuf::new(),
             busy: false,
         }
     }
@@ -248,8 +254,16 @@ impl Worker {
             tracing::warn!(%status, tail = ?p.tail, "idle Blender exited: restarting it");
             self.proc = None;
         }
+        if self.config.sandbox.is_on()
+            && self.proc_out != out_dir
+            && let Some(p) = self.proc.take()
+        {
+            // Its sandbox cannot write to the new output dir.
+            p.quit().await;
+        }
         if self.proc.is_none() {
-            self.proc = Some(self.start().await?);
+            self.proc = Some(self.start(&out_dir).await?);
+            self.proc_out = out_dir.clone();
         }
         let proc = self.proc.as_mut().ok_or_else(|| FrameError::Start {
             reason: "Blender is not running".into(),
@@ -327,7 +341,7 @@ impl Worker {
         }
     }
 
-    async fn start(&self) -> Result<Blender, FrameError> {
+    async fn start(&self, out_dir: &Path) -> Result<Blender, FrameError> {
         let c = &self.config;
         check_blend_file(&c.scene)?;
         let io = |e: std::io::Error| FrameError::Start {
@@ -348,7 +362,14 @@ impl Worker {
         .map_err(io)?;
         let scene = std::path::absolute(&c.scene).map_err(io)?;
 
-        let mut cmd = Command::new(&c.blender);
+        let view = View {
+            read: vec![match &c.project {
+                Some(p) => p.root_here.clone(),
+                None => scene.parent().unwrap_or(&scene).to_path_buf(),
+            }],
+            write: vec![c.work_dir.clone(), out_dir.to_path_buf()],
+        };
+        let mut cmd = c.sandbox.command(&c.blender, &view);
         cmd.args(["-b", "--factory-startup"])
             .arg(if c.scripts_allowed { "-y" } else { "-Y" })
             .arg("-noaudio")

@@ -95,6 +95,7 @@ fn config(scene: &Path, work: &Path) -> WorkerConfig {
         frame_timeout: None,
         simulate: None,
         frame_size: None,
+        sandbox: Sandbox::Off,
     }
 }
 
@@ -411,4 +412,48 @@ async fn recycles_after_max_frames_and_rss_and_times_out() {
         .unwrap_err();
     assert!(matches!(e, FrameError::Timeout { frame: 1, .. }), "{e:?}");
     assert!(w.pid().is_none());
+}
+
+/// Inside bubblewrap (installed by `scripts/install-deps.sh`): frames render and check as
+/// outside, Blender's memory is still seen (it is a grandchild of the process meshd
+/// starts), and a new output dir gets a Blender whose sandbox can write there.
+#[tokio::test]
+async fn a_sandboxed_worker_renders_and_its_memory_is_counted() {
+    // As `meshd join --sandbox-read` reads it (scripts/test-blender-versions.sh sets it).
+    let read = std::env::var_os("MESHD_SANDBOX_READ")
+        .map(|v| std::env::split_paths(&v).collect())
+        .unwrap_or_default();
+    let d = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::detect(false, Vec::new(), read, d.path())
+        .await
+        .expect("bubblewrap works here");
+    assert!(
+        sandbox.is_on(),
+        "this test needs bubblewrap: run scripts/install-deps.sh (apt install bubblewrap)"
+    );
+    let mut c = config(tiny_scene(), &d.path().join("work"));
+    c.sandbox = sandbox;
+    let mut w = Worker::new(c);
+    let out = d.path().join("out");
+    for f in [1, 2] {
+        let r = timeout(LIMIT, w.render(f, &out, None))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.frame, r.width, r.height), (f, 64, 48));
+    }
+    let rss = w.proc.as_ref().and_then(|p| p.rss_mib()).unwrap_or(0);
+    assert!(
+        rss > 50,
+        "Blender's memory counted through the sandbox: {rss} MiB"
+    );
+    let first = w.pid();
+    let other = d.path().join("other-out");
+    let r = timeout(LIMIT, w.render(3, &other, None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.path, other.join("frame_0003.png"));
+    assert_ne!(w.pid(), first, "restarted with the new output dir");
+    w.shutdown().await;
 }

@@ -585,3 +585,63 @@ impl Drop for TestLan {
         }
     }
 }
+
+/// Python for [`with_python`] that leaves `autorun.ran` in Blender's temp dir (`$TMPDIR`,
+/// inside the worker's dir), the one place a sandboxed Blender may write besides its output.
+pub const AUTORUN_MARKER: &str =
+    "import os, pathlib\npathlib.Path(os.environ['TMPDIR'], 'autorun.ran').write_text('ran')\n";
+
+/// Saves a copy of `scene` as `out` with extra Blender Python run before saving (`setup`,
+/// may be empty) and a text block holding `autorun`, registered to run when the file loads
+/// with scripts allowed.
+pub fn with_python_setup(scene: &Path, out: &Path, setup: &str, autorun: &str) {
+    let script = out.with_extension("py");
+    std::fs::write(
+        &script,
+        format!(
+            "import bpy\n{setup}\n\
+             t = bpy.data.texts.new('autorun.py')\n\
+             t.write({autorun:?})\n\
+             t.use_module = True\n\
+             bpy.ops.wm.save_as_mainfile(filepath={out:?})\n",
+            out = out.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let st = Command::new(blender())
+        .args(["-b", "--factory-startup", "-noaudio"])
+        .arg(scene)
+        .arg("--python")
+        .arg(&script)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        st.success() && out.is_file(),
+        "cannot make {}",
+        out.display()
+    );
+}
+
+/// [`with_python_setup`] without setup.
+pub fn with_python(scene: &Path, out: &Path, autorun: &str) {
+    with_python_setup(scene, out, "", autorun);
+}
+
+/// The first file called `name` under `dir`, at any depth.
+pub fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_name() == name {
+                return Some(p);
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            }
+        }
+    }
+    None
+}
