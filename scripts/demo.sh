@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: builds meshd, starts three daemons on this machine (one mesh on 127.0.0.1),
-# renders the bundled demo scene across them and says where the frames are.
+# renders the bundled demo scene across them (printing a dashboard link to watch it), makes a
+# video of the frames and says where they are. MESHD_DEMO_KEEP=1 keeps the mesh up afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,12 +41,14 @@ ticket=$("$meshd" --data-dir "$work/peers/alpha" invite --json | sed -E 's/.*"ti
 start beta "$ticket"
 start gamma "$ticket"
 echo "three daemons up: alpha, beta, gamma (logs in $work/peers/)"
+echo "dashboard (one-time link, while the demo runs): $("$meshd" --data-dir "$work/peers/alpha" dashboard --print-url)"
 
-"$meshd" --data-dir "$work/peers/alpha" submit "$work/demo.blend" 1-24 --out "$work/frames" --name demo --wait
+rm -f "$work/frames/demo.mp4"
+"$meshd" --data-dir "$work/peers/alpha" submit "$work/demo.blend" 1-24 --out "$work/frames" \
+    --name demo --video
 "$meshd" --data-dir "$work/peers/alpha" peers
-
-if command -v ffmpeg >/dev/null 2>&1; then
-    ffmpeg -loglevel error -y -framerate 24 -i "$work/frames/frame_%04d.png" \
-        -pix_fmt yuv420p "$work/demo.mp4" && echo "video: $work/demo.mp4"
-fi
 echo "frames: $work/frames/"
+if [ -n "${MESHD_DEMO_KEEP:-}" ]; then
+    echo "MESHD_DEMO_KEEP: the mesh stays up for the dashboard; Ctrl-C stops it"
+    wait
+fi

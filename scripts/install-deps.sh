@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what meshd's demo and tests need on Debian/Ubuntu: Blender (the distribution's
 # package), ffmpeg, OpenSSH, curl, xz, iproute2 (the mDNS test builds its own LAN from network
-# namespaces) and bubblewrap (Blender's sandbox). Does nothing for what is already there.
+# namespaces), bubblewrap (Blender's sandbox) and Chromium with its WebDriver (the dashboard's
+# browser test). Does nothing for what is already there.
 set -euo pipefail
 
 need=()
@@ -15,6 +16,8 @@ command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=""

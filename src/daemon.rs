@@ -46,6 +46,7 @@ use crate::transfer::checkout::Checkout;
 
 use peers::{LiveView, PeerTable};
 
+pub use outputs::frame_file_name;
 pub use quota::Quota;
 pub use setup::{DaemonError, data_dir_default, has_mesh, read_endpoint};
 

@@ -254,6 +254,27 @@ fn a_frame_past_the_timeout_fails_instead_of_hanging() {
         failure.contains("1s") || failure.contains("time"),
         "the reason names the timeout: {job}"
     );
+    // `meshd retry`: the failed frames again, as a new job writing to the same dir.
+    let failed_before = job["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["state"] == "failed")
+        .count() as u64;
+    let again = d.cli_json(&["retry", &id, "--json"]);
+    assert_eq!(again["name"], "slow retry", "{again}");
+    let retry = d.job(again["id"].as_str().unwrap());
+    let total = retry["frames_total"].as_u64().unwrap();
+    assert!(
+        failed_before >= 1 && (failed_before..=3).contains(&total),
+        "{failed_before} failed, {total} retried: {retry}"
+    );
+    assert_eq!(retry["out_dir"], job["out_dir"]);
+    let none = d.cli(&["retry", again["id"].as_str().unwrap()]);
+    assert!(
+        !none.status.success(),
+        "a job without failed frames has nothing to retry"
+    );
 }
 
 /// A job that no live peer can render (it wants a GPU; the only renderer has a CPU) says so

@@ -16,8 +16,13 @@
 //! | GET    | /v1/cloud    | [`types::CloudListResponse`]                   |
 //! | POST   | /v1/cloud/rent | [`types::CloudRentRequest`] → [`types::CloudRentResponse`] |
 //! | POST   | /v1/cloud/release | [`types::CloudReleaseRequest`] → [`types::CloudReleaseResponse`] |
+//! | POST   | /v1/dashboard/login | → [`dashboard::LoginUrl`]: a one-time dashboard login |
+//!
+//! The dashboard's own routes (`/`, `/ui/...`) use a session cookie instead of the token:
+//! see [`dashboard`].
 
 mod cloud;
+pub mod dashboard;
 pub mod types;
 
 use std::path::PathBuf;
@@ -41,6 +46,9 @@ use types::{
 
 struct Ctx {
     token: String,
+    /// Where this API listens (the dashboard checks `Host` against it).
+    addr: std::net::SocketAddr,
+    dash: dashboard::Dashboard,
     tx: mpsc::Sender<ApiRequest>,
     store: Store,
     me: PeerId,
@@ -366,8 +374,13 @@ pub fn serve(
     env: SubmitEnv,
     cloud: crate::cloud::handle::CloudHandle,
 ) -> tokio::task::JoinHandle<()> {
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     let ctx = Arc::new(Ctx {
         token,
+        addr,
+        dash: dashboard::Dashboard::default(),
         tx,
         store,
         me,
@@ -386,6 +399,7 @@ pub fn serve(
         .route("/v1/cloud", get(cloud::list))
         .route("/v1/cloud/rent", post(cloud::rent))
         .route("/v1/cloud/release", post(cloud::release))
+        .merge(dashboard::routes())
         .with_state(ctx);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -28,6 +28,8 @@ pub enum ControlAction {
     Priority(i32),
     /// `meshd rm`: forget the job on this daemon.
     Remove,
+    /// `meshd retry`: the job's failed frames again, as a new job (the answer names it).
+    Retry,
 }
 
 /// `GET /v1/status` query: `?job=SEL&frames=all|active|none`.

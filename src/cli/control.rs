@@ -1,4 +1,4 @@
-//! `meshd cancel|pause|resume|priority|rm JOB`.
+//! `meshd cancel|pause|resume|priority|rm|retry JOB`.
 
 use std::path::Path;
 
@@ -36,6 +36,14 @@ pub async fn run(data_dir: &Path, arg: JobArg, action: ControlAction) -> anyhow:
         ControlAction::Resume => "resumed".to_string(),
         ControlAction::Priority(p) => format!("now at priority {p}"),
         ControlAction::Remove => "forgotten here".to_string(),
+        ControlAction::Retry => {
+            println!(
+                "failed frames submitted again as job {} ({})",
+                super::printable(&r.name),
+                &r.id[..12]
+            );
+            return Ok(0);
+        }
     };
     println!("job {} ({}) {what}", super::printable(&r.name), &r.id[..12]);
     Ok(0)

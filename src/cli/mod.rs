@@ -43,6 +43,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Open the web dashboard in a browser, signed in (a one-time login link).
+    Dashboard {
+        /// Print the login link instead of opening a browser.
+        #[arg(long)]
+        print_url: bool,
+    },
     /// Assemble a job's frames into a video with ffmpeg (the job must be complete here).
     Video(video::VideoArgs),
     /// Print a shell completion script: `meshd completions bash > /etc/bash_completion.d/meshd`.
@@ -100,6 +106,8 @@ pub enum Command {
     /// Forget a job that is over on this machine: its state and bookkeeping go, its files
     /// with the next `meshd gc`. Written output files stay.
     Rm(control::JobArg),
+    /// Render a job's failed frames again, as a new job writing to the same output dir.
+    Retry(control::JobArg),
     /// GPUs rented from Vast.ai and Clore.ai.
     #[command(subcommand)]
     Cloud(cloud::CloudCommand),
@@ -185,6 +193,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Join(args) => join::run(data_dir, args).await,
         Command::Invite { json } => status::invite(&data_dir, json).await,
         Command::Video(args) => video::run(&data_dir, args).await,
+        Command::Dashboard { print_url } => status::dashboard(&data_dir, print_url).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "meshd", &mut std::io::stdout());
             Ok(0)
@@ -203,6 +212,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             control::run(&data_dir, job, ControlAction::Priority(priority)).await
         }
         Command::Rm(j) => control::run(&data_dir, j, ControlAction::Remove).await,
+        Command::Retry(j) => control::run(&data_dir, j, ControlAction::Retry).await,
         Command::Cloud(c) => cloud::run(&data_dir, c).await,
     }
 }

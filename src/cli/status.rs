@@ -187,6 +187,30 @@ pub async fn invite(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// `meshd dashboard`: a one-time login link, opened in the browser (or printed).
+pub async fn dashboard(data_dir: &Path, print_url: bool) -> anyhow::Result<i32> {
+    let client = ApiClient::connect(data_dir)?;
+    let login: crate::api::dashboard::LoginUrl = client.post("/v1/dashboard/login", &()).await?;
+    if print_url {
+        println!("{}", login.url);
+        return Ok(0);
+    }
+    let opened = std::process::Command::new("xdg-open")
+        .arg(&login.url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if opened {
+        println!("dashboard opened in your browser (the link works once)");
+    } else {
+        println!("open this link in a browser on this machine (it works once, for 2 minutes):");
+        println!("  {}", login.url);
+    }
+    Ok(0)
+}
+
 /// `meshd rotate-key`.
 pub async fn rotate_key(data_dir: &Path, exclude: Vec<String>, json: bool) -> anyhow::Result<i32> {
     let client = ApiClient::connect(data_dir)?;

@@ -6,8 +6,9 @@ use libp2p::PeerId;
 use tracing::{info, warn};
 
 use super::Daemon;
-use crate::api::types::{ControlAction, ControlResponse};
+use crate::api::types::{ControlAction, ControlResponse, FramesQuery, StatusQuery};
 use crate::ids::JobId;
+use crate::ledger::job::MAX_JOB_NAME;
 use crate::ledger::{JobControl, RunState, sign};
 use crate::net::GossipMsg;
 
@@ -63,6 +64,9 @@ impl Daemon {
         sel: &str,
         action: ControlAction,
     ) -> Result<ControlResponse, String> {
+        if action == ControlAction::Retry {
+            return self.retry_failed(sel).await;
+        }
         let id = self.find_job(sel)?;
         if action == ControlAction::Remove {
             return self.remove(&id);
@@ -92,6 +96,7 @@ impl Daemon {
             ControlAction::Resume => now.next(RunState::Active, now.priority),
             ControlAction::Priority(p) => now.next(now.run, p),
             ControlAction::Remove => return self.remove(&id),
+            ControlAction::Retry => return self.retry_failed(sel).await,
         };
         sign::sign_control(&self.identity, &id, &mut next);
         self.merge_control_from(None, id, next).await;
@@ -102,6 +107,60 @@ impl Daemon {
             name,
             run: next.run,
             priority: next.priority,
+        })
+    }
+
+    /// `meshd retry JOB` (and the dashboard's button): the failed frames of a job submitted
+    /// here, rendered again as a new job (`<name> retry`) writing to the same output dir.
+    pub(super) async fn retry_failed(&mut self, sel: &str) -> Result<ControlResponse, String> {
+        let id = self.find_job(sel)?;
+        let spec = self
+            .ledger
+            .job(&id)
+            .map(|e| e.spec.clone())
+            .or_else(|| self.ledger.archived(&id).map(|a| a.spec.clone()))
+            .ok_or_else(|| format!("no job matches '{sel}'"))?;
+        if spec.submitter != self.me {
+            return Err(format!(
+                "job {} was submitted from another machine: run this there",
+                spec.name
+            ));
+        }
+        let out_dir = self
+            .local_jobs
+            .get(&id)
+            .map(|l| l.out_dir.clone())
+            .ok_or_else(|| format!("job {} has no output dir here", spec.name))?;
+        let q = StatusQuery {
+            job: Some(id.to_hex()),
+            frames: Some(FramesQuery::All),
+        };
+        let failed: Vec<u32> = self
+            .status_view(&q)
+            .jobs
+            .iter()
+            .flat_map(|j| j.frames.iter())
+            .filter(|f| f.state == "failed")
+            .map(|f| f.frame)
+            .collect();
+        if failed.is_empty() {
+            return Err(format!("job {} has no failed frames", spec.name));
+        }
+        let mut again = spec.clone();
+        again.frames = crate::ledger::FrameSet::from_frames(failed).map_err(|e| e.to_string())?;
+        let mut name: String = spec.name.chars().take(MAX_JOB_NAME - 6).collect();
+        name.push_str(" retry");
+        again.name = name;
+        again.created_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(spec.created_unix_ms + 1, |d| d.as_millis() as u64);
+        let resp = self.submit(again, out_dir).await?;
+        info!(job = %id.short(), retry = %resp.id, frames = resp.frames_total, "failed frames submitted again");
+        Ok(ControlResponse {
+            id: resp.id,
+            name: resp.name,
+            run: RunState::Active,
+            priority: spec.priority,
         })
     }
 
