@@ -11,6 +11,7 @@ mod cloud;
 mod control;
 #[cfg(feature = "test-faults")]
 mod liar;
+mod logs;
 mod outputs;
 mod peers;
 mod quota;
@@ -109,6 +110,10 @@ pub enum ApiRequest {
     ),
     Peers(oneshot::Sender<PeersResponse>),
     Invite(oneshot::Sender<Result<InviteResponse, String>>),
+    Logs(
+        crate::api::types::LogsQuery,
+        oneshot::Sender<Result<crate::api::types::LogsResponse, String>>,
+    ),
     RotateKey(
         crate::api::types::RotateKeyRequest,
         oneshot::Sender<Result<crate::api::types::RotateKeyResponse, String>>,
@@ -687,6 +692,7 @@ impl Daemon {
                 self.peers.entry(peer).agent = Some(agent);
                 self.remember_addrs(peer, addrs);
             }
+            NetEvent::LogRequest { req, channel, .. } => self.on_log_request(req, channel),
             NetEvent::KeyRotation { peer, req, channel } => {
                 self.on_key_rotation(peer, req, channel).await;
             }
@@ -869,6 +875,7 @@ impl Daemon {
                 let _ = reply.send(self.peers_view());
             }
             ApiRequest::RotateKey(req, reply) => self.rotate_key(req, reply).await,
+            ApiRequest::Logs(q, reply) => self.logs(&q.job, q.frame, reply),
             ApiRequest::Invite(reply) => {
                 let _ = reply.send(self.invite().await);
             }

@@ -261,7 +261,13 @@ fn a_machine_rented_for_a_job_joins_renders_and_is_released_when_the_job_ends() 
     });
     assert_eq!(released_note(&a), "its job is over");
     let r = &rentals(&a)[0];
-    assert!(r["spent_usd"].as_f64().unwrap() < 0.40, "{r}");
+    let spent = r["spent_usd"].as_f64().unwrap();
+    assert!(spent < 0.40, "{r}");
+    // The job's cost (shown by the dashboard) is what its machine cost.
+    let cost = a.job(&job)["cost_usd"]
+        .as_f64()
+        .expect("the job has a cost");
+    assert!((cost - spent).abs() < 0.01, "{cost} vs {spent}");
     assert!(!a.log().contains(VAST_KEY), "the key is never logged");
 }
 

@@ -246,6 +246,13 @@ fn the_dashboard_shows_frames_and_cancels_a_job_in_a_real_browser() {
     // A frame's details: its renderer and render time.
     browser.click("#grid .cell.done");
     let peer = browser.js("return document.querySelector('#fd-peer').textContent");
+    // ...and its Blender log, asked from the renderer.
+    wait_until(Duration::from_secs(20), "the frame's Blender log", || {
+        browser
+            .js("return document.querySelector('#fd-log').textContent")
+            .as_str()
+            .is_some_and(|t| t.contains("Fra:"))
+    });
     assert_eq!(peer, d.peer_id().as_str());
     assert!(
         browser

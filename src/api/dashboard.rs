@@ -16,6 +16,7 @@
 //! | GET  | `/ui/events?job=ID` | SSE: a `state` event every second: [`DashState`] |
 //! | POST | `/ui/control` | [`ControlRequest`] → [`crate::api::types::ControlResponse`] |
 //! | GET  | `/ui/frame/JOB/N` | the written frame; `?thumb=1`: a JPEG at most 240 px wide |
+//! | GET  | `/ui/logs/JOB/N` | the frame's Blender log, from its renderer: [`crate::api::types::LogsResponse`] |
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -118,6 +119,7 @@ pub(super) fn routes() -> Router<Arc<Ctx>> {
         .route("/ui/events", get(events))
         .route("/ui/control", post(control))
         .route("/ui/frame/{job}/{frame}", get(frame))
+        .route("/ui/logs/{job}/{frame}", get(logs))
         .route("/v1/dashboard/login", post(new_code))
 }
 
@@ -325,6 +327,22 @@ async fn control(
     match ask(&ctx, |reply| ApiRequest::Control(req, reply)).await {
         Ok(Ok(resp)) => Json(resp).into_response(),
         Ok(Err(e)) => err(StatusCode::BAD_REQUEST, e).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn logs(
+    State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
+    UrlPath((job, frame)): UrlPath<(String, u32)>,
+) -> Response {
+    if let Err(r) = admit(&ctx, &headers) {
+        return r.into_response();
+    }
+    let q = crate::api::types::LogsQuery { job, frame };
+    match ask(&ctx, |reply| ApiRequest::Logs(q, reply)).await {
+        Ok(Ok(resp)) => Json(resp).into_response(),
+        Ok(Err(e)) => err(StatusCode::NOT_FOUND, e).into_response(),
         Err(e) => e.into_response(),
     }
 }

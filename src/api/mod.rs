@@ -10,6 +10,7 @@
 //! | GET    | /v1/status   | [`types::StatusResponse`]                      |
 //! | GET    | /v1/peers    | [`types::PeersResponse`]                       |
 //! | GET    | /v1/invite   | [`types::InviteResponse`]                      |
+//! | GET    | /v1/logs     | query `job`, `frame` → [`types::LogsResponse`] |
 //! | POST   | /v1/rotate-key | [`types::RotateKeyRequest`] → [`types::RotateKeyResponse`] |
 //! | POST   | /v1/jobs     | [`types::SubmitRequest`] → [`types::SubmitResponse`] |
 //! | POST   | /v1/gc       | — → [`crate::store::gc::GcReport`]             |
@@ -133,6 +134,18 @@ async fn invite(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> ApiResult<In
         .await?
         .map(Json)
         .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, e))
+}
+
+async fn logs(
+    State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<types::LogsQuery>,
+) -> ApiResult<types::LogsResponse> {
+    check_token(&ctx, &headers)?;
+    ask(&ctx, |reply| ApiRequest::Logs(q, reply))
+        .await?
+        .map(Json)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, e))
 }
 
 async fn rotate_key(
@@ -392,6 +405,7 @@ pub fn serve(
         .route("/v1/peers", get(peers))
         .route("/v1/invite", get(invite))
         .route("/v1/rotate-key", post(rotate_key))
+        .route("/v1/logs", get(logs))
         .route("/v1/jobs", post(submit))
         .route("/v1/gc", post(gc))
         .route("/v1/fetch", post(fetch))

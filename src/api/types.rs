@@ -198,6 +198,10 @@ pub struct JobView {
     /// Over and archived: only the counts are kept (`frames` is empty).
     #[serde(default)]
     pub archived: bool,
+    /// US dollars spent so far on machines this daemon rented for the job (`submit
+    /// --cloud`); `None` when it rented none.
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
 }
 
 /// Where this peer's copy of a job's project stands.
@@ -266,6 +270,22 @@ pub struct PeerInfo {
 pub struct InviteResponse {
     pub ticket: String,
     pub mesh_id: String,
+}
+
+/// `GET /v1/logs?job=SEL&frame=N`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogsQuery {
+    pub job: String,
+    pub frame: u32,
+}
+
+/// The Blender log of the last attempt at a frame, from the peer that made it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogsResponse {
+    pub job: String,
+    pub frame: u32,
+    pub peer: String,
+    pub lines: Vec<String>,
 }
 
 /// `POST /v1/rotate-key`: a new mesh key for the peers that are here now.

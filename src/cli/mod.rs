@@ -43,6 +43,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Blender's log of a frame, fetched from the peer that rendered it (or last tried).
+    Logs {
+        /// A job id (or its first characters) or a job name.
+        job: String,
+        frame: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Open the web dashboard in a browser, signed in (a one-time login link).
     Dashboard {
         /// Print the login link instead of opening a browser.
@@ -193,6 +201,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Join(args) => join::run(data_dir, args).await,
         Command::Invite { json } => status::invite(&data_dir, json).await,
         Command::Video(args) => video::run(&data_dir, args).await,
+        Command::Logs { job, frame, json } => status::logs(&data_dir, &job, frame, json).await,
         Command::Dashboard { print_url } => status::dashboard(&data_dir, print_url).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "meshd", &mut std::io::stdout());

@@ -187,6 +187,28 @@ pub async fn invite(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// `meshd logs JOB FRAME`.
+pub async fn logs(data_dir: &Path, job: &str, frame: u32, json: bool) -> anyhow::Result<i32> {
+    let client = ApiClient::connect(data_dir)?;
+    let frame_s = frame.to_string();
+    let query = [("job", job), ("frame", frame_s.as_str())];
+    let r: crate::api::types::LogsResponse = client.get_query("/v1/logs", &query).await?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(0);
+    }
+    println!(
+        "# frame {} of job {}, rendered by {}",
+        r.frame,
+        &r.job[..12],
+        r.peer
+    );
+    for line in &r.lines {
+        println!("{}", super::printable(line));
+    }
+    Ok(0)
+}
+
 /// `meshd dashboard`: a one-time login link, opened in the browser (or printed).
 pub async fn dashboard(data_dir: &Path, print_url: bool) -> anyhow::Result<i32> {
     let client = ApiClient::connect(data_dir)?;

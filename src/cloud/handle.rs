@@ -100,6 +100,18 @@ impl CloudHandle {
     }
 
     /// The spend, for `meshd status`; `None` when nothing was rented.
+    /// Dollars spent so far on the machines rented for `job`, if any were.
+    pub fn job_spend(&self, job: &crate::ids::JobId) -> Option<f64> {
+        let rentals = self.rentals.borrow();
+        let now = now_unix();
+        let mut of_job = rentals
+            .iter()
+            .filter(|r| r.group.job.as_ref() == Some(job))
+            .peekable();
+        of_job.peek()?;
+        Some(of_job.map(|r| r.spent_usd(now)).sum())
+    }
+
     pub fn spend(&self) -> Option<CloudSpend> {
         let rentals = self.rentals.borrow();
         if rentals.is_empty() {

@@ -237,6 +237,7 @@ impl Daemon {
             require_blender: a.spec.require_blender.clone(),
             project: self.project_view(id),
             archived: true,
+            cost_usd: self.cloud.job_spend(id),
         }
     }
 }

@@ -281,7 +281,7 @@ impl Daemon {
                 || self.cfg.trust_submitters.contains(submitter))
     }
 
-    fn job_dir(&self, job: &JobId) -> PathBuf {
+    pub(super) fn job_dir(&self, job: &JobId) -> PathBuf {
         self.cfg.data_dir.join("work").join(job.to_hex())
     }
 

@@ -197,6 +197,7 @@ impl Daemon {
                 && progress.pending > 0
                 && fitting_renderers(entry, view).is_empty())
             .then(|| no_renderer_reason(&entry.spec)),
+            cost_usd: self.cloud.job_spend(id),
             frames,
             blender_version: entry.spec.blender_version.clone(),
             require_blender: entry.spec.require_blender.clone(),

@@ -18,5 +18,5 @@ pub use node::{BlobServer, Client, NetError, NetEvent};
 pub use ticket::{CurrentKey, MeshKey, Ticket, TicketError};
 pub use wire::{
     BlobRequest, BlobResponse, GossipMsg, HaveProject, Heartbeat, InFlight, KeyRotation,
-    KeyRotationAck, SyncRequest, SyncResponse, Topic,
+    KeyRotationAck, LogRequest, LogResponse, SyncRequest, SyncResponse, Topic,
 };

@@ -21,8 +21,8 @@ use tracing::{debug, info, warn};
 
 use super::swarm::{Behaviour, BehaviourEvent};
 use super::wire::{
-    BlobRequest, BlobResponse, Gossip, GossipMsg, KeyRotation, KeyRotationAck, SyncRequest,
-    SyncResponse, Topic,
+    BlobRequest, BlobResponse, Gossip, GossipMsg, KeyRotation, KeyRotationAck, LogRequest,
+    LogResponse, SyncRequest, SyncResponse, Topic,
 };
 
 mod requests;
@@ -61,6 +61,12 @@ pub enum NetEvent {
         req: SyncRequest,
         channel: ResponseChannel<SyncResponse>,
     },
+    /// A peer asks for a frame's Blender log; answer with [`Client::respond_logs`].
+    LogRequest {
+        peer: PeerId,
+        req: LogRequest,
+        channel: ResponseChannel<LogResponse>,
+    },
     /// A peer hands over a new mesh key; answer with [`Client::respond_key`].
     KeyRotation {
         peer: PeerId,
@@ -98,6 +104,15 @@ enum Command {
     RespondKey {
         channel: ResponseChannel<KeyRotationAck>,
         ack: KeyRotationAck,
+    },
+    Logs {
+        peer: PeerId,
+        req: LogRequest,
+        reply: oneshot::Sender<Result<LogResponse, NetError>>,
+    },
+    RespondLogs {
+        channel: ResponseChannel<LogResponse>,
+        resp: LogResponse,
     },
     Dial(Multiaddr),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
@@ -170,6 +185,21 @@ impl Client {
         self.send(Command::RespondKey { channel, ack }).await
     }
 
+    /// Asks `peer` for the Blender log of its last attempt at a frame.
+    pub async fn logs(&self, peer: PeerId, req: LogRequest) -> Result<LogResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Logs { peer, req, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    pub async fn respond_logs(
+        &self,
+        channel: ResponseChannel<LogResponse>,
+        resp: LogResponse,
+    ) -> Result<(), NetError> {
+        self.send(Command::RespondLogs { channel, resp }).await
+    }
+
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
         self.send(Command::Dial(addr)).await
     }
@@ -200,6 +230,7 @@ struct EventLoop {
     pending_sync: requests::Pending<SyncResponse>,
     pending_blob: requests::Pending<BlobResponse>,
     pending_key: requests::Pending<KeyRotationAck>,
+    pending_logs: requests::Pending<LogResponse>,
     queued: VecDeque<GossipMsg>,
     listen_addrs: Vec<Multiaddr>,
     topics: HashMap<TopicHash, Topic>,
@@ -250,6 +281,7 @@ pub fn spawn(
         pending_sync: HashMap::new(),
         pending_blob: HashMap::new(),
         pending_key: HashMap::new(),
+        pending_logs: HashMap::new(),
         queued: VecDeque::new(),
         listen_addrs: Vec::new(),
         topics,
@@ -337,6 +369,21 @@ impl EventLoop {
                     debug!("key rotation sender went away before the answer");
                 }
             }
+            Command::Logs { peer, req, reply } => {
+                let id = self.swarm.behaviour_mut().logs.send_request(&peer, req);
+                self.pending_logs.insert(id, reply);
+            }
+            Command::RespondLogs { channel, resp } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .logs
+                    .send_response(channel, resp)
+                    .is_err()
+                {
+                    debug!("log requester went away before the answer");
+                }
+            }
             Command::Dial(addr) => {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
                     debug!(%addr, "dial failed: {e}");
@@ -422,6 +469,7 @@ impl EventLoop {
             BehaviourEvent::Sync(ev) => self.on_sync(ev),
             BehaviourEvent::Blob(ev) => self.on_blob(ev),
             BehaviourEvent::Key(ev) => self.on_key(ev),
+            BehaviourEvent::Logs(ev) => self.on_logs(ev),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let addrs: Vec<Multiaddr> =
                     info.listen_addrs.into_iter().filter(is_dialable).collect();

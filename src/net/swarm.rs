@@ -15,14 +15,15 @@ use libp2p::{
 use super::codec::PostcardCodec;
 use super::ticket::CurrentKey;
 use super::wire::{
-    BlobRequest, BlobResponse, KeyRotation, KeyRotationAck, MAX_GOSSIP_BYTES, SyncRequest,
-    SyncResponse,
+    BlobRequest, BlobResponse, KeyRotation, KeyRotationAck, LogRequest, LogResponse,
+    MAX_GOSSIP_BYTES, SyncRequest, SyncResponse,
 };
 
 pub const SYNC_PROTOCOL: &str = "/meshd/sync/1";
 pub const BLOB_PROTOCOL: &str = "/meshd/blob/1";
 pub const IDENTIFY_PROTOCOL: &str = "/meshd/id/1";
 pub const KEY_PROTOCOL: &str = "/meshd/key/1";
+pub const LOGS_PROTOCOL: &str = "/meshd/logs/1";
 
 /// Limits on request-response bodies. A chunk is at most 1 MiB (see `transfer::chunk`).
 const MAX_SYNC_REQUEST: usize = 4 * 1024 * 1024;
@@ -31,10 +32,13 @@ const MAX_BLOB_REQUEST: usize = 1024;
 const MAX_BLOB_RESPONSE: usize = 4 * 1024 * 1024;
 const MAX_KEY_REQUEST: usize = 16 * 1024;
 const MAX_KEY_RESPONSE: usize = 1024;
+const MAX_LOGS_REQUEST: usize = 256;
+const MAX_LOGS_RESPONSE: usize = 512 * 1024;
 
 pub type SyncCodec = PostcardCodec<SyncRequest, SyncResponse>;
 pub type BlobCodec = PostcardCodec<BlobRequest, BlobResponse>;
 pub type KeyCodec = PostcardCodec<KeyRotation, KeyRotationAck>;
+pub type LogsCodec = PostcardCodec<LogRequest, LogResponse>;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -42,6 +46,7 @@ pub struct Behaviour {
     pub sync: request_response::Behaviour<SyncCodec>,
     pub blob: request_response::Behaviour<BlobCodec>,
     pub key: request_response::Behaviour<KeyCodec>,
+    pub logs: request_response::Behaviour<LogsCodec>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -140,6 +145,14 @@ pub fn build(
                 )],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
             );
+            let logs = request_response::Behaviour::with_codec(
+                LogsCodec::new(MAX_LOGS_REQUEST, MAX_LOGS_RESPONSE),
+                [(
+                    StreamProtocol::new(LOGS_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            );
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                     .with_agent_version(agent.clone()),
@@ -158,6 +171,7 @@ pub fn build(
                 sync,
                 blob,
                 key: key_rotation,
+                logs,
                 identify,
                 ping,
                 mdns: Toggle::from(mdns),

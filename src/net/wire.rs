@@ -221,6 +221,21 @@ pub enum BlobResponse {
     NotFound,
 }
 
+/// `/meshd/logs/1` request: the Blender log of the renderer's last attempt at a frame
+/// (`meshd logs JOB FRAME`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRequest {
+    pub job: JobId,
+    pub frame: u32,
+}
+
+/// `/meshd/logs/1` response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogResponse {
+    Lines(Vec<String>),
+    NotFound,
+}
+
 /// Most peers one key rotation can exclude.
 pub const MAX_EXCLUDED: usize = 256;
 

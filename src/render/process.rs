@@ -21,6 +21,9 @@ const QUIT_GRACE: Duration = Duration::from_secs(10);
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 /// Log lines kept for crash reports.
 const TAIL_LINES: usize = 50;
+/// Most lines of one frame's log kept ([`Blender::frame_log`]), and most bytes of a line.
+pub const FRAME_LOG_LINES: usize = 400;
+const FRAME_LOG_LINE_BYTES: usize = 500;
 
 /// A driver event (`@@MESHD@@ {json}`).
 #[derive(Deserialize, Debug)]
@@ -68,6 +71,9 @@ pub(super) struct Blender {
     pub missing_deps: Vec<String>,
     /// Last [`TAIL_LINES`] lines of output.
     pub tail: VecDeque<String>,
+    /// Blender's lines since the current (or last) frame's render command: the last
+    /// [`FRAME_LOG_LINES`], each cut to a few hundred bytes.
+    pub frame_log: VecDeque<String>,
     pub started: SystemTime,
     /// Frames rendered successfully.
     pub frames: u32,
@@ -98,6 +104,7 @@ impl Blender {
             settings_error: None,
             missing_deps: Vec::new(),
             tail: VecDeque::new(),
+            frame_log: VecDeque::new(),
             started,
             frames: 0,
         })
@@ -118,6 +125,14 @@ impl Blender {
     }
 
     fn remember(&mut self, line: &str) {
+        if self.frame_log.len() == FRAME_LOG_LINES {
+            self.frame_log.pop_front();
+        }
+        let mut cut = line.len().min(FRAME_LOG_LINE_BYTES);
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.frame_log.push_back(line[..cut].to_string());
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }
@@ -165,6 +180,7 @@ impl Blender {
         let mut cmd =
             serde_json::json!({"cmd": "render", "frame": frame, "out": pattern}).to_string();
         cmd.push('\n');
+        self.frame_log.clear();
         let sent = Instant::now();
         if let Err(e) = self.send(&cmd).await {
             tracing::warn!("cannot send to Blender: {e}");

@@ -277,6 +277,7 @@ impl Worker {
         }
         let timeout = self.config.frame_timeout;
         let outcome = proc.run_frame(frame, &pattern, timeout, progress).await;
+        save_frame_log(&self.config.work_dir, frame, &proc.frame_log);
         let (path, render_ms) = match outcome {
             Outcome::Done(path, ms) => (path, ms),
             Outcome::Failed(reason) => return Err(FrameError::Blender { frame, reason }),
@@ -440,6 +441,36 @@ impl Worker {
             project: self.config.project.as_ref(),
         }
     }
+}
+
+/// Where a worker keeps the Blender log of its last attempt at `frame`.
+fn frame_log_path(work_dir: &Path, frame: u32) -> PathBuf {
+    work_dir.join("logs").join(format!("frame_{frame:04}.log"))
+}
+
+/// Keeps `lines` as the log of `frame` (`meshd logs`); a failure to write only loses it.
+fn save_frame_log(work_dir: &Path, frame: u32, lines: &std::collections::VecDeque<String>) {
+    let path = frame_log_path(work_dir, frame);
+    let text: String = lines.iter().flat_map(|l| [l.as_str(), "\n"]).collect();
+    let written =
+        std::fs::create_dir_all(work_dir.join("logs")).and_then(|()| std::fs::write(&path, text));
+    if let Err(e) = written {
+        tracing::debug!("cannot keep the log of frame {frame}: {e}");
+    }
+}
+
+/// The Blender log of this peer's last attempt at `frame` of the job whose worker dirs
+/// (`worker-<slot>`) lie in `job_dir`: the newest of them.
+pub fn read_frame_log(job_dir: &Path, frame: u32) -> Option<Vec<String>> {
+    let newest = std::fs::read_dir(job_dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("worker-"))
+        .map(|e| frame_log_path(&e.path(), frame))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max()?;
+    let text = std::fs::read_to_string(newest.1).ok()?;
+    Some(text.lines().map(str::to_string).collect())
 }
 
 /// The error for a Blender that exited (or closed its output) mid-frame.

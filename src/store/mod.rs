@@ -274,6 +274,17 @@ impl Store {
         Ok(out)
     }
 
+    /// The stored state of one frame (of an archived job, say).
+    pub fn frame_state(&self, job: &JobId, frame: u32) -> Result<Option<FrameState>, StoreError> {
+        let mut key = [0u8; 36];
+        key[..32].copy_from_slice(&job.0);
+        key[32..].copy_from_slice(&frame.to_be_bytes());
+        match self.frames.get(key)? {
+            Some(v) => Ok(Some(decode_frame(&v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Records that job `id` is archived here (its frame states stay on disk).
     pub fn put_archived(&self, id: &JobId, job: &ArchivedJob) -> Result<(), StoreError> {
         let bytes = postcard::to_stdvec(job).map_err(|e| StoreError::Corrupt(e.to_string()))?;

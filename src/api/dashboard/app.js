@@ -71,7 +71,7 @@ function renderJobs(jobs) {
     tr.append(el('td', 'eta', eta(j)));
     tr.append(el('td', 'dupl', j.duplicates));
     tr.append(el('td', 'bytes', bytes(j.project && j.project.bytes)));
-    tr.append(el('td', 'cost', '—'));
+    tr.append(el('td', 'cost', j.cost_usd === null || j.cost_usd === undefined ? '—' : `$${j.cost_usd.toFixed(2)}`));
     const actions = el('td', 'actions');
     const live = !j.archived && (j.state === 'running' || j.state === 'paused');
     if (live) {
@@ -172,6 +172,7 @@ function showDetail(n, fresh) {
   $('#fd-time').textContent = f.render_ms ? `${(f.render_ms / 1000).toFixed(1)} s` : '—';
   const list = $('#fd-failures');
   list.replaceChildren(...f.failures.map((r) => el('li', null, r)));
+  if (fresh) loadLog(job.id, n);
   const img = $('#fd-image');
   if (f.state === 'done' && job.out_dir) {
     const src = `/ui/frame/${job.id}/${n}`;
@@ -181,6 +182,15 @@ function showDetail(n, fresh) {
   } else {
     img.hidden = true;
   }
+}
+
+async function loadLog(id, n) {
+  const pre = $('#fd-log');
+  pre.textContent = 'asking the renderer…';
+  const res = await fetch(`/ui/logs/${id}/${n}`);
+  const body = await res.json().catch(() => ({ error: res.statusText }));
+  if (detail !== n) return;
+  pre.textContent = res.ok ? body.lines.join('\n') : body.error;
 }
 
 function renderPeers(peers) {

@@ -1,4 +1,4 @@
-//! The node's request-response protocols: sync and key rotation requests go to the daemon,
+//! The node's request-response protocols: sync, key rotation and log requests go to the daemon,
 //! blob requests are answered here on a blocking thread, answers go back to their callers.
 
 use std::collections::HashMap;
@@ -10,7 +10,8 @@ use tracing::debug;
 
 use super::{Command, EventLoop, NetError, NetEvent};
 use crate::net::wire::{
-    BlobRequest, BlobResponse, KeyRotation, KeyRotationAck, SyncRequest, SyncResponse,
+    BlobRequest, BlobResponse, KeyRotation, KeyRotationAck, LogRequest, LogResponse, SyncRequest,
+    SyncResponse,
 };
 
 /// Callers waiting for the answers to their requests of one protocol.
@@ -77,6 +78,12 @@ impl EventLoop {
     pub(super) fn on_key(&mut self, ev: request_response::Event<KeyRotation, KeyRotationAck>) {
         if let Some((peer, req, channel)) = settle(&mut self.pending_key, ev, "key rotation") {
             self.emit(NetEvent::KeyRotation { peer, req, channel });
+        }
+    }
+
+    pub(super) fn on_logs(&mut self, ev: request_response::Event<LogRequest, LogResponse>) {
+        if let Some((peer, req, channel)) = settle(&mut self.pending_logs, ev, "log") {
+            self.emit(NetEvent::LogRequest { peer, req, channel });
         }
     }
 
