@@ -74,28 +74,24 @@ fn frames_become_a_video_after_the_job_and_on_request() {
 
     // meshd video: another codec, another file; an existing file is not replaced.
     let mov = r.join("shot.mov");
-    let st = d.cli(&[
-        "video",
-        "shot",
-        "--codec",
-        "prores",
-        "--out",
-        mov.to_str().unwrap(),
-    ]);
+    let prores = || {
+        d.cli(&[
+            "video",
+            "shot",
+            "--codec",
+            "prores",
+            "--out",
+            mov.to_str().unwrap(),
+        ])
+    };
+    let st = prores();
     assert!(
         st.status.success(),
         "{}",
         String::from_utf8_lossy(&st.stderr)
     );
     assert_eq!(probe(&mov), ("prores".into(), 64, 48, 4));
-    let again = d.cli(&[
-        "video",
-        "shot",
-        "--codec",
-        "prores",
-        "--out",
-        mov.to_str().unwrap(),
-    ]);
+    let again = prores();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 

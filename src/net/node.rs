@@ -333,56 +333,27 @@ impl EventLoop {
                 self.pending_blob.insert(id, reply);
             }
             Command::RespondSync { channel, resp } => {
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .sync
-                    .send_response(channel, resp)
-                    .is_err()
-                {
-                    debug!("sync requester went away before the response");
-                }
+                requests::answer(&mut self.swarm.behaviour_mut().sync, channel, resp, "sync")
             }
             Command::RespondBlob { channel, resp } => {
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .blob
-                    .send_response(channel, resp)
-                    .is_err()
-                {
-                    debug!("blob requester went away before the response");
-                }
+                requests::answer(&mut self.swarm.behaviour_mut().blob, channel, resp, "blob")
             }
             Command::Key { peer, req, reply } => {
                 let id = self.swarm.behaviour_mut().key.send_request(&peer, req);
                 self.pending_key.insert(id, reply);
             }
-            Command::RespondKey { channel, ack } => {
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .key
-                    .send_response(channel, ack)
-                    .is_err()
-                {
-                    debug!("key rotation sender went away before the answer");
-                }
-            }
+            Command::RespondKey { channel, ack } => requests::answer(
+                &mut self.swarm.behaviour_mut().key,
+                channel,
+                ack,
+                "key rotation",
+            ),
             Command::Logs { peer, req, reply } => {
                 let id = self.swarm.behaviour_mut().logs.send_request(&peer, req);
                 self.pending_logs.insert(id, reply);
             }
             Command::RespondLogs { channel, resp } => {
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .logs
-                    .send_response(channel, resp)
-                    .is_err()
-                {
-                    debug!("log requester went away before the answer");
-                }
+                requests::answer(&mut self.swarm.behaviour_mut().logs, channel, resp, "log")
             }
             Command::Dial(addr) => {
                 if let Err(e) = self.swarm.dial(addr.clone()) {

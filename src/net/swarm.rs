@@ -64,6 +64,25 @@ pub enum BuildError {
     Behaviour(String),
 }
 
+/// A request-response behaviour speaking `name` both ways.
+fn protocol<C>(
+    codec: C,
+    name: &'static str,
+    cfg: request_response::Config,
+) -> request_response::Behaviour<C>
+where
+    C: request_response::Codec<Protocol = StreamProtocol> + Clone + Send + 'static,
+{
+    request_response::Behaviour::with_codec(
+        codec,
+        [(
+            StreamProtocol::new(name),
+            request_response::ProtocolSupport::Full,
+        )],
+        cfg,
+    )
+}
+
 /// Builds the swarm for one mesh. Each new connection uses the mesh key `mesh_key` holds at that
 /// moment. `gossip_heartbeat` is gossipsub's heartbeat interval.
 pub fn build(
@@ -119,39 +138,30 @@ pub fn build(
                 gossipsub::MessageAuthenticity::Signed(key.clone()),
                 gossip_cfg,
             )?;
-            let sync = request_response::Behaviour::with_codec(
+            let sync = protocol(
                 SyncCodec::new(MAX_SYNC_REQUEST, MAX_SYNC_RESPONSE),
-                [(
-                    StreamProtocol::new(SYNC_PROTOCOL),
-                    request_response::ProtocolSupport::Full,
-                )],
+                SYNC_PROTOCOL,
                 request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
             );
-            let blob = request_response::Behaviour::with_codec(
+            let blob = protocol(
                 BlobCodec::new(MAX_BLOB_REQUEST, MAX_BLOB_RESPONSE),
-                [(
-                    StreamProtocol::new(BLOB_PROTOCOL),
-                    request_response::ProtocolSupport::Full,
-                )],
+                BLOB_PROTOCOL,
                 request_response::Config::default()
                     .with_request_timeout(Duration::from_secs(60))
                     .with_max_concurrent_streams(64),
             );
-            let key_rotation = request_response::Behaviour::with_codec(
+            let short = || {
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10))
+            };
+            let key_rotation = protocol(
                 KeyCodec::new(MAX_KEY_REQUEST, MAX_KEY_RESPONSE),
-                [(
-                    StreamProtocol::new(KEY_PROTOCOL),
-                    request_response::ProtocolSupport::Full,
-                )],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+                KEY_PROTOCOL,
+                short(),
             );
-            let logs = request_response::Behaviour::with_codec(
+            let logs = protocol(
                 LogsCodec::new(MAX_LOGS_REQUEST, MAX_LOGS_RESPONSE),
-                [(
-                    StreamProtocol::new(LOGS_PROTOCOL),
-                    request_response::ProtocolSupport::Full,
-                )],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+                LOGS_PROTOCOL,
+                short(),
             );
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())

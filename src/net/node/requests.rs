@@ -68,6 +68,20 @@ fn settle<Req, Resp>(
     None
 }
 
+/// Sends an answer; a requester that went away meanwhile is only logged.
+pub(super) fn answer<C>(
+    behaviour: &mut request_response::Behaviour<C>,
+    channel: ResponseChannel<C::Response>,
+    resp: C::Response,
+    protocol: &str,
+) where
+    C: request_response::Codec + Clone + Send + 'static,
+{
+    if behaviour.send_response(channel, resp).is_err() {
+        debug!("{protocol} requester went away before the answer");
+    }
+}
+
 impl EventLoop {
     pub(super) fn on_sync(&mut self, ev: request_response::Event<SyncRequest, SyncResponse>) {
         if let Some((peer, req, channel)) = settle(&mut self.pending_sync, ev, "sync") {
