@@ -460,6 +460,20 @@ pub fn child_pids(pid: u32) -> Vec<u32> {
     out
 }
 
+/// Every process below `pid`: its children, theirs, and so on (a sandboxed Blender is a
+/// grandchild of its daemon, under bubblewrap).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in child_pids(p) {
+            out.push(c);
+            todo.push(c);
+        }
+    }
+    out
+}
+
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
