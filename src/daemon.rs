@@ -5,13 +5,16 @@
 //! background tasks (fetches, renders, syncs) arrive as messages; the loop applies them to the
 //! ledger, persists what changed, and publishes deltas. Nothing in the loop waits on a peer.
 
+mod api;
 mod archive;
 mod cache;
 mod cloud;
 mod control;
+mod events;
 #[cfg(feature = "test-faults")]
 mod liar;
 mod logs;
+mod merge;
 mod outputs;
 mod peers;
 mod quota;
@@ -36,10 +39,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::api::types::{InviteResponse, PeersResponse, StatusResponse, SubmitResponse};
+use crate::api::types::InviteResponse;
 use crate::ids::{BlobId, JobId};
-use crate::ledger::{FrameUpdate, JobSpec, Ledger, RetryPolicy};
-use crate::net::{Client, GossipMsg, Heartbeat, NetEvent};
+use crate::ledger::{Ledger, RetryPolicy};
+use crate::net::{Client, GossipMsg, Heartbeat};
 use crate::render::BlenderInfo;
 use crate::store::Store;
 use crate::transfer::FetchStats;
@@ -47,6 +50,7 @@ use crate::transfer::checkout::Checkout;
 
 use peers::{LiveView, PeerTable};
 
+pub use api::ApiRequest;
 pub use outputs::frame_file_name;
 pub use quota::Quota;
 pub use setup::{DaemonError, data_dir_default, has_mesh, read_endpoint};
@@ -95,38 +99,6 @@ pub struct DaemonConfig {
     pub simulate_render: Option<Duration>,
     /// What this peer takes on per submitter (`--quota-*`).
     pub quota: Quota,
-}
-
-/// Requests from the local API.
-pub enum ApiRequest {
-    Submit(
-        Box<JobSpec>,
-        PathBuf,
-        oneshot::Sender<Result<SubmitResponse, String>>,
-    ),
-    Status(
-        crate::api::types::StatusQuery,
-        oneshot::Sender<StatusResponse>,
-    ),
-    Peers(oneshot::Sender<PeersResponse>),
-    Invite(oneshot::Sender<Result<InviteResponse, String>>),
-    Logs(
-        crate::api::types::LogsQuery,
-        oneshot::Sender<Result<crate::api::types::LogsResponse, String>>,
-    ),
-    RotateKey(
-        crate::api::types::RotateKeyRequest,
-        oneshot::Sender<Result<crate::api::types::RotateKeyResponse, String>>,
-    ),
-    Gc(oneshot::Sender<Result<crate::store::gc::GcReport, String>>),
-    Fetch(
-        crate::api::types::FetchRequest,
-        oneshot::Sender<Result<SubmitResponse, String>>,
-    ),
-    Control(
-        crate::api::types::ControlRequest,
-        oneshot::Sender<Result<crate::api::types::ControlResponse, String>>,
-    ),
 }
 
 /// Results of background tasks, delivered back to the loop.
@@ -466,262 +438,6 @@ impl Daemon {
 
     /// Joins frame deltas made here into the ledger and persists what changed. Returns the
     /// changed keys.
-    fn merge_updates(&mut self, updates: &[FrameUpdate]) -> Vec<(JobId, u32)> {
-        let (changed, forged) = self.merge_checked(updates, false);
-        if let Some(e) = forged {
-            warn!("an entry made here does not verify: {e}");
-        }
-        changed
-    }
-
-    /// Joins frame deltas `sender` sent (their signatures already `checked`, or not yet);
-    /// a forged one costs it its connection, and a peer found holding far more open claims
-    /// than it has render slots is disconnected too.
-    async fn merge_from(
-        &mut self,
-        sender: PeerId,
-        updates: &[FrameUpdate],
-        checked: bool,
-    ) -> Vec<(JobId, u32)> {
-        let (changed, forged) = self.merge_checked(updates, checked);
-        if let Some(e) = forged {
-            self.punish(sender, &format!("it sent a {e}")).await;
-        }
-        let mut flooders = Vec::new();
-        for u in updates {
-            if let Some(c) = &u.state.claim
-                && c.peer != self.me
-                && !flooders.contains(&c.peer)
-                && self.claims_flood(&u.job, &c.peer, c.incarnation)
-            {
-                flooders.push(c.peer);
-            }
-        }
-        for peer in flooders {
-            self.punish(peer, FLOODING).await;
-        }
-        // Results of liars keep arriving through honest peers: never waited for.
-        self.forsake_liars_in(&changed).await;
-        changed
-    }
-
-    /// Whether `peer` (as `incarnation`) holds more open claims in `job` than its
-    /// heartbeat's render slots allow: twice the slots (a finished frame's claim stays
-    /// open while it is stored and the next is claimed) and a margin.
-    fn claims_flood(&self, job: &JobId, peer: &PeerId, incarnation: u64) -> bool {
-        // Judged against the slots of the same incarnation only: a restarted peer's old
-        // claims were made with the slots it had then.
-        let Some(hb) = self
-            .peers
-            .peers
-            .get(peer)
-            .and_then(|s| s.heartbeat.as_ref())
-        else {
-            return false; // not live: its claims hold nothing anyway
-        };
-        if hb.incarnation != incarnation || hb.probing {
-            return false;
-        }
-        let open = self.ledger.job(job).map_or(0, |e| {
-            let held = e.tally.open_claims.get(&(*peer, incarnation));
-            held.copied().unwrap_or(0)
-        });
-        open > 2 * hb.slots as usize + 2
-    }
-
-    /// Joins every update whose entries verify ([`Ledger::apply_signed`]; `checked`: they
-    /// were verified already, off the loop); returns the changed keys and the first
-    /// forgery found, whose update is dropped.
-    fn merge_checked(
-        &mut self,
-        updates: &[FrameUpdate],
-        checked: bool,
-    ) -> (Vec<(JobId, u32)>, Option<crate::ledger::LedgerError>) {
-        let mut changed = Vec::new();
-        let mut forged = None;
-        for u in updates {
-            let applied = if checked {
-                self.ledger.apply(u)
-            } else {
-                self.ledger.apply_signed(u)
-            };
-            match applied {
-                Ok(true) => {
-                    if let Some(state) = self.ledger.frame(&u.job, u.frame)
-                        && let Err(e) = self.store.put_frame(&u.job, u.frame, state)
-                    {
-                        warn!("cannot persist frame state: {e}");
-                    }
-                    if self.has_result(&u.job, u.frame) {
-                        self.queue_write(u.job, u.frame);
-                    }
-                    self.settle.recheck(&self.ledger, &u.job);
-                    changed.push((u.job, u.frame));
-                }
-                Ok(false) => {}
-                Err(e) if e.is_forgery() => {
-                    forged.get_or_insert(e);
-                }
-                Err(e) => debug!("ignored frame update: {e}"),
-            }
-        }
-        (changed, forged)
-    }
-
-    /// `peer` lied (a forged or nonsensical entry, a result that is no image): it is
-    /// disconnected and refused from now on, and its heartbeats no longer count, so its
-    /// claims lapse. Nothing it signed is removed: the ledger stays one CRDT everywhere.
-    async fn punish(&mut self, peer: PeerId, why: &str) {
-        if peer == self.me || !self.banned.insert(peer) {
-            return;
-        }
-        warn!(%peer, "disconnecting a peer that misbehaved: {why}");
-        self.peers.forget_heartbeat(&peer);
-        if let Err(e) = self.net.ban(peer).await {
-            warn!("cannot disconnect {peer}: {e}");
-        }
-        self.forsake_liars().await;
-    }
-
-    fn has_result(&self, job: &JobId, frame: u32) -> bool {
-        self.ledger
-            .frame(job, frame)
-            .is_some_and(|s| s.canonical().is_some())
-    }
-
-    /// Adds a job from a peer, the store or a submit (signed by its submitter). Returns
-    /// true if it was new; a forged job is an error.
-    fn add_job(&mut self, spec: JobSpec) -> Result<bool, crate::ledger::LedgerError> {
-        match self.ledger.insert_signed_job(spec.clone()) {
-            Ok((id, true)) => {
-                self.settle.recheck(&self.ledger, &id);
-                if let Err(e) = self.store.put_job(&spec) {
-                    warn!("cannot persist job: {e}");
-                }
-                info!(job = %id.short(), name = %spec.name, frames = spec.frames.len(), "new job");
-                self.fetch_scenes(); // now, not at the next tick
-                Ok(true)
-            }
-            Ok((_, false)) => Ok(false),
-            Err(e) if e.is_forgery() => Err(e),
-            Err(e) => {
-                warn!("rejected job: {e}");
-                Ok(false)
-            }
-        }
-    }
-
-    /// Adds jobs `sender` sent; a forged one costs it its connection.
-    async fn add_jobs_from(&mut self, sender: PeerId, specs: Vec<JobSpec>) {
-        for spec in specs {
-            let _id = spec.id();
-            match self.add_job(spec) {
-                Err(e) => return self.punish(sender, &format!("it sent a {e}")).await,
-                #[cfg(feature = "test-faults")]
-                Ok(true) => self.lie_about_job(_id).await,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    async fn on_net_event(&mut self, ev: NetEvent) {
-        match ev {
-            // The node refuses them too; what it had queued is dropped here.
-            NetEvent::Gossip(g) if self.banned.contains(&g.source) => {}
-            NetEvent::Gossip(g) => match g.msg {
-                GossipMsg::Job(spec) if spec.submitter != g.source => {
-                    self.punish(g.source, "it announced a job in another peer's name")
-                        .await;
-                }
-                GossipMsg::Job(spec) => self.add_jobs_from(g.source, vec![*spec]).await,
-                GossipMsg::Frames(mut updates) => {
-                    // A submitter back after its job was archived here as an orphan.
-                    let jobs: Vec<JobId> = updates.iter().map(|u| u.job).collect();
-                    self.revive_orphans_of(g.source, &jobs);
-                    // News of archived jobs is late: nobody needs it any more. News of jobs
-                    // not known here yet cannot be judged (who is the submitter?): sync
-                    // brings the job and the news again.
-                    updates.retain(|u| self.ledger.job(&u.job).is_some());
-                    // A delta may only speak for its author: its claims, results and failures.
-                    let submitter =
-                        |u: &FrameUpdate| self.ledger.job(&u.job).map(|e| e.spec.submitter);
-                    if !updates
-                        .iter()
-                        .all(|u| authored_by(&u.state, &g.source, submitter(u)))
-                    {
-                        let why = "it gossiped frame updates in another peer's name";
-                        return self.punish(g.source, why).await;
-                    }
-                    let changed = self.merge_from(g.source, &updates, false).await;
-                    self.after_ledger_change(&changed);
-                    self.note_results(&changed, false);
-                }
-                GossipMsg::Control(job, control) => self.on_control(g.source, job, control).await,
-                GossipMsg::Heartbeat(hb) => {
-                    self.learn_addrs(g.source, &hb.addrs).await;
-                    let incarnation = hb.incarnation;
-                    let first = self.peers.peers.get(&g.source).is_none_or(|s| {
-                        s.heartbeat
-                            .as_ref()
-                            .is_none_or(|h| h.incarnation != incarnation)
-                    });
-                    self.peers.heartbeat(g.source, hb, Instant::now());
-                    // Its claims hold from now on: are there too many?
-                    if first
-                        && self
-                            .ledger
-                            .jobs()
-                            .any(|(id, _)| self.claims_flood(id, &g.source, incarnation))
-                    {
-                        self.punish(g.source, FLOODING).await;
-                    }
-                }
-            },
-            NetEvent::PeerConnected(peer) => {
-                self.peers.entry(peer).connected = true;
-                // A peer that completed the handshake holds the mesh key: worth redialling
-                // after a restart.
-                self.persist_addrs(peer);
-                self.start_sync(peer);
-            }
-            NetEvent::PeerDisconnected(peer) => self.peers.entry(peer).connected = false,
-            NetEvent::Discovered { peer, addrs } => {
-                self.remember_addrs(peer, addrs);
-            }
-            NetEvent::Identified { peer, agent, addrs } => {
-                self.peers.entry(peer).agent = Some(agent);
-                self.remember_addrs(peer, addrs);
-            }
-            NetEvent::LogRequest { req, channel, .. } => self.on_log_request(req, channel),
-            NetEvent::KeyRotation { peer, req, channel } => {
-                self.on_key_rotation(peer, req, channel).await;
-            }
-            NetEvent::SyncRequest { peer, req, channel } => {
-                if req.version != crate::net::wire::WIRE_VERSION {
-                    warn!(%peer, version = req.version, "ignoring sync request of another wire version");
-                    return;
-                }
-                // A submitter back after its job was archived here as an orphan: it
-                // needs the job's results again.
-                let jobs: Vec<JobId> = req.digests.iter().map(|(id, _)| *id).collect();
-                self.revive_orphans_of(peer, &jobs);
-                #[cfg_attr(not(feature = "test-faults"), allow(unused_mut))]
-                let mut resp = self.sync_response(&req);
-                #[cfg(feature = "test-faults")]
-                self.lie_in_sync(&mut resp);
-                debug!(%peer, jobs = resp.jobs.len(), updates = resp.updates.len(), "answering sync");
-                if let Err(e) = self.net.respond_sync(channel, resp).await {
-                    warn!("cannot answer sync: {e}");
-                }
-            }
-            NetEvent::ListenAddr(addr) => {
-                if !self.listen_addrs.contains(&addr) {
-                    self.listen_addrs.push(addr);
-                }
-            }
-        }
-    }
-
     async fn send_heartbeat(&mut self) {
         self.hb_seq += 1;
         let hb = Heartbeat {
@@ -860,95 +576,4 @@ impl Daemon {
         self.write_outputs();
         self.replicate();
     }
-
-    async fn on_api(&mut self, req: ApiRequest) {
-        match req {
-            ApiRequest::Submit(spec, out_dir, reply) => {
-                let _ = reply.send(self.submit(*spec, out_dir).await);
-                // A rent for this job may follow at once.
-                self.publish_activity();
-            }
-            ApiRequest::Status(q, reply) => {
-                let _ = reply.send(self.status_view(&q));
-            }
-            ApiRequest::Peers(reply) => {
-                let _ = reply.send(self.peers_view());
-            }
-            ApiRequest::RotateKey(req, reply) => self.rotate_key(req, reply).await,
-            ApiRequest::Logs(q, reply) => self.logs(&q.job, q.frame, reply),
-            ApiRequest::Invite(reply) => {
-                let _ = reply.send(self.invite().await);
-            }
-            ApiRequest::Gc(reply) => self.collect_garbage(0, Some(reply)),
-            ApiRequest::Control(req, reply) => {
-                let _ = reply.send(self.control(&req.job, req.action).await);
-            }
-            ApiRequest::Fetch(req, reply) => {
-                let _ = reply.send(self.deliver_to(&req.job, req.out_dir));
-            }
-        }
-    }
-
-    async fn submit(&mut self, spec: JobSpec, out_dir: PathBuf) -> Result<SubmitResponse, String> {
-        spec.validate()?;
-        let id = spec.id();
-        self.set_out_dir(id, &out_dir)?;
-        let mut spec = spec;
-        spec.submitter = self.me;
-        crate::ledger::sign::sign_job(&self.identity, &mut spec);
-        self.add_job(spec.clone()).map_err(|e| e.to_string())?;
-        let _ = self.store.flush();
-        let resp = SubmitResponse::job(id.to_hex(), spec.name.clone(), spec.frames.len(), out_dir);
-        self.publish(GossipMsg::Job(Box::new(spec))).await;
-        Ok(resp)
-    }
-
-    pub(super) async fn invite(&self) -> Result<InviteResponse, String> {
-        let mut addrs = self.net.listen_addrs().await.map_err(|e| e.to_string())?;
-        if addrs.is_empty() {
-            return Err("the daemon is not listening yet".into());
-        }
-        // Addresses reachable from other machines first; loopback last.
-        addrs.sort_by_key(|a| {
-            a.to_string().starts_with("/ip4/127.") || a.to_string().starts_with("/ip6/::1")
-        });
-        let addrs: Vec<Multiaddr> = addrs
-            .into_iter()
-            .map(|a| a.with_p2p(self.me).unwrap_or_else(|a| a))
-            .collect();
-        Ok(InviteResponse {
-            ticket: crate::net::Ticket::new(self.key.get(), &self.mesh_id, &addrs).encode(),
-            mesh_id: self.mesh_id.clone(),
-        })
-    }
-
-    fn load_local_jobs(&mut self) {
-        match self.store.local_jobs() {
-            Ok(jobs) => {
-                for (id, local) in jobs {
-                    let written = self.store.written_frames(&id).unwrap_or_default();
-                    self.written.insert(id, written.into_iter().collect());
-                    self.local_jobs.insert(id, local);
-                    self.queue_unwritten(id);
-                }
-            }
-            Err(e) => warn!("cannot read local jobs: {e}"),
-        }
-    }
-}
-
-/// Why a peer holding too many open claims is disconnected (see `Daemon::claims_flood`).
-const FLOODING: &str = "it holds far more claims than it has render slots";
-
-/// Whether every claim, result and failure in `state` names `author` as its peer, and only
-/// the job's submitter declares results lost.
-fn authored_by(
-    state: &crate::ledger::FrameState,
-    author: &PeerId,
-    submitter: Option<PeerId>,
-) -> bool {
-    state.claim.as_ref().is_none_or(|c| c.peer == *author)
-        && state.done.iter().all(|d| d.peer == *author)
-        && state.failures.iter().all(|f| f.peer == *author)
-        && (state.lost.is_empty() || submitter == Some(*author))
 }
