@@ -8,6 +8,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -107,6 +108,8 @@ impl Driver {
             .port();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            // Its own process group, so that drop takes the browser down with it.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -123,6 +126,7 @@ impl Driver {
         let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
             "binary": "/usr/bin/chromium",
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-crash-reporter", "--disable-breakpad",
                      "--window-size=390,844"]
         }}}});
         let v = d.call("POST", "/session", caps);
@@ -186,16 +190,12 @@ impl Driver {
 }
 
 impl Drop for Driver {
+    /// Kills chromedriver's process group: the driver, the browser and its helpers, pass
+    /// or fail (no request that could hang or panic while unwinding).
     fn drop(&mut self) {
-        if !self.session.is_empty() {
-            let _ = http(
-                &self.addr,
-                "DELETE",
-                &format!("/session/{}", self.session),
-                &[],
-                "",
-            );
-        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -271,6 +271,7 @@ async fn run_probe(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     private_env(&mut cmd, dir);
+    super::process::die_with_parent(&mut cmd);
     let child = cmd.spawn().map_err(|source| ProbeError::Spawn {
         path: blender.to_path_buf(),
         source,

@@ -345,13 +345,20 @@ async fn forward_lines(r: impl AsyncRead + Unpin, tx: UnboundedSender<String>) {
 
 /// Asks the kernel to kill Blender when the daemon dies, even by SIGKILL, so a crashed daemon
 /// never leaves a Blender rendering (and a rented GPU busy) behind.
+/// A daemon that dies between the fork and the `prctl` would go unnoticed: the child then
+/// checks that its parent is still the daemon, and gives up if not.
 #[cfg(target_os = "linux")]
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe and touches only the child's own process state.
+pub(crate) fn die_with_parent(cmd: &mut Command) {
+    let daemon = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe and touch only the child's own
+    // process state.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != daemon {
+                return Err(std::io::Error::other("the daemon is gone"));
             }
             Ok(())
         });
@@ -382,4 +389,4 @@ fn tree_rss_kib(pid: u32, depth: u32) -> Option<u64> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn die_with_parent(_cmd: &mut Command) {}
+pub(crate) fn die_with_parent(_cmd: &mut Command) {}
