@@ -243,6 +243,15 @@ fn the_dashboard_shows_frames_and_cancels_a_job_in_a_real_browser() {
             ) == 3
         },
     );
+    // The renderer's speed on the open job.
+    let speed = browser.js(&format!(
+        "return document.querySelector(\"#peers tr[data-peer='{}'] .speed\").textContent",
+        d.peer_id()
+    ));
+    assert!(
+        speed.as_str().is_some_and(|s| s.ends_with(" s/frame")),
+        "{speed}"
+    );
     // A frame's details: its renderer and render time.
     browser.click("#grid .cell.done");
     let peer = browser.js("return document.querySelector('#fd-peer').textContent");

@@ -193,9 +193,21 @@ async function loadLog(id, n) {
   pre.textContent = res.ok ? body.lines.join('\n') : body.error;
 }
 
+// Seconds per frame of each peer on the open job, from its finished frames.
+function speeds() {
+  const by = new Map();
+  for (const f of (job && job.frames) || []) {
+    if (f.state !== 'done' || !f.peer || !f.render_ms) continue;
+    const [sum, n] = by.get(f.peer) || [0, 0];
+    by.set(f.peer, [sum + f.render_ms, n + 1]);
+  }
+  return by;
+}
+
 function renderPeers(peers) {
   const body = $('#peers tbody');
   body.replaceChildren();
+  const speed = speeds();
   for (const p of peers) {
     const tr = el('tr');
     tr.dataset.peer = p.id;
@@ -205,6 +217,10 @@ function renderPeers(peers) {
     tr.append(el('td', 'online', p.self || p.connected ? 'online' : 'offline'));
     tr.append(el('td', null, p.render_device || (p.can_render ? '' : 'no render')));
     tr.append(el('td', null, p.blender || '—'));
+    const sp = speed.get(p.id);
+    const cell = el('td', 'speed', sp ? `${(sp[0] / sp[1] / 1000).toFixed(1)} s/frame` : '—');
+    cell.title = job ? `on ${job.name}, from ${sp ? sp[1] : 0} finished frames` : 'open a job to see';
+    tr.append(cell);
     tr.append(el('td', null, p.frames_rendered));
     tr.append(el('td', null, (p.rendering || []).join(', ')));
     tr.append(el('td', null, p.rented ? p.rented.usd_per_hour.toFixed(2) : '—'));
