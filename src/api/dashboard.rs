@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -55,7 +56,7 @@ pub struct Dashboard {
 }
 
 /// Thumbnails by job selector and frame.
-type Thumbs = HashMap<(String, u32), Arc<Vec<u8>>>;
+type Thumbs = HashMap<(String, u32), Bytes>;
 
 /// Why a dashboard request is turned away.
 enum Refusal {
@@ -349,7 +350,7 @@ async fn logs(
 
 /// The written file of `frame` in `dir`, whatever its format.
 fn frame_file(dir: &Path, frame: u32) -> Option<PathBuf> {
-    ["png", "jpg", "exr", "tif"]
+    crate::render::settings::FRAME_EXTENSIONS
         .iter()
         .map(|ext| dir.join(crate::daemon::frame_file_name(frame, ext)))
         .find(|p| p.is_file())
@@ -363,6 +364,11 @@ async fn frame(
 ) -> Response {
     if let Err(r) = admit(&ctx, &headers) {
         return r.into_response();
+    }
+    let thumb = q.thumb.unwrap_or(0) != 0;
+    // A grid asks for every frame's thumbnail: the cached ones cost no trip to the loop.
+    if thumb && let Some(b) = cached_thumbnail(&ctx, &job, frame) {
+        return jpeg(b);
     }
     let sel = StatusQuery {
         job: Some(job.clone()),
@@ -383,7 +389,7 @@ async fn frame(
         )
         .into_response();
     };
-    if q.thumb.unwrap_or(0) != 0 {
+    if thumb {
         return thumbnail(&ctx, job, frame, path).await;
     }
     let kind = match path.extension().and_then(|e| e.to_str()) {
@@ -399,46 +405,44 @@ async fn frame(
 }
 
 /// A small JPEG of the written frame, made once and kept in memory.
-async fn thumbnail(ctx: &Ctx, job: String, frame: u32, path: PathBuf) -> Response {
-    let key = (job, frame);
-    let cached = ctx
-        .dash
-        .thumbs
-        .lock()
-        .ok()
-        .and_then(|t| t.get(&key).cloned());
-    let bytes = match cached {
-        Some(b) => b,
-        None => {
-            let made = tokio::task::spawn_blocking(move || make_thumbnail(&path)).await;
-            let Ok(Ok(b)) = made else {
-                return err(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "no thumbnail for this frame",
-                )
-                .into_response();
-            };
-            let b = Arc::new(b);
-            if let Ok(mut t) = ctx.dash.thumbs.lock() {
-                if t.len() >= MAX_THUMBS {
-                    let drop_one = t.keys().next().cloned();
-                    if let Some(k) = drop_one {
-                        t.remove(&k);
-                    }
-                }
-                t.insert(key, b.clone());
-            }
-            b
-        }
-    };
+/// The cached thumbnail of `frame` of `job`, if one was made.
+fn cached_thumbnail(ctx: &Ctx, job: &str, frame: u32) -> Option<Bytes> {
+    let thumbs = ctx.dash.thumbs.lock().ok()?;
+    thumbs.get(&(job.to_string(), frame)).cloned()
+}
+
+fn jpeg(bytes: Bytes) -> Response {
     (
         [
             (header::CONTENT_TYPE, "image/jpeg"),
             (header::CACHE_CONTROL, "private, max-age=3600"),
         ],
-        bytes.as_ref().clone(),
+        bytes,
     )
         .into_response()
+}
+
+/// Makes a small JPEG of the written frame at `path` and keeps it.
+async fn thumbnail(ctx: &Ctx, job: String, frame: u32, path: PathBuf) -> Response {
+    let made = tokio::task::spawn_blocking(move || make_thumbnail(&path)).await;
+    let Ok(Ok(b)) = made else {
+        return err(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "no thumbnail for this frame",
+        )
+        .into_response();
+    };
+    let b = Bytes::from(b);
+    if let Ok(mut t) = ctx.dash.thumbs.lock() {
+        if t.len() >= MAX_THUMBS {
+            let drop_one = t.keys().next().cloned();
+            if let Some(k) = drop_one {
+                t.remove(&k);
+            }
+        }
+        t.insert((job, frame), b.clone());
+    }
+    jpeg(b)
 }
 
 fn make_thumbnail(path: &Path) -> Result<Vec<u8>, String> {

@@ -60,12 +60,9 @@ impl Codec {
     }
 
     /// ffmpeg's output options for this codec.
-    fn options(self) -> &'static [&'static str] {
-        // Chroma-subsampled formats need even sizes: `pad` adds a pixel where needed.
-        match self {
+    fn options(self) -> Vec<&'static str> {
+        let codec: &[&str] = match self {
             Codec::H264 => &[
-                "-vf",
-                "pad=ceil(iw/2)*2:ceil(ih/2)*2",
                 "-c:v",
                 "libx264",
                 "-crf",
@@ -78,8 +75,6 @@ impl Codec {
                 "+faststart",
             ],
             Codec::H265 => &[
-                "-vf",
-                "pad=ceil(iw/2)*2:ceil(ih/2)*2",
                 "-c:v",
                 "libx265",
                 "-crf",
@@ -92,8 +87,6 @@ impl Codec {
                 "+faststart",
             ],
             Codec::Prores => &[
-                "-vf",
-                "pad=ceil(iw/2)*2:ceil(ih/2)*2",
                 "-c:v",
                 "prores_ks",
                 "-profile:v",
@@ -102,8 +95,6 @@ impl Codec {
                 "yuv422p10le",
             ],
             Codec::Vp9 => &[
-                "-vf",
-                "pad=ceil(iw/2)*2:ceil(ih/2)*2",
                 "-c:v",
                 "libvpx-vp9",
                 "-crf",
@@ -114,7 +105,13 @@ impl Codec {
                 "yuv420p",
             ],
             Codec::Ffv1 => &["-c:v", "ffv1", "-level", "3"],
-        }
+        };
+        // Chroma-subsampled formats need even sizes: `pad` adds a pixel where needed.
+        let pad: &[&str] = match self {
+            Codec::Ffv1 => &[],
+            _ => &["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"],
+        };
+        [pad, codec].concat()
     }
 }
 
@@ -280,7 +277,7 @@ fn frames_in(dir: &Path) -> anyhow::Result<Vec<(u32, PathBuf)>> {
         let Some((stem, ext)) = name.rsplit_once('.') else {
             continue;
         };
-        let image = ["png", "jpg", "tif", "exr"].contains(&ext);
+        let image = crate::render::settings::FRAME_EXTENSIONS.contains(&ext);
         if let Some(n) = stem.strip_prefix("frame_").and_then(|n| n.parse().ok())
             && image
         {

@@ -23,13 +23,9 @@ impl Daemon {
         let dir = self.job_dir(&req.job);
         let net = self.net.clone();
         tokio::spawn(async move {
-            let lines = tokio::task::spawn_blocking(move || {
-                crate::render::worker::read_frame_log(&dir, req.frame)
-            })
-            .await
-            .ok()
-            .flatten();
-            let resp = lines.map_or(LogResponse::NotFound, LogResponse::Lines);
+            let resp = read_log(dir, req.frame)
+                .await
+                .map_or(LogResponse::NotFound, LogResponse::Lines);
             if let Err(e) = net.respond_logs(channel, resp).await {
                 tracing::debug!("cannot answer a log request: {e}");
             }
@@ -60,13 +56,7 @@ impl Daemon {
         let (me, net, dir) = (self.me, self.net.clone(), self.job_dir(&job));
         tokio::spawn(async move {
             let lines = if peer == me {
-                tokio::task::spawn_blocking(move || {
-                    crate::render::worker::read_frame_log(&dir, frame)
-                })
-                .await
-                .ok()
-                .flatten()
-                .ok_or_else(|| {
+                read_log(dir, frame).await.ok_or_else(|| {
                     "this peer has no log of that frame (its work dir was cleaned)".to_string()
                 })
             } else {
@@ -113,4 +103,12 @@ impl Daemon {
             })
             .or_else(|| state.claim.as_ref().map(|c| c.peer))
     }
+}
+
+/// This peer's log of `frame` of the job whose dir is `dir`, read on a blocking thread.
+async fn read_log(dir: std::path::PathBuf, frame: u32) -> Option<Vec<String>> {
+    tokio::task::spawn_blocking(move || crate::render::worker::read_frame_log(&dir, frame))
+        .await
+        .ok()
+        .flatten()
 }

@@ -163,7 +163,7 @@ impl Daemon {
     /// Uses `key` from now on (stored first, so a restart keeps it) and disconnects the
     /// excluded peers.
     async fn switch_key(&mut self, key: MeshKey, exclude: &[PeerId]) -> Result<(), String> {
-        super::setup::store_mesh_key(&self.cfg.data_dir, key)
+        super::setup::store_mesh_key(&self.cfg.data_dir, key, Some(self.key.get()))
             .map_err(|e| format!("cannot store the new mesh key: {e}"))?;
         self.key.set(key);
         info!(

@@ -229,7 +229,7 @@ fn load_mesh(
         }
     };
     if stored != Some(key) {
-        store_mesh_key(dir, key)?;
+        store_mesh_key(dir, key, stored)?;
     }
     if !id_path.exists() {
         write_private(&id_path, id.as_bytes()).map_err(io_err(&id_path))?;
@@ -237,16 +237,16 @@ fn load_mesh(
     Ok((key, id))
 }
 
-/// Persists the mesh key (after a rotation: the next start uses it). The key it replaces
-/// is remembered as retired, so that a stale ticket (in a config file, say) does not bring
-/// it back.
-pub(super) fn store_mesh_key(dir: &Path, key: MeshKey) -> Result<(), DaemonError> {
+/// Persists the mesh key (after a rotation: the next start uses it). The key it replaces,
+/// if any, is remembered as retired, so that a stale ticket (in a config file, say) does
+/// not bring it back.
+pub(super) fn store_mesh_key(
+    dir: &Path,
+    key: MeshKey,
+    replaced: Option<MeshKey>,
+) -> Result<(), DaemonError> {
     let path = dir.join(MESH_KEY_FILE);
-    if let Some(old) = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|s| MeshKey::from_hex(&s))
-        .filter(|old| *old != key)
-    {
+    if let Some(old) = replaced.filter(|old| *old != key) {
         let retired = dir.join(RETIRED_KEYS_FILE);
         let mut list = std::fs::read_to_string(&retired).unwrap_or_default();
         list.push_str(&fingerprint(&old));

@@ -22,7 +22,7 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 /// Log lines kept for crash reports.
 const TAIL_LINES: usize = 50;
 /// Most lines of one frame's log kept ([`Blender::frame_log`]), and most bytes of a line.
-pub const FRAME_LOG_LINES: usize = 400;
+const FRAME_LOG_LINES: usize = 400;
 const FRAME_LOG_LINE_BYTES: usize = 500;
 
 /// A driver event (`@@MESHD@@ {json}`).

@@ -22,6 +22,9 @@ pub enum OutputFormat {
     Tiff,
 }
 
+/// Every extension [`OutputFormat::extension`] gives: what a written frame file can end in.
+pub const FRAME_EXTENSIONS: [&str; 4] = ["png", "jpg", "exr", "tif"];
+
 impl OutputFormat {
     /// File extension Blender uses for this format (without the dot).
     pub fn extension(self) -> &'static str {
