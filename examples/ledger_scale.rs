@@ -109,6 +109,7 @@ fn main() {
             peer: ids[f as usize % peers],
             output: BlobId::of(&f.to_le_bytes()),
             render_ms: 1000 + u64::from(f % 7),
+            thumb: None,
         }),
     };
 
@@ -158,6 +159,7 @@ fn main() {
                 peer: ids[1],
                 output: BlobId::of(b"again"),
                 render_ms: 5,
+                thumb: None,
             }),
         })
         .expect("update");
@@ -175,6 +177,7 @@ fn main() {
                 peer: ids[2],
                 output: BlobId::of(b"third"),
                 render_ms: 5,
+                thumb: None,
             }),
         })
         .expect("update");
@@ -192,6 +195,7 @@ fn main() {
                 peer: ids[3],
                 output: BlobId::of(b"fourth"),
                 render_ms: 5,
+                thumb: None,
             }),
         })
         .expect("update");
@@ -298,7 +302,18 @@ fn signed(frames: u32, peers: usize) {
             let k = &keys[f as usize % peers];
             let mut state = FrameState::from_claim(sign::claim(k, &id, f, 1, 1));
             let output = BlobId::of(&f.to_le_bytes());
-            state.done.insert(sign::done(k, &id, f, 1, 1, output, 1000));
+            state.done.insert(sign::done(
+                k,
+                &id,
+                f,
+                1,
+                1,
+                sign::Rendered {
+                    output,
+                    thumb: None,
+                    render_ms: 1000,
+                },
+            ));
             FrameUpdate {
                 job: id,
                 frame: f,

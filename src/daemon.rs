@@ -25,6 +25,7 @@ mod settle;
 mod setup;
 mod sync;
 mod tail;
+mod thumbs;
 mod views;
 
 use std::collections::{HashMap, HashSet};
@@ -54,6 +55,7 @@ pub use api::ApiRequest;
 pub use outputs::frame_file_name;
 pub use quota::Quota;
 pub use setup::{DaemonError, data_dir_default, has_mesh, read_endpoint};
+pub use thumbs::ThumbError;
 
 /// How a daemon is started (`meshd join`).
 #[derive(Clone, Debug)]
@@ -129,8 +131,8 @@ enum TaskDone {
         frame: u32,
         epoch: u32,
         render_ms: u64,
-        /// The output, pinned until its result is merged.
-        result: Result<(BlobId, crate::store::Pin), String>,
+        /// The output and its thumbnail, pinned until its result is merged.
+        result: Result<render::StoredFrame, String>,
     },
     Probed(Result<BlenderInfo, String>),
     Collected {

@@ -23,6 +23,23 @@ fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String, String) {
+    let (status, head, body) = http_bytes(addr, method, path, headers, body);
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(&body) } else { body };
+    (status, head, body)
+}
+
+/// [`http`] with the body as bytes, not de-chunked.
+fn http_bytes(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
@@ -74,8 +91,6 @@ fn http(
         .unwrap_or("0")
         .parse()
         .unwrap_or(0);
-    let body = String::from_utf8_lossy(&body).into_owned();
-    let body = if chunked { dechunk(&body) } else { body };
     (status, head, body)
 }
 
@@ -295,6 +310,88 @@ fn the_dashboard_shows_frames_and_cancels_a_job_in_a_real_browser() {
         overflow.as_i64().is_some_and(|o| o <= 0),
         "{overflow} px wider than the window: {wide}"
     );
+}
+
+/// Logs in to `d`'s dashboard over raw HTTP: (`host:port`, session cookie).
+fn session(d: &Daemon) -> (String, String) {
+    let url = login_url(d);
+    let rest = url.strip_prefix("http://").unwrap();
+    let (addr, login_path) = rest.split_once('/').unwrap();
+    let (status, head, _) = http(addr, "GET", &format!("/{login_path}"), &[], "");
+    assert_eq!(status, 303);
+    let cookie = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("set-cookie")
+                .then(|| v.split(';').next().unwrap().trim().to_string())
+        })
+        .expect("a session cookie");
+    (addr.to_string(), cookie)
+}
+
+/// Thumbnails are made by the renderer and travel with the frame: a dashboard on a peer
+/// that neither rendered nor wrote the job, nor keeps copies, shows the renderer's own
+/// thumbnail (fetched from the peers that hold it, byte for byte the blob the signed
+/// result names), and the submitter holds it with the frame.
+#[test]
+fn thumbnails_come_from_the_renderer_to_any_dashboard() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let scene = make_scene(r, "shot.blend", 3, 64, 48, 1);
+    let submitter = Daemon::start(r, "submitter", None, &["--no-render"]);
+    let ticket = submitter.ticket();
+    let renderer = Daemon::start(r, "renderer", Some(&ticket), &[]);
+    let watcher = Daemon::start(
+        r,
+        "watcher",
+        Some(&ticket),
+        &["--no-render", "--replicas", "0"],
+    );
+    wait_until(Duration::from_secs(60), "the renderer to be seen", || {
+        submitter.renderers() == 1 && watcher.connected_peers().len() == 2
+    });
+    let id = submit(&submitter, &scene, "1-3", &r.join("out"), &[]);
+    wait_until(Duration::from_secs(120), "all frames written", || {
+        submitter.job(&id)["frames_written"] == 3
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "the watcher to hear of them",
+        || watcher.job(&id)["frames_done"] == 3,
+    );
+
+    // The submitter fetched each thumbnail with its frame; the watcher holds none yet.
+    for f in submitter.job(&id)["frames"].as_array().unwrap() {
+        let thumb = f["thumb"].as_str().expect("the result names a thumbnail");
+        assert!(submitter.dir.join("blobs").join(thumb).is_file());
+        assert!(!watcher.dir.join("blobs").join(thumb).exists());
+    }
+    for d in [&watcher, &submitter] {
+        let frames = d.job(&id)["frames"].clone();
+        let (addr, cookie) = session(d);
+        let with = [("Cookie", cookie.as_str())];
+        for f in frames.as_array().unwrap() {
+            let n = f["frame"].as_u64().unwrap();
+            let thumb = f["thumb"].as_str().expect("the result names a thumbnail");
+            let path = format!("/ui/frame/{id}/{n}?thumb=1");
+            let (status, head, body) = http_bytes(&addr, "GET", &path, &with, "");
+            assert_eq!(status, 200, "{head}");
+            assert!(head.to_ascii_lowercase().contains("image/jpeg"), "{head}");
+            let blob = meshd::transfer::Manifest::build(&body[..]).unwrap().id();
+            assert_eq!(blob.to_hex(), thumb, "the blob the renderer signed");
+            let img = image::load_from_memory(&body).unwrap();
+            assert_eq!((img.width(), img.height()), (64, 48));
+        }
+    }
+    // The watcher has no copy of the full frames: what it showed were thumbnails only.
+    let (addr, cookie) = session(&watcher);
+    let with = [("Cookie", cookie.as_str())];
+    assert_eq!(
+        http(&addr, "GET", &format!("/ui/frame/{id}/1"), &with, "").0,
+        404
+    );
+    drop(renderer);
 }
 
 #[test]

@@ -49,3 +49,45 @@ fn a_frames_blender_log_comes_from_its_renderer() {
     let bad = submitter.cli(&["logs", "nosuchjob", "1"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no job matches"));
 }
+
+/// The log of a frame being rendered now: the renderer's lines so far, marked live.
+#[test]
+fn the_log_of_a_frame_being_rendered_shows_its_lines_so_far() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    // Slow enough to be caught mid-frame: many samples at a small size.
+    let scene = make_scene(r, "slow.blend", 1, 160, 120, 4000);
+    let submitter = Daemon::start(r, "submitter", None, &["--no-render"]);
+    let renderer = Daemon::start(r, "renderer", Some(&submitter.ticket()), &[]);
+    wait_until(Duration::from_secs(60), "the renderer to be seen", || {
+        submitter.renderers() == 1
+    });
+    let id = submit(&submitter, &scene, "1", &r.join("out"), &[]);
+    wait_until(Duration::from_secs(120), "the frame to be sampling", || {
+        submitter.job(&id)["frames"][0]["samples_done"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    });
+    let log = submitter.cli_json(&["logs", &id, "1", "--json"]);
+    assert_eq!(log["peer"], renderer.peer_id().as_str(), "{log}");
+    assert_eq!(log["live"], true, "{log}");
+    let lines: Vec<&str> = log["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Fra:1") && l.contains("Sample")),
+        "{lines:?}"
+    );
+    let text = submitter.cli(&["logs", &id, "1"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("being rendered now by"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    assert!(submitter.cli(&["cancel", &id]).status.success());
+}

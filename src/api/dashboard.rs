@@ -15,7 +15,7 @@
 //! | GET  | `/ui/login?code=C` | sets the session cookie, redirects to `/` |
 //! | GET  | `/ui/events?job=ID` | SSE: a `state` event every second: [`DashState`] |
 //! | POST | `/ui/control` | [`ControlRequest`] → [`crate::api::types::ControlResponse`] |
-//! | GET  | `/ui/frame/JOB/N` | the written frame; `?thumb=1`: a JPEG at most 240 px wide |
+//! | GET  | `/ui/frame/JOB/N` | the written frame; `?thumb=1`: the renderer's thumbnail (a JPEG at most 240 px wide, fetched from the peers that hold it if need be) |
 //! | GET  | `/ui/logs/JOB/N` | the frame's Blender log, from its renderer: [`crate::api::types::LogsResponse`] |
 
 use std::collections::HashMap;
@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::types::{ControlRequest, FramesQuery, PeersResponse, StatusQuery, StatusResponse};
 use super::{Ctx, ask, err};
-use crate::daemon::ApiRequest;
+use crate::daemon::{ApiRequest, ThumbError};
 
 const PAGE: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/app.js");
@@ -45,7 +45,6 @@ const CODE_LIFETIME: Duration = Duration::from_secs(120);
 const MAX_SESSIONS: usize = 64;
 /// Most thumbnails kept in memory (a few KiB each).
 const MAX_THUMBS: usize = 4096;
-const THUMB_WIDTH: u32 = 240;
 
 /// Login codes, sessions and thumbnails of one daemon's dashboard.
 #[derive(Default)]
@@ -370,6 +369,23 @@ async fn frame(
     if thumb && let Some(b) = cached_thumbnail(&ctx, &job, frame) {
         return jpeg(b);
     }
+    if thumb {
+        // The renderer's thumbnail, held here or fetched from the peers that hold it.
+        let j = job.clone();
+        match ask(&ctx, |reply| ApiRequest::Thumbnail(j, frame, reply)).await {
+            Ok(Ok(b)) => return keep_thumbnail(&ctx, job, frame, Bytes::from(b)),
+            Ok(Err(ThumbError::Failed(e))) => {
+                return err(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the frame's thumbnail could not be fetched: {e}"),
+                )
+                .into_response();
+            }
+            // None made by its renderer: one from the written frame, if written here.
+            Ok(Err(ThumbError::None)) => {}
+            Err(e) => return e.into_response(),
+        }
+    }
     let sel = StatusQuery {
         job: Some(job.clone()),
         frames: Some(FramesQuery::None),
@@ -422,9 +438,19 @@ fn jpeg(bytes: Bytes) -> Response {
         .into_response()
 }
 
-/// Makes a small JPEG of the written frame at `path` and keeps it.
+/// A thumbnail made here from the written frame at `path`, for results whose renderer
+/// made none (a multilayer EXR, which this cannot decode either, or an older meshd).
 async fn thumbnail(ctx: &Ctx, job: String, frame: u32, path: PathBuf) -> Response {
-    let made = tokio::task::spawn_blocking(move || make_thumbnail(&path)).await;
+    let made = tokio::task::spawn_blocking(move || {
+        let img = image::ImageReader::open(&path)
+            .map_err(|e| e.to_string())?
+            .with_guessed_format()
+            .map_err(|e| e.to_string())?
+            .decode()
+            .map_err(|e| e.to_string())?;
+        crate::render::thumb::jpeg(&img)
+    })
+    .await;
     let Ok(Ok(b)) = made else {
         return err(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -432,7 +458,11 @@ async fn thumbnail(ctx: &Ctx, job: String, frame: u32, path: PathBuf) -> Respons
         )
         .into_response();
     };
-    let b = Bytes::from(b);
+    keep_thumbnail(ctx, job, frame, Bytes::from(b))
+}
+
+/// Keeps thumbnail `b` of `frame` in memory and serves it.
+fn keep_thumbnail(ctx: &Ctx, job: String, frame: u32, b: Bytes) -> Response {
     if let Ok(mut t) = ctx.dash.thumbs.lock() {
         if t.len() >= MAX_THUMBS {
             let drop_one = t.keys().next().cloned();
@@ -443,19 +473,4 @@ async fn thumbnail(ctx: &Ctx, job: String, frame: u32, path: PathBuf) -> Respons
         t.insert((job, frame), b.clone());
     }
     jpeg(b)
-}
-
-fn make_thumbnail(path: &Path) -> Result<Vec<u8>, String> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .decode()
-        .map_err(|e| e.to_string())?;
-    let small = img.thumbnail(THUMB_WIDTH, THUMB_WIDTH * 4).to_rgb8();
-    let mut out = std::io::Cursor::new(Vec::new());
-    small
-        .write_to(&mut out, image::ImageFormat::Jpeg)
-        .map_err(|e| e.to_string())?;
-    Ok(out.into_inner())
 }

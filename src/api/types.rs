@@ -233,6 +233,10 @@ pub struct FrameView {
     pub samples_total: Option<u32>,
     /// Failure reasons so far, one per failed attempt.
     pub failures: Vec<String>,
+    /// Blob id of the renderer's thumbnail of the frame (done frames whose renderer made
+    /// one).
+    #[serde(default)]
+    pub thumb: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -286,6 +290,9 @@ pub struct LogsResponse {
     pub frame: u32,
     pub peer: String,
     pub lines: Vec<String>,
+    /// The frame is being rendered now: the lines so far.
+    #[serde(default)]
+    pub live: bool,
 }
 
 /// `POST /v1/rotate-key`: a new mesh key for the peers that are here now.

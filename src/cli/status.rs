@@ -197,10 +197,15 @@ pub async fn logs(data_dir: &Path, job: &str, frame: u32, json: bool) -> anyhow:
         println!("{}", serde_json::to_string(&r)?);
         return Ok(0);
     }
+    let by = if r.live {
+        "being rendered now by"
+    } else {
+        "last attempt by"
+    };
     println!(
-        "# frame {} of job {}, rendered by {}",
+        "# frame {} of job {}, {by} {}",
         r.frame,
-        &r.job[..12],
+        r.job.get(..12).unwrap_or(&r.job),
         r.peer
     );
     for line in &r.lines {

@@ -33,6 +33,12 @@ pub enum ApiRequest {
         crate::api::types::RotateKeyRequest,
         oneshot::Sender<Result<crate::api::types::RotateKeyResponse, String>>,
     ),
+    /// The thumbnail of a frame: job selector, frame.
+    Thumbnail(
+        String,
+        u32,
+        oneshot::Sender<Result<Vec<u8>, super::thumbs::ThumbError>>,
+    ),
     Gc(oneshot::Sender<Result<crate::store::gc::GcReport, String>>),
     Fetch(
         crate::api::types::FetchRequest,
@@ -60,6 +66,7 @@ impl Daemon {
             }
             ApiRequest::RotateKey(req, reply) => self.rotate_key(req, reply).await,
             ApiRequest::Logs(q, reply) => self.logs(&q.job, q.frame, reply),
+            ApiRequest::Thumbnail(job, frame, reply) => self.thumbnail(&job, frame, reply),
             ApiRequest::Invite(reply) => {
                 let _ = reply.send(self.invite().await);
             }

@@ -3,7 +3,8 @@
 //! Protected, never removed: the project (manifest and every file) of each running job and of
 //! each job submitted here whose frames are not all written; every result not yet written to
 //! its submitter's output dir as far as this peer can tell (on the submitter: frames not yet
-//! written; elsewhere: every result, since delivery is not acknowledged); blobs being fetched.
+//! written; elsewhere: every result, since delivery is not acknowledged); blobs being fetched;
+//! thumbnails of every result of an active job (a few KiB each: dashboards show them).
 //! Everything else goes oldest-use first, and work dirs of jobs that are over go with it.
 
 use std::collections::HashSet;
@@ -26,6 +27,7 @@ impl Daemon {
             let local = self.local_jobs.contains_key(id);
             let mut undelivered = false;
             for (frame, state) in &entry.frames {
+                blobs.extend(state.done.iter().filter_map(|d| d.thumb));
                 if local {
                     if state.canonical().is_some()
                         && !written.is_some_and(|w| w.contains_key(frame))

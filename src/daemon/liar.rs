@@ -38,7 +38,18 @@ impl Daemon {
             warn!("MESHD_FAULT_FORGE_EPOCH0: announcing epoch-0 results for every frame");
             for &frame in &frames {
                 let output = BlobId::of(&frame.to_le_bytes());
-                let done = sign::done(&self.identity, &id, frame, self.incarnation, 0, output, 1);
+                let done = sign::done(
+                    &self.identity,
+                    &id,
+                    frame,
+                    self.incarnation,
+                    0,
+                    sign::Rendered {
+                        output,
+                        thumb: None,
+                        render_ms: 1,
+                    },
+                );
                 lies.push(FrameUpdate {
                     job: id,
                     frame,

@@ -1,6 +1,7 @@
-//! `meshd logs JOB FRAME`: the Blender log of a frame, from the peer that rendered it (or
-//! last tried to) over `/meshd/logs/1`. Every renderer keeps the log of its last attempt
-//! at each frame in its worker dir (`work/<job>/worker-<slot>/logs/`).
+//! `meshd logs JOB FRAME`: the Blender log of a frame, from the peer that rendered it,
+//! renders it now, or last tried to, over `/meshd/logs/1`. Every renderer keeps the log of
+//! its last attempt at each frame in its worker dir (`work/<job>/worker-<slot>/logs/`), and
+//! the lines of a frame it renders now in memory (`render::worker::FrameLog`).
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio::sync::oneshot;
 use super::Daemon;
 use crate::api::types::LogsResponse;
 use crate::ids::JobId;
+use crate::ledger::FrameState;
 use crate::net::{LogRequest, LogResponse};
 
 /// How long the renderer has to answer.
@@ -20,12 +22,16 @@ impl Daemon {
     /// A peer asks for one of this peer's frame logs: read off the loop, answered by the
     /// task.
     pub(super) fn on_log_request(&self, req: LogRequest, channel: ResponseChannel<LogResponse>) {
+        let live = self.live_log(&req.job, req.frame);
         let dir = self.job_dir(&req.job);
         let net = self.net.clone();
         tokio::spawn(async move {
-            let resp = read_log(dir, req.frame)
-                .await
-                .map_or(LogResponse::NotFound, LogResponse::Lines);
+            let resp = match live {
+                Some(lines) => LogResponse::Live(lines),
+                None => read_log(dir, req.frame)
+                    .await
+                    .map_or(LogResponse::NotFound, LogResponse::Lines),
+            };
             if let Err(e) = net.respond_logs(channel, resp).await {
                 tracing::debug!("cannot answer a log request: {e}");
             }
@@ -54,15 +60,22 @@ impl Daemon {
             }
         };
         let (me, net, dir) = (self.me, self.net.clone(), self.job_dir(&job));
+        let live = (peer == me).then(|| self.live_log(&job, frame)).flatten();
         tokio::spawn(async move {
-            let lines = if peer == me {
-                read_log(dir, frame).await.ok_or_else(|| {
-                    "this peer has no log of that frame (its work dir was cleaned)".to_string()
-                })
+            let lines = if let Some(lines) = live {
+                Ok((lines, true))
+            } else if peer == me {
+                read_log(dir, frame)
+                    .await
+                    .map(|l| (l, false))
+                    .ok_or_else(|| {
+                        "this peer has no log of that frame (its work dir was cleaned)".to_string()
+                    })
             } else {
                 let req = LogRequest { job, frame };
                 match tokio::time::timeout(ASK_TIMEOUT, net.logs(peer, req)).await {
-                    Ok(Ok(LogResponse::Lines(lines))) => Ok(lines),
+                    Ok(Ok(LogResponse::Lines(lines))) => Ok((lines, false)),
+                    Ok(Ok(LogResponse::Live(lines))) => Ok((lines, true)),
                     Ok(Ok(LogResponse::NotFound)) => Err(format!(
                         "peer {peer} has no log of that frame (its work dir was cleaned)"
                     )),
@@ -70,30 +83,31 @@ impl Daemon {
                     Err(_) => Err(format!("peer {peer} did not answer")),
                 }
             };
-            let _ = reply.send(lines.map(|lines| LogsResponse {
+            let _ = reply.send(lines.map(|(lines, live)| LogsResponse {
                 job: job.to_hex(),
                 frame,
                 peer: peer.to_string(),
                 lines,
+                live,
             }));
         });
     }
 
-    /// The peer whose log of `frame` tells most: its renderer, else the peer of the
-    /// latest failed attempt, else the peer rendering it now. An archived job's frame
-    /// states are read from disk.
+    /// The peer whose log of `frame` tells most: its renderer, else the peer rendering it
+    /// now (a claim whose attempt has not failed), else the peer of the latest failed
+    /// attempt.
     fn renderer_of(&self, job: &JobId, frame: u32) -> Option<PeerId> {
-        let stored;
-        let state = match self.ledger.frame(job, frame) {
-            Some(s) => s,
-            None => {
-                stored = self.store.frame_state(job, frame).ok().flatten()?;
-                &stored
-            }
-        };
+        let state = self.any_frame_state(job, frame)?;
+        let rendering = state.claim.as_ref().filter(|c| {
+            !state
+                .failures
+                .iter()
+                .any(|f| f.epoch == c.epoch && f.peer == c.peer)
+        });
         state
             .canonical()
             .map(|d| d.peer)
+            .or_else(|| rendering.map(|c| c.peer))
             .or_else(|| {
                 state
                     .failures
@@ -102,6 +116,24 @@ impl Daemon {
                     .map(|f| f.peer)
             })
             .or_else(|| state.claim.as_ref().map(|c| c.peer))
+    }
+
+    /// The state of `frame` of `job`, active or archived (an archived job's frame states
+    /// are read from disk).
+    pub(super) fn any_frame_state(
+        &self,
+        job: &JobId,
+        frame: u32,
+    ) -> Option<std::borrow::Cow<'_, FrameState>> {
+        match self.ledger.frame(job, frame) {
+            Some(s) => Some(std::borrow::Cow::Borrowed(s)),
+            None => self
+                .store
+                .frame_state(job, frame)
+                .ok()
+                .flatten()
+                .map(std::borrow::Cow::Owned),
+        }
     }
 }
 

@@ -66,6 +66,9 @@ struct Todo {
     job: JobId,
     frame: u32,
     candidates: Vec<(BlobId, Vec<PeerId>)>,
+    /// The canonical result's thumbnail and the peers to ask, fetched alongside (best
+    /// effort: the dashboard shows it).
+    thumb: Option<(BlobId, Vec<PeerId>)>,
     format: crate::render::settings::OutputFormat,
     size: Option<(u32, u32)>,
     out_dir: PathBuf,
@@ -245,7 +248,7 @@ impl Daemon {
 
     /// Peers to ask for a result of `frame`: its renderer, then likely replica holders, then
     /// every other connected peer.
-    fn holders(&self, job: &JobId, frame: u32, renderer: PeerId) -> Vec<PeerId> {
+    pub(super) fn holders(&self, job: &JobId, frame: u32, renderer: PeerId) -> Vec<PeerId> {
         let connected = self.peers.connected();
         let ranked = crate::ledger::replica_holders(job, frame, &connected, connected.len());
         self.providers(std::iter::once(renderer).chain(ranked))
@@ -330,6 +333,10 @@ impl Daemon {
                     .results()
                     .map(|d| (d.output, self.holders(&job, frame, d.peer)))
                     .collect(),
+                thumb: state
+                    .canonical()
+                    .and_then(|d| Some((d.thumb?, self.holders(&job, frame, d.peer))))
+                    .filter(|(t, _)| !self.store.has_blob(t)),
                 format: entry.spec.settings.format,
                 size: entry.spec.size,
                 out_dir: local.out_dir.clone(),
@@ -342,43 +349,58 @@ impl Daemon {
             let store = self.store.clone();
             let (job, frame) = (t.job, t.frame);
             let task = self.tasks.spawn(async move {
-                let mut errors = Vec::new();
-                let mut unusable = Vec::new();
-                let mut result = Err(String::new());
-                for (blob, providers) in t.candidates {
-                    let src = match crate::transfer::fetch(&net, &store, blob, &providers).await {
-                        Ok(src) => src,
-                        Err(e) => {
-                            errors.push(e.to_string());
-                            continue;
-                        }
-                    };
-                    let (out_dir, name) = (t.out_dir.clone(), t.name.clone());
-                    let (format, size) = (t.format, t.size);
-                    let written = tokio::task::spawn_blocking(move || {
-                        check_output(&src, format, size).map_err(Bad::Unusable)?;
-                        write_atomically(&src, &out_dir, &name).map_err(|e| Bad::Io(e.to_string()))
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(Bad::Io(e.to_string())));
-                    match written {
-                        Ok(()) => {
-                            result = Ok(blob);
-                            break;
-                        }
-                        Err(Bad::Unusable(why)) => {
-                            errors.push(why.clone());
-                            unusable.push((blob, why));
-                        }
-                        Err(Bad::Io(e)) => {
-                            result = Err(e);
-                            break;
+                let thumb = async {
+                    if let Some((blob, providers)) = t.thumb
+                        && let Err(e) = super::thumbs::fetch(&net, &store, blob, providers).await
+                    {
+                        debug!(job = %job.short(), frame, "no thumbnail of this frame: {e}");
+                    }
+                };
+                let write = async {
+                    let mut errors = Vec::new();
+                    let mut unusable = Vec::new();
+                    let mut result = Err(String::new());
+                    for (blob, providers) in t.candidates {
+                        let src = match crate::transfer::fetch(&net, &store, blob, &providers).await
+                        {
+                            Ok(src) => src,
+                            Err(e) => {
+                                errors.push(e.to_string());
+                                continue;
+                            }
+                        };
+                        let (out_dir, name) = (t.out_dir.clone(), t.name.clone());
+                        let (format, size) = (t.format, t.size);
+                        let written = tokio::task::spawn_blocking(move || {
+                            check_output(&src, format, size).map_err(Bad::Unusable)?;
+                            write_atomically(&src, &out_dir, &name)
+                                .map_err(|e| Bad::Io(e.to_string()))
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(Bad::Io(e.to_string())));
+                        match written {
+                            Ok(()) => {
+                                result = Ok(blob);
+                                break;
+                            }
+                            Err(Bad::Unusable(why)) => {
+                                errors.push(why.clone());
+                                unusable.push((blob, why));
+                            }
+                            Err(Bad::Io(e)) => {
+                                result = Err(e);
+                                break;
+                            }
                         }
                     }
-                }
-                if result.as_ref().is_err_and(|e| e.is_empty()) {
-                    result = Err(errors.join("; "));
-                }
+                    if result.as_ref().is_err_and(|e| e.is_empty()) {
+                        result = Err(errors.join("; "));
+                    }
+                    (result, unusable)
+                };
+                // The thumbnail is fetched alongside the frame: small, it is usually there
+                // first; the write's report waits for it at most `thumbs::FETCH_TIMEOUT`.
+                let ((result, unusable), ()) = tokio::join!(write, thumb);
                 TaskDone::OutputWritten {
                     job: t.job,
                     frame: t.frame,

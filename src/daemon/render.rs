@@ -110,6 +110,8 @@ struct Active {
     /// A backup of another peer's render (see [`crate::ledger::tail`]): no claim of ours.
     backup: bool,
     started: std::time::Instant,
+    /// Blender's lines of this frame so far (`meshd logs` of a frame being rendered).
+    log: crate::render::worker::FrameLog,
 }
 
 struct Slot {
@@ -226,6 +228,14 @@ impl RenderState {
             s.idle.clear();
         }
     }
+}
+
+/// A rendered frame in the blob store, before its result is announced.
+pub(super) struct StoredFrame {
+    output: crate::ids::BlobId,
+    thumb: Option<crate::ids::BlobId>,
+    /// Keep the blobs until the result is merged (see `store/pins.rs`).
+    _pins: Vec<crate::store::Pin>,
 }
 
 pub(super) struct RenderDone {
@@ -466,6 +476,16 @@ impl Daemon {
             .collect()
     }
 
+    /// Blender's lines so far of `frame` of `job` if a slot renders it now.
+    pub(super) fn live_log(&self, job: &JobId, frame: u32) -> Option<Vec<String>> {
+        self.render
+            .slots
+            .iter()
+            .filter_map(|s| s.active.as_ref())
+            .find(|a| a.job == *job && a.frame == frame)
+            .map(|a| a.log.lines())
+    }
+
     /// Fills every free slot with the best frame it may take.
     pub(super) async fn claim_and_render(&mut self) {
         if !self.can_render() {
@@ -556,6 +576,7 @@ impl Daemon {
             });
         let out_dir = job_dir.join(format!("out-{slot}"));
         let central = self.render.progress_tx.clone();
+        let log = worker.frame_log();
         info!(job = %job.short(), frame, epoch, slot, "rendering");
         let abort = self.tasks.spawn(async move {
             let mut worker = worker;
@@ -589,6 +610,7 @@ impl Daemon {
             progress: None,
             backup,
             started: std::time::Instant::now(),
+            log,
         });
         self.render.progress_dirty = true;
     }
@@ -637,20 +659,34 @@ impl Daemon {
 
     /// Stores a rendered frame off the loop: imported into the blob store and flushed (file
     /// and manifest) before anyone hears it is done, so a crash after the news cannot leave
-    /// a result nobody has. Runs alongside the next render; the claim holds meanwhile.
+    /// a result nobody has. Its thumbnail goes in too, as a blob of its own (best effort: a
+    /// frame without one still counts). Runs alongside the next render; the claim holds
+    /// meanwhile.
     fn store_frame(&mut self, job: JobId, frame: u32, epoch: u32, rf: RenderedFrame) {
         let store = self.store.clone();
         let task = self.tasks.spawn(async move {
-            let path = rf.path.clone();
+            let (path, thumb) = (rf.path.clone(), rf.thumb.clone());
             // Pinned until its result is merged: a collection in between keeps it.
             let result = tokio::task::spawn_blocking(move || {
                 #[cfg(feature = "test-faults")]
                 faults::garbage_output(&path);
-                let (id, pin) = store.import_owned_pinned(&path)?;
+                let (output, pin) = store.import_owned_pinned(&path)?;
+                let thumb = thumb.and_then(|t| match store.import_owned_pinned(&t) {
+                    Ok(x) => Some(x),
+                    Err(e) => {
+                        warn!(frame, "cannot store the frame's thumbnail: {e}");
+                        None
+                    }
+                });
                 #[cfg(feature = "test-faults")]
                 faults::pause_before_flush(frame);
                 store.flush()?;
-                Ok::<_, crate::store::StoreError>((id, pin))
+                let (thumb, thumb_pin) = thumb.unzip();
+                Ok::<_, crate::store::StoreError>(StoredFrame {
+                    output,
+                    thumb,
+                    _pins: std::iter::once(pin).chain(thumb_pin).collect(),
+                })
             })
             .await
             .map_err(|e| e.to_string())
@@ -674,25 +710,30 @@ impl Daemon {
         frame: u32,
         epoch: u32,
         render_ms: u64,
-        result: Result<(crate::ids::BlobId, crate::store::Pin), String>,
+        result: Result<StoredFrame, String>,
     ) {
-        // Dropped once the result is merged below.
-        let mut _pin = None;
-        let state = match result {
-            Ok((output, pin)) => {
-                _pin = Some(pin);
+        // Its pins are dropped once the result is merged below.
+        let (state, _stored) = match result {
+            Ok(stored) => {
                 info!(job = %job.short(), frame, ms = render_ms, "frame done");
-                FrameState::from_done(sign::done(
+                let done = sign::done(
                     &self.identity,
                     &job,
                     frame,
                     self.incarnation,
                     epoch,
-                    output,
-                    render_ms,
-                ))
+                    sign::Rendered {
+                        output: stored.output,
+                        thumb: stored.thumb,
+                        render_ms,
+                    },
+                );
+                (FrameState::from_done(done), Some(stored))
             }
-            Err(e) => self.failure(job, frame, epoch, format!("storing the frame failed: {e}")),
+            Err(e) => {
+                let why = format!("storing the frame failed: {e}");
+                (self.failure(job, frame, epoch, why), None)
+            }
         };
         let update = FrameUpdate { job, frame, state };
         self.merge_updates(std::slice::from_ref(&update));

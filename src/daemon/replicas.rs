@@ -32,6 +32,8 @@ struct Want {
     job: JobId,
     frame: u32,
     from: PeerId,
+    /// The result's thumbnail, copied with it (best effort).
+    thumb: Option<BlobId>,
     attempts: u32,
     next: Instant,
     running: bool,
@@ -95,11 +97,11 @@ impl Daemon {
                     .copied()
                     .collect();
                 if replica_holders(job, *frame, &candidates, self.cfg.replicas).contains(&self.me) {
-                    new.push((*job, *frame, d.peer, d.output));
+                    new.push((*job, *frame, d.peer, d.output, d.thumb));
                 }
             }
         }
-        for (job, frame, from, output) in new {
+        for (job, frame, from, output, thumb) in new {
             debug!(job = %job.short(), frame, "keeping a copy of this frame");
             self.replicas.wants.insert(
                 output,
@@ -107,6 +109,7 @@ impl Daemon {
                     job,
                     frame,
                     from,
+                    thumb,
                     attempts: 0,
                     next: Instant::now(),
                     running: false,
@@ -136,7 +139,7 @@ impl Daemon {
             };
             w.running = true;
             running += 1;
-            let (from, job) = (w.from, w.job);
+            let (from, job, thumb) = (w.from, w.job, w.thumb);
             let providers = self.providers(std::iter::once(from));
             let net = self.net.clone();
             let store = self.store.clone();
@@ -146,7 +149,15 @@ impl Daemon {
                 .job(&job)
                 .map(|e| (e.spec.settings.format, e.spec.size));
             let task = self.tasks.spawn(async move {
-                let result = async {
+                let copy_thumb = async {
+                    if let Some(t) = thumb.filter(|t| !store.has_blob(t))
+                        && let Err(e) =
+                            super::thumbs::fetch(&net, &store, t, providers.clone()).await
+                    {
+                        debug!(job = %job.short(), "no copy of a thumbnail: {e}");
+                    }
+                };
+                let copy = async {
                     let path = crate::transfer::fetch(&net, &store, blob, &providers)
                         .await
                         .map_err(|e| CopyError::Fetch(e.to_string()))?;
@@ -159,8 +170,8 @@ impl Daemon {
                     .await
                     .map_err(|e| CopyError::Fetch(e.to_string()))?
                     .map_err(CopyError::Unusable)
-                }
-                .await;
+                };
+                let (result, ()) = tokio::join!(copy, copy_thumb);
                 TaskDone::Replicated { blob, result }
             });
             self.owners

@@ -65,6 +65,7 @@ mod tests {
             peer: peer(1),
             output: crate::ids::BlobId::of(&f.to_le_bytes()),
             render_ms: 1,
+            thumb: None,
         };
         let apply = |l: &mut Ledger, s: &mut Settled, f: u32, state: FrameState| {
             l.apply(&FrameUpdate {

@@ -162,6 +162,10 @@ impl Daemon {
                 samples_done: samples.map(|p| p.0),
                 samples_total: samples.map(|p| p.1),
                 failures,
+                thumb: match &status {
+                    FrameStatus::Done(d) => d.thumb.map(|t| t.to_hex()),
+                    _ => None,
+                },
             });
         }
         let local = self.local_jobs.get(id);

@@ -151,8 +151,11 @@ mod tests {
                 f,
                 1,
                 1,
-                BlobId::of(&[f as u8, p]),
-                1,
+                crate::ledger::sign::Rendered {
+                    output: BlobId::of(&[f as u8, p]),
+                    thumb: None,
+                    render_ms: 1,
+                },
             )),
         };
         for f in 1..=3 {

@@ -45,6 +45,9 @@ pub struct Done {
     pub peer: PeerId,
     pub output: BlobId,
     pub render_ms: u64,
+    /// The renderer's thumbnail of the output (a small JPEG, `render::thumb`), when it
+    /// could make one.
+    pub thumb: Option<BlobId>,
     pub incarnation: u64,
     pub claim_sig: Sig,
     pub sig: Sig,
@@ -402,6 +405,7 @@ pub(crate) mod tests {
             peer: peer(p),
             output: BlobId::of(&[o]),
             render_ms,
+            thumb: None,
         });
         let failure = (0u32..3, 0u8..4, 0u8..2).prop_map(|(epoch, p, r)| Failure {
             sig: Sig::default(),
@@ -484,6 +488,7 @@ pub(crate) mod tests {
                 peer: peer(2),
                 output: BlobId::of(b"x"),
                 render_ms: 1,
+                thumb: None,
             }),
         );
         assert!(!done.render_goes_on(&me, 2, 1, false));
@@ -592,6 +597,7 @@ pub(crate) mod tests {
                 peer: peer(0),
                 output: BlobId::of(b"x"),
                 render_ms: 1,
+                thumb: None,
             });
             s.merge(&j, 1, &d);
         }
@@ -607,6 +613,7 @@ pub(crate) mod tests {
             peer: peer(1),
             output: BlobId::of(b"y"),
             render_ms: 1,
+            thumb: None,
         });
         assert!(!s.merge(&j, 1, &late));
         for e in 0..100u32 {
@@ -671,6 +678,7 @@ pub(crate) mod tests {
                 peer: peer(0),
                 output: BlobId::of(b"x"),
                 render_ms: 0,
+                thumb: None,
             });
         }
         assert!(s.validate().is_err());

@@ -177,6 +177,7 @@ mod tests {
                         peer: peer((f % 4) as u8),
                         output: BlobId::of(&f.to_le_bytes()),
                         render_ms: f as u64,
+                        thumb: None,
                     }),
                 })
                 .unwrap();
@@ -239,6 +240,7 @@ mod tests {
                         peer: peer(9),
                         output: BlobId::of(b"again"),
                         render_ms: 1,
+                        thumb: None,
                     }),
                 })
                 .unwrap();

@@ -542,6 +542,7 @@ mod tests {
             peer: peer(2),
             output: BlobId::of(b"junk"),
             render_ms: 1,
+            thumb: None,
             incarnation: 1,
             claim_sig: Default::default(),
             sig: Default::default(),
@@ -591,6 +592,7 @@ mod tests {
             peer: peer(1),
             output: BlobId::of(&epoch.to_le_bytes()),
             render_ms: 1,
+            thumb: None,
         };
         let apply = |l: &mut Ledger, state| {
             l.apply(&FrameUpdate {
@@ -642,6 +644,7 @@ mod tests {
             peer: peer(1),
             output: BlobId::of(b"gone"),
             render_ms: 1,
+            thumb: None,
         };
         apply(&mut l, id, 1, FrameState::from_claim(claim(1, 1, 1)));
         apply(&mut l, id, 1, FrameState::from_done(done.clone()));
@@ -721,6 +724,7 @@ mod tests {
                 peer: peer(p),
                 output: BlobId::of(&f.to_le_bytes()),
                 render_ms: ms,
+                thumb: None,
             }),
         };
         // Peer 1 takes 4 s a frame, peers 2 and 3 take 1 s: while 1 renders one frame they
@@ -778,6 +782,7 @@ mod tests {
                     peer: peer(p),
                     output: BlobId::of(&f.to_le_bytes()),
                     render_ms: ms,
+                    thumb: None,
                 }),
             })
             .unwrap();
@@ -898,6 +903,7 @@ mod tests {
                 peer: peer(p),
                 output: BlobId::of(&[p]),
                 render_ms: 10,
+                thumb: None,
             };
             apply(&mut l, id, 1, FrameState::from_done(done));
         }
@@ -964,6 +970,7 @@ mod tests {
             peer: peer(0),
             output: BlobId::of(b"2"),
             render_ms: 1,
+            thumb: None,
         };
         apply(&mut l, id, 2, FrameState::from_done(done));
         let prog = job_progress(l.job(&id).unwrap(), &view, &p);

@@ -7,7 +7,7 @@
 //! | entry | signed by | over |
 //! |---|---|---|
 //! | [`Claim`] | its `peer` | `"meshd/claim/1" ‖ job ‖ frame ‖ epoch ‖ incarnation` |
-//! | [`Done`] | its `peer` | `"meshd/done/1" ‖ job ‖ frame ‖ epoch ‖ incarnation ‖ output ‖ render_ms` |
+//! | [`Done`] | its `peer` | `"meshd/done/1" ‖ job ‖ frame ‖ epoch ‖ incarnation ‖ output ‖ render_ms [‖ thumb]` |
 //! | | and it carries `claim_sig`: the same peer's claim at that epoch and incarnation | |
 //! | [`Failure`] | its `peer` | `"meshd/failure/1" ‖ job ‖ frame ‖ epoch ‖ reason` |
 //! | [`Lost`] | the job's submitter | `"meshd/lost/1" ‖ job ‖ frame ‖ epoch ‖ peer ‖ unusable` |
@@ -158,6 +158,12 @@ fn done_msg(job: &JobId, frame: u32, d: &Done) -> Vec<u8> {
     m.extend_from_slice(&d.incarnation.to_le_bytes());
     m.extend_from_slice(d.output.as_bytes());
     m.extend_from_slice(&d.render_ms.to_le_bytes());
+    // Results made before thumbnails sign exactly the fields above: their signatures
+    // (kept in older data dirs) stay valid. Every field is of fixed length, so a message
+    // with a thumbnail is never one without.
+    if let Some(t) = &d.thumb {
+        m.extend_from_slice(t.as_bytes());
+    }
     m
 }
 
@@ -202,6 +208,14 @@ pub fn claim(key: &Keypair, job: &JobId, frame: u32, incarnation: u64, epoch: u3
     }
 }
 
+/// What a renderer signs about its frame in a [`Done`].
+#[derive(Clone, Copy, Debug)]
+pub struct Rendered {
+    pub output: BlobId,
+    pub thumb: Option<BlobId>,
+    pub render_ms: u64,
+}
+
 /// `key`'s result for `frame` of `job`, rendered by its `incarnation` under its claim at
 /// `epoch` (or, for a backup render, under the holder's epoch, which `key` signs a claim
 /// for here without publishing it).
@@ -211,14 +225,14 @@ pub fn done(
     frame: u32,
     incarnation: u64,
     epoch: u32,
-    output: BlobId,
-    render_ms: u64,
+    r: Rendered,
 ) -> Done {
     let mut d = Done {
         epoch,
         peer: key.public().to_peer_id(),
-        output,
-        render_ms,
+        output: r.output,
+        render_ms: r.render_ms,
+        thumb: r.thumb,
         incarnation,
         claim_sig: sign(key, &claim_msg(job, frame, epoch, incarnation)),
         sig: Sig::default(),
@@ -385,7 +399,18 @@ mod tests {
     fn signed_state(k: &Keypair, sub: &Keypair) -> FrameState {
         let job = job_id();
         let mut s = FrameState::from_claim(claim(k, &job, 3, 1, 2));
-        let d = done(k, &job, 3, 1, 2, BlobId::of(b"x"), 10);
+        let d = done(
+            k,
+            &job,
+            3,
+            1,
+            2,
+            Rendered {
+                output: BlobId::of(b"x"),
+                thumb: None,
+                render_ms: 10,
+            },
+        );
         s.done.insert(d.clone());
         s.failures.insert(failure(k, &job, 3, 1, "boom".into()));
         s.lost.insert(lost(sub, &job, 3, &d, true));
@@ -424,7 +449,18 @@ mod tests {
             Invalid::BadSignature { .. }
         ));
         // A signed entry altered: another frame, another output.
-        let d = done(&k, &job, 3, 1, 2, BlobId::of(b"x"), 10);
+        let d = done(
+            &k,
+            &job,
+            3,
+            1,
+            2,
+            Rendered {
+                output: BlobId::of(b"x"),
+                thumb: None,
+                render_ms: 10,
+            },
+        );
         let other_frame = verify_news(&job, 4, None, &FrameState::from_done(d.clone()), &submitter);
         assert!(other_frame.is_err());
         let mut changed = d.clone();
@@ -433,17 +469,77 @@ mod tests {
             refused(&FrameState::from_done(changed)),
             Invalid::BadSignature { .. }
         ));
+        // The thumbnail is signed too: added, dropped or swapped, the result is refused.
+        let mut thumbed = d.clone();
+        thumbed.thumb = Some(BlobId::of(b"t"));
+        assert!(matches!(
+            refused(&FrameState::from_done(thumbed)),
+            Invalid::BadSignature { .. }
+        ));
+        let with = done(
+            &k,
+            &job,
+            3,
+            1,
+            2,
+            Rendered {
+                output: BlobId::of(b"x"),
+                thumb: Some(BlobId::of(b"t")),
+                render_ms: 10,
+            },
+        );
+        assert!(
+            verify_news(
+                &job,
+                3,
+                None,
+                &FrameState::from_done(with.clone()),
+                &submitter
+            )
+            .is_ok()
+        );
+        for thumb in [None, Some(BlobId::of(b"u"))] {
+            let mut swapped = with.clone();
+            swapped.thumb = thumb;
+            assert!(matches!(
+                refused(&FrameState::from_done(swapped)),
+                Invalid::BadSignature { .. }
+            ));
+        }
         // A result whose claim was not signed by its renderer.
         let mut unclaimed = d.clone();
         unclaimed.claim_sig = claim(&mallory, &job, 3, 1, 2).sig;
-        unclaimed.sig = done(&k, &job, 3, 1, 2, BlobId::of(b"x"), 10).sig;
+        unclaimed.sig = done(
+            &k,
+            &job,
+            3,
+            1,
+            2,
+            Rendered {
+                output: BlobId::of(b"x"),
+                thumb: None,
+                render_ms: 10,
+            },
+        )
+        .sig;
         assert!(
             refused(&FrameState::from_done(unclaimed))
                 .to_string()
                 .contains("claim")
         );
         // Epoch 0, even when signed.
-        let zero = done(&mallory, &job, 3, 1, 0, BlobId::of(b"x"), 1);
+        let zero = done(
+            &mallory,
+            &job,
+            3,
+            1,
+            0,
+            Rendered {
+                output: BlobId::of(b"x"),
+                thumb: None,
+                render_ms: 1,
+            },
+        );
         assert!(matches!(
             refused(&FrameState::from_done(zero)),
             Invalid::EpochZero { .. }

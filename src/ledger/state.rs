@@ -400,6 +400,7 @@ pub(crate) mod tests {
             peer: peer(1),
             output: BlobId::of(b"out"),
             render_ms: 5,
+            thumb: None,
         });
         l.apply(&FrameUpdate {
             job: id,

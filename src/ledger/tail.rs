@@ -164,6 +164,7 @@ mod tests {
                     peer: peer(p),
                     output: BlobId::of(&[f as u8]),
                     render_ms: ms,
+                    thumb: None,
                 }),
             })
             .unwrap();

@@ -13,7 +13,7 @@ use crate::ledger::{FrameUpdate, JobSpec};
 use crate::render::DeviceInfo;
 
 /// Version of the gossip envelope and the request/response bodies.
-pub const WIRE_VERSION: u16 = 5;
+pub const WIRE_VERSION: u16 = 6;
 
 /// Most projects one heartbeat announces.
 pub const MAX_HAVE_PROJECTS: usize = 64;
@@ -232,8 +232,11 @@ pub struct LogRequest {
 /// `/meshd/logs/1` response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LogResponse {
+    /// The log of the last attempt, which has ended.
     Lines(Vec<String>),
     NotFound,
+    /// The frame is being rendered there now: its lines so far.
+    Live(Vec<String>),
 }
 
 /// Most peers one key rotation can exclude.

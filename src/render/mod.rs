@@ -34,8 +34,9 @@
 //! (`Fra:`, `Sample a/b`, `Saved:`, `Error:` …) are parsed by [`logparse`] for progress and
 //! for the failure reason. A frame counts only when the driver said `done` and
 //! [`verify::verify_image`] accepts the file (size from `ready`, not blank unless the job
-//! allows it). If Blender dies, hangs past the frame timeout, or a `render` future is
-//! dropped mid-frame, that process is killed and the next frame starts a fresh one.
+//! allows it); the worker then writes the frame's thumbnail ([`thumb`]) next to it. If
+//! Blender dies, hangs past the frame timeout, or a `render` future is dropped mid-frame,
+//! that process is killed and the next frame starts a fresh one.
 
 pub mod blendfile;
 pub mod discover;
@@ -45,6 +46,7 @@ mod process;
 pub mod sandbox;
 pub mod settings;
 pub mod simulate;
+pub mod thumb;
 pub mod verify;
 pub mod worker;
 

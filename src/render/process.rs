@@ -25,6 +25,40 @@ const TAIL_LINES: usize = 50;
 const FRAME_LOG_LINES: usize = 400;
 const FRAME_LOG_LINE_BYTES: usize = 500;
 
+/// Blender's lines since the current (or last) frame's render command: the last
+/// [`FRAME_LOG_LINES`], each cut to [`FRAME_LOG_LINE_BYTES`]. Shared, so the daemon can
+/// read the log of a frame while it renders (`meshd logs`).
+#[derive(Clone, Debug, Default)]
+pub struct FrameLog(std::sync::Arc<std::sync::Mutex<VecDeque<String>>>);
+
+impl FrameLog {
+    /// A copy of the lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn push(&self, line: &str) {
+        let Ok(mut l) = self.0.lock() else { return };
+        if l.len() == FRAME_LOG_LINES {
+            l.pop_front();
+        }
+        let mut cut = line.len().min(FRAME_LOG_LINE_BYTES);
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        l.push_back(line[..cut].to_string());
+    }
+
+    fn clear(&self) {
+        if let Ok(mut l) = self.0.lock() {
+            l.clear();
+        }
+    }
+}
+
 /// A driver event (`@@MESHD@@ {json}`).
 #[derive(Deserialize, Debug)]
 #[serde(tag = "event", rename_all = "lowercase")]
@@ -71,17 +105,17 @@ pub(super) struct Blender {
     pub missing_deps: Vec<String>,
     /// Last [`TAIL_LINES`] lines of output.
     pub tail: VecDeque<String>,
-    /// Blender's lines since the current (or last) frame's render command: the last
-    /// [`FRAME_LOG_LINES`], each cut to a few hundred bytes.
-    pub frame_log: VecDeque<String>,
+    /// Blender's lines since the current (or last) frame's render command.
+    pub frame_log: FrameLog,
     pub started: SystemTime,
     /// Frames rendered successfully.
     pub frames: u32,
 }
 
 impl Blender {
-    /// Spawns `cmd` with piped stdio (killed when dropped) and starts reading its output.
-    pub fn spawn(mut cmd: Command) -> std::io::Result<Blender> {
+    /// Spawns `cmd` with piped stdio (killed when dropped) and starts reading its output;
+    /// each frame's lines go to `frame_log`.
+    pub fn spawn(mut cmd: Command, frame_log: FrameLog) -> std::io::Result<Blender> {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -104,7 +138,7 @@ impl Blender {
             settings_error: None,
             missing_deps: Vec::new(),
             tail: VecDeque::new(),
-            frame_log: VecDeque::new(),
+            frame_log,
             started,
             frames: 0,
         })
@@ -125,14 +159,7 @@ impl Blender {
     }
 
     fn remember(&mut self, line: &str) {
-        if self.frame_log.len() == FRAME_LOG_LINES {
-            self.frame_log.pop_front();
-        }
-        let mut cut = line.len().min(FRAME_LOG_LINE_BYTES);
-        while !line.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        self.frame_log.push_back(line[..cut].to_string());
+        self.frame_log.push(line);
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }

@@ -49,23 +49,29 @@ pub async fn render(
     let started = Instant::now();
     tokio::time::sleep(secs).await;
     let path = out_dir.join(format!("frame_{frame:04}.png"));
-    let bytes = frame_png(seed, frame, size);
     let (width, height) = size.unwrap_or((WIDTH, HEIGHT));
     let write = {
-        let (dir, path) = (out_dir.to_path_buf(), path.clone());
+        let (dir, path, seed) = (out_dir.to_path_buf(), path.clone(), seed.to_vec());
         tokio::task::spawn_blocking(move || {
+            let bytes = frame_png(&seed, frame, size);
             std::fs::create_dir_all(&dir)?;
-            std::fs::write(&path, bytes)
+            std::fs::write(&path, &bytes)?;
+            // Made like a real renderer makes it: from the decoded frame.
+            let thumb = image::load_from_memory(&bytes)
+                .ok()
+                .and_then(|img| super::thumb::write_for(&img, &path));
+            Ok::<_, std::io::Error>(thumb)
         })
     };
-    match write.await {
-        Ok(Ok(())) => {}
+    let thumb = match write.await {
+        Ok(Ok(thumb)) => thumb,
         Ok(Err(e)) => return Err(FrameError::OutputDir(e.to_string())),
         Err(e) => return Err(FrameError::OutputDir(e.to_string())),
-    }
+    };
     Ok(RenderedFrame {
         frame,
         path,
+        thumb,
         width,
         height,
         render_ms: started.elapsed().as_millis() as u64,

@@ -22,6 +22,23 @@ pub fn verify_image(
     expected: Option<(u32, u32)>,
     allow_blank: bool,
 ) -> Result<(u32, u32), String> {
+    check_image(path, expected, allow_blank).map(|c| c.size)
+}
+
+/// What [`check_image`] found.
+pub struct Checked {
+    /// `(width, height)`.
+    pub size: (u32, u32),
+    /// The decoded pixels (`None` for a multilayer EXR, checked from its header).
+    pub image: Option<DynamicImage>,
+}
+
+/// [`verify_image`], keeping the decoded image (for the frame's thumbnail).
+pub fn check_image(
+    path: &Path,
+    expected: Option<(u32, u32)>,
+    allow_blank: bool,
+) -> Result<Checked, String> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -34,14 +51,15 @@ pub fn verify_image(
         return Err(format!("output {name} is empty"));
     }
 
-    let (size, blank) = match decode(path) {
+    let (size, blank, image) = match decode(path) {
         Ok(img) => {
             let size = (img.width(), img.height());
-            (size, if allow_blank { None } else { blankness(&img) })
+            let blank = if allow_blank { None } else { blankness(&img) };
+            (size, blank, Some(img))
         }
         Err(decode_err) => match exr_header_size(path) {
             // The `image` crate reads only plain RGB(A) EXR: check a multilayer one's header.
-            Ok(Some(size)) => (size, None),
+            Ok(Some(size)) => (size, None, None),
             _ => {
                 return Err(format!(
                     "output {name} does not decode as an image: {decode_err}"
@@ -63,7 +81,7 @@ pub fn verify_image(
     if let Some(what) = blank {
         return Err(format!("output {name} is entirely {what}"));
     }
-    Ok(size)
+    Ok(Checked { size, image })
 }
 
 fn decode(path: &Path) -> Result<DynamicImage, String> {

@@ -11,10 +11,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::blendfile::{BlendFileError, check_blend_file};
 use super::discover::{PROJECT_PY, PROJECT_PY_NAME};
 use super::probe::{PYTHON_EXIT_CODE, private_env};
+pub use super::process::FrameLog;
 use super::process::{Blender, Outcome, one_line};
 use super::sandbox::{Sandbox, View};
 use super::settings::{DeviceKind, Engine, RenderSettings};
-use super::verify::verify_image;
+use super::verify::check_image;
 
 /// The embedded driver script.
 pub const DRIVER_PY: &str = include_str!("driver.py");
@@ -80,6 +81,9 @@ pub struct WorkerConfig {
 pub struct RenderedFrame {
     pub frame: u32,
     pub path: PathBuf,
+    /// Its thumbnail ([`super::thumb`]), next to it; `None` when none could be made (a
+    /// multilayer EXR).
+    pub thumb: Option<PathBuf>,
     pub width: u32,
     pub height: u32,
     /// From the render command to Blender's answer (scene loading excluded).
@@ -133,7 +137,7 @@ pub enum FrameError {
     /// The frame ran past [`WorkerConfig::frame_timeout`]; Blender was killed.
     #[error("frame {frame} took longer than {limit:?}; Blender was stopped")]
     Timeout { frame: u32, limit: Duration },
-    /// Blender said done, but the image failed [`verify_image`].
+    /// Blender said done, but the image failed [`check_image`].
     #[error("{reason}")]
     Output { frame: u32, reason: String },
 }
@@ -176,6 +180,8 @@ pub struct Worker {
     proc_out: PathBuf,
     /// Set while a frame is in flight; still set on entry means a `render` was dropped.
     busy: bool,
+    /// The lines of the frame being rendered (or the last one), across Blender restarts.
+    log: FrameLog,
 }
 
 impl Worker {
@@ -185,7 +191,13 @@ impl Worker {
             proc: None,
             proc_out: PathBuf::new(),
             busy: false,
+            log: FrameLog::default(),
         }
+    }
+
+    /// Blender's lines of the frame being rendered, readable while it renders.
+    pub fn frame_log(&self) -> FrameLog {
+        self.log.clone()
     }
 
     /// The running Blender's process id, if one is running.
@@ -277,7 +289,7 @@ impl Worker {
         }
         let timeout = self.config.frame_timeout;
         let outcome = proc.run_frame(frame, &pattern, timeout, progress).await;
-        save_frame_log(&self.config.work_dir, frame, &proc.frame_log);
+        save_frame_log(&self.config.work_dir, frame, &proc.frame_log.lines());
         let (path, render_ms) = match outcome {
             Outcome::Done(path, ms) => (path, ms),
             Outcome::Failed(reason) => return Err(FrameError::Blender { frame, reason }),
@@ -304,13 +316,27 @@ impl Worker {
             });
         }
         let allow_blank = self.config.settings.allow_blank;
-        let (width, height) = verify_image(&path, proc.size, allow_blank)
-            .map_err(|reason| FrameError::Output { frame, reason })?;
+        let (expected_size, checked_path) = (proc.size, path.clone());
+        // Decoding a large frame takes a while: off the runtime's threads.
+        let checked = tokio::task::spawn_blocking(move || {
+            let c = check_image(&checked_path, expected_size, allow_blank)?;
+            let thumb = c
+                .image
+                .as_ref()
+                .and_then(|img| super::thumb::write_for(img, &checked_path));
+            Ok::<_, String>((c.size, thumb))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let ((width, height), thumb) =
+            checked.map_err(|reason| FrameError::Output { frame, reason })?;
         proc.frames += 1;
         self.maybe_recycle();
         Ok(RenderedFrame {
             frame,
             path,
+            thumb,
             width,
             height,
             render_ms,
@@ -386,7 +412,7 @@ impl Worker {
             .arg("--meshd-config")
             .arg(&job);
         private_env(&mut cmd, &c.work_dir);
-        let mut proc = Blender::spawn(cmd).map_err(|e| FrameError::Start {
+        let mut proc = Blender::spawn(cmd, self.log.clone()).map_err(|e| FrameError::Start {
             reason: format!("cannot run Blender at {}: {e}", c.blender.display()),
             log_tail: Vec::new(),
         })?;
@@ -449,7 +475,7 @@ fn frame_log_path(work_dir: &Path, frame: u32) -> PathBuf {
 }
 
 /// Keeps `lines` as the log of `frame` (`meshd logs`); a failure to write only loses it.
-fn save_frame_log(work_dir: &Path, frame: u32, lines: &std::collections::VecDeque<String>) {
+fn save_frame_log(work_dir: &Path, frame: u32, lines: &[String]) {
     let path = frame_log_path(work_dir, frame);
     let text: String = lines.iter().flat_map(|l| [l.as_str(), "\n"]).collect();
     let written =

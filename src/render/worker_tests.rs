@@ -10,6 +10,7 @@ use tokio::time::timeout;
 
 use super::super::probe::find_blender;
 use super::super::settings::OutputFormat;
+use super::super::verify::verify_image;
 use super::*;
 
 /// Every test must finish well within this.
@@ -135,6 +136,11 @@ async fn persistent_worker_renders_frames_in_one_process() {
         assert_eq!(r.path, out.join(name));
         assert_eq!((r.frame, r.width, r.height), (f, 64, 48));
         assert_eq!(verify_image(&r.path, Some((64, 48)), false), Ok((64, 48)));
+        // The thumbnail of the frame, made by the worker next to it.
+        let thumb = std::fs::read(r.thumb.as_ref().expect("a thumbnail")).unwrap();
+        crate::render::thumb::check(&thumb).unwrap();
+        let t = image::load_from_memory(&thumb).unwrap();
+        assert_eq!((t.width(), t.height()), (64, 48), "not enlarged");
         pids.push(w.pid().unwrap());
     }
     assert!(

@@ -20,6 +20,7 @@ pub mod blobs;
 pub mod dedup;
 pub mod gc;
 pub mod pins;
+mod upgrade;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,8 +53,8 @@ pub struct LocalJob {
 }
 
 /// Version of the ledger's encoding in the database (`meta` key `ledger_format`): 2 since
-/// ledger entries are signed.
-pub const LEDGER_FORMAT: u32 = 2;
+/// ledger entries are signed, 3 since results name a thumbnail (see [`upgrade`]).
+pub const LEDGER_FORMAT: u32 = 3;
 
 /// Peers whose addresses are kept on disk.
 pub const MAX_STORED_PEERS: usize = 256;
@@ -88,7 +89,10 @@ fn frame_key(job: &JobId, frame: u32) -> [u8; 36] {
     k
 }
 
-fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
@@ -127,41 +131,6 @@ impl Store {
         };
         store.upgrade()?;
         Ok(store)
-    }
-
-    /// Brings a database of an older [`LEDGER_FORMAT`] up to date. Ledger entries of
-    /// format 1 carry no signatures, so no peer would accept them: those jobs, their frame
-    /// states and their bookkeeping are dropped (their output files stay where they were
-    /// written). Blobs, peers and the incarnation are kept.
-    fn upgrade(&self) -> Result<(), StoreError> {
-        let format = self
-            .meta
-            .get("ledger_format")?
-            .and_then(|b| <[u8; 4]>::try_from(&b[..]).ok())
-            .map_or(1, u32::from_be_bytes);
-        if format >= LEDGER_FORMAT {
-            return Ok(());
-        }
-        if !self.jobs.is_empty() || !self.archive.is_empty() {
-            warn!(
-                "this data dir holds jobs of an older meshd, whose ledger entries are not \
-                 signed; they are dropped (frames already written stay in their output dirs)"
-            );
-        }
-        for tree in [
-            &self.jobs,
-            &self.frames,
-            &self.local,
-            &self.written,
-            &self.controls,
-            &self.archive,
-        ] {
-            tree.clear()?;
-        }
-        self.meta
-            .insert("ledger_format", &LEDGER_FORMAT.to_be_bytes())?;
-        self.db.flush()?;
-        Ok(())
     }
 
     /// Increments and returns this daemon's start counter.
@@ -494,8 +463,30 @@ mod tests {
         let id = spec.id();
         store.put_job(&spec).unwrap();
         let renderer = libp2p::identity::Keypair::generate_ed25519();
-        let good = crate::ledger::sign::done(&renderer, &id, 1, 1, 1, BlobId::of(b"a"), 5);
-        let mut forged = crate::ledger::sign::done(&renderer, &id, 2, 1, 1, BlobId::of(b"b"), 5);
+        let good = crate::ledger::sign::done(
+            &renderer,
+            &id,
+            1,
+            1,
+            1,
+            crate::ledger::sign::Rendered {
+                output: BlobId::of(b"a"),
+                thumb: None,
+                render_ms: 5,
+            },
+        );
+        let mut forged = crate::ledger::sign::done(
+            &renderer,
+            &id,
+            2,
+            1,
+            1,
+            crate::ledger::sign::Rendered {
+                output: BlobId::of(b"b"),
+                thumb: None,
+                render_ms: 5,
+            },
+        );
         forged.output = BlobId::of(b"not what was signed");
         store
             .put_frame(&id, 1, &FrameState::from_done(good.clone()))
@@ -519,23 +510,5 @@ mod tests {
             "the forged result is dropped"
         );
         assert!(ledger.job(&unsigned.id()).is_none());
-    }
-
-    #[test]
-    fn a_database_of_unsigned_entries_is_cleared_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let spec = crate::ledger::state::tests::spec("1-3", 0, 1);
-        store.put_job(&spec).unwrap();
-        store.put_peer_addrs(&PeerId::random(), &[]).ok();
-        // As an older meshd left it: no format recorded.
-        store.meta.remove("ledger_format").unwrap();
-        drop(store);
-        let store = Store::open(dir.path()).unwrap();
-        assert!(store.jobs.is_empty(), "unsigned jobs are dropped");
-        store.put_job(&spec).unwrap();
-        drop(store);
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.jobs.len(), 1, "a current database is left alone");
     }
 }

@@ -66,6 +66,8 @@ pub enum FetchError {
     Store(#[from] StoreError),
     #[error("file error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("blob {blob} is {size} bytes, over the {max} expected")]
+    TooBig { blob: String, size: u64, max: u64 },
 }
 
 /// Bytes a fetch moved: over the network, and found locally.
@@ -101,6 +103,9 @@ pub struct FetchCtx {
     rotation: usize,
     /// Requests at the seeds in flight (bounded by [`SEED_SLOTS`]).
     seed_requests: Arc<std::sync::atomic::AtomicUsize>,
+    /// Largest blob worth fetching (a thumbnail), checked against its manifest before any
+    /// chunk is asked for.
+    max_size: Option<u64>,
 }
 
 impl FetchCtx {
@@ -126,7 +131,14 @@ impl FetchCtx {
             spread: true,
             rotation: rand::random::<u32>() as usize,
             seed_requests: Arc::default(),
+            max_size: None,
         }
+    }
+
+    /// Refuses blobs larger than `max` bytes.
+    pub fn with_max_size(mut self, max: u64) -> Self {
+        self.max_size = Some(max);
+        self
     }
 
     pub fn with_stats(mut self, stats: Arc<FetchStats>) -> Self {
@@ -164,6 +176,13 @@ impl FetchCtx {
             Some(m) => m,
             None => self.fetch_manifest(id).await?,
         };
+        if let Some(max) = self.max_size.filter(|m| manifest.size > *m) {
+            return Err(FetchError::TooBig {
+                blob: id.short(),
+                size: manifest.size,
+                max,
+            });
+        }
         let partial = store.partial_path(&id);
         let resume = std::fs::metadata(&partial).is_ok_and(|m| m.len() == manifest.size);
         if !resume {

@@ -143,7 +143,9 @@ function renderGrid(j) {
     }
     c.className = `cell ${f.state}`;
     c.title = `frame ${f.frame}: ${f.state}`;
-    if (f.state === 'done' && j.out_dir && j.frames_written !== null && !c.querySelector('img')) {
+    // The renderer's thumbnail travels with the frame; a frame written here without one
+    // (a multilayer EXR) gets one made from the written file.
+    if (f.state === 'done' && (f.thumb || j.out_dir) && !c.querySelector('img')) {
       const img = el('img');
       img.loading = 'lazy';
       img.alt = `frame ${f.frame}`;
@@ -174,8 +176,9 @@ function showDetail(n, fresh) {
   list.replaceChildren(...f.failures.map((r) => el('li', null, r)));
   if (fresh) loadLog(job.id, n);
   const img = $('#fd-image');
-  if (f.state === 'done' && job.out_dir) {
-    const src = `/ui/frame/${job.id}/${n}`;
+  if (f.state === 'done' && (job.out_dir || f.thumb)) {
+    // The full frame where it is written here, else the renderer's thumbnail.
+    const src = job.out_dir ? `/ui/frame/${job.id}/${n}` : `/ui/frame/${job.id}/${n}?thumb=1`;
     if (fresh || img.getAttribute('src') !== src) img.src = src;
     $('#fd-link').href = src;
     img.hidden = false;
@@ -190,7 +193,12 @@ async function loadLog(id, n) {
   const res = await fetch(`/ui/logs/${id}/${n}`);
   const body = await res.json().catch(() => ({ error: res.statusText }));
   if (detail !== n) return;
-  pre.textContent = res.ok ? body.lines.join('\n') : body.error;
+  if (!res.ok) {
+    pre.textContent = body.error;
+    return;
+  }
+  const head = body.live ? '(rendering now: the lines so far)\n' : '';
+  pre.textContent = head + body.lines.join('\n');
 }
 
 // Seconds per frame of each peer on the open job, from its finished frames.
