@@ -189,6 +189,9 @@ struct Daemon {
     replicas: replicas::Queue,
     local_jobs: HashMap<JobId, crate::store::LocalJob>,
     written: HashMap<JobId, HashMap<u32, BlobId>>,
+    /// Bytes of frames and thumbnails this peer received for each job (written here,
+    /// copied as replicas, shown on its dashboard); the project's are in `scenes`.
+    frames_moved: HashMap<JobId, Arc<crate::transfer::FetchStats>>,
     tasks: JoinSet<TaskDone>,
     hb_seq: u64,
     /// Where this daemon listens, as the node reported it.
@@ -271,6 +274,7 @@ pub async fn run(
         replicas: replicas::Queue::default(),
         local_jobs: HashMap::new(),
         written: HashMap::new(),
+        frames_moved: HashMap::new(),
         tasks: JoinSet::new(),
         hb_seq: 0,
         listen_addrs: Vec::new(),

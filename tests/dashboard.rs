@@ -384,6 +384,21 @@ fn thumbnails_come_from_the_renderer_to_any_dashboard() {
             assert_eq!((img.width(), img.height()), (64, 48));
         }
     }
+    // What each received for the job: the submitter every frame, the watcher thumbnails.
+    let frame_bytes: u64 = (1..=3)
+        .map(|n| {
+            std::fs::metadata(r.join(format!("out/frame_{n:04}.png")))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    let moved = |d: &Daemon| d.job(&id)["bytes_moved"].as_u64().unwrap();
+    assert!(
+        moved(&submitter) > frame_bytes,
+        "{} <= {frame_bytes}",
+        moved(&submitter)
+    );
+    assert!(moved(&watcher) > 0);
     // The watcher has no copy of the full frames: what it showed were thumbnails only.
     let (addr, cookie) = session(&watcher);
     let with = [("Cookie", cookie.as_str())];

@@ -195,6 +195,10 @@ pub struct JobView {
     pub require_blender: Option<String>,
     /// This peer's copy of the job's project.
     pub project: ProjectView,
+    /// Bytes this peer received from other peers for the job: its project, frames and
+    /// thumbnails.
+    #[serde(default)]
+    pub bytes_moved: u64,
     /// Over and archived: only the counts are kept (`frames` is empty).
     #[serde(default)]
     pub archived: bool,

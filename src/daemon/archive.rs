@@ -170,6 +170,7 @@ impl Daemon {
         };
         self.render.drop_job(id);
         self.scenes.remove(id);
+        self.frames_moved.remove(id);
         self.write_retry.retain(|(j, _), _| j != id);
         self.write_ready.retain(|(j, _)| j != id);
         self.local_jobs.remove(id);
@@ -235,6 +236,7 @@ impl Daemon {
             frames: Vec::new(),
             blender_version: a.spec.blender_version.clone(),
             require_blender: a.spec.require_blender.clone(),
+            bytes_moved: self.bytes_moved(id),
             project: self.project_view(id),
             archived: true,
             cost_usd: self.cloud.job_spend(id),

@@ -348,10 +348,12 @@ impl Daemon {
             let net = self.net.clone();
             let store = self.store.clone();
             let (job, frame) = (t.job, t.frame);
+            let stats = self.frames_moved(job);
             let task = self.tasks.spawn(async move {
                 let thumb = async {
                     if let Some((blob, providers)) = t.thumb
-                        && let Err(e) = super::thumbs::fetch(&net, &store, blob, providers).await
+                        && let Err(e) =
+                            super::thumbs::fetch(&net, &store, blob, providers, stats.clone()).await
                     {
                         debug!(job = %job.short(), frame, "no thumbnail of this frame: {e}");
                     }
@@ -361,8 +363,10 @@ impl Daemon {
                     let mut unusable = Vec::new();
                     let mut result = Err(String::new());
                     for (blob, providers) in t.candidates {
-                        let src = match crate::transfer::fetch(&net, &store, blob, &providers).await
-                        {
+                        let ctx =
+                            crate::transfer::FetchCtx::new(net.clone(), store.clone(), providers)
+                                .with_stats(stats.clone());
+                        let src = match ctx.fetch(blob).await {
                             Ok(src) => src,
                             Err(e) => {
                                 errors.push(e.to_string());

@@ -143,6 +143,7 @@ impl Daemon {
             let providers = self.providers(std::iter::once(from));
             let net = self.net.clone();
             let store = self.store.clone();
+            let stats = self.frames_moved(job);
             // Checked like the submitter checks it: a copy of no frame is not worth keeping.
             let spec = self
                 .ledger
@@ -152,13 +153,21 @@ impl Daemon {
                 let copy_thumb = async {
                     if let Some(t) = thumb.filter(|t| !store.has_blob(t))
                         && let Err(e) =
-                            super::thumbs::fetch(&net, &store, t, providers.clone()).await
+                            super::thumbs::fetch(&net, &store, t, providers.clone(), stats.clone())
+                                .await
                     {
                         debug!(job = %job.short(), "no copy of a thumbnail: {e}");
                     }
                 };
                 let copy = async {
-                    let path = crate::transfer::fetch(&net, &store, blob, &providers)
+                    let ctx = crate::transfer::FetchCtx::new(
+                        net.clone(),
+                        store.clone(),
+                        providers.clone(),
+                    )
+                    .with_stats(stats.clone());
+                    let path = ctx
+                        .fetch(blob)
                         .await
                         .map_err(|e| CopyError::Fetch(e.to_string()))?;
                     let Some((format, size)) = spec else {

@@ -5,17 +5,18 @@
 //! the blob if it holds it and fetches it otherwise: from the renderer, then likely
 //! replica holders, then every connected peer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::PeerId;
 use tokio::sync::oneshot;
 
 use super::Daemon;
-use crate::ids::BlobId;
+use crate::ids::{BlobId, JobId};
 use crate::net::Client;
 use crate::render::thumb;
 use crate::store::Store;
-use crate::transfer::FetchCtx;
+use crate::transfer::{FetchCtx, FetchStats};
 
 /// How long a thumbnail fetch may take before it is given up (it is never worth holding a
 /// frame's delivery for).
@@ -33,13 +34,17 @@ pub enum ThumbError {
 
 /// Makes thumbnail `blob` local, asking `providers` in order, and returns its bytes once
 /// they pass [`thumb::check`]. A blob over [`thumb::MAX_BYTES`] is not fetched at all.
+/// Bytes received count in `stats`.
 pub(super) async fn fetch(
     net: &Client,
     store: &Store,
     blob: BlobId,
     providers: Vec<PeerId>,
+    stats: Arc<FetchStats>,
 ) -> Result<Vec<u8>, String> {
-    let ctx = FetchCtx::new(net.clone(), store.clone(), providers).with_max_size(thumb::MAX_BYTES);
+    let ctx = FetchCtx::new(net.clone(), store.clone(), providers)
+        .with_max_size(thumb::MAX_BYTES)
+        .with_stats(stats);
     tokio::time::timeout(FETCH_TIMEOUT, ctx.fetch(blob))
         .await
         .map_err(|_| "timed out".to_string())?
@@ -61,10 +66,15 @@ async fn read(store: Store, blob: BlobId) -> Result<Vec<u8>, String> {
 }
 
 impl Daemon {
+    /// The counter of frame bytes received for `job`.
+    pub(super) fn frames_moved(&mut self, job: JobId) -> Arc<FetchStats> {
+        self.frames_moved.entry(job).or_default().clone()
+    }
+
     /// `GET /ui/frame/JOB/N?thumb=1`: the renderer's thumbnail of `frame`, from the store
     /// or fetched from peers; answers `reply` from a task.
     pub(super) fn thumbnail(
-        &self,
+        &mut self,
         sel: &str,
         frame: u32,
         reply: oneshot::Sender<Result<Vec<u8>, ThumbError>>,
@@ -77,18 +87,19 @@ impl Daemon {
                 .into_iter()
                 .chain(state.results())
                 .find(|d| d.thumb.is_some())?;
-            Some((d.thumb?, self.holders(&job, frame, d.peer)))
+            Some((job, d.thumb?, self.holders(&job, frame, d.peer)))
         });
-        let Some((blob, providers)) = found else {
+        let Some((job, blob, providers)) = found else {
             let _ = reply.send(Err(ThumbError::None));
             return;
         };
+        let stats = self.frames_moved(job);
         let (net, store) = (self.net.clone(), self.store.clone());
         tokio::spawn(async move {
             let got = if store.has_blob(&blob) {
                 read(store, blob).await
             } else {
-                fetch(&net, &store, blob, providers).await
+                fetch(&net, &store, blob, providers, stats).await
             };
             let _ = reply.send(got.map_err(ThumbError::Failed));
         });

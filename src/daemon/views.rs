@@ -205,9 +205,16 @@ impl Daemon {
             frames,
             blender_version: entry.spec.blender_version.clone(),
             require_blender: entry.spec.require_blender.clone(),
+            bytes_moved: self.bytes_moved(id),
             project: self.project_view(id),
             archived: false,
         }
+    }
+
+    /// See [`JobView::bytes_moved`].
+    pub(super) fn bytes_moved(&self, job: &JobId) -> u64 {
+        let project = self.scenes.get(job).map_or(0, |s| s.stats().fetched());
+        project + self.frames_moved.get(job).map_or(0, |s| s.fetched())
     }
 
     pub(super) fn project_view(&self, job: &JobId) -> ProjectView {

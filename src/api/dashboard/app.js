@@ -71,6 +71,9 @@ function renderJobs(jobs) {
     tr.append(el('td', 'eta', eta(j)));
     tr.append(el('td', 'dupl', j.duplicates));
     tr.append(el('td', 'bytes', bytes(j.project && j.project.bytes)));
+    const moved = el('td', 'moved', bytes(j.bytes_moved));
+    moved.title = 'received by this machine for the job: project, frames, thumbnails';
+    tr.append(moved);
     tr.append(el('td', 'cost', j.cost_usd === null || j.cost_usd === undefined ? '—' : `$${j.cost_usd.toFixed(2)}`));
     const actions = el('td', 'actions');
     const live = !j.archived && (j.state === 'running' || j.state === 'paused');
