@@ -119,6 +119,10 @@ cpu_secs() {
     done
     awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t / hz }'
 }
+# What the idle mesh costs: heartbeats, gossip upkeep, sync rounds.
+idle_cpu0=$(cpu_secs); idle_t0=$(now)
+sleep 3
+idle_cores=$(awk -v a="$(cpu_secs)" -v b="$idle_cpu0" -v t="$(awk -v a="$(now)" -v b="$idle_t0" 'BEGIN { print a - b }')" 'BEGIN { printf "%.2f", (a - b) / t }')
 cpu0=$(cpu_secs)
 t0=$(now)
 job=$(cli submitter submit "$work/scene.blend" "1-$FRAMES" --no-deps --out "$work/out" --json 2>/dev/null | jq -r .id)
@@ -142,6 +146,7 @@ while :; do
     sleep 1
 done
 makespan=$(awk -v a="$(now)" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')
+job_cpu=$(awk -v a="$(cpu_secs)" -v b="$cpu0" 'BEGIN { print a - b }')
 if [ "$partial" = 0 ]; then
     # The job ended when its last frame landed in the output: the newest frame file's
     # modification time (written, synced, then renamed into place), not when this loop's
@@ -208,3 +213,6 @@ printf 'gossip per frame (claims topic, payload): %.0f bytes published, %.0f byt
     "$(awk -v a="$claims_recv" -v f="$FRAMES" 'BEGIN { print a / f }')" "$((PEERS + 1))"
 printf 'heartbeats: %.0f bytes per peer per second published during the job\n' \
     "$(awk -v a="$hb_pub" -v n="$((PEERS + 1))" -v t="$makespan" 'BEGIN { print a / n / t }')"
+printf 'CPU: the daemons kept %.2f of this machine'"'"'s %d cores busy during the job (%.1f ms per frame), %s idle before it\n' \
+    "$(awk -v c="$job_cpu" -v t="$makespan" 'BEGIN { print c / t }')" "$(nproc)" \
+    "$(awk -v c="$job_cpu" -v f="$FRAMES" 'BEGIN { print 1000 * c / f }')" "$idle_cores"

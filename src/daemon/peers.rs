@@ -153,6 +153,14 @@ impl PeerView for LiveView<'_> {
             })
     }
 
+    fn slots(&self, peer: &PeerId) -> usize {
+        self.table
+            .peers
+            .get(peer)
+            .and_then(|s| s.heartbeat.as_ref())
+            .map_or(1, |h| h.slots as usize)
+    }
+
     fn in_flight(&self, peer: &PeerId) -> Vec<Running> {
         let Some((Some(hb), Some(heard))) = self
             .table

@@ -33,6 +33,10 @@ pub trait PeerView {
     fn in_flight(&self, _peer: &PeerId) -> Vec<super::tail::Running> {
         Vec::new()
     }
+    /// Render slots `peer` reports (one per GPU, or one for its CPU). Default: one.
+    fn slots(&self, _peer: &PeerId) -> usize {
+        1
+    }
 }
 
 /// Live renderers that may render this job.
@@ -265,9 +269,12 @@ pub fn mean_render_ms(entry: &JobEntry) -> BTreeMap<PeerId, f64> {
 /// Whether `me` should leave the job's last `pending` frames to faster live peers: in the
 /// time `me` takes for one frame (its mean so far), the live peers faster than it finish
 /// at least `pending` new frames between them, so a frame `me` took would be the last one
-/// in. A faster peer first finishes what it reports in flight ([`PeerView::in_flight`]:
-/// its expected time left, [`remaining_ms`]); each free slot of it then does
-/// `floor(time left / its mean)` frames. A peer with no result in the job yet always takes.
+/// in. A faster peer first finishes what it renders now: what its last heartbeat reported
+/// in flight ([`PeerView::in_flight`], with its expected time left, [`remaining_ms`]), and
+/// the claims in this job it made since (open in the ledger, which gossip brings at once,
+/// but not in its heartbeat yet: renders that have just begun). Each of its other slots
+/// ([`PeerView::slots`]) then does `floor(time left / its mean)` frames. A peer with no
+/// result in the job yet always takes.
 pub fn leave_to_faster(
     id: &JobId,
     entry: &JobEntry,
@@ -285,22 +292,27 @@ pub fn leave_to_faster(
         let Some(&theirs) = means.get(p).filter(|t| **t > 0.0 && **t < mine) else {
             continue;
         };
-        let busy = view.in_flight(p);
-        if busy.is_empty() {
-            capacity += (mine / theirs).floor();
-            continue;
-        }
-        for r in busy {
+        // Time left of each render it has going now.
+        let mut busy: Vec<f64> = Vec::new();
+        let mut reported_here = 0;
+        for r in view.in_flight(p) {
             let finished = r.job == *id
                 && entry
                     .frames
                     .get(&r.frame)
                     .is_some_and(|s| s.canonical().is_some());
-            let left = if finished {
-                0.0
-            } else {
-                remaining_ms(theirs, r.elapsed_ms, r.progress)
-            };
+            if finished {
+                continue; // that slot is free, or renders one of the claims below
+            }
+            reported_here += usize::from(r.job == *id);
+            busy.push(remaining_ms(theirs, r.elapsed_ms, r.progress));
+        }
+        let since_heartbeat = entry.tally.open_claims_of(p).saturating_sub(reported_here);
+        busy.extend(std::iter::repeat_n(theirs, since_heartbeat));
+        let slots = view.slots(p).max(busy.len()).max(1);
+        let free = slots - busy.len();
+        capacity += free as f64 * (mine / theirs).floor();
+        for left in busy {
             capacity += ((mine - left) / theirs).floor().max(0.0);
         }
         if capacity >= pending as f64 {
@@ -819,6 +831,64 @@ mod tests {
             &peer(1),
             &live,
             7,
+            &view
+        ));
+    }
+
+    /// The scheduling gap a benchmark timeline showed: a slow peer left the last frame to a
+    /// faster one whose heartbeat still said it was free, though it had claimed a frame
+    /// since; the frame waited for the next heartbeat.
+    #[test]
+    fn a_claim_made_since_the_last_heartbeat_counts_as_busy() {
+        let mut l = Ledger::new();
+        let (id, _) = l.insert_job(spec("1-20", 0, 1)).unwrap();
+        for (p, f, ms) in [(1, 1, 1050), (2, 2, 1000)] {
+            l.apply(&FrameUpdate {
+                job: id,
+                frame: f,
+                state: FrameState::from_done(Done {
+                    incarnation: 1,
+                    claim_sig: Default::default(),
+                    sig: Default::default(),
+                    epoch: 1,
+                    peer: peer(p),
+                    output: BlobId::of(&f.to_le_bytes()),
+                    render_ms: ms,
+                    thumb: None,
+                }),
+            })
+            .unwrap();
+        }
+        let view = View::with(&[(1, 1), (2, 1)]);
+        let live = view.live_renderers();
+        // Peer 2 looks free: it would finish the one frame left first.
+        assert!(leave_to_faster(
+            &id,
+            l.job(&id).unwrap(),
+            &peer(1),
+            &live,
+            1,
+            &view
+        ));
+        // It has just claimed frame 3 (gossip is here, its next heartbeat is not): it is
+        // busy for a whole frame, and peer 1 takes the last one.
+        l.apply(&FrameUpdate {
+            job: id,
+            frame: 3,
+            state: FrameState::from_claim(Claim {
+                peer: peer(2),
+                incarnation: 1,
+                epoch: 1,
+                sig: Default::default(),
+            }),
+        })
+        .unwrap();
+        assert!(!leave_to_faster(
+            &id,
+            l.job(&id).unwrap(),
+            &peer(1),
+            &live,
+            1,
             &view
         ));
     }

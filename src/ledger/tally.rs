@@ -69,6 +69,14 @@ impl Tally {
         }
     }
 
+    /// Open claims of `peer`, over its incarnations.
+    pub fn open_claims_of(&self, peer: &PeerId) -> usize {
+        self.open_claims
+            .range((*peer, 0)..=(*peer, u64::MAX))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// Mean render milliseconds of each peer's results that count.
     pub fn mean_render_ms(&self) -> BTreeMap<PeerId, f64> {
         self.renders

@@ -122,6 +122,7 @@ pub fn build(
                 .max_transmit_size(MAX_GOSSIP_BYTES)
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .validate_messages()
+                .flood_publish(false)
                 // Content id scoped to the author: two peers may publish identical bytes
                 // (e.g. equal heartbeats), and those are different messages.
                 .message_id_fn(|m: &gossipsub::Message| {

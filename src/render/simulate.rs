@@ -38,7 +38,10 @@ pub fn frame_png(seed: &[u8], frame: u32, size: Option<(u32, u32)>) -> Vec<u8> {
     out.into_inner()
 }
 
-/// "Renders" `frame`: waits `secs`, then writes `out_dir/frame_####.png`.
+/// "Renders" `frame`: writes `out_dir/frame_####.png` and its thumbnail, and answers
+/// `secs` after it started. The file work is done within those `secs` (as a renderer's
+/// own writing is part of its render time), so a frame takes `secs` however loaded the
+/// machine is, give or take the timer.
 pub async fn render(
     seed: &[u8],
     frame: u32,
@@ -47,7 +50,6 @@ pub async fn render(
     out_dir: &Path,
 ) -> Result<RenderedFrame, FrameError> {
     let started = Instant::now();
-    tokio::time::sleep(secs).await;
     let path = out_dir.join(format!("frame_{frame:04}.png"));
     let (width, height) = size.unwrap_or((WIDTH, HEIGHT));
     let write = {
@@ -68,6 +70,7 @@ pub async fn render(
         Ok(Err(e)) => return Err(FrameError::OutputDir(e.to_string())),
         Err(e) => return Err(FrameError::OutputDir(e.to_string())),
     };
+    tokio::time::sleep_until((started + secs).into()).await;
     Ok(RenderedFrame {
         frame,
         path,
