@@ -130,9 +130,11 @@ enum TaskDone {
         job: JobId,
         frame: u32,
         epoch: u32,
+        /// A backup render (see `ledger::tail`).
+        backup: bool,
         render_ms: u64,
         /// The output and its thumbnail, pinned until its result is merged.
-        result: Result<render::StoredFrame, String>,
+        result: Result<render::StoredFrame, render::NotStored>,
     },
     Probed(Result<BlenderInfo, String>),
     Collected {
@@ -225,7 +227,7 @@ enum TaskOwner {
     Output(JobId, u32),
     Replica(BlobId),
     /// A rendered frame being stored before its result is announced.
-    Store(JobId, u32, u32),
+    Store(JobId, u32, u32, bool),
     Collection,
 }
 
@@ -548,9 +550,13 @@ impl Daemon {
                 job,
                 frame,
                 epoch,
+                backup,
                 render_ms,
                 result,
-            } => self.on_stored(job, frame, epoch, render_ms, result).await,
+            } => {
+                self.on_stored(job, frame, epoch, backup, render_ms, result)
+                    .await
+            }
             TaskDone::Collected { result, reply } => self.on_collected(result, reply),
             TaskDone::Probed(result) => {
                 self.probing = false;

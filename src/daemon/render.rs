@@ -23,7 +23,7 @@ use crate::ledger::{
 use crate::net::{GossipMsg, InFlight};
 use crate::render::settings::{DeviceKind, DeviceRequirement};
 use crate::render::{
-    BlenderInfo, FrameError, FrameProgress, ProjectLayout, RenderedFrame, Worker, WorkerConfig,
+    BlenderInfo, FrameError, FrameProgress, ProjectLayout, Unchecked, Worker, WorkerConfig,
 };
 use crate::transfer::FetchCtx;
 
@@ -230,6 +230,29 @@ impl RenderState {
     }
 }
 
+/// Why a rendered frame was not stored.
+#[derive(Debug)]
+pub(super) enum NotStored {
+    /// The image failed its check: the attempt failed, with this reason.
+    Check(String),
+    /// Importing or flushing failed.
+    Store(String),
+}
+
+impl std::fmt::Display for NotStored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotStored::Check(why) | NotStored::Store(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for NotStored {
+    fn from(e: crate::store::StoreError) -> Self {
+        NotStored::Store(e.to_string())
+    }
+}
+
 /// A rendered frame in the blob store, before its result is announced.
 pub(super) struct StoredFrame {
     output: crate::ids::BlobId,
@@ -244,7 +267,7 @@ pub(super) struct RenderDone {
     frame: u32,
     epoch: u32,
     worker: Worker,
-    result: Result<RenderedFrame, FrameError>,
+    result: Result<Unchecked, FrameError>,
 }
 
 /// What a `--simulate-render` peer reports instead of a probed Blender: one CPU device.
@@ -582,7 +605,7 @@ impl Daemon {
             let mut worker = worker;
             let (tx, mut rx) = mpsc::unbounded_channel();
             let result = {
-                let render = worker.render(frame, &out_dir, Some(&tx));
+                let render = worker.render_unchecked(frame, &out_dir, Some(&tx));
                 tokio::pin!(render);
                 loop {
                     tokio::select! {
@@ -637,7 +660,7 @@ impl Daemon {
         let backup = s.active.take().is_some_and(|a| a.backup);
         self.render.progress_dirty = true;
         match result {
-            Ok(rf) => self.store_frame(job, frame, epoch, rf),
+            Ok(written) => self.store_frame(job, frame, epoch, backup, written),
             // A backup is best effort: the holder still renders the frame.
             Err(e) if backup => {
                 warn!(job = %job.short(), frame, "backup render failed: {}", e.reason())
@@ -657,17 +680,27 @@ impl Daemon {
         self.claim_and_render().await;
     }
 
-    /// Stores a rendered frame off the loop: imported into the blob store and flushed (file
-    /// and manifest) before anyone hears it is done, so a crash after the news cannot leave
-    /// a result nobody has. Its thumbnail goes in too, as a blob of its own (best effort: a
-    /// frame without one still counts). Runs alongside the next render; the claim holds
-    /// meanwhile.
-    fn store_frame(&mut self, job: JobId, frame: u32, epoch: u32, rf: RenderedFrame) {
+    /// Checks and stores a rendered frame off the loop, alongside the next render (Blender
+    /// does not wait for the check; the claim holds meanwhile): the image is checked and
+    /// its thumbnail made ([`Unchecked::check`]), then both are imported into the blob
+    /// store and flushed (file and manifest) before anyone hears the frame is done, so a
+    /// crash after the news cannot leave a result nobody has. A frame without a thumbnail
+    /// still counts.
+    fn store_frame(
+        &mut self,
+        job: JobId,
+        frame: u32,
+        epoch: u32,
+        backup: bool,
+        written: Unchecked,
+    ) {
         let store = self.store.clone();
         let task = self.tasks.spawn(async move {
-            let (path, thumb) = (rf.path.clone(), rf.thumb.clone());
+            let render_ms = written.render_ms();
             // Pinned until its result is merged: a collection in between keeps it.
             let result = tokio::task::spawn_blocking(move || {
+                let rf = written.check().map_err(|e| NotStored::Check(e.reason()))?;
+                let (path, thumb) = (rf.path, rf.thumb);
                 #[cfg(feature = "test-faults")]
                 faults::garbage_output(&path);
                 let (output, pin) = store.import_owned_pinned(&path)?;
@@ -682,25 +715,27 @@ impl Daemon {
                 faults::pause_before_flush(frame);
                 store.flush()?;
                 let (thumb, thumb_pin) = thumb.unzip();
-                Ok::<_, crate::store::StoreError>(StoredFrame {
+                Ok(StoredFrame {
                     output,
                     thumb,
                     _pins: std::iter::once(pin).chain(thumb_pin).collect(),
                 })
             })
             .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+            .unwrap_or_else(|e| Err(NotStored::Store(e.to_string())));
             TaskDone::Stored {
                 job,
                 frame,
                 epoch,
-                render_ms: rf.render_ms,
+                backup,
+                render_ms,
                 result,
             }
         });
-        self.owners
-            .insert(task.id(), super::TaskOwner::Store(job, frame, epoch));
+        self.owners.insert(
+            task.id(),
+            super::TaskOwner::Store(job, frame, epoch, backup),
+        );
     }
 
     /// A rendered frame is stored: announce the result (or the failure to store it).
@@ -709,8 +744,9 @@ impl Daemon {
         job: JobId,
         frame: u32,
         epoch: u32,
+        backup: bool,
         render_ms: u64,
-        result: Result<StoredFrame, String>,
+        result: Result<StoredFrame, NotStored>,
     ) {
         // Its pins are dropped once the result is merged below.
         let (state, _stored) = match result {
@@ -730,7 +766,13 @@ impl Daemon {
                 );
                 (FrameState::from_done(done), Some(stored))
             }
-            Err(e) => {
+            // A backup is best effort: the holder still renders the frame.
+            Err(e) if backup => {
+                warn!(job = %job.short(), frame, "backup render failed: {e}");
+                return;
+            }
+            Err(NotStored::Check(reason)) => (self.failure(job, frame, epoch, reason), None),
+            Err(NotStored::Store(e)) => {
                 let why = format!("storing the frame failed: {e}");
                 (self.failure(job, frame, epoch, why), None)
             }
@@ -770,10 +812,9 @@ impl Daemon {
                 let crashed = super::replicas::CopyError::Fetch("the copy task crashed".into());
                 return self.on_replicated(blob, Err(crashed)).await;
             }
-            Some(super::TaskOwner::Store(job, frame, epoch)) => {
-                return self
-                    .on_stored(job, frame, epoch, 0, Err("the store task crashed".into()))
-                    .await;
+            Some(super::TaskOwner::Store(job, frame, epoch, backup)) => {
+                let crashed = Err(NotStored::Store("the store task crashed".into()));
+                return self.on_stored(job, frame, epoch, backup, 0, crashed).await;
             }
             Some(super::TaskOwner::Collection) => {
                 return self.on_collected(Err("the collection crashed".into()), None);

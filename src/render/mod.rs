@@ -53,4 +53,6 @@ pub mod worker;
 pub use blendfile::{BlendFileError, check_blend_file};
 pub use probe::{BlenderInfo, DeviceInfo, ProbeError, find_blender, probe};
 pub use sandbox::Sandbox;
-pub use worker::{FrameError, FrameProgress, ProjectLayout, RenderedFrame, Worker, WorkerConfig};
+pub use worker::{
+    FrameError, FrameProgress, ProjectLayout, RenderedFrame, Unchecked, Worker, WorkerConfig,
+};

@@ -90,6 +90,65 @@ pub struct RenderedFrame {
     pub render_ms: u64,
 }
 
+/// A frame Blender wrote, not checked yet ([`Worker::render_unchecked`]).
+#[derive(Debug)]
+pub struct Unchecked {
+    frame: u32,
+    path: PathBuf,
+    render_ms: u64,
+    /// The output size from Blender's `ready` event.
+    expected_size: Option<(u32, u32)>,
+    allow_blank: bool,
+    /// Checked already (a simulated frame).
+    checked: Option<RenderedFrame>,
+}
+
+impl Unchecked {
+    fn checked(rf: RenderedFrame) -> Self {
+        Unchecked {
+            frame: rf.frame,
+            path: rf.path.clone(),
+            render_ms: rf.render_ms,
+            expected_size: None,
+            allow_blank: true,
+            checked: Some(rf),
+        }
+    }
+
+    pub fn frame(&self) -> u32 {
+        self.frame
+    }
+
+    /// From the render command to Blender's answer.
+    pub fn render_ms(&self) -> u64 {
+        self.render_ms
+    }
+
+    /// Checks the image ([`check_image`]: it decodes, has the size Blender announced, is
+    /// not blank unless the job allows it) and writes its thumbnail next to it. Blocking:
+    /// it decodes the whole frame.
+    pub fn check(self) -> Result<RenderedFrame, FrameError> {
+        if let Some(rf) = self.checked {
+            return Ok(rf);
+        }
+        let frame = self.frame;
+        let c = check_image(&self.path, self.expected_size, self.allow_blank)
+            .map_err(|reason| FrameError::Output { frame, reason })?;
+        let thumb = c
+            .image
+            .as_ref()
+            .and_then(|img| super::thumb::write_for(img, &self.path));
+        Ok(RenderedFrame {
+            frame,
+            path: self.path,
+            thumb,
+            width: c.size.0,
+            height: c.size.1,
+            render_ms: self.render_ms,
+        })
+    }
+}
+
 /// Sampling progress of the frame being rendered.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FrameProgress {
@@ -215,6 +274,24 @@ impl Worker {
         out_dir: &Path,
         progress: Option<&UnboundedSender<FrameProgress>>,
     ) -> Result<RenderedFrame, FrameError> {
+        let written = self.render_unchecked(frame, out_dir, progress).await?;
+        // Decoding a large frame takes a while: off the runtime's threads.
+        tokio::task::spawn_blocking(move || written.check())
+            .await
+            .map_err(|e| FrameError::Output {
+                frame,
+                reason: format!("the output check crashed: {e}"),
+            })?
+    }
+
+    /// Renders `frame` like [`render`](Self::render), without checking the image yet: the
+    /// caller checks it ([`Unchecked::check`]) while Blender goes on with the next frame.
+    pub async fn render_unchecked(
+        &mut self,
+        frame: u32,
+        out_dir: &Path,
+        progress: Option<&UnboundedSender<FrameProgress>>,
+    ) -> Result<Unchecked, FrameError> {
         if self.busy {
             tracing::warn!(
                 frame,
@@ -227,7 +304,8 @@ impl Worker {
         if let Some(secs) = self.config.simulate {
             let seed = self.config.scene.to_string_lossy().into_owned();
             let size = self.config.frame_size;
-            return super::simulate::render(seed.as_bytes(), frame, secs, size, out_dir).await;
+            let rf = super::simulate::render(seed.as_bytes(), frame, secs, size, out_dir).await?;
+            return Ok(Unchecked::checked(rf));
         }
         self.busy = true;
         let result = self.render_inner(frame, out_dir, progress).await;
@@ -240,7 +318,7 @@ impl Worker {
         frame: u32,
         out_dir: &Path,
         progress: Option<&UnboundedSender<FrameProgress>>,
-    ) -> Result<RenderedFrame, FrameError> {
+    ) -> Result<Unchecked, FrameError> {
         let out_dir = std::path::absolute(out_dir)
             .map_err(|e| FrameError::OutputDir(format!("bad output directory: {e}")))?;
         let pattern = out_dir.join("frame_####");
@@ -315,32 +393,17 @@ impl Worker {
                 ),
             });
         }
-        let allow_blank = self.config.settings.allow_blank;
-        let (expected_size, checked_path) = (proc.size, path.clone());
-        // Decoding a large frame takes a while: off the runtime's threads.
-        let checked = tokio::task::spawn_blocking(move || {
-            let c = check_image(&checked_path, expected_size, allow_blank)?;
-            let thumb = c
-                .image
-                .as_ref()
-                .and_then(|img| super::thumb::write_for(img, &checked_path));
-            Ok::<_, String>((c.size, thumb))
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
-        let ((width, height), thumb) =
-            checked.map_err(|reason| FrameError::Output { frame, reason })?;
-        proc.frames += 1;
-        self.maybe_recycle();
-        Ok(RenderedFrame {
+        let written = Unchecked {
             frame,
             path,
-            thumb,
-            width,
-            height,
             render_ms,
-        })
+            expected_size: proc.size,
+            allow_blank: self.config.settings.allow_blank,
+            checked: None,
+        };
+        proc.frames += 1;
+        self.maybe_recycle();
+        Ok(written)
     }
 
     /// Quits Blender (in the background) when it has rendered enough frames or grown too big.
