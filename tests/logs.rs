@@ -7,16 +7,22 @@ use std::time::Duration;
 
 use common::*;
 
-#[test]
-fn a_frames_blender_log_comes_from_its_renderer() {
-    let root = tempfile::tempdir().unwrap();
-    let r = root.path();
-    let scene = make_scene(r, "shot.blend", 2, 64, 48, 1);
+/// A submitter that renders nothing and one renderer, joined.
+fn submitter_and_renderer(r: &std::path::Path) -> (Daemon, Daemon) {
     let submitter = Daemon::start(r, "submitter", None, &["--no-render"]);
     let renderer = Daemon::start(r, "renderer", Some(&submitter.ticket()), &[]);
     wait_until(Duration::from_secs(60), "the renderer to be seen", || {
         submitter.renderers() == 1
     });
+    (submitter, renderer)
+}
+
+#[test]
+fn a_frames_blender_log_comes_from_its_renderer() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let scene = make_scene(r, "shot.blend", 2, 64, 48, 1);
+    let (submitter, renderer) = submitter_and_renderer(r);
     let id = submit(&submitter, &scene, "1-2", &r.join("out"), &[]);
     wait_until(Duration::from_secs(120), "both frames written", || {
         submitter.job(&id)["frames_written"] == 2
@@ -57,11 +63,7 @@ fn the_log_of_a_frame_being_rendered_shows_its_lines_so_far() {
     let r = root.path();
     // Slow enough to be caught mid-frame: many samples at a small size.
     let scene = make_scene(r, "slow.blend", 1, 160, 120, 4000);
-    let submitter = Daemon::start(r, "submitter", None, &["--no-render"]);
-    let renderer = Daemon::start(r, "renderer", Some(&submitter.ticket()), &[]);
-    wait_until(Duration::from_secs(60), "the renderer to be seen", || {
-        submitter.renderers() == 1
-    });
+    let (submitter, renderer) = submitter_and_renderer(r);
     let id = submit(&submitter, &scene, "1", &r.join("out"), &[]);
     wait_until(Duration::from_secs(120), "the frame to be sampling", || {
         submitter.job(&id)["frames"][0]["samples_done"]

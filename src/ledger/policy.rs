@@ -725,20 +725,7 @@ mod tests {
     fn a_slow_peer_leaves_the_last_frames_to_faster_ones() {
         let mut l = Ledger::new();
         let (id, _) = l.insert_job(spec("1-20", 0, 1)).unwrap();
-        let done = |p: u8, f: u32, ms: u64| FrameUpdate {
-            job: id,
-            frame: f,
-            state: FrameState::from_done(Done {
-                incarnation: 0,
-                claim_sig: Default::default(),
-                sig: Default::default(),
-                epoch: 1,
-                peer: peer(p),
-                output: BlobId::of(&f.to_le_bytes()),
-                render_ms: ms,
-                thumb: None,
-            }),
-        };
+        let done = |p: u8, f: u32, ms: u64| result(id, p, f, ms);
         // Peer 1 takes 4 s a frame, peers 2 and 3 take 1 s: while 1 renders one frame they
         // render 8 between them.
         l.apply(&done(1, 1, 4000)).unwrap();
@@ -780,25 +767,7 @@ mod tests {
 
     #[test]
     fn a_slow_peer_counts_what_faster_ones_still_have_in_flight() {
-        let mut l = Ledger::new();
-        let (id, _) = l.insert_job(spec("1-20", 0, 1)).unwrap();
-        for (p, f, ms) in [(1, 1, 4000), (2, 2, 1000), (3, 3, 1000)] {
-            l.apply(&FrameUpdate {
-                job: id,
-                frame: f,
-                state: FrameState::from_done(Done {
-                    incarnation: 0,
-                    claim_sig: Default::default(),
-                    sig: Default::default(),
-                    epoch: 1,
-                    peer: peer(p),
-                    output: BlobId::of(&f.to_le_bytes()),
-                    render_ms: ms,
-                    thumb: None,
-                }),
-            })
-            .unwrap();
-        }
+        let (l, id) = with_results(&[(1, 1, 4000), (2, 2, 1000), (3, 3, 1000)]);
         let mut view = View::with(&[(1, 1), (2, 1), (3, 1)]);
         let live = view.live_renderers();
         let running = |p: u8, frame: u32, elapsed_ms: u64| super::super::tail::Running {
@@ -835,30 +804,41 @@ mod tests {
         ));
     }
 
+    /// Peer `p`'s result for frame `f` of job `id`, rendered in `ms` (unsigned: the
+    /// policy does not check signatures).
+    fn result(id: JobId, p: u8, f: u32, ms: u64) -> FrameUpdate {
+        FrameUpdate {
+            job: id,
+            frame: f,
+            state: FrameState::from_done(Done {
+                incarnation: 1,
+                claim_sig: Default::default(),
+                sig: Default::default(),
+                epoch: 1,
+                peer: peer(p),
+                output: BlobId::of(&f.to_le_bytes()),
+                render_ms: ms,
+                thumb: None,
+            }),
+        }
+    }
+
+    /// A 20-frame job with results `(peer, frame, render_ms)`.
+    fn with_results(results: &[(u8, u32, u64)]) -> (Ledger, JobId) {
+        let mut l = Ledger::new();
+        let (id, _) = l.insert_job(spec("1-20", 0, 1)).unwrap();
+        for &(p, f, ms) in results {
+            l.apply(&result(id, p, f, ms)).unwrap();
+        }
+        (l, id)
+    }
+
     /// The scheduling gap a benchmark timeline showed: a slow peer left the last frame to a
     /// faster one whose heartbeat still said it was free, though it had claimed a frame
     /// since; the frame waited for the next heartbeat.
     #[test]
     fn a_claim_made_since_the_last_heartbeat_counts_as_busy() {
-        let mut l = Ledger::new();
-        let (id, _) = l.insert_job(spec("1-20", 0, 1)).unwrap();
-        for (p, f, ms) in [(1, 1, 1050), (2, 2, 1000)] {
-            l.apply(&FrameUpdate {
-                job: id,
-                frame: f,
-                state: FrameState::from_done(Done {
-                    incarnation: 1,
-                    claim_sig: Default::default(),
-                    sig: Default::default(),
-                    epoch: 1,
-                    peer: peer(p),
-                    output: BlobId::of(&f.to_le_bytes()),
-                    render_ms: ms,
-                    thumb: None,
-                }),
-            })
-            .unwrap();
-        }
+        let (mut l, id) = with_results(&[(1, 1, 1050), (2, 2, 1000)]);
         let view = View::with(&[(1, 1), (2, 1)]);
         let live = view.live_renderers();
         // Peer 2 looks free: it would finish the one frame left first.

@@ -449,18 +449,15 @@ mod tests {
             Invalid::BadSignature { .. }
         ));
         // A signed entry altered: another frame, another output.
-        let d = done(
-            &k,
-            &job,
-            3,
-            1,
-            2,
-            Rendered {
+        let signed = |thumb| {
+            let r = Rendered {
                 output: BlobId::of(b"x"),
-                thumb: None,
+                thumb,
                 render_ms: 10,
-            },
-        );
+            };
+            done(&k, &job, 3, 1, 2, r)
+        };
+        let d = signed(None);
         let other_frame = verify_news(&job, 4, None, &FrameState::from_done(d.clone()), &submitter);
         assert!(other_frame.is_err());
         let mut changed = d.clone();
@@ -470,58 +467,23 @@ mod tests {
             Invalid::BadSignature { .. }
         ));
         // The thumbnail is signed too: added, dropped or swapped, the result is refused.
-        let mut thumbed = d.clone();
-        thumbed.thumb = Some(BlobId::of(b"t"));
-        assert!(matches!(
-            refused(&FrameState::from_done(thumbed)),
-            Invalid::BadSignature { .. }
-        ));
-        let with = done(
-            &k,
-            &job,
-            3,
-            1,
-            2,
-            Rendered {
-                output: BlobId::of(b"x"),
-                thumb: Some(BlobId::of(b"t")),
-                render_ms: 10,
-            },
-        );
-        assert!(
-            verify_news(
-                &job,
-                3,
-                None,
-                &FrameState::from_done(with.clone()),
-                &submitter
-            )
-            .is_ok()
-        );
-        for thumb in [None, Some(BlobId::of(b"u"))] {
-            let mut swapped = with.clone();
+        let with = signed(Some(BlobId::of(b"t")));
+        let news =
+            |d: &Done| verify_news(&job, 3, None, &FrameState::from_done(d.clone()), &submitter);
+        assert!(news(&with).is_ok());
+        for (from, thumb) in [
+            (&d, Some(BlobId::of(b"t"))),
+            (&with, None),
+            (&with, Some(BlobId::of(b"u"))),
+        ] {
+            let mut swapped = from.clone();
             swapped.thumb = thumb;
-            assert!(matches!(
-                refused(&FrameState::from_done(swapped)),
-                Invalid::BadSignature { .. }
-            ));
+            assert!(matches!(news(&swapped), Err(Invalid::BadSignature { .. })));
         }
         // A result whose claim was not signed by its renderer.
         let mut unclaimed = d.clone();
         unclaimed.claim_sig = claim(&mallory, &job, 3, 1, 2).sig;
-        unclaimed.sig = done(
-            &k,
-            &job,
-            3,
-            1,
-            2,
-            Rendered {
-                output: BlobId::of(b"x"),
-                thumb: None,
-                render_ms: 10,
-            },
-        )
-        .sig;
+        unclaimed.sig = signed(None).sig;
         assert!(
             refused(&FrameState::from_done(unclaimed))
                 .to_string()
