@@ -129,7 +129,7 @@ job=$(cli submitter submit "$work/scene.blend" "1-$FRAMES" --no-deps --out "$wor
 peak_mean=0 peak_max=0 partial=0
 while :; do
     # All jobs, without their frames (a job's own status would list every frame).
-    st=$(cli submitter status --json 2>/dev/null | jq --arg j "$job" '{jobs: [.jobs[] | select(.id == $j)]}' || echo '{}')
+    st=$(cli submitter status --json --frames none 2>/dev/null | jq --arg j "$job" '{jobs: [.jobs[] | select(.id == $j)]}' || echo '{}')
     written=$(jq -r '.jobs[0].frames_written // 0' <<<"$st")
     read -r m x < <(rss_stats)
     peak_mean=$(awk -v a="$peak_mean" -v b="$m" 'BEGIN { print (b > a) ? b : a }')
@@ -160,14 +160,14 @@ if [ "$partial" = 1 ]; then
     sum_speed=$(printf '%s\n' "${speeds[@]}" | awk '{ s += $1 } END { print s }')
     rate=$(awk -v w="$written" -v t="$makespan" 'BEGIN { printf "%.1f", w / t }')
     ideal_rate=$(awk -v s="$sum_speed" -v b="$BASE" 'BEGIN { printf "%.1f", s / b }')
-    ts=$(now); cli submitter status --json >/dev/null; status_ms=$(awk -v a="$(now)" -v b="$ts" 'BEGIN { printf "%.0f", 1000 * (a - b) }')
+    ts=$(now); cli submitter status --json --frames none >/dev/null; status_ms=$(awk -v a="$(now)" -v b="$ts" 'BEGIN { printf "%.0f", 1000 * (a - b) }')
     read -r m x < <(rss_stats)
     sub_rss=$(awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/${pids[0]}/status")
     printf 'after %.0f s: %d of %d frames written, %s frames/s (the peers render %s frames/s at most: ratio %.3f)\n' \
         "$makespan" "$written" "$FRAMES" "$rate" "$ideal_rate" "$(awk -v a="$rate" -v b="$ideal_rate" 'BEGIN { print a / b }')"
     printf 'RSS: submitter %s MiB; renderers mean %s max %s MiB; status answered in %s ms (CLI included)\n' \
         "$sub_rss" "$m" "$x" "$status_ms"
-    cpu=$(awk -v a="$(cpu_secs)" -v b="$cpu0" 'BEGIN { print a - b }')
+    cpu=$job_cpu
     printf 'CPU: the daemons kept %.2f of this machine'"'"'s %d cores busy (%.1f ms of CPU per frame written)\n' \
         "$(awk -v c="$cpu" -v t="$makespan" 'BEGIN { print c / t }')" "$(nproc)" \
         "$(awk -v c="$cpu" -v w="$written" 'BEGIN { print (w > 0) ? 1000 * c / w : 0 }')"

@@ -91,5 +91,14 @@ fn the_log_of_a_frame_being_rendered_shows_its_lines_so_far() {
         "{}",
         String::from_utf8_lossy(&text.stdout)
     );
+    // `status --frames none` lists the job without its frames (a huge job's would cost).
+    let listed = |extra: &[&str]| {
+        let mut args = vec!["status", "--json"];
+        args.extend_from_slice(extra);
+        submitter.cli_json(&args)["jobs"][0]["frames"]
+            .as_array()
+            .map_or(0, |f| f.len())
+    };
+    assert_eq!((listed(&[]), listed(&["--frames", "none"])), (1, 0));
     assert!(submitter.cli(&["cancel", &id]).status.success());
 }

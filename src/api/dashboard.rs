@@ -369,19 +369,16 @@ async fn frame(
     if thumb && let Some(b) = cached_thumbnail(&ctx, &job, frame) {
         return jpeg(b);
     }
+    // Why the renderer's thumbnail could not be had, when it could not.
+    let mut unfetched = None;
     if thumb {
         // The renderer's thumbnail, held here or fetched from the peers that hold it.
         let j = job.clone();
         match ask(&ctx, |reply| ApiRequest::Thumbnail(j, frame, reply)).await {
             Ok(Ok(b)) => return keep_thumbnail(&ctx, job, frame, Bytes::from(b)),
-            Ok(Err(ThumbError::Failed(e))) => {
-                return err(
-                    StatusCode::BAD_GATEWAY,
-                    format!("the frame's thumbnail could not be fetched: {e}"),
-                )
-                .into_response();
-            }
-            // None made by its renderer: one from the written frame, if written here.
+            // Its holders are gone, or none was made: one from the written frame, if
+            // written here.
+            Ok(Err(ThumbError::Failed(e))) => unfetched = Some(e),
             Ok(Err(ThumbError::None)) => {}
             Err(e) => return e.into_response(),
         }
@@ -399,6 +396,13 @@ async fn frame(
         .and_then(|v| v.out_dir)
         .and_then(|dir| frame_file(&dir, frame))
     else {
+        if let Some(e) = unfetched {
+            return err(
+                StatusCode::BAD_GATEWAY,
+                format!("the frame's thumbnail could not be fetched: {e}"),
+            )
+            .into_response();
+        }
         return err(
             StatusCode::NOT_FOUND,
             "that frame is not written on this machine",

@@ -83,6 +83,10 @@ pub enum Command {
         job: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Which frames each job lists: all, active (rendering now) or none. Default: all
+        /// for `--json` or a selected job, none for the plain list (it shows no frames).
+        #[arg(long, value_enum)]
+        frames: Option<StatusFrames>,
     },
     /// Peers of the mesh: id, addresses, Blender, render device, frames rendered.
     Peers {
@@ -210,7 +214,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Man { out } => man(out.as_deref()),
         Command::RotateKey { exclude, json } => status::rotate_key(&data_dir, exclude, json).await,
         Command::Submit(args) => submit::run(&data_dir, *args).await,
-        Command::Status { job, json } => status::status(&data_dir, job.as_deref(), json).await,
+        Command::Status { job, json, frames } => {
+            status::status(&data_dir, job.as_deref(), json, frames).await
+        }
         Command::Peers { json } => status::peers(&data_dir, json).await,
         Command::Gc { json } => status::gc(&data_dir, json).await,
         Command::Fetch(args) => fetch::run(&data_dir, args).await,
@@ -238,4 +244,12 @@ pub(crate) fn printable(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// `meshd status --frames`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFrames {
+    All,
+    Active,
+    None,
 }

@@ -23,9 +23,30 @@ fn state_name(j: &JobView) -> String {
         .unwrap_or_default()
 }
 
-pub async fn status(data_dir: &Path, job: Option<&str>, json: bool) -> anyhow::Result<i32> {
+pub async fn status(
+    data_dir: &Path,
+    job: Option<&str>,
+    json: bool,
+    frames: Option<super::StatusFrames>,
+) -> anyhow::Result<i32> {
+    use super::StatusFrames as F;
     let client = ApiClient::connect(data_dir)?;
-    let query: Vec<(&str, &str)> = job.map(|sel| ("job", sel)).into_iter().collect();
+    let mut query: Vec<(&str, &str)> = job.map(|sel| ("job", sel)).into_iter().collect();
+    // The plain list shows no frames: a 100,000-frame job's frames would cost the daemon
+    // seconds to list for nothing.
+    let frames = frames.unwrap_or(if json || job.is_some() {
+        F::All
+    } else {
+        F::None
+    });
+    query.push((
+        "frames",
+        match frames {
+            F::All => "all",
+            F::Active => "active",
+            F::None => "none",
+        },
+    ));
     let resp: StatusResponse = client.get_query("/v1/status", &query).await?;
     if let Some(sel) = job
         && resp.jobs.is_empty()

@@ -32,8 +32,6 @@ struct Want {
     job: JobId,
     frame: u32,
     from: PeerId,
-    /// The result's thumbnail, copied with it (best effort).
-    thumb: Option<BlobId>,
     attempts: u32,
     next: Instant,
     running: bool,
@@ -97,11 +95,11 @@ impl Daemon {
                     .copied()
                     .collect();
                 if replica_holders(job, *frame, &candidates, self.cfg.replicas).contains(&self.me) {
-                    new.push((*job, *frame, d.peer, d.output, d.thumb));
+                    new.push((*job, *frame, d.peer, d.output));
                 }
             }
         }
-        for (job, frame, from, output, thumb) in new {
+        for (job, frame, from, output) in new {
             debug!(job = %job.short(), frame, "keeping a copy of this frame");
             self.replicas.wants.insert(
                 output,
@@ -109,7 +107,6 @@ impl Daemon {
                     job,
                     frame,
                     from,
-                    thumb,
                     attempts: 0,
                     next: Instant::now(),
                     running: false,
@@ -139,7 +136,7 @@ impl Daemon {
             };
             w.running = true;
             running += 1;
-            let (from, job, thumb) = (w.from, w.job, w.thumb);
+            let (from, job) = (w.from, w.job);
             let providers = self.providers(std::iter::once(from));
             let net = self.net.clone();
             let store = self.store.clone();
@@ -150,16 +147,7 @@ impl Daemon {
                 .job(&job)
                 .map(|e| (e.spec.settings.format, e.spec.size));
             let task = self.tasks.spawn(async move {
-                let copy_thumb = async {
-                    if let Some(t) = thumb.filter(|t| !store.has_blob(t))
-                        && let Err(e) =
-                            super::thumbs::fetch(&net, &store, t, providers.clone(), stats.clone())
-                                .await
-                    {
-                        debug!(job = %job.short(), "no copy of a thumbnail: {e}");
-                    }
-                };
-                let copy = async {
+                let result = async {
                     let ctx = crate::transfer::FetchCtx::new(
                         net.clone(),
                         store.clone(),
@@ -179,8 +167,8 @@ impl Daemon {
                     .await
                     .map_err(|e| CopyError::Fetch(e.to_string()))?
                     .map_err(CopyError::Unusable)
-                };
-                let (result, ()) = tokio::join!(copy, copy_thumb);
+                }
+                .await;
                 TaskDone::Replicated { blob, result }
             });
             self.owners

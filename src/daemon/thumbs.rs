@@ -1,7 +1,8 @@
 //! Frame thumbnails as peers hand them on. A renderer stores the thumbnail it made
 //! (`render::thumb`) as a blob named by the frame's signed result (`Done::thumb`); the
-//! submitter fetches it with the frame (`outputs.rs`) and replica holders with their copy
-//! (`replicas.rs`). A dashboard asks its own daemon ([`Daemon::thumbnail`]), which serves
+//! submitter fetches it with the frame (`outputs.rs`). Replica holders do not copy it: it
+//! is a convenience, and every fetch is two more requests per frame. A dashboard asks its
+//! own daemon ([`Daemon::thumbnail`]), which serves
 //! the blob if it holds it and fetches it otherwise: from the renderer, then likely
 //! replica holders, then every connected peer.
 
