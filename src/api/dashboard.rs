@@ -324,9 +324,18 @@ async fn control(
     if !same_origin(&ctx, &headers) {
         return err(StatusCode::FORBIDDEN, "cross-origin request refused").into_response();
     }
-    match ask(&ctx, |reply| ApiRequest::Control(req, reply)).await {
+    let answer = ask(&ctx, |reply| ApiRequest::Control(req, reply)).await;
+    json_answer(answer, StatusCode::BAD_REQUEST)
+}
+
+/// The loop's answer as JSON, its refusal with `refused`, or why the loop could not answer.
+fn json_answer<T: Serialize, E: IntoResponse>(
+    answer: Result<Result<T, String>, E>,
+    refused: StatusCode,
+) -> Response {
+    match answer {
         Ok(Ok(resp)) => Json(resp).into_response(),
-        Ok(Err(e)) => err(StatusCode::BAD_REQUEST, e).into_response(),
+        Ok(Err(e)) => err(refused, e).into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -340,11 +349,8 @@ async fn logs(
         return r.into_response();
     }
     let q = crate::api::types::LogsQuery { job, frame };
-    match ask(&ctx, |reply| ApiRequest::Logs(q, reply)).await {
-        Ok(Ok(resp)) => Json(resp).into_response(),
-        Ok(Err(e)) => err(StatusCode::NOT_FOUND, e).into_response(),
-        Err(e) => e.into_response(),
-    }
+    let answer = ask(&ctx, |reply| ApiRequest::Logs(q, reply)).await;
+    json_answer(answer, StatusCode::NOT_FOUND)
 }
 
 /// The written file of `frame` in `dir`, whatever its format.

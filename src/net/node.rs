@@ -141,21 +141,29 @@ impl Client {
         self.tx.send(cmd).await.map_err(|_| NetError::Stopped)
     }
 
+    /// Sends the command `make` builds around a reply channel and waits for the answer.
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, NetError>>) -> Command,
+    ) -> Result<T, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(make(reply)).await?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
     /// Publishes on the message's topic. Queued until some peer subscribes.
     pub async fn publish(&self, msg: GossipMsg) -> Result<(), NetError> {
         self.send(Command::Publish(msg)).await
     }
 
     pub async fn sync(&self, peer: PeerId, req: SyncRequest) -> Result<SyncResponse, NetError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Sync { peer, req, reply }).await?;
-        rx.await.map_err(|_| NetError::Stopped)?
+        self.request(|reply| Command::Sync { peer, req, reply })
+            .await
     }
 
     pub async fn blob(&self, peer: PeerId, req: BlobRequest) -> Result<BlobResponse, NetError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Blob { peer, req, reply }).await?;
-        rx.await.map_err(|_| NetError::Stopped)?
+        self.request(|reply| Command::Blob { peer, req, reply })
+            .await
     }
 
     pub async fn respond_sync(
@@ -172,9 +180,8 @@ impl Client {
         peer: PeerId,
         req: KeyRotation,
     ) -> Result<KeyRotationAck, NetError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Key { peer, req, reply }).await?;
-        rx.await.map_err(|_| NetError::Stopped)?
+        self.request(|reply| Command::Key { peer, req, reply })
+            .await
     }
 
     pub async fn respond_key(
@@ -187,9 +194,8 @@ impl Client {
 
     /// Asks `peer` for the Blender log of its last attempt at a frame.
     pub async fn logs(&self, peer: PeerId, req: LogRequest) -> Result<LogResponse, NetError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Logs { peer, req, reply }).await?;
-        rx.await.map_err(|_| NetError::Stopped)?
+        self.request(|reply| Command::Logs { peer, req, reply })
+            .await
     }
 
     pub async fn respond_logs(
