@@ -238,6 +238,8 @@ pub async fn run(
     on_ready: impl FnOnce(&InviteResponse) + Send,
 ) -> Result<(), DaemonError> {
     let boot = setup::boot(&cfg, shutdown.child_token()).await?;
+    // The data dir is ours now (locked): any sandbox naming it was left by an earlier run.
+    crate::render::leftovers::kill_leftover_sandboxes(&cfg.data_dir);
     let sandbox = setup::sandbox(&cfg).await?;
     let (api_tx, mut api_rx) = mpsc::channel(64);
     let (activity, cloud, cloud_task) = cloud::start(&cfg, &boot, shutdown.child_token())?;

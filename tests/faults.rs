@@ -331,3 +331,94 @@ fn lying_renderer_is_refused(how: &str, why: &str) {
     assert_eq!(job["frames_written"], 0, "{job}");
     assert!(a.log().contains(why), "the submitter says why ({why})");
 }
+
+/// `bwrap` processes (Linux /proc) with `arg` among their arguments.
+fn bwraps_naming(arg: &std::path::Path) -> Vec<u32> {
+    let arg = arg.as_os_str().as_encoded_bytes();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|b| *b == 0);
+        let bwrap = args.next().is_some_and(|a| a.ends_with(b"bwrap"));
+        if bwrap && args.any(|a| a == arg) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A sandbox like the one bubblewrap 0.8 can leave behind when its daemon is killed: a
+/// `bwrap` hiding `dir`, orphaned (its starting shell has exited), running until killed.
+/// Kills what is left of it when dropped.
+struct Stray(std::path::PathBuf);
+
+impl Stray {
+    fn plant(dir: &std::path::Path) -> Stray {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(
+                r#"bwrap --die-with-parent --unshare-pid --ro-bind / / --tmpfs "$1" -- sleep 600 \
+                   </dev/null >/dev/null 2>&1 &"#,
+            )
+            .arg("sh")
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let stray = Stray(dir.to_path_buf());
+        wait_until(
+            Duration::from_secs(10),
+            "the planted sandbox to run",
+            || !bwraps_naming(dir).is_empty(),
+        );
+        stray
+    }
+}
+
+impl Drop for Stray {
+    fn drop(&mut self) {
+        for pid in bwraps_naming(&self.0) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+#[test]
+fn a_restarted_daemon_kills_sandboxes_its_killed_run_left_behind() {
+    if std::process::Command::new("bwrap")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: bubblewrap is not installed (scripts/install-deps.sh installs it)");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("a");
+    let left = Stray::plant(&dir);
+    // A sibling data dir whose name starts with this one's: another daemon's business.
+    let other = Stray::plant(&root.path().join("ab"));
+    let before = bwraps_naming(&dir);
+    let inside: Vec<u32> = before.iter().flat_map(|p| descendants(*p)).collect();
+    assert!(!inside.is_empty(), "the planted sandbox runs a process");
+
+    let _a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    wait_until(
+        Duration::from_secs(10),
+        "the daemon to kill the sandbox left in its data dir",
+        || before.iter().chain(&inside).all(|p| !alive(*p)),
+    );
+    assert!(
+        !bwraps_naming(&root.path().join("ab")).is_empty(),
+        "another data dir's sandbox is left alone"
+    );
+    drop((left, other));
+}

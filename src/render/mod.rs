@@ -40,6 +40,7 @@
 
 pub mod blendfile;
 pub mod discover;
+pub mod leftovers;
 pub mod logparse;
 pub mod probe;
 mod process;

@@ -22,7 +22,8 @@
 //! competed with the rest of the machine differently than unconfined (measured: 1.47x
 //! slower next to a niced CPU hog in the daemon's session).
 //!
-//! Blender dies with the sandbox and the sandbox with the daemon (`--die-with-parent`).
+//! Blender dies with the sandbox and the sandbox with the daemon (`--die-with-parent`; what
+//! bubblewrap can leave behind despite it is killed at the next start, see [`super::leftovers`]).
 //! `meshd join --no-sandbox` turns this off ([`Sandbox::Off`]).
 
 use std::ffi::OsString;
