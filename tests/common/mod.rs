@@ -330,10 +330,14 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.kill();
         // bubblewrap can outlive a SIGKILLed daemon (see `meshd::render::leftovers`); a
-        // restart would clean up, and a test that ends here does the same.
-        meshd::render::leftovers::kill_leftover_sandboxes(&self.dir);
+        // restart would clean up, and a test that ends here does the same. Not after
+        // `restart`, which drops the old value with the new daemon running on the same dir.
+        let running = self.child.is_some();
+        self.kill();
+        if running {
+            meshd::render::leftovers::kill_leftover_sandboxes(&self.dir);
+        }
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
