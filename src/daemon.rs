@@ -21,8 +21,10 @@ mod quota;
 mod render;
 mod replicas;
 mod rotate;
+mod scenes;
 mod settle;
 mod setup;
+mod slots;
 mod sync;
 mod tail;
 mod thumbs;
@@ -46,8 +48,8 @@ use crate::ledger::{Ledger, RetryPolicy};
 use crate::net::{Client, GossipMsg, Heartbeat};
 use crate::render::BlenderInfo;
 use crate::store::Store;
-use crate::transfer::FetchStats;
 use crate::transfer::checkout::Checkout;
+use crate::transfer::{FetchStats, Holders};
 
 use peers::{LiveView, PeerTable};
 
@@ -145,7 +147,8 @@ enum TaskDone {
 
 /// Where a job's project stands on this peer.
 enum SceneState {
-    Fetching(Arc<FetchStats>),
+    /// Being fetched; who holds the project, for the fetch to ask, kept up to date.
+    Fetching(Arc<FetchStats>, Holders),
     Ready(Arc<Checkout>, Arc<FetchStats>),
     /// Fetch failed (why); try again after the instant.
     Retry(Instant, Arc<FetchStats>, String),
@@ -154,7 +157,7 @@ enum SceneState {
 impl SceneState {
     fn stats(&self) -> &Arc<FetchStats> {
         match self {
-            SceneState::Fetching(s) | SceneState::Ready(_, s) | SceneState::Retry(_, s, _) => s,
+            SceneState::Fetching(s, _) | SceneState::Ready(_, s) | SceneState::Retry(_, s, _) => s,
         }
     }
 }
@@ -176,7 +179,7 @@ struct Daemon {
     policy: RetryPolicy,
     blender: Option<BlenderInfo>,
     scenes: HashMap<JobId, SceneState>,
-    render: render::RenderState,
+    render: slots::RenderState,
     /// Jobs that are over while their submitter is gone, and since when (see
     /// `archive_orphans`).
     orphans: HashMap<JobId, Instant>,
@@ -256,7 +259,7 @@ pub async fn run(
         cloud.clone(),
     );
 
-    let (render, mut progress_rx) = render::RenderState::new();
+    let (render, mut progress_rx) = slots::RenderState::new();
     let mut d = Daemon {
         me: boot.net.local_peer_id(),
         incarnation: boot.incarnation,
@@ -503,7 +506,7 @@ impl Daemon {
                     if !changed.is_empty() {
                         debug!(%peer, changed = changed.len(), "sync brought news");
                     }
-                    self.after_ledger_change(&changed);
+                    self.after_ledger_change(&changed).await;
                     self.note_results(&changed, true);
                     if let Some(next) = resp.next {
                         self.start_sync_from(peer, Some(next));
@@ -564,7 +567,7 @@ impl Daemon {
                 self.probing = false;
                 match result {
                     Ok(info) => {
-                        let slots = render::plan_slots(&info, self.cfg.gpus_together);
+                        let slots = slots::plan_slots(&info, self.cfg.gpus_together);
                         info!(
                             version = %info.version,
                             device = ?info.best_device(),
@@ -584,6 +587,7 @@ impl Daemon {
 
     /// Periodic work: start scene fetches, claim a frame, write finished frames.
     async fn tick(&mut self) {
+        self.refresh_holders();
         self.fetch_scenes();
         self.claim_and_render().await;
         self.requeue_due_writes();

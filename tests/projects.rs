@@ -231,9 +231,9 @@ fn dependency_deleted_from_the_renderers_copy_fails_the_frame_with_its_name() {
 fn corrupt_chunks_are_detected_and_fetched_from_another_peer() {
     let root = tempfile::tempdir().unwrap();
     let scene = scene_with_big_texture(root.path(), 1024, 1024);
-    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
-    // `liar` first renders a job honestly, so it holds the whole project...
-    let mut liar = Daemon::start(root.path(), "liar", Some(&a.ticket()), &[]);
+    // `a` submits and renders the project once, so it holds all of it, and then renders
+    // no more...
+    let mut a = Daemon::start(root.path(), "a", None, &[]);
     let first = submit(
         &a,
         &scene,
@@ -244,19 +244,24 @@ fn corrupt_chunks_are_detected_and_fetched_from_another_peer() {
     wait_until(BIG, "the first job written", || {
         a.job(&first)["frames_written"] == 1
     });
-    // ...then comes back flipping a byte of every chunk it serves (and renders no more).
-    liar.restart_env(
+    a.restart(root.path(), &["--no-render"]);
+    // ...then `liar` submits it again, flipping a byte of every chunk it serves: b, the one
+    // renderer, asks the job's seed first and must turn to `a`.
+    let liar = Daemon::start_env(
         root.path(),
+        "liar",
+        Some(&a.ticket()),
         &["--no-render"],
         &[("MESHD_FAULT_CORRUPT_CHUNKS", "1")],
     );
-    let liar_id = liar.peer_id();
     let b = Daemon::start(root.path(), "b", Some(&a.ticket()), &[]);
-    wait_until(BIG, "b connected to the liar", || {
-        b.connected_peers().contains(&liar_id)
+    let liar_id = liar.peer_id();
+    wait_until(BIG, "b connected to the liar and to a", || {
+        let peers = b.connected_peers();
+        peers.contains(&liar_id) && peers.contains(&a.peer_id())
     });
     let out = root.path().join("out");
-    let id = submit(&a, &scene, "1-2", &out, &["--name", "v2"]);
+    let id = submit(&liar, &scene, "1-2", &out, &["--name", "v2"]);
     wait_until(BIG, "b to hold the project", || {
         project_of(&b, &id)["state"] == "ready"
     });
@@ -267,7 +272,7 @@ fn corrupt_chunks_are_detected_and_fetched_from_another_peer() {
         "b noticed the corrupt chunks and named the liar"
     );
     wait_until(BIG, "both frames written", || {
-        a.job(&id)["frames_written"] == 2
+        liar.job(&id)["frames_written"] == 2
     });
     assert_frames(&out, &[1, 2], (64, 48));
 }

@@ -1,4 +1,4 @@
-//! Request-response streams (`/meshd/sync/1`, `/meshd/blob/1`): the length-prefixed frame
+//! Request-response streams (`/meshd/sync/1`, `/meshd/blob/2`): the length-prefixed frame
 //! reader and the postcard bodies behind it, both directions.
 #![no_main]
 use futures::executor::block_on;

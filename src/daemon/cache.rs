@@ -39,7 +39,7 @@ impl Daemon {
                     blobs.extend(state.done.iter().map(|d| d.output));
                 }
             }
-            let fetching = matches!(self.scenes.get(id), Some(SceneState::Fetching(_)));
+            let fetching = matches!(self.scenes.get(id), Some(SceneState::Fetching(..)));
             let unwritten = local && (undelivered || entry.frames.len() < entry.spec.frames.len());
             if self.job_running(entry) || unwritten || fetching {
                 jobs.insert(id.to_hex());

@@ -42,7 +42,7 @@ impl Daemon {
                         return self.punish(g.source, why).await;
                     }
                     let changed = self.merge_from(g.source, &updates, false).await;
-                    self.after_ledger_change(&changed);
+                    self.after_ledger_change(&changed).await;
                     self.note_results(&changed, false);
                 }
                 GossipMsg::Control(job, control) => self.on_control(g.source, job, control).await,

@@ -242,7 +242,7 @@ impl Daemon {
             })
             .collect();
         let changed = self.merge_updates(&updates);
-        self.after_ledger_change(&changed);
+        self.after_ledger_change(&changed).await;
         self.publish(GossipMsg::Frames(updates)).await;
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 
-use super::render::{SlotSpec, peer_fits, slot_fits};
+use super::slots::{SlotSpec, peer_fits, slot_fits};
 use crate::ledger::tail::Running;
 use crate::ledger::{JobEntry, PeerView};
 use crate::net::{Heartbeat, InFlight};

@@ -1,234 +1,27 @@
 //! Claiming frames and rendering them with persistent Blender workers.
 //!
-//! A peer has one or more render *slots*: one per GPU (or one for all GPUs of the best kind
-//! with `--gpus-together`), or one CPU slot. Each slot renders one frame at a time and keeps a
-//! warm [`Worker`] (one Blender process) per job between frames. A claim is published before a
+//! Each render slot ([`super::slots`]) renders one frame at a time and keeps a warm
+//! [`Worker`] (one Blender process) per job between frames. A claim is published before a
 //! render starts; if the ledger later shows the claim lost (a higher epoch, or someone else's
-//! result), the render task is aborted, which drops its worker and so kills that Blender.
+//! result), the render task is aborted, which drops its worker and so kills that Blender, and
+//! the slot claims another frame at once. A rendered frame is checked and stored off the loop
+//! before its result is announced.
 
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use libp2p::PeerId;
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+use super::slots::{Active, ProgressMsg, slot_fits};
 use super::{Daemon, SceneState, TaskDone};
 use crate::ids::JobId;
 use crate::ledger::{
     FrameState, FrameUpdate, JobEntry, JobState, choose_claim, job_progress, sign,
 };
-use crate::net::{GossipMsg, InFlight};
-use crate::render::settings::{DeviceKind, DeviceRequirement};
-use crate::render::{
-    BlenderInfo, FrameError, FrameProgress, ProjectLayout, Unchecked, Worker, WorkerConfig,
-};
-use crate::transfer::FetchCtx;
-
-/// What one slot renders with.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SlotSpec {
-    pub device: DeviceKind,
-    /// One device by its Blender id; `None` uses every device of the kind.
-    pub device_id: Option<String>,
-    /// Memory of the slot's device(s) in MiB, the least of them when several; if known.
-    pub memory_mib: Option<u64>,
-}
-
-/// The slots a peer runs: one per GPU of the best kind (or one for all of them when
-/// `together`), else one CPU slot.
-pub fn plan_slots(info: &BlenderInfo, together: bool) -> Vec<SlotSpec> {
-    let best = info.best_device();
-    let devices: Vec<_> = info.devices_of(best).collect();
-    if best == DeviceKind::Cpu || devices.is_empty() {
-        return vec![SlotSpec {
-            device: DeviceKind::Cpu,
-            device_id: None,
-            memory_mib: None,
-        }];
-    }
-    if together || devices.len() == 1 {
-        let memory_mib = devices.iter().map(|d| d.memory_mib).min().flatten();
-        return vec![SlotSpec {
-            device: best,
-            device_id: None,
-            memory_mib,
-        }];
-    }
-    devices
-        .into_iter()
-        .map(|d| SlotSpec {
-            device: best,
-            device_id: Some(d.id.clone()),
-            memory_mib: d.memory_mib,
-        })
-        .collect()
-}
-
-/// Whether a job's device requirement lets this slot render it.
-pub fn slot_fits(req: &DeviceRequirement, slot: &SlotSpec) -> bool {
-    if req.gpu_only && !slot.device.is_gpu() {
-        return false;
-    }
-    if req.kind.is_some_and(|k| k != slot.device) {
-        return false;
-    }
-    match req.min_vram_mib {
-        None => true,
-        Some(min) => slot.device.is_gpu() && slot.memory_mib.is_some_and(|m| m >= min),
-    }
-}
-
-/// Whether a peer with Blender `version` and `devices` (as its heartbeat tells) may render
-/// `spec`: the version fits, and one of the slots it would run fits the device requirement.
-pub fn peer_fits(
-    spec: &crate::ledger::JobSpec,
-    version: &str,
-    devices: &[crate::render::DeviceInfo],
-) -> bool {
-    let info = BlenderInfo {
-        path: PathBuf::new(),
-        version: version.to_string(),
-        devices: devices.to_vec(),
-        has_oidn: false,
-    };
-    spec.blender_fits(version)
-        && plan_slots(&info, false)
-            .iter()
-            .any(|s| slot_fits(&spec.settings.device, s))
-}
-
-/// The frame a slot is rendering right now.
-struct Active {
-    job: JobId,
-    frame: u32,
-    epoch: u32,
-    abort: AbortHandle,
-    progress: Option<FrameProgress>,
-    /// A backup of another peer's render (see [`crate::ledger::tail`]): no claim of ours.
-    backup: bool,
-    started: std::time::Instant,
-    /// Blender's lines of this frame so far (`meshd logs` of a frame being rendered).
-    log: crate::render::worker::FrameLog,
-}
-
-struct Slot {
-    spec: SlotSpec,
-    active: Option<Active>,
-    /// Warm workers between frames, one per job.
-    idle: HashMap<JobId, Worker>,
-}
-
-/// Progress of a frame, from a render task to the daemon loop.
-pub(super) struct ProgressMsg {
-    slot: usize,
-    job: JobId,
-    progress: FrameProgress,
-}
-
-pub(super) struct RenderState {
-    slots: Vec<Slot>,
-    /// When a free slot last looked for a straggler to back up.
-    pub(super) backup_checked: Option<std::time::Instant>,
-    /// The slots' specs (what the ledger's view asks about this peer).
-    pub(super) specs: Vec<SlotSpec>,
-    progress_tx: mpsc::UnboundedSender<ProgressMsg>,
-    /// Progress changed since the last heartbeat.
-    pub(super) progress_dirty: bool,
-}
-
-impl RenderState {
-    pub(super) fn new() -> (Self, mpsc::UnboundedReceiver<ProgressMsg>) {
-        let (progress_tx, rx) = mpsc::unbounded_channel();
-        (
-            RenderState {
-                slots: Vec::new(),
-                backup_checked: None,
-                specs: Vec::new(),
-                progress_tx,
-                progress_dirty: false,
-            },
-            rx,
-        )
-    }
-
-    pub(super) fn set_slots(&mut self, specs: Vec<SlotSpec>) {
-        self.stop();
-        self.specs = specs.clone();
-        self.slots = specs
-            .into_iter()
-            .map(|spec| Slot {
-                spec,
-                active: None,
-                idle: HashMap::new(),
-            })
-            .collect();
-    }
-
-    /// Frames in flight on this peer, with progress.
-    /// Frames this peer renders at once.
-    pub(super) fn slot_count(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub(super) fn in_flight(&self) -> Vec<InFlight> {
-        self.slots
-            .iter()
-            .filter_map(|s| s.active.as_ref())
-            .map(|a| InFlight {
-                job: a.job,
-                frame: a.frame,
-                current: a.progress.as_ref().map_or(0, |p| p.current),
-                total: a.progress.as_ref().map_or(0, |p| p.total),
-                elapsed_ms: a.started.elapsed().as_millis() as u64,
-            })
-            .collect()
-    }
-
-    pub(super) fn on_progress(&mut self, msg: ProgressMsg) {
-        let Some(a) = self.slots.get_mut(msg.slot).and_then(|s| s.active.as_mut()) else {
-            return;
-        };
-        if a.job == msg.job && a.frame == msg.progress.frame {
-            a.progress = Some(msg.progress);
-            self.progress_dirty = true;
-        }
-    }
-
-    /// Jobs with a frame in flight or a warm Blender here.
-    pub(super) fn jobs_in_use(&self) -> impl Iterator<Item = JobId> + '_ {
-        self.slots.iter().flat_map(|s| {
-            s.idle
-                .keys()
-                .copied()
-                .chain(s.active.as_ref().map(|a| a.job))
-        })
-    }
-
-    /// Kills every Blender of `job`, busy or warm, without a word to the mesh.
-    pub(super) fn drop_job(&mut self, job: &JobId) {
-        for s in &mut self.slots {
-            if s.active.as_ref().is_some_and(|a| a.job == *job)
-                && let Some(a) = s.active.take()
-            {
-                a.abort.abort();
-                self.progress_dirty = true;
-            }
-            s.idle.remove(job);
-        }
-    }
-
-    pub(super) fn stop(&mut self) {
-        for s in &mut self.slots {
-            if let Some(a) = s.active.take() {
-                a.abort.abort();
-            }
-            s.idle.clear();
-        }
-    }
-}
+use crate::net::GossipMsg;
+use crate::render::settings::DeviceKind;
+use crate::render::{BlenderInfo, FrameError, ProjectLayout, Unchecked, Worker, WorkerConfig};
 
 /// Why a rendered frame was not stored.
 #[derive(Debug)]
@@ -297,9 +90,6 @@ pub(super) async fn probe_blender(
         .map_err(|e| e.to_string())
 }
 
-/// Projects fetched at once.
-const MAX_SCENE_FETCHES: usize = 3;
-
 impl Daemon {
     pub(super) fn render_device(&self) -> Option<DeviceKind> {
         self.blender.as_ref().map(|b| b.best_device())
@@ -323,7 +113,7 @@ impl Daemon {
     }
 
     /// Whether some slot of this peer can render the job, with a Blender the job accepts.
-    fn can_take(&self, entry: &JobEntry) -> bool {
+    pub(super) fn can_take(&self, entry: &JobEntry) -> bool {
         self.blender
             .as_ref()
             .is_some_and(|b| entry.spec.blender_fits(&b.version))
@@ -332,171 +122,6 @@ impl Daemon {
                 .slots
                 .iter()
                 .any(|s| slot_fits(&entry.spec.settings.device, &s.spec))
-    }
-
-    /// Starts fetching the scene of running jobs this peer could render and its quotas
-    /// allow, at most [`MAX_SCENE_FETCHES`] at once (the rest on later rounds).
-    pub(super) fn fetch_scenes(&mut self) {
-        if !self.can_render() {
-            return;
-        }
-        let now = std::time::Instant::now();
-        let mut fetching = self
-            .scenes
-            .values()
-            .filter(|s| matches!(s, SceneState::Fetching(_)))
-            .count();
-        // Jobs whose project is due to be fetched: usually none, so the quota is worked out
-        // only when one is.
-        let due: Vec<(&JobId, &JobEntry)> = self
-            .ledger
-            .jobs()
-            .filter(|(id, _)| !self.settle.is_over(id))
-            .filter(|(id, _)| match self.scenes.get(*id) {
-                None => true,
-                Some(SceneState::Retry(at, ..)) => *at <= now,
-                Some(_) => false,
-            })
-            .filter(|(_, e)| self.can_take(e) && self.job_running(e))
-            .collect();
-        if due.is_empty() || fetching >= MAX_SCENE_FETCHES {
-            self.release_finished_workers();
-            return;
-        }
-        let allowed = super::quota::within(
-            self.ledger
-                .jobs()
-                .filter(|(id, _)| !self.settle.is_over(id))
-                .map(|(id, e)| super::quota::RunningJob {
-                    id: *id,
-                    submitter: e.spec.submitter,
-                    created_unix_ms: e.spec.created_unix_ms,
-                    frames: e.spec.frames.len() as u64,
-                }),
-            &self.cfg.quota,
-        );
-        let mut wanted = Vec::new();
-        for (id, entry) in due {
-            if fetching >= MAX_SCENE_FETCHES {
-                break;
-            }
-            if !allowed.contains(id) {
-                continue;
-            }
-            let stats = match self.scenes.get(id) {
-                Some(SceneState::Retry(_, stats, _)) => stats.clone(),
-                _ => Arc::default(),
-            };
-            let ctx = self.project_fetch(entry).with_stats(stats.clone());
-            wanted.push((*id, entry.spec.project, ctx, stats));
-            fetching += 1;
-        }
-        let max_bytes = self.cfg.quota.project_bytes;
-        for (id, project, ctx, stats) in wanted {
-            self.scenes.insert(id, SceneState::Fetching(stats));
-            let dir = self.job_dir(&id);
-            let task = self.tasks.spawn(async move {
-                #[cfg(feature = "test-faults")]
-                faults::panic_scene_fetch_once();
-                let result = crate::transfer::checkout::checkout(&ctx, project, &dir, max_bytes)
-                    .await
-                    .map_err(|e| e.to_string());
-                TaskDone::SceneFetched { job: id, result }
-            });
-            self.owners
-                .insert(task.id(), super::TaskOwner::SceneFetch(id));
-        }
-        self.release_finished_workers();
-    }
-
-    /// Lets go of warm Blenders for jobs that are over.
-    fn release_finished_workers(&mut self) {
-        // Only jobs holding a warm worker matter: usually one or two, not the whole ledger.
-        let over: HashSet<JobId> = self
-            .render
-            .slots
-            .iter()
-            .flat_map(|s| s.idle.keys())
-            .filter(|job| self.ledger.job(job).is_none_or(|e| !self.job_running(e)))
-            .copied()
-            .collect();
-        for job in &over {
-            debug!(job = %job.short(), "job over; stopping its Blender");
-        }
-        for slot in &mut self.render.slots {
-            slot.idle.retain(|job, _| !over.contains(job));
-        }
-    }
-
-    /// A fetch context for a job's project: peers announcing all of it, then those announcing
-    /// part of it (still fetching), then every other connected peer; the submitter is the
-    /// seed, asked when no other peer has a chunk.
-    fn project_fetch(&self, entry: &JobEntry) -> FetchCtx {
-        let submitter = entry.spec.submitter;
-        let mut complete = Vec::new();
-        let mut partial = Vec::new();
-        for (peer, state) in &self.peers.peers {
-            let Some(hb) = &state.heartbeat else { continue };
-            for have in hb
-                .projects
-                .iter()
-                .filter(|h| h.project == entry.spec.project)
-            {
-                if have.complete {
-                    complete.push(*peer);
-                } else {
-                    partial.push(*peer);
-                }
-            }
-        }
-        let peers = self
-            .providers(complete.into_iter().chain(partial))
-            .into_iter()
-            .filter(|p| *p != submitter)
-            .collect();
-        let seeds = if submitter == self.me {
-            Vec::new()
-        } else {
-            vec![submitter]
-        };
-        FetchCtx::swarm(self.net.clone(), self.store.clone(), peers, seeds)
-    }
-
-    /// Projects this peer holds or is fetching, for its heartbeat (newest jobs first).
-    pub(super) fn have_projects(&self) -> Vec<crate::net::HaveProject> {
-        let mut have: Vec<(u64, crate::net::HaveProject)> = self
-            .scenes
-            .iter()
-            .filter_map(|(job, state)| {
-                let entry = self.ledger.job(job)?;
-                let complete = match state {
-                    SceneState::Ready(..) => true,
-                    SceneState::Fetching(_) | SceneState::Retry(..) => false,
-                };
-                Some((
-                    entry.spec.created_unix_ms,
-                    crate::net::HaveProject {
-                        project: entry.spec.project,
-                        complete,
-                    },
-                ))
-            })
-            .collect();
-        have.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
-        have.into_iter()
-            .map(|(_, h)| h)
-            .take(crate::net::wire::MAX_HAVE_PROJECTS)
-            .collect()
-    }
-
-    /// `likely` peers first, then every connected one; without this peer, each once.
-    pub(super) fn providers(&self, likely: impl IntoIterator<Item = PeerId>) -> Vec<PeerId> {
-        let mut seen = HashSet::new();
-        likely
-            .into_iter()
-            .chain(self.peers.connected())
-            .filter(|p| *p != self.me && seen.insert(*p))
-            .collect()
     }
 
     /// Blender's lines so far of `frame` of `job` if a slot renders it now.
@@ -873,8 +498,11 @@ impl Daemon {
         }
     }
 
-    /// After remote news: stop rendering frames whose claim this peer lost.
-    pub(super) fn after_ledger_change(&mut self, changed: &[(JobId, u32)]) {
+    /// After remote news: stop rendering frames whose claim this peer lost, and claim
+    /// another at once for each slot that frees (not at the next tick: at a job's tail,
+    /// peers choosing at once collide on the few frames left).
+    pub(super) async fn after_ledger_change(&mut self, changed: &[(JobId, u32)]) {
+        let mut freed = false;
         for slot in &mut self.render.slots {
             let Some(active) = &slot.active else { continue };
             if !changed.contains(&(active.job, active.frame)) {
@@ -893,7 +521,11 @@ impl Daemon {
                     a.abort.abort();
                 }
                 self.render.progress_dirty = true;
+                freed = true;
             }
+        }
+        if freed {
+            self.claim_and_render().await;
         }
     }
 }
@@ -936,110 +568,5 @@ mod faults {
             }
             Err(_) => {}
         }
-    }
-
-    /// `MESHD_FAULT_PANIC_SCENE_FETCH=1`: the first project fetch task of this daemon panics.
-    pub fn panic_scene_fetch_once() {
-        static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        if std::env::var_os("MESHD_FAULT_PANIC_SCENE_FETCH").is_some()
-            && !DONE.swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            panic!("MESHD_FAULT_PANIC_SCENE_FETCH: the project fetch task panics");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::render::DeviceInfo;
-
-    fn info(devices: Vec<(DeviceKind, &str, Option<u64>)>) -> BlenderInfo {
-        BlenderInfo {
-            path: "blender".into(),
-            version: "4.2.0".into(),
-            devices: devices
-                .into_iter()
-                .map(|(kind, id, memory_mib)| DeviceInfo {
-                    kind,
-                    name: id.into(),
-                    id: id.into(),
-                    memory_mib,
-                })
-                .collect(),
-            has_oidn: true,
-        }
-    }
-
-    #[test]
-    fn one_slot_per_gpu_of_the_best_kind() {
-        let i = info(vec![
-            (DeviceKind::Cpu, "CPU", None),
-            (DeviceKind::Cuda, "CUDA_0", Some(24_000)),
-            (DeviceKind::Cuda, "CUDA_1", Some(12_000)),
-            (DeviceKind::Optix, "OPTIX_0", Some(24_000)),
-            (DeviceKind::Optix, "OPTIX_1", Some(12_000)),
-        ]);
-        let slots = plan_slots(&i, false);
-        assert_eq!(slots.len(), 2);
-        assert!(slots.iter().all(|s| s.device == DeviceKind::Optix));
-        assert_eq!(slots[1].device_id.as_deref(), Some("OPTIX_1"));
-        let together = plan_slots(&i, true);
-        assert_eq!(
-            together,
-            vec![SlotSpec {
-                device: DeviceKind::Optix,
-                device_id: None,
-                memory_mib: Some(12_000)
-            }]
-        );
-    }
-
-    #[test]
-    fn cpu_only_machine_has_one_cpu_slot() {
-        let slots = plan_slots(&info(vec![(DeviceKind::Cpu, "CPU", None)]), false);
-        assert_eq!(
-            slots,
-            vec![SlotSpec {
-                device: DeviceKind::Cpu,
-                device_id: None,
-                memory_mib: None
-            }]
-        );
-    }
-
-    #[test]
-    fn requirements_select_slots() {
-        let gpu = SlotSpec {
-            device: DeviceKind::Cuda,
-            device_id: Some("CUDA_0".into()),
-            memory_mib: Some(8_000),
-        };
-        let cpu = SlotSpec {
-            device: DeviceKind::Cpu,
-            device_id: None,
-            memory_mib: None,
-        };
-        let any = DeviceRequirement::default();
-        assert!(slot_fits(&any, &gpu) && slot_fits(&any, &cpu));
-        let gpu_only = DeviceRequirement {
-            gpu_only: true,
-            ..Default::default()
-        };
-        assert!(slot_fits(&gpu_only, &gpu) && !slot_fits(&gpu_only, &cpu));
-        let optix = DeviceRequirement {
-            kind: Some(DeviceKind::Optix),
-            ..Default::default()
-        };
-        assert!(!slot_fits(&optix, &gpu));
-        let big = DeviceRequirement {
-            min_vram_mib: Some(16_000),
-            ..Default::default()
-        };
-        let small = DeviceRequirement {
-            min_vram_mib: Some(4_000),
-            ..Default::default()
-        };
-        assert!(!slot_fits(&big, &gpu) && slot_fits(&small, &gpu) && !slot_fits(&small, &cpu));
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 
 use super::peers::running;
-use super::render::{SlotSpec, slot_fits};
+use super::slots::{SlotSpec, slot_fits};
 use super::{Daemon, SceneState};
 use crate::ids::JobId;
 use crate::ledger::tail::{BackupChoice, Running, choose_backup};

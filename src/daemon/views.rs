@@ -226,7 +226,7 @@ impl Daemon {
         };
         let stats = state.stats();
         let (name, manifest, error) = match state {
-            SceneState::Fetching(_) => ("fetching", None, None),
+            SceneState::Fetching(..) => ("fetching", None, None),
             SceneState::Ready(c, _) => ("ready", Some(&c.manifest), None),
             SceneState::Retry(_, _, e) => ("retrying", None, Some(e.clone())),
         };

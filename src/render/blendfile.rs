@@ -65,7 +65,7 @@ pub fn check_blend_file(path: &Path) -> Result<(), BlendFileError> {
             .map_err(|e| not_blend(&format!("corrupt gzip data: {e}")))?
     } else if head.starts_with(&ZSTD_MAGIC) {
         let file = File::open(path).map_err(|e| unreadable(path, e))?;
-        let mut dec = ruzstd::decoding::StreamingDecoder::new(file)
+        let mut dec = zstd::stream::read::Decoder::new(file)
             .map_err(|e| not_blend(&format!("corrupt zstd data: {e}")))?;
         read_up_to(&mut dec, BLEND_MAGIC.len())
             .map_err(|e| not_blend(&format!("corrupt zstd data: {e}")))?
@@ -132,10 +132,7 @@ mod tests {
     #[test]
     fn zstd_blend_ok() {
         let d = tempfile::tempdir().unwrap();
-        let z = ruzstd::encoding::compress_to_vec(
-            &blend_bytes()[..],
-            ruzstd::encoding::CompressionLevel::Fastest,
-        );
+        let z = zstd::bulk::compress(&blend_bytes(), 3).unwrap();
         assert_eq!(&z[..4], &ZSTD_MAGIC);
         let p = write(d.path(), "z.blend", &z);
         check_blend_file(&p).unwrap();
@@ -150,10 +147,7 @@ mod tests {
         let e = check_blend_file(&p).unwrap_err();
         assert!(matches!(e, BlendFileError::NotBlend { .. }), "{e}");
 
-        let z = ruzstd::encoding::compress_to_vec(
-            &b"PK\x03\x04 a zip file"[..],
-            ruzstd::encoding::CompressionLevel::Fastest,
-        );
+        let z = zstd::bulk::compress(b"PK\x03\x04 a zip file", 3).unwrap();
         let p = write(d.path(), "z.blend", &z);
         let e = check_blend_file(&p).unwrap_err();
         assert!(matches!(e, BlendFileError::NotBlend { .. }), "{e}");

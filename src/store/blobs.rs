@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use super::served::Packed;
 use super::{Pin, Store, StoreError};
 use crate::ids::{BlobId, ChunkId};
 use crate::net::{BlobRequest, BlobResponse, BlobServer};
@@ -223,29 +224,58 @@ impl BlobServer for Store {
                 }
                 _ => BlobResponse::NotFound,
             },
-            BlobRequest::Chunk(id) => match self.read_chunk(id) {
-                #[cfg(feature = "test-faults")]
-                Some(bytes) if faults::slow_chunks().is_some() => {
-                    std::thread::sleep(faults::slow_chunks().unwrap_or_default());
-                    BlobResponse::Chunk(bytes)
-                }
-                #[cfg(feature = "test-faults")]
-                Some(mut bytes) if faults::corrupt_chunks() => {
-                    if let Some(b) = bytes.first_mut() {
-                        *b ^= 0xff;
-                    }
-                    BlobResponse::Chunk(bytes)
-                }
-                Some(bytes) => BlobResponse::Chunk(bytes),
-                None => BlobResponse::NotFound,
-            },
+            BlobRequest::Chunk(id) => self.serve_chunk(id),
         }
+    }
+}
+
+impl Store {
+    /// A chunk's answer: compressed when that pays, remembered for the next peer asking
+    /// (`served.rs`). A chunk collected since it was last served may still be answered from
+    /// there; its bytes are right all the same.
+    fn serve_chunk(&self, id: &ChunkId) -> BlobResponse {
+        #[cfg(feature = "test-faults")]
+        if let Some(answer) = faults::answer(self, id) {
+            return answer;
+        }
+        let known = self.served.get(id);
+        if let Some(Packed::Zstd(z)) = known {
+            return BlobResponse::ChunkZstd(z.to_vec());
+        }
+        let Some(bytes) = self.read_chunk(id) else {
+            return BlobResponse::NotFound;
+        };
+        let answer = match known {
+            Some(Packed::Raw) => BlobResponse::Chunk(bytes),
+            _ => BlobResponse::chunk(bytes),
+        };
+        self.served.remember(*id, &answer);
+        answer
     }
 }
 
 /// Fault injection for the test suite; compiled only with the `test-faults` feature.
 #[cfg(feature = "test-faults")]
 mod faults {
+    use crate::ids::ChunkId;
+    use crate::net::BlobResponse;
+
+    /// The answer a fault makes instead of the normal one, if any. A slow chunk is held
+    /// back and then answered normally (`None`).
+    pub fn answer(store: &super::Store, id: &ChunkId) -> Option<BlobResponse> {
+        if let Some(pause) = slow_chunks() {
+            std::thread::sleep(pause);
+        }
+        if !corrupt_chunks() {
+            return None;
+        }
+        let mut bytes = store.read_chunk(id)?;
+        if let Some(b) = bytes.first_mut() {
+            *b ^= 0xff;
+        }
+        Some(BlobResponse::chunk(bytes))
+    }
+
     /// `MESHD_FAULT_CORRUPT_CHUNKS=1`: every chunk this peer serves has its first byte flipped.
     pub fn corrupt_chunks() -> bool {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -287,9 +317,11 @@ mod tests {
         let m = Manifest::decode_verified(&mbytes, &id).unwrap();
         let mut rebuilt = Vec::new();
         for c in &m.chunks {
-            let BlobResponse::Chunk(b) = store.serve(&BlobRequest::Chunk(c.id)) else {
-                panic!("chunk not served")
-            };
+            let answer = store.serve(&BlobRequest::Chunk(c.id));
+            let b = answer
+                .into_chunk(c.len as usize)
+                .unwrap()
+                .expect("chunk served");
             rebuilt.extend_from_slice(&b);
         }
         assert_eq!(rebuilt, data);

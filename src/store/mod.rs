@@ -20,6 +20,7 @@ pub mod blobs;
 pub mod dedup;
 pub mod gc;
 pub mod pins;
+mod served;
 mod upgrade;
 
 use std::collections::BTreeMap;
@@ -80,6 +81,8 @@ pub struct Store {
     blob_dir: PathBuf,
     /// Blobs kept from collections while their references are on the way (`pins.rs`).
     pins: pins::Shared,
+    /// How recently served chunks went out (`served.rs`).
+    served: std::sync::Arc<served::ServedChunks>,
 }
 
 fn frame_key(job: &JobId, frame: u32) -> [u8; 36] {
@@ -128,6 +131,7 @@ impl Store {
             db,
             blob_dir,
             pins: Default::default(),
+            served: Default::default(),
         };
         store.upgrade()?;
         Ok(store)

@@ -6,12 +6,17 @@
 //! - Each chunk written is indexed at once, so peers fetching the same blob get it from us.
 //! - A single frame ([`fetch`]) asks its providers in the order given: the renderer first,
 //!   then the likely replica holders, so a chunk is not asked of peers that cannot have it.
-//! - Swarming (a project, [`FetchCtx::swarm`]): each fetch asks for its chunks in its own random order, so concurrent
-//!   fetchers hold different chunks early. A chunk is asked first of the other peers
-//!   (starting at one picked by the chunk's hash plus a rotation random per fetch), and of
-//!   the *seeds* (the submitter) only when none of them has it. One fetch keeps at most
-//!   [`SEED_SLOTS`] requests at the seeds; a chunk nobody else has yet waits and is asked
-//!   again, so the seed's uplink sends each chunk about once and peers pass it on.
+//! - Swarming (a project, [`FetchCtx::swarm`]): each fetch asks for its chunks in its own
+//!   random order, so concurrent fetchers hold different chunks early. A chunk is asked
+//!   first of the peers known to hold some of the project ([`Holders`], from their
+//!   heartbeats; starting at one picked by the chunk's hash plus a rotation random per
+//!   fetch), and of the *seeds* (the submitter) only when none of them has it. One fetch
+//!   keeps at most [`SEED_SLOTS`] requests at the seeds; a chunk nobody else has yet waits
+//!   and is asked again, so the seed's uplink sends each chunk about once and peers pass it
+//!   on. Peers not known to hold anything are asked last: when a job starts nobody holds
+//!   anything, and asking them first would cost a round trip each.
+//! - Chunks travel zstd-compressed when that pays ([`BlobResponse::chunk`]): an uncompressed
+//!   `.blend`, Blender's default, shrinks to about an eighth.
 //! - A provider that sends a chunk that does not hash right is dropped as a source for the
 //!   rest of the fetch (and of its project, when the [`FetchCtx`] is shared) and logged.
 
@@ -40,6 +45,10 @@ pub const SEED_SLOTS: usize = 2;
 const ASK_PER_ATTEMPT: usize = 4;
 /// Attempts after which a chunk is asked of a seed however busy.
 const MAX_DEFERRALS: u32 = 40;
+/// Blobs up to this size (a project manifest, a small texture) are asked of the seeds
+/// first: every peer fetching them from the seeds costs the seeds' uplink little, and
+/// asking peers that do not have them yet costs round trips.
+const SEEDS_FIRST_BYTES: u64 = 64 << 10;
 
 /// What one chunk attempt gave.
 enum Got {
@@ -86,15 +95,44 @@ impl FetchStats {
     }
 }
 
+/// Peers known to hold some of what a fetch wants (a project's holders, from their
+/// heartbeats). Shared between the daemon, which sets it anew as heartbeats arrive, and the
+/// fetches asking them, which read it at every chunk attempt.
+#[derive(Clone, Debug, Default)]
+pub struct Holders(Arc<Mutex<Arc<[PeerId]>>>);
+
+impl Holders {
+    pub fn new(peers: Vec<PeerId>) -> Self {
+        Holders(Arc::new(Mutex::new(peers.into())))
+    }
+
+    pub fn set(&self, peers: Vec<PeerId>) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = peers.into();
+        }
+    }
+
+    pub fn get(&self) -> Arc<[PeerId]> {
+        self.0
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_else(|_| Arc::new([]))
+    }
+}
+
 /// What one or more blob fetches share: the peers to ask, the ones caught lying, counters.
 #[derive(Clone)]
 pub struct FetchCtx {
     pub client: Client,
     pub store: Store,
     /// Peers asked first (they may hold the blob, whole or in part).
-    providers: Arc<[PeerId]>,
+    providers: Holders,
     /// Peers known to hold the blob whole (the submitter), asked when no `providers` has it.
     seeds: Arc<[PeerId]>,
+    /// Peers not known to hold any of it (swarming): asked only when neither the providers
+    /// nor the seeds have a chunk. Early in a fetch nobody has anything, and asking them
+    /// first would cost a round trip each.
+    others: Arc<[PeerId]>,
     bad: Arc<Mutex<HashSet<PeerId>>>,
     pub stats: Arc<FetchStats>,
     /// Each chunk is asked first of a peer its hash picks (swarming), rather than of
@@ -114,17 +152,31 @@ impl FetchCtx {
     pub fn new(client: Client, store: Store, providers: Vec<PeerId>) -> Self {
         FetchCtx {
             spread: false,
-            ..Self::swarm(client, store, providers, Vec::new())
+            ..Self::swarm(
+                client,
+                store,
+                Holders::new(providers),
+                Vec::new(),
+                Vec::new(),
+            )
         }
     }
 
-    /// Asks every one of `peers` for a chunk before the `seeds` (see [`SEED_SLOTS`]).
-    pub fn swarm(client: Client, store: Store, peers: Vec<PeerId>, seeds: Vec<PeerId>) -> Self {
-        let peers: Vec<PeerId> = peers.into_iter().filter(|p| !seeds.contains(p)).collect();
+    /// Asks the `holders` (as they are at each attempt) for a chunk before the `seeds` (see
+    /// [`SEED_SLOTS`]), and `others` only when neither has it.
+    pub fn swarm(
+        client: Client,
+        store: Store,
+        holders: Holders,
+        others: Vec<PeerId>,
+        seeds: Vec<PeerId>,
+    ) -> Self {
+        let others: Vec<PeerId> = others.into_iter().filter(|p| !seeds.contains(p)).collect();
         FetchCtx {
             client,
             store,
-            providers: peers.into(),
+            providers: holders,
+            others: others.into(),
             seeds: seeds.into(),
             bad: Arc::default(),
             stats: Arc::default(),
@@ -195,8 +247,14 @@ impl FetchCtx {
     }
 
     async fn fetch_manifest(&self, id: BlobId) -> Result<Manifest, FetchError> {
-        let all = self.seeds.iter().chain(self.providers.iter());
-        for p in all.filter(|p| !self.is_bad(p)) {
+        let providers = self.providers.get();
+        let all = self
+            .seeds
+            .iter()
+            .chain(providers.iter())
+            .chain(self.others.iter());
+        let mut asked = HashSet::new();
+        for p in all.filter(|p| !self.is_bad(p) && asked.insert(**p)) {
             match self.client.blob(*p, BlobRequest::Manifest(id)).await {
                 Ok(BlobResponse::Manifest(bytes)) => match Manifest::decode_verified(&bytes, &id) {
                     Ok(m) => {
@@ -253,8 +311,9 @@ impl FetchCtx {
                 let Some((offset, c, attempt)) = queue.pop_front() else {
                     break;
                 };
+                let small = manifest.size <= SEEDS_FIRST_BYTES;
                 inflight.push(async move {
-                    let got = self.fetch_chunk(&c, id, attempt).await;
+                    let got = self.fetch_chunk(&c, id, attempt, small).await;
                     (offset, c, attempt, got)
                 });
             }
@@ -277,10 +336,12 @@ impl FetchCtx {
     }
 
     /// Fetches one chunk. Swarming ([`FetchCtx::swarm`]): first from [`ASK_PER_ATTEMPT`] of
-    /// the other peers (in [`ask_order`], a different few each attempt), then from a seed,
+    /// the holders (in [`ask_order`], a different few each attempt), then from a seed,
     /// if this fetch has fewer than [`SEED_SLOTS`] requests at the seeds; otherwise the chunk
     /// is deferred (a later attempt waits a little first). After [`MAX_DEFERRALS`] attempts
-    /// a seed is asked regardless; when no seed has it, every other peer is asked. Ordered
+    /// a seed is asked regardless; when no seed has it, the other holders and then every
+    /// other peer are asked. A chunk
+    /// of a `small` blob ([`SEEDS_FIRST_BYTES`]) is asked of the seeds first. Ordered
     /// ([`FetchCtx::new`]): every provider in turn. Every answer is checked against the
     /// chunk's hash; a peer that sends wrong bytes is not asked again.
     async fn fetch_chunk(
@@ -288,24 +349,30 @@ impl FetchCtx {
         c: &ChunkRef,
         blob: BlobId,
         attempt: u32,
+        small: bool,
     ) -> Result<Got, FetchError> {
         if attempt > 0 {
             let ms = (25 * attempt as u64).min(400);
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
-        let order = if self.spread {
-            let turn = (attempt as usize).wrapping_mul(ASK_PER_ATTEMPT);
-            ask_order(&self.providers, self.rotation.wrapping_add(turn), c)
-        } else {
-            self.providers.to_vec()
+        let turn = self
+            .rotation
+            .wrapping_add((attempt as usize).wrapping_mul(ASK_PER_ATTEMPT));
+        let good = |peers: &[PeerId]| -> Vec<PeerId> {
+            peers.iter().filter(|p| !self.is_bad(p)).copied().collect()
         };
-        let live_peers = order.iter().filter(|p| !self.is_bad(p)).count();
-        let first = if self.spread && !self.seeds.is_empty() {
-            ASK_PER_ATTEMPT.min(order.len())
-        } else {
-            order.len()
-        };
-        for p in &order[..first] {
+        let plan = AskPlan::new(
+            &good(&self.providers.get()),
+            &good(&self.others),
+            &self.seeds,
+            Mode {
+                spread: self.spread,
+                small,
+            },
+            turn,
+            c,
+        );
+        for p in &plan.before {
             if let Some(bytes) = self.ask(*p, c, blob).await {
                 return Ok(Got::Bytes(bytes));
             }
@@ -313,7 +380,7 @@ impl FetchCtx {
         if !self.seeds.is_empty() {
             let busy = self.seed_requests.fetch_add(1, Ordering::AcqRel);
             let _slot = SeedSlot(&self.seed_requests);
-            if busy >= SEED_SLOTS && live_peers > 0 && attempt < MAX_DEFERRALS {
+            if plan.may_defer && busy >= SEED_SLOTS && attempt < MAX_DEFERRALS {
                 return Ok(Got::Deferred);
             }
             for p in self.seeds.iter() {
@@ -322,7 +389,7 @@ impl FetchCtx {
                 }
             }
         }
-        for p in &order[first..] {
+        for p in &plan.after {
             if let Some(bytes) = self.ask(*p, c, blob).await {
                 return Ok(Got::Bytes(bytes));
             }
@@ -339,23 +406,84 @@ impl FetchCtx {
         if self.is_bad(&p) {
             return None;
         }
-        match self.client.blob(p, BlobRequest::Chunk(c.id)).await {
-            Ok(BlobResponse::Chunk(bytes))
-                if bytes.len() == c.len as usize && ChunkId::of(&bytes) == c.id =>
-            {
+        let answer = match self.client.blob(p, BlobRequest::Chunk(c.id)).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                debug!("{e}");
+                return None;
+            }
+        };
+        match answer.into_chunk(c.len as usize) {
+            Ok(Some(bytes)) if bytes.len() == c.len as usize && ChunkId::of(&bytes) == c.id => {
                 Some(bytes)
             }
-            Ok(BlobResponse::Chunk(_)) => {
+            Ok(None) => None,
+            Ok(Some(_)) | Err(_) => {
                 warn!(peer = %p, chunk = %c.id.short(), blob = %blob.short(),
                     "peer sent a corrupt chunk; no longer fetching from it");
                 self.mark_bad(p);
                 None
             }
-            Ok(_) => None,
-            Err(e) => {
-                debug!("{e}");
-                None
-            }
+        }
+    }
+}
+
+/// How a fetch asks for its chunks.
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    /// Swarming ([`FetchCtx::swarm`]) rather than in the order given ([`FetchCtx::new`]).
+    spread: bool,
+    /// The blob is small ([`SEEDS_FIRST_BYTES`]): the seeds are asked first.
+    small: bool,
+}
+
+/// Whom one chunk attempt asks (pure): `before`, then the seeds, then `after`.
+#[derive(Debug, PartialEq, Eq)]
+struct AskPlan {
+    before: Vec<PeerId>,
+    after: Vec<PeerId>,
+    /// Whether the chunk may wait for a free seed slot ([`SEED_SLOTS`]) rather than be
+    /// asked of a busy seed: only when other peers may get it meanwhile.
+    may_defer: bool,
+}
+
+impl AskPlan {
+    /// `holders` are known to hold some of the blob, `others` are not (both without peers
+    /// caught lying); `turn` rotates which holders come first, a different few each attempt.
+    fn new(
+        holders: &[PeerId],
+        others: &[PeerId],
+        seeds: &[PeerId],
+        mode: Mode,
+        turn: usize,
+        c: &ChunkRef,
+    ) -> AskPlan {
+        let not_seed = |p: &PeerId| !seeds.contains(p);
+        let order: Vec<PeerId> = if mode.spread {
+            let holders: Vec<PeerId> = holders.iter().copied().filter(not_seed).collect();
+            ask_order(&holders, turn, c)
+        } else {
+            holders.to_vec()
+        };
+        let others: Vec<PeerId> = ask_order(others, turn, c)
+            .into_iter()
+            .filter(|p| not_seed(p) && !order.contains(p))
+            .collect();
+        let seeds_first = mode.small && !seeds.is_empty();
+        let first = if seeds_first {
+            0
+        } else if mode.spread && !seeds.is_empty() {
+            ASK_PER_ATTEMPT.min(order.len())
+        } else {
+            order.len()
+        };
+        let may_defer = !seeds_first && (!order.is_empty() || !others.is_empty());
+        let mut after = order[first..].to_vec();
+        after.extend(others);
+        AskPlan {
+            before: order[..first].to_vec(),
+            after,
+            may_defer,
         }
     }
 }
@@ -411,5 +539,81 @@ mod tests {
             "no peer over 2x its share: {first:?}"
         );
         assert!(ask_order(&[], 0, &chunk(1)).is_empty());
+    }
+
+    fn peers(n: usize) -> Vec<PeerId> {
+        (0..n).map(|_| PeerId::random()).collect()
+    }
+
+    const SWARM: Mode = Mode {
+        spread: true,
+        small: false,
+    };
+
+    #[test]
+    fn when_a_job_starts_nobody_holds_anything_and_the_seed_is_asked_first() {
+        let (others, seed) = (peers(31), peers(1));
+        let plan = AskPlan::new(&[], &others, &seed, SWARM, 3, &chunk(1));
+        assert!(
+            plan.before.is_empty(),
+            "no round trip to peers that have nothing"
+        );
+        assert_eq!(
+            plan.after.len(),
+            31,
+            "everyone else, should the seed not have it"
+        );
+        assert!(
+            plan.may_defer,
+            "a busy seed's chunk may wait for the others"
+        );
+    }
+
+    #[test]
+    fn holders_come_before_the_seed_a_few_at_a_time_and_the_rest_after_it() {
+        let (holders, others, seed) = (peers(10), peers(5), peers(1));
+        // A holder that is also listed among the others, and the seed among the holders.
+        let mut listed = holders.clone();
+        listed.push(seed[0]);
+        let mut rest = others.clone();
+        rest.push(holders[0]);
+        let plan = AskPlan::new(&listed, &rest, &seed, SWARM, 0, &chunk(2));
+        assert_eq!(plan.before.len(), ASK_PER_ATTEMPT);
+        assert!(plan.before.iter().all(|p| holders.contains(p)));
+        let (later_holders, later_others) = plan.after.split_at(10 - ASK_PER_ATTEMPT);
+        assert!(later_holders.iter().all(|p| holders.contains(p)));
+        assert_eq!(later_others.len(), 5, "each peer once, the seed never");
+        assert!(later_others.iter().all(|p| others.contains(p)));
+        // The next attempt starts at other holders.
+        let next = AskPlan::new(&listed, &rest, &seed, SWARM, ASK_PER_ATTEMPT, &chunk(2));
+        assert_ne!(next.before, plan.before);
+    }
+
+    #[test]
+    fn a_small_blob_goes_to_the_seed_first_and_never_waits() {
+        let (holders, seed) = (peers(6), peers(1));
+        let small = Mode {
+            spread: true,
+            small: true,
+        };
+        let plan = AskPlan::new(&holders, &[], &seed, small, 0, &chunk(3));
+        assert!(plan.before.is_empty());
+        assert_eq!(plan.after.len(), 6);
+        assert!(!plan.may_defer);
+    }
+
+    #[test]
+    fn without_seeds_the_providers_are_asked_in_the_order_given() {
+        let providers = peers(4);
+        let ordered = Mode {
+            spread: false,
+            small: false,
+        };
+        let plan = AskPlan::new(&providers, &[], &[], ordered, 9, &chunk(4));
+        assert_eq!(plan.before, providers);
+        assert!(plan.after.is_empty());
+        // Nothing to wait for when alone with the seed.
+        let alone = AskPlan::new(&[], &[], &peers(1), SWARM, 0, &chunk(4));
+        assert!(!alone.may_defer);
     }
 }

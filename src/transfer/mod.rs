@@ -7,5 +7,5 @@ pub mod fetch;
 pub mod manifest;
 pub mod project;
 
-pub use fetch::{FetchCtx, FetchError, FetchStats, fetch};
+pub use fetch::{FetchCtx, FetchError, FetchStats, Holders, fetch};
 pub use manifest::Manifest;
