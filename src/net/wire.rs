@@ -325,18 +325,6 @@ mod tests {
             .collect()
     }
 
-    fn noise(len: usize) -> Vec<u8> {
-        let mut x = 0x2545_f491_4f6c_dd1d_u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
     #[test]
     fn a_compressible_chunk_travels_compressed_and_comes_back_whole() {
         let bytes = compressible(256 << 10);
@@ -352,7 +340,7 @@ mod tests {
 
     #[test]
     fn an_incompressible_chunk_travels_as_it_is() {
-        let bytes = noise(256 << 10);
+        let bytes = crate::transfer::manifest::noise(256 << 10, 0x2545_f491_4f6c_dd1d);
         assert_eq!(
             BlobResponse::chunk(bytes.clone()),
             BlobResponse::Chunk(bytes.clone())

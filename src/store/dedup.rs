@@ -322,15 +322,7 @@ mod tests {
 
     /// A pseudo-random file of `len` bytes, and `variant` of it: one 4 KiB region rewritten.
     fn data(len: usize, variant: u8) -> Vec<u8> {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut v: Vec<u8> = (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let mut v = crate::transfer::manifest::noise(len, 0x9e37_79b9_7f4a_7c15);
         if variant > 0 {
             let at = (variant as usize * 397_000) % (len - 4096);
             v[at..at + 4096].fill(variant);

@@ -114,21 +114,25 @@ impl Manifest {
     }
 }
 
+/// `n` pseudo-random bytes (xorshift from a non-zero `seed`): content that neither chunks
+/// along patterns nor compresses, for tests.
+#[cfg(test)]
+pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::noise as data;
     use super::*;
-
-    fn data(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     #[test]
     fn build_and_verify() {
