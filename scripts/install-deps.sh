@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs what meshd's demo and tests need on Debian/Ubuntu: Blender (the distribution's
+# Installs what meshd's demo and tests need on Debian/Ubuntu: a C compiler, Blender (the distribution's
 # package), ffmpeg, OpenSSH, curl, xz, iproute2 (the mDNS test builds its own LAN from network
 # namespaces), bubblewrap (Blender's sandbox) and Chromium with its WebDriver (the dashboard's
 # browser test). Does nothing for what is already there.
 set -euo pipefail
 
 need=()
+# A C compiler: ring, aws-lc and zstd build C code (rustup's Rust needs one to link anyway).
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v blender >/dev/null 2>&1 || need+=(blender)
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
