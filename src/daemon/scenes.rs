@@ -73,10 +73,8 @@ impl Daemon {
                 Some(SceneState::Retry(_, stats, _)) => stats.clone(),
                 _ => Arc::default(),
             };
-            let holders = Holders::default();
-            let ctx = self
-                .project_fetch(entry, holders.clone())
-                .with_stats(stats.clone());
+            let (ctx, holders) = self.project_fetch(entry);
+            let ctx = ctx.with_stats(stats.clone());
             wanted.push((*id, entry.spec.project, ctx, stats, holders));
             fetching += 1;
         }
@@ -119,21 +117,24 @@ impl Daemon {
 
     /// A fetch context for a job's project: the peers known to hold some of it first
     /// (refreshed as heartbeats arrive: [`Daemon::refresh_holders`]), then the submitter, the
-    /// seed, then every other connected peer.
-    fn project_fetch(&self, entry: &JobEntry, holders: Holders) -> FetchCtx {
+    /// seed, then every other connected peer. Also the holders, for the daemon to refresh.
+    fn project_fetch(&self, entry: &JobEntry) -> (FetchCtx, Holders) {
         let submitter = entry.spec.submitter;
-        holders.set(self.project_holders(&entry.spec.project, submitter));
-        let others = self
-            .providers([])
-            .into_iter()
-            .filter(|p| *p != submitter)
-            .collect();
+        let holders = Holders::new(self.project_holders(&entry.spec.project, submitter));
+        let others = self.providers([]);
         let seeds = if submitter == self.me {
             Vec::new()
         } else {
             vec![submitter]
         };
-        FetchCtx::swarm(self.net.clone(), self.store.clone(), holders, others, seeds)
+        let ctx = FetchCtx::swarm(
+            self.net.clone(),
+            self.store.clone(),
+            holders.clone(),
+            others,
+            seeds,
+        );
+        (ctx, holders)
     }
 
     /// The peers whose last heartbeat says they hold `project`: those with all of it first,
@@ -158,8 +159,9 @@ impl Daemon {
         complete
     }
 
-    /// Tells the project fetches under way who holds their project now: work proportional
-    /// to the fetches (at most [`MAX_SCENE_FETCHES`]) times the peers.
+    /// Tells the project fetches under way who holds their project now: a look at each
+    /// project this peer holds, and the peer table for each fetch (at most
+    /// [`MAX_SCENE_FETCHES`]).
     pub(super) fn refresh_holders(&self) {
         for (job, state) in &self.scenes {
             let (SceneState::Fetching(_, holders), Some(entry)) = (state, self.ledger.job(job))

@@ -778,14 +778,7 @@ mod tests {
             progress: None,
         };
         // Free, peers 2 and 3 do 4 frames each in peer 1's 4 s: 8 pending are theirs.
-        assert!(leave_to_faster(
-            &id,
-            l.job(&id).unwrap(),
-            &peer(1),
-            &live,
-            8,
-            &view
-        ));
+        assert!(peer1_leaves(&l, &id, &live, 8, &view));
         // Each has 0.5 s left of a frame in flight: 3 new frames each in 4 s, so 6 pending
         // are theirs and a seventh is better taken by peer 1.
         view.running = vec![running(2, 4, 500), running(3, 5, 500)];
@@ -794,14 +787,12 @@ mod tests {
         assert!(!leave_to_faster(&id, entry, &peer(1), &live, 7, &view));
         // A frame reported in flight that already has a result is over: the peer is free.
         view.running = vec![running(2, 3, 900), running(3, 5, 500)];
-        assert!(leave_to_faster(
-            &id,
-            l.job(&id).unwrap(),
-            &peer(1),
-            &live,
-            7,
-            &view
-        ));
+        assert!(peer1_leaves(&l, &id, &live, 7, &view));
+    }
+
+    /// Whether peer 1 leaves the job's `pending` frames to faster peers.
+    fn peer1_leaves(l: &Ledger, id: &JobId, live: &[PeerId], pending: usize, view: &View) -> bool {
+        leave_to_faster(id, l.job(id).unwrap(), &peer(1), live, pending, view)
     }
 
     /// Peer `p`'s result for frame `f` of job `id`, rendered in `ms` (unsigned: the
@@ -842,14 +833,7 @@ mod tests {
         let view = View::with(&[(1, 1), (2, 1)]);
         let live = view.live_renderers();
         // Peer 2 looks free: it would finish the one frame left first.
-        assert!(leave_to_faster(
-            &id,
-            l.job(&id).unwrap(),
-            &peer(1),
-            &live,
-            1,
-            &view
-        ));
+        assert!(peer1_leaves(&l, &id, &live, 1, &view));
         // It has just claimed frame 3 (gossip is here, its next heartbeat is not): it is
         // busy for a whole frame, and peer 1 takes the last one.
         l.apply(&FrameUpdate {
@@ -863,14 +847,7 @@ mod tests {
             }),
         })
         .unwrap();
-        assert!(!leave_to_faster(
-            &id,
-            l.job(&id).unwrap(),
-            &peer(1),
-            &live,
-            1,
-            &view
-        ));
+        assert!(!peer1_leaves(&l, &id, &live, 1, &view));
     }
 
     fn failure(p: u8, epoch: u32) -> FrameState {

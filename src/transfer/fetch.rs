@@ -163,7 +163,8 @@ impl FetchCtx {
     }
 
     /// Asks the `holders` (as they are at each attempt) for a chunk before the `seeds` (see
-    /// [`SEED_SLOTS`]), and `others` only when neither has it.
+    /// [`SEED_SLOTS`]), and `others` only when neither has it ([`AskPlan`] leaves the seeds
+    /// out of both lists).
     pub fn swarm(
         client: Client,
         store: Store,
@@ -171,7 +172,6 @@ impl FetchCtx {
         others: Vec<PeerId>,
         seeds: Vec<PeerId>,
     ) -> Self {
-        let others: Vec<PeerId> = others.into_iter().filter(|p| !seeds.contains(p)).collect();
         FetchCtx {
             client,
             store,
@@ -305,13 +305,13 @@ impl FetchCtx {
         }
         let mut queue: std::collections::VecDeque<(u64, ChunkRef, u32)> =
             remote.into_iter().map(|(o, c)| (o, c, 0)).collect();
+        let small = manifest.size <= SEEDS_FIRST_BYTES;
         let mut inflight = futures::stream::FuturesUnordered::new();
         loop {
             while inflight.len() < PARALLEL_CHUNKS {
                 let Some((offset, c, attempt)) = queue.pop_front() else {
                     break;
                 };
-                let small = manifest.size <= SEEDS_FIRST_BYTES;
                 inflight.push(async move {
                     let got = self.fetch_chunk(&c, id, attempt, small).await;
                     (offset, c, attempt, got)
