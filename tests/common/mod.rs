@@ -308,10 +308,20 @@ impl Daemon {
         out
     }
 
+    /// Kills the daemon (SIGKILL), and then the sandboxes bubblewrap may leave behind when
+    /// its daemon dies at the wrong moment (see `meshd::render::leftovers`): a restarted
+    /// daemon would clean them up, and a test that ends here does the same. Done here, not
+    /// when the value is dropped: `restart` drops it with the new daemon already running.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            // A sandbox being started as its daemon died may appear just after a sweep.
+            for _ in 0..5 {
+                if meshd::render::leftovers::kill_leftover_sandboxes(&self.dir) == 0 {
+                    break;
+                }
+            }
         }
     }
 
@@ -330,14 +340,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // bubblewrap can outlive a SIGKILLed daemon (see `meshd::render::leftovers`); a
-        // restart would clean up, and a test that ends here does the same. Not after
-        // `restart`, which drops the old value with the new daemon running on the same dir.
-        let running = self.child.is_some();
         self.kill();
-        if running {
-            meshd::render::leftovers::kill_leftover_sandboxes(&self.dir);
-        }
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
