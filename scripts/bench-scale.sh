@@ -52,13 +52,11 @@ trap 'exit 143' TERM
 
 now() { date +%s.%N; }
 cli() { local name=$1; shift; timeout 30 "$meshd" --data-dir "$work/$name" "$@"; }
-rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-rss_stats() { # prints "mean max" MiB over the renderer pids
-    local sum=0 max=0 n=0 r
-    for p in "${renderer_pids[@]}"; do
-        r=$(rss_kib "$p"); sum=$((sum + r)); n=$((n + 1)); [ "$r" -gt "$max" ] && max=$r
-    done
-    awk -v s="$sum" -v n="$n" -v m="$max" 'BEGIN { printf "%.1f %.1f\n", s / n / 1024, m / 1024 }'
+rss_stats() { # prints "mean max" MiB over the renderer pids (one awk: polling costs CPU the daemons share)
+    local files=() p
+    for p in "${renderer_pids[@]}"; do files+=("/proc/$p/status"); done
+    awk '/^VmRSS/ { r = $2; s += r; n++; if (r > m) m = r }
+        END { if (n == 0) n = 1; printf "%.1f %.1f\n", s / n / 1024, m / 1024 }' "${files[@]}" 2>/dev/null
 }
 start() { # name args...
     local name=$1; shift
@@ -125,9 +123,13 @@ sleep 3
 idle_cores=$(awk -v a="$(cpu_secs)" -v b="$idle_cpu0" -v t="$(awk -v a="$(now)" -v b="$idle_t0" 'BEGIN { print a - b }')" 'BEGIN { printf "%.2f", (a - b) / t }')
 cpu0=$(cpu_secs)
 t0=$(now)
+echo "$t0" >"$work/t0"
 job=$(cli submitter submit "$work/scene.blend" "1-$FRAMES" --no-deps --out "$work/out" --json 2>/dev/null | jq -r .id)
 peak_mean=0 peak_max=0 partial=0
 while :; do
+    # Polling costs CPU the daemons share (most of all while the job starts); the makespan
+    # comes from file times.
+    sleep 1
     # All jobs, without their frames (a job's own status would list every frame).
     st=$(cli submitter status --json --frames none 2>/dev/null | jq --arg j "$job" '{jobs: [.jobs[] | select(.id == $j)]}' || echo '{}')
     written=$(jq -r '.jobs[0].frames_written // 0' <<<"$st")
@@ -142,8 +144,6 @@ while :; do
     if awk -v e="$(awk -v a="$(now)" -v b="$t0" 'BEGIN { print a - b }')" 'BEGIN { exit !(e > 1800) }'; then
         echo "TIMEOUT: $written of $FRAMES frames after 30 min" >&2; exit 1
     fi
-    # Polling costs CPU the daemons share; the makespan comes from file times.
-    sleep 1
 done
 makespan=$(awk -v a="$(now)" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')
 job_cpu=$(awk -v a="$(cpu_secs)" -v b="$cpu0" 'BEGIN { print a - b }')
