@@ -497,6 +497,7 @@ impl Daemon {
                         .await
                 }
                 Ok(sync::Checked { resp, forged: None }) => {
+                    self.learn_peers(peer, resp.peers).await;
                     self.add_jobs_from(peer, resp.jobs).await;
                     for (job, control) in resp.controls {
                         self.merge_control_from(Some(peer), job, control).await;

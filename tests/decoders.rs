@@ -34,7 +34,8 @@ proptest! {
 
     #[test]
     fn gossip(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
-        let _ = GossipMsg::decode(&bytes);
+        let _ = GossipMsg::open(&bytes);
+        let _ = GossipMsg::decode_body(&bytes);
     }
 
     #[test]

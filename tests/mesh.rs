@@ -137,3 +137,28 @@ fn peers_find_each_other_and_any_peer_can_submit() {
     });
     assert_frames(&out, &[1, 2, 3, 4], (64, 48));
 }
+
+#[test]
+fn a_joiner_learns_the_whole_mesh_from_the_peer_it_joined_through() {
+    let root = tempfile::tempdir().unwrap();
+    // Heartbeats every 5 s at most (a quarter of the lease, clamped): the joiner hears of b
+    // from a's sync answer (peer exchange) long before a relays b's next heartbeat.
+    let slow = ["--no-render", "--lease-secs", "600"];
+    let a = Daemon::start(root.path(), "a", None, &slow);
+    let ticket = a.ticket();
+    let b = Daemon::start(root.path(), "b", Some(&ticket), &slow);
+    let b_id = b.peer_id();
+    wait_until(Duration::from_secs(30), "a to connect to b", || {
+        a.connected_peers().contains(&b_id)
+    });
+    let c = Daemon::start(root.path(), "c", Some(&ticket), &["--no-render"]);
+    wait_until(Duration::from_secs(30), "c to connect to b", || {
+        c.connected_peers().contains(&b_id)
+    });
+    assert!(
+        c.log()
+            .contains("peer exchange: dialling peers learned in sync"),
+        "c dialled b because a's sync answer named it:\n{}",
+        c.log()
+    );
+}

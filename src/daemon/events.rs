@@ -95,7 +95,7 @@ impl Daemon {
                 let jobs: Vec<JobId> = req.digests.iter().map(|(id, _)| *id).collect();
                 self.revive_orphans_of(peer, &jobs);
                 #[cfg_attr(not(feature = "test-faults"), allow(unused_mut))]
-                let mut resp = self.sync_response(&req);
+                let mut resp = self.sync_response(peer, &req);
                 #[cfg(feature = "test-faults")]
                 self.lie_in_sync(&mut resp);
                 debug!(%peer, jobs = resp.jobs.len(), updates = resp.updates.len(), "answering sync");

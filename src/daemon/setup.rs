@@ -301,9 +301,15 @@ pub(super) async fn boot(
     let swarm = crate::net::swarm::build(keypair, key.clone(), cfg.mdns, agent, heartbeat)
         .map_err(|e| DaemonError::Net(e.to_string()))?;
     let server: Arc<dyn crate::net::BlobServer> = Arc::new(store.clone());
-    let (net, events, _handle) =
-        crate::net::node::spawn(swarm, mesh_id.clone(), &cfg.listen, server, cancel)
-            .map_err(DaemonError::Net)?;
+    let (net, events, _handle) = crate::net::node::spawn(
+        swarm,
+        identity.clone(),
+        mesh_id.clone(),
+        &cfg.listen,
+        server,
+        cancel,
+    )
+    .map_err(DaemonError::Net)?;
 
     let api_listener = tokio::net::TcpListener::bind(cfg.api)
         .await

@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 
 use libp2p::PeerId;
+use tracing::info;
 
 use super::{Daemon, TaskDone};
 use crate::ids::JobId;
 use crate::ledger::page::{Cursor, Theirs, page, theirs_of};
+use crate::net::wire::{KnownPeer, MAX_PEER_ADDRS, MAX_SYNC_PEERS};
 use crate::net::{SyncRequest, SyncResponse};
 
 /// A sync answer whose frame updates were checked off the loop: only those that verify
@@ -20,6 +22,9 @@ pub(crate) struct Checked {
 
 /// Bytes of frame states one sync answer carries at most (the codec allows 64 MiB).
 const SYNC_PAGE_BYTES: usize = 4 << 20;
+
+/// Longest multiaddr string taken from a peer.
+const MAX_ADDR_LEN: usize = 256;
 
 /// Peers known at all (connected or not), in memory: mDNS lets anyone on the LAN announce
 /// peer ids, so the table is bounded.
@@ -44,8 +49,9 @@ impl Daemon {
     }
 
     /// What the requester lacks, judged by its per-job (and per-bucket) digests: one page
-    /// of it, from the request's cursor (see [`crate::ledger::page`]).
-    pub(super) fn sync_response(&self, req: &SyncRequest) -> SyncResponse {
+    /// of it, from the request's cursor (see [`crate::ledger::page`]). The first page also
+    /// names the peers this daemon is connected to, but the requester ([`Daemon::learn_peers`]).
+    pub(super) fn sync_response(&self, requester: PeerId, req: &SyncRequest) -> SyncResponse {
         let mut theirs: HashMap<JobId, Theirs> = req
             .digests
             .iter()
@@ -69,6 +75,72 @@ impl Daemon {
             updates: p.updates,
             controls: p.controls,
             next: p.next,
+            peers: if req.cursor.is_none() {
+                self.known_peers(requester)
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Up to [`MAX_SYNC_PEERS`] connected peers (a random few when there are more) and their
+    /// addresses, for a sync answer to `requester`.
+    fn known_peers(&self, requester: PeerId) -> Vec<KnownPeer> {
+        use rand::seq::IteratorRandom;
+        self.peers
+            .peers
+            .iter()
+            .filter(|(p, s)| {
+                s.connected && **p != requester && **p != self.me && !s.addrs.is_empty()
+            })
+            .choose_multiple(&mut rand::thread_rng(), MAX_SYNC_PEERS)
+            .into_iter()
+            .map(|(p, s)| KnownPeer {
+                peer: *p,
+                addrs: s
+                    .addrs
+                    .iter()
+                    .take(MAX_PEER_ADDRS)
+                    .map(|a| a.to_string())
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Peer exchange: dials the peers a sync answer names that this daemon is not connected
+    /// to and did not know these addresses of, whichever id is lower. A peer that joined through one other (a ticket) would
+    /// otherwise learn of the rest only from their heartbeats, relayed by that one peer —
+    /// which, busy with many, may leave it out of its gossip mesh for a while.
+    pub(super) async fn learn_peers(&mut self, from: PeerId, peers: Vec<KnownPeer>) {
+        let mut dialled = 0;
+        for k in peers.into_iter().take(MAX_SYNC_PEERS) {
+            if k.peer == self.me
+                || self.banned.contains(&k.peer)
+                || self.peers.peers.get(&k.peer).is_some_and(|s| s.connected)
+            {
+                continue;
+            }
+            let addrs: Vec<libp2p::Multiaddr> = k
+                .addrs
+                .iter()
+                .take(MAX_PEER_ADDRS)
+                .filter(|a| a.len() <= MAX_ADDR_LEN)
+                .filter_map(|a| a.parse().ok())
+                .collect();
+            // Addresses known already: the redial loop is on them.
+            if addrs.is_empty() || !self.remember_addrs(k.peer, addrs.clone()) {
+                continue;
+            }
+            for a in addrs {
+                let _ = self
+                    .net
+                    .dial(a.with_p2p(k.peer).unwrap_or_else(|a| a))
+                    .await;
+            }
+            dialled += 1;
+        }
+        if dialled > 0 {
+            info!(%from, peers = dialled, "peer exchange: dialling peers learned in sync");
         }
     }
 

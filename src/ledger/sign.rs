@@ -13,6 +13,7 @@
 //! | [`Lost`] | the job's submitter | `"meshd/lost/1" ‖ job ‖ frame ‖ epoch ‖ peer ‖ unusable` |
 //! | [`JobSpec`] | its `submitter` | `"meshd/job/1" ‖ job id` |
 //! | [`JobControl`] | the job's submitter | `"meshd/control/1" ‖ job ‖ seq ‖ run ‖ priority` |
+//! | a gossip message (`net::wire::Envelope`) | its author | `"meshd/gossip/1" ‖ version ‖ body` |
 //!
 //! Integers are little-endian, ids their 32 bytes, `peer` its multihash bytes, `reason` its
 //! UTF-8 bytes. Epochs start at 1: a claim, result or failure at epoch 0 is invalid (no
@@ -283,6 +284,20 @@ pub fn sign_control(key: &Keypair, job: &JobId, control: &mut JobControl) {
 /// Checks a control change of `job` against the job's `submitter`.
 pub fn verify_control(job: &JobId, submitter: &PeerId, c: &JobControl) -> Result<(), Invalid> {
     check("job control", submitter, &control_msg(job, c), &c.sig)
+}
+
+fn gossip_msg(version: u16, body: &[u8]) -> Vec<u8> {
+    [b"meshd/gossip/1".as_slice(), &version.to_le_bytes(), body].concat()
+}
+
+/// Signs a gossip message's encoded `body` as its author.
+pub fn sign_gossip(key: &Keypair, version: u16, body: &[u8]) -> Sig {
+    sign(key, &gossip_msg(version, body))
+}
+
+/// Checks a gossip message's signature by the `author` it names.
+pub fn verify_gossip(author: &PeerId, version: u16, body: &[u8], sig: &Sig) -> Result<(), Invalid> {
+    check("gossip message", author, &gossip_msg(version, body), sig)
 }
 
 fn verify_claim(job: &JobId, frame: u32, c: &Claim) -> Result<(), Invalid> {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, PublishError, TopicHash};
+use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::ResponseChannel;
 use libp2p::swarm::SwarmEvent;
@@ -228,6 +229,8 @@ const MAX_QUEUED_PUBLISHES: usize = 512;
 
 struct EventLoop {
     swarm: Swarm<Behaviour>,
+    /// Signs what this peer publishes ([`GossipMsg::seal`]).
+    keypair: Keypair,
     mesh_id: String,
     commands: mpsc::Receiver<Command>,
     self_tx: mpsc::WeakSender<Command>,
@@ -246,6 +249,7 @@ struct EventLoop {
 /// Starts listening and spawns the event loop. Returns the client and the event stream.
 pub fn spawn(
     mut swarm: Swarm<Behaviour>,
+    keypair: Keypair,
     mesh_id: String,
     listen: &[Multiaddr],
     blob_server: Arc<dyn BlobServer>,
@@ -279,6 +283,7 @@ pub fn spawn(
     let stats = Arc::new(super::stats::GossipStats::default());
     let event_loop = EventLoop {
         swarm,
+        keypair,
         mesh_id,
         commands,
         self_tx: tx.downgrade(),
@@ -377,7 +382,7 @@ impl EventLoop {
 
     fn publish(&mut self, msg: GossipMsg) {
         let topic = IdentTopic::new(msg.topic().name(&self.mesh_id));
-        let bytes = msg.clone().encode();
+        let bytes = msg.seal(&self.keypair);
         let len = bytes.len();
         match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
             Ok(_) => self.stats.published(msg.topic(), len),
@@ -497,45 +502,34 @@ impl EventLoop {
             } => {
                 let banned =
                     |p: &PeerId| self.swarm.behaviour().blocked.blocked_peers().contains(p);
-                if message.source.as_ref().is_some_and(banned) {
-                    // Its author lied before: not passed on, not believed.
-                    let gs = &mut self.swarm.behaviour_mut().gossipsub;
-                    gs.report_message_validation_result(
-                        &message_id,
-                        &propagation_source,
-                        MessageAcceptance::Ignore,
-                    );
-                    return;
-                }
-                let gs = &mut self.swarm.behaviour_mut().gossipsub;
                 let known_topic = self.topics.get(&message.topic).copied();
-                let decoded = GossipMsg::decode(&message.data).and_then(|m| {
+                let opened = GossipMsg::open(&message.data).and_then(|(author, m)| {
                     if Some(m.topic()) == known_topic {
-                        Ok(m)
+                        Ok((author, m))
                     } else {
                         Err("message on the wrong topic".to_string())
                     }
                 });
-                match decoded {
-                    Ok(msg) => {
+                let acceptance = match &opened {
+                    // Its author lied before: not passed on, not believed.
+                    Ok((author, _)) if banned(author) => MessageAcceptance::Ignore,
+                    Ok(_) => MessageAcceptance::Accept,
+                    Err(_) => MessageAcceptance::Reject,
+                };
+                let gs = &mut self.swarm.behaviour_mut().gossipsub;
+                gs.report_message_validation_result(&message_id, &propagation_source, acceptance);
+                match (opened, acceptance) {
+                    (Ok((source, msg)), MessageAcceptance::Accept) => {
                         self.stats.received(msg.topic(), message.data.len());
-                        gs.report_message_validation_result(
-                            &message_id,
-                            &propagation_source,
-                            MessageAcceptance::Accept,
-                        );
-                        let source = message.source.unwrap_or(propagation_source);
                         self.emit(NetEvent::Gossip(Box::new(Gossip { source, msg })));
                     }
-                    Err(reason) => {
+                    // Relays pass on only what they accepted: a message that does not open
+                    // comes from the peer that sent it.
+                    (Err(reason), _) => {
                         warn!(peer = %propagation_source, "rejected gossip: {reason}; disconnecting");
-                        gs.report_message_validation_result(
-                            &message_id,
-                            &propagation_source,
-                            MessageAcceptance::Reject,
-                        );
                         let _ = self.swarm.disconnect_peer_id(propagation_source);
                     }
+                    _ => {}
                 }
             }
             gossipsub::Event::Subscribed { peer_id, .. } => {

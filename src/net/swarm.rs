@@ -120,23 +120,19 @@ pub fn build(
                 .mesh_n_high(8)
                 .mesh_outbound_min(1)
                 .max_transmit_size(MAX_GOSSIP_BYTES)
-                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validation_mode(gossipsub::ValidationMode::Anonymous)
                 .validate_messages()
                 .flood_publish(false)
-                // Content id scoped to the author: two peers may publish identical bytes
-                // (e.g. equal heartbeats), and those are different messages.
+                // A content id: the data holds the author and its signature
+                // (`wire::Envelope`), so two peers' equal messages differ.
                 .message_id_fn(|m: &gossipsub::Message| {
-                    let mut h = blake3::Hasher::new();
-                    if let Some(source) = &m.source {
-                        h.update(&source.to_bytes());
-                    }
-                    h.update(&m.data);
-                    gossipsub::MessageId::from(h.finalize().as_bytes()[..20].to_vec())
+                    gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes()[..20].to_vec())
                 })
                 .build()
                 .map_err(|e| e.to_string())?;
             let gossipsub = gossipsub::Behaviour::new(
-                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                // Signed and checked once per message by meshd itself (`wire::Envelope`).
+                gossipsub::MessageAuthenticity::Anonymous,
                 gossip_cfg,
             )?;
             let sync = protocol(

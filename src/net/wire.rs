@@ -1,19 +1,21 @@
 //! Every message meshd peers exchange. See `docs/protocol.md` for the prose version.
 //!
 //! All messages are postcard. Enums are append-only (postcard encodes the variant index), and
-//! every gossip envelope carries [`WIRE_VERSION`]. Decoders never trust a length: request and
+//! every gossip envelope carries [`WIRE_VERSION`] and its author's signature. Decoders never trust a length: request and
 //! response sizes are bounded by the codec, gossip by gossipsub's `max_transmit_size`.
 
 use libp2p::PeerId;
+use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{BlobId, ChunkId, JobId};
 use crate::ledger::JobControl;
+use crate::ledger::sign::{self, Sig};
 use crate::ledger::{FrameUpdate, JobSpec};
 use crate::render::DeviceInfo;
 
 /// Version of the gossip envelope and the request/response bodies.
-pub const WIRE_VERSION: u16 = 7;
+pub const WIRE_VERSION: u16 = 8;
 
 /// Most projects one heartbeat announces.
 pub const MAX_HAVE_PROJECTS: usize = 64;
@@ -46,11 +48,21 @@ impl Topic {
     }
 }
 
-/// What travels on a gossip topic.
+/// What travels on a gossip topic: a [`GossipMsg`] signed by its author.
+///
+/// Gossipsub itself runs anonymous: its messages carry no author, sequence number or
+/// signature of their own. Its signature would be checked on every copy a peer receives,
+/// before duplicates are dropped, so several times per message; this one is checked once
+/// per message, after gossipsub dropped the copies (`net::node`). The author is the peer
+/// the daemon holds to account for the message, whoever relayed it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
     pub version: u16,
-    pub msg: GossipMsg,
+    pub author: PeerId,
+    /// The author's signature of `version` and `body` ([`sign::sign_gossip`]).
+    pub sig: Sig,
+    /// The postcard-encoded [`GossipMsg`].
+    pub body: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,16 +88,21 @@ impl GossipMsg {
         }
     }
 
-    pub fn encode(self) -> Vec<u8> {
-        postcard::to_stdvec(&Envelope {
+    /// Encodes the message and signs it as `key`'s peer.
+    pub fn seal(&self, key: &Keypair) -> Vec<u8> {
+        let body = postcard::to_stdvec(self).unwrap_or_default();
+        let env = Envelope {
             version: WIRE_VERSION,
-            msg: self,
-        })
-        .unwrap_or_default()
+            author: key.public().to_peer_id(),
+            sig: sign::sign_gossip(key, WIRE_VERSION, &body),
+            body,
+        };
+        postcard::to_stdvec(&env).unwrap_or_default()
     }
 
-    /// Decodes and checks a gossip payload from a peer.
-    pub fn decode(bytes: &[u8]) -> Result<GossipMsg, String> {
+    /// Opens a gossip payload from a peer: checks its size, version and its author's
+    /// signature, then decodes and checks the message. Returns the author and the message.
+    pub fn open(bytes: &[u8]) -> Result<(PeerId, GossipMsg), String> {
         if bytes.len() > MAX_GOSSIP_BYTES {
             return Err("oversized gossip message".into());
         }
@@ -93,7 +110,16 @@ impl GossipMsg {
         if env.version != WIRE_VERSION {
             return Err(format!("unsupported wire version {}", env.version));
         }
-        match &env.msg {
+        sign::verify_gossip(&env.author, env.version, &env.body, &env.sig)
+            .map_err(|e| e.to_string())?;
+        Ok((env.author, Self::decode_body(&env.body)?))
+    }
+
+    /// Decodes and checks the body of an envelope.
+    pub fn decode_body(bytes: &[u8]) -> Result<GossipMsg, String> {
+        let msg: GossipMsg =
+            postcard::from_bytes(bytes).map_err(|e| format!("undecodable: {e}"))?;
+        match &msg {
             GossipMsg::Job(spec) => spec.validate()?,
             GossipMsg::Frames(updates) => {
                 for u in updates {
@@ -103,7 +129,7 @@ impl GossipMsg {
             GossipMsg::Heartbeat(hb) => hb.validate()?,
             GossipMsg::Control(..) => {}
         }
-        Ok(env.msg)
+        Ok(msg)
     }
 }
 
@@ -202,6 +228,22 @@ pub struct SyncResponse {
     pub controls: Vec<(JobId, JobControl)>,
     /// More to come: ask again with this cursor.
     pub next: Option<(JobId, u32)>,
+    /// Peer exchange, in the first page only: peers the responder is connected to and where
+    /// they listen (at most [`MAX_SYNC_PEERS`], [`MAX_PEER_ADDRS`] addresses each). A peer
+    /// that joined through one other learns of the whole mesh at once.
+    pub peers: Vec<KnownPeer>,
+}
+
+/// Most peers one sync answer names ([`SyncResponse::peers`]).
+pub const MAX_SYNC_PEERS: usize = 64;
+/// Most addresses given, and used, per peer named.
+pub const MAX_PEER_ADDRS: usize = 4;
+
+/// A peer and where it listens (multiaddrs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KnownPeer {
+    pub peer: PeerId,
+    pub addrs: Vec<String>,
 }
 
 /// `/meshd/blob/2` request.
@@ -374,11 +416,12 @@ mod tests {
         assert_eq!(BlobResponse::NotFound.into_chunk(10), Ok(None));
     }
 
+    fn key() -> Keypair {
+        Keypair::ed25519_from_bytes([7; 32]).unwrap()
+    }
+
     fn sample_messages() -> Vec<Vec<u8>> {
-        let peer = libp2p::identity::Keypair::ed25519_from_bytes([7; 32])
-            .unwrap()
-            .public()
-            .to_peer_id();
+        let peer = key().public().to_peer_id();
         let update = FrameUpdate {
             job: JobId::of(b"job"),
             frame: 3,
@@ -412,24 +455,62 @@ mod tests {
             slots: 1,
         };
         vec![
-            GossipMsg::Frames(vec![update]).encode(),
-            GossipMsg::Heartbeat(hb).encode(),
+            GossipMsg::Frames(vec![update]).seal(&key()),
+            GossipMsg::Heartbeat(hb).seal(&key()),
         ]
     }
 
     #[test]
-    fn valid_messages_round_trip() {
+    fn valid_messages_round_trip_with_their_author() {
         for bytes in sample_messages() {
-            let msg = GossipMsg::decode(&bytes).unwrap();
-            assert_eq!(msg.encode(), bytes);
+            let (author, msg) = GossipMsg::open(&bytes).unwrap();
+            assert_eq!(author, key().public().to_peer_id());
+            assert_eq!(msg.seal(&key()), bytes);
         }
+    }
+
+    #[test]
+    fn a_message_opens_only_with_its_authors_signature_over_its_body() {
+        let bytes = &sample_messages()[1];
+        let env: Envelope = postcard::from_bytes(bytes).unwrap();
+        let reseal = |env: &Envelope| GossipMsg::open(&postcard::to_stdvec(env).unwrap());
+        assert!(reseal(&env).is_ok());
+        // Another peer named as the author: what a relay forging a message would send.
+        let other = Keypair::ed25519_from_bytes([8; 32]).unwrap();
+        let forged = Envelope {
+            author: other.public().to_peer_id(),
+            ..env.clone()
+        };
+        let err = reseal(&forged).unwrap_err();
+        assert!(err.contains("bad signature"), "{err}");
+        // The body changed after signing.
+        let mut body = env.body.clone();
+        body[3] ^= 1;
+        let tampered = Envelope {
+            body,
+            ..env.clone()
+        };
+        assert!(reseal(&tampered).is_err());
+        // The version changed after signing (signed too), or another version altogether.
+        let mut older = env.clone();
+        older.version -= 1;
+        assert!(reseal(&older).unwrap_err().contains("wire version"));
+        // Signed right, by the other peer: it is that peer's message.
+        let body = env.body.clone();
+        let theirs = Envelope {
+            author: other.public().to_peer_id(),
+            sig: sign::sign_gossip(&other, WIRE_VERSION, &body),
+            ..env
+        };
+        assert_eq!(reseal(&theirs).unwrap().0, other.public().to_peer_id());
     }
 
     proptest! {
         /// Whatever a peer sends, decoding returns, never panics or allocates without bound.
         #[test]
         fn gossip_decoder_survives_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
-            let _ = GossipMsg::decode(&bytes);
+            let _ = GossipMsg::open(&bytes);
+            let _ = GossipMsg::decode_body(&bytes);
             let _ = postcard::from_bytes::<SyncRequest>(&bytes);
             let _ = postcard::from_bytes::<SyncResponse>(&bytes);
             let _ = postcard::from_bytes::<BlobRequest>(&bytes);
@@ -441,9 +522,9 @@ mod tests {
             let mut bytes = sample_messages()[which].clone();
             let i = at.index(bytes.len());
             bytes[i] = byte;
-            let _ = GossipMsg::decode(&bytes);
+            let _ = GossipMsg::open(&bytes);
             bytes.truncate(cut.index(bytes.len() + 1));
-            let _ = GossipMsg::decode(&bytes);
+            let _ = GossipMsg::open(&bytes);
         }
     }
 }
