@@ -253,6 +253,9 @@ pub enum BlobRequest {
     Manifest(BlobId),
     /// One chunk's bytes.
     Chunk(ChunkId),
+    /// A project manifest's blob together with what fetching its files needs first
+    /// ([`BlobResponse::Project`]).
+    Project(BlobId),
 }
 
 /// `/meshd/blob/2` response. The requester verifies every byte against the hash it asked for.
@@ -264,7 +267,30 @@ pub enum BlobResponse {
     /// One chunk's bytes as one zstd frame: sent instead of [`BlobResponse::Chunk`] when
     /// that saves at least [`MIN_ZSTD_SAVING`] of them (see [`BlobResponse::chunk`]).
     ChunkZstd(Vec<u8>),
+    /// The answer to [`BlobRequest::Project`].
+    Project(ProjectAnswer),
 }
+
+/// A project manifest's blob and the manifests of its files, in one answer: a renderer
+/// starts fetching the files' chunks after one round trip rather than three (the blob's
+/// manifest, its content, the files' manifests). The requester checks every part against
+/// the hash it must have.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectAnswer {
+    /// The blob's manifest, as in [`BlobResponse::Manifest`].
+    pub manifest: Vec<u8>,
+    /// The blob's content (the encoded project manifest), when it is at most
+    /// [`PROJECT_INLINE_BYTES`].
+    pub content: Option<Vec<u8>>,
+    /// The manifests of the project's files that the responder has, the scene's first, as
+    /// many as fit in [`PROJECT_FILES_BYTES`].
+    pub files: Vec<Vec<u8>>,
+}
+
+/// Largest project manifest sent inline in a [`ProjectAnswer`].
+pub const PROJECT_INLINE_BYTES: u64 = 1 << 20;
+/// Bytes of file manifests one [`ProjectAnswer`] carries at most.
+pub const PROJECT_FILES_BYTES: usize = 1 << 20;
 
 /// zstd level for chunks on the wire: level 1 compresses about 1 GB/s on one core, and an
 /// uncompressed `.blend` (Blender's default) to about an eighth.
@@ -298,7 +324,9 @@ impl BlobResponse {
             BlobResponse::ChunkZstd(z) => zstd::bulk::decompress(&z, max_len)
                 .map(Some)
                 .map_err(|e| BadChunk(e.to_string())),
-            BlobResponse::Manifest(_) | BlobResponse::NotFound => Ok(None),
+            BlobResponse::Manifest(_) | BlobResponse::NotFound | BlobResponse::Project(_) => {
+                Ok(None)
+            }
         }
     }
 }

@@ -20,8 +20,10 @@ use tracing::warn;
 use super::served::Packed;
 use super::{Pin, Store, StoreError};
 use crate::ids::{BlobId, ChunkId};
+use crate::net::wire::{PROJECT_FILES_BYTES, PROJECT_INLINE_BYTES, ProjectAnswer};
 use crate::net::{BlobRequest, BlobResponse, BlobServer};
 use crate::transfer::manifest::Manifest;
+use crate::transfer::project::ProjectManifest;
 
 /// Where a chunk's bytes are.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,11 +227,53 @@ impl BlobServer for Store {
                 _ => BlobResponse::NotFound,
             },
             BlobRequest::Chunk(id) => self.serve_chunk(id),
+            BlobRequest::Project(id) => self.serve_project(id),
         }
     }
 }
 
 impl Store {
+    /// A project manifest held whole, its content when small, and the manifests of its files
+    /// known here (the scene's first) up to [`PROJECT_FILES_BYTES`].
+    fn serve_project(&self, id: &BlobId) -> BlobResponse {
+        let manifest = match self.manifests.get(id.0) {
+            Ok(Some(bytes)) if self.is_whole(id) || self.is_compact(id) => bytes.to_vec(),
+            _ => return BlobResponse::NotFound,
+        };
+        let content = self.read_blob(id, PROJECT_INLINE_BYTES);
+        let mut files = Vec::new();
+        if let Some(project) = content
+            .as_deref()
+            .and_then(|c| ProjectManifest::decode(c).ok())
+        {
+            let scene = project
+                .files
+                .iter()
+                .find(|f| f.path == project.scene)
+                .map(|f| f.blob);
+            let blobs = project.blobs();
+            let mut budget = PROJECT_FILES_BYTES;
+            for blob in scene
+                .iter()
+                .chain(blobs.iter().filter(|b| Some(**b) != scene))
+            {
+                let Ok(Some(m)) = self.manifests.get(blob.0) else {
+                    continue;
+                };
+                if m.len() > budget {
+                    break;
+                }
+                budget -= m.len();
+                files.push(m.to_vec());
+            }
+        }
+        BlobResponse::Project(ProjectAnswer {
+            manifest,
+            content,
+            files,
+        })
+    }
+
     /// A chunk's answer: compressed when that pays, remembered for the next peer asking
     /// (`served.rs`). A chunk collected since it was last served may still be answered from
     /// there; its bytes are right all the same.

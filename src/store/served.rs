@@ -49,7 +49,9 @@ impl ServedChunks {
         let packed = match answer {
             BlobResponse::ChunkZstd(z) => Packed::Zstd(z.as_slice().into()),
             BlobResponse::Chunk(_) => Packed::Raw,
-            BlobResponse::Manifest(_) | BlobResponse::NotFound => return,
+            BlobResponse::Manifest(_) | BlobResponse::NotFound | BlobResponse::Project(_) => {
+                return;
+            }
         };
         let Ok(mut inner) = self.inner.lock() else {
             return;

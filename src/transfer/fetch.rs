@@ -15,6 +15,9 @@
 //!   and is asked again, so the seed's uplink sends each chunk about once and peers pass it
 //!   on. Peers not known to hold anything are asked last: when a job starts nobody holds
 //!   anything, and asking them first would cost a round trip each.
+//! - A project starts with one request ([`FetchCtx::fetch_project`]) for its manifest blob
+//!   whole and its files' manifests, so the files' chunks are asked for after one round
+//!   trip, not three.
 //! - Chunks travel zstd-compressed when that pays ([`BlobResponse::chunk`]): an uncompressed
 //!   `.blend`, Blender's default, shrinks to about an eighth.
 //! - A provider that sends a chunk that does not hash right is dropped as a source for the
@@ -30,7 +33,9 @@ use libp2p::PeerId;
 use tracing::{debug, warn};
 
 use super::manifest::{ChunkRef, Manifest};
+use super::project::ProjectManifest;
 use crate::ids::{BlobId, ChunkId};
+use crate::net::wire::ProjectAnswer;
 use crate::net::{BlobRequest, BlobResponse, Client};
 use crate::store::{Store, StoreError};
 
@@ -43,6 +48,9 @@ pub const SEED_SLOTS: usize = 2;
 /// fetch few peers hold anything, and asking all of them one after another would cost a
 /// round trip each.
 const ASK_PER_ATTEMPT: usize = 4;
+/// Peers asked for a project whole ([`FetchCtx::fetch_project`]) before fetching it part by
+/// part.
+const PROJECT_ASKS: usize = 2;
 /// Attempts after which a chunk is asked of a seed however busy.
 const MAX_DEFERRALS: u32 = 40;
 /// Blobs up to this size (a project manifest, a small texture) are asked of the seeds
@@ -244,6 +252,44 @@ impl FetchCtx {
         self.fill(&manifest, &partial, id, resume).await?;
         store.commit(&partial, &manifest)?;
         Ok(store.blob_path(&id))
+    }
+
+    /// Makes project manifest `id` local like [`FetchCtx::fetch`], first asking for it whole,
+    /// with its files' manifests, in one answer ([`BlobRequest::Project`]): of the seeds, then
+    /// of a holder. What the answer lacks (or a peer that cannot answer) is fetched as usual.
+    pub async fn fetch_project(&self, id: BlobId) -> Result<PathBuf, FetchError> {
+        if !self.store.has_blob(&id) && self.store.manifest(&id).is_none() {
+            let holders = self.providers.get();
+            let ask: Vec<PeerId> = self
+                .seeds
+                .iter()
+                .chain(holders.iter())
+                .filter(|p| !self.is_bad(p))
+                .take(PROJECT_ASKS)
+                .copied()
+                .collect();
+            for p in ask {
+                match self.client.blob(p, BlobRequest::Project(id)).await {
+                    Ok(BlobResponse::Project(answer)) => {
+                        match keep_project(&self.store, id, answer) {
+                            // Its manifest only: the content comes as usual.
+                            Ok(0) => break,
+                            Ok(bytes) => {
+                                self.stats.fetched.fetch_add(bytes, Ordering::Relaxed);
+                                return Ok(self.store.blob_path(&id));
+                            }
+                            Err(e) => {
+                                warn!(peer = %p, "bad project answer for {}: {e}; not asking it again", id.short());
+                                self.mark_bad(p);
+                            }
+                        }
+                    }
+                    Ok(_) => debug!(peer = %p, "peer does not have project {}", id.short()),
+                    Err(e) => debug!("{e}"),
+                }
+            }
+        }
+        self.fetch(id).await
     }
 
     async fn fetch_manifest(&self, id: BlobId) -> Result<Manifest, FetchError> {
@@ -498,6 +544,56 @@ pub fn ask_order(peers: &[PeerId], rotation: usize, c: &ChunkRef) -> Vec<PeerId>
     (0..n).map(|k| peers[start.wrapping_add(k) % n]).collect()
 }
 
+/// Checks and keeps what a [`ProjectAnswer`] for project manifest `id` holds: the blob's
+/// manifest; its content, written as the blob; and the files' manifests, each of which must
+/// be the manifest of one of the project's files. Returns the content's bytes (0 without).
+/// An answer that does not check out is an error, and nothing of it is kept but what was
+/// checked before.
+fn keep_project(store: &Store, id: BlobId, answer: ProjectAnswer) -> Result<u64, String> {
+    let manifest = Manifest::decode_verified(&answer.manifest, &id).map_err(|e| e.to_string())?;
+    let Some(content) = answer.content else {
+        store
+            .put_manifest(&id, &manifest)
+            .map_err(|e| e.to_string())?;
+        return Ok(0);
+    };
+    if content.len() as u64 != manifest.size
+        || manifest.offsets().any(|(offset, c)| {
+            let (start, end) = (offset as usize, offset as usize + c.len as usize);
+            ChunkId::of(&content[start..end]) != c.id
+        })
+    {
+        return Err("its content does not match the manifest".into());
+    }
+    let project = ProjectManifest::decode(&content).ok();
+    let files: Vec<(BlobId, Manifest)> = match &project {
+        Some(project) => {
+            let wanted = project.blobs();
+            let mut files = Vec::new();
+            for bytes in answer.files.iter().take(wanted.len()) {
+                let blob = BlobId::of(bytes);
+                if !wanted.contains(&blob) {
+                    return Err("it holds the manifest of a file not in the project".into());
+                }
+                let m = Manifest::decode_verified(bytes, &blob).map_err(|e| e.to_string())?;
+                files.push((blob, m));
+            }
+            files
+        }
+        // Not a project manifest: the checkout says so when it reads it.
+        None => Vec::new(),
+    };
+    let partial = store.partial_path(&id);
+    let write = std::fs::write(&partial, &content).map_err(|e| e.to_string());
+    write.and_then(|()| store.commit(&partial, &manifest).map_err(|e| e.to_string()))?;
+    for (blob, m) in files {
+        if store.manifest(&blob).is_none() {
+            store.put_manifest(&blob, &m).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(content.len() as u64)
+}
+
 /// Makes blob `id` local, asking `providers`. Returns the local path.
 pub async fn fetch(
     client: &Client,
@@ -515,6 +611,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::net::BlobServer;
 
     fn chunk(i: u32) -> ChunkRef {
         ChunkRef {
@@ -615,5 +712,100 @@ mod tests {
         // Nothing to wait for when alone with the seed.
         let alone = AskPlan::new(&[], &[], &peers(1), SWARM, 0, &chunk(4));
         assert!(!alone.may_defer);
+    }
+
+    /// A store holding a project of two files (the scene and a texture) and its manifest;
+    /// returns the store, the project manifest's id and the scene's and texture's ids.
+    fn project_store(dir: &std::path::Path) -> (Store, BlobId, BlobId, BlobId) {
+        use crate::transfer::project::ProjectFile;
+        let store = Store::open(&dir.join("seed")).unwrap();
+        let mut ids = Vec::new();
+        for (name, seed) in [("shot.blend", 1), ("tex/wood.png", 2)] {
+            let path = dir.join(name.replace('/', "_"));
+            std::fs::write(&path, super::super::manifest::noise(300_000, seed)).unwrap();
+            let blob = store.import_copy(&path).unwrap();
+            ids.push(ProjectFile {
+                path: name.into(),
+                blob,
+                size: 300_000,
+            });
+        }
+        let (scene, tex) = (ids[0].blob, ids[1].blob);
+        let project = ProjectManifest::new("/p".into(), "shot.blend".into(), ids).unwrap();
+        let path = dir.join("project");
+        std::fs::write(&path, project.encode()).unwrap();
+        let id = store.import_copy(&path).unwrap();
+        (store, id, scene, tex)
+    }
+
+    fn project_answer(store: &Store, id: BlobId) -> ProjectAnswer {
+        match store.serve(&BlobRequest::Project(id)) {
+            BlobResponse::Project(a) => a,
+            other => panic!("no project answer: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_project_answer_brings_the_project_and_its_files_manifests() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seed, id, scene, tex) = project_store(dir.path());
+        let answer = project_answer(&seed, id);
+        assert_eq!(
+            answer.files[0],
+            seed.manifest(&scene).unwrap().encode(),
+            "scene first"
+        );
+        assert_eq!(answer.files.len(), 2);
+
+        let here = Store::open(&dir.path().join("here")).unwrap();
+        let bytes = keep_project(&here, id, answer).unwrap();
+        assert!(here.has_blob(&id));
+        assert_eq!(bytes, std::fs::metadata(here.blob_path(&id)).unwrap().len());
+        assert_eq!(here.manifest(&scene), seed.manifest(&scene));
+        assert_eq!(here.manifest(&tex), seed.manifest(&tex));
+        assert!(!here.has_blob(&scene), "the files' chunks come later");
+
+        // A blob that is not a project: its manifest and content, no files.
+        let BlobResponse::Project(plain) = seed.serve(&BlobRequest::Project(scene)) else {
+            panic!("a blob held whole is answered")
+        };
+        assert!(plain.files.is_empty());
+        assert_eq!(
+            seed.serve(&BlobRequest::Project(BlobId::of(b"nope"))),
+            BlobResponse::NotFound
+        );
+    }
+
+    #[test]
+    fn a_project_answer_that_does_not_check_out_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seed, id, scene, _) = project_store(dir.path());
+        let good = project_answer(&seed, id);
+        let here = Store::open(&dir.path().join("here")).unwrap();
+        let refuse = |a: ProjectAnswer, why: &str| {
+            let e = keep_project(&here, id, a).unwrap_err();
+            assert!(e.contains(why), "{e}");
+            assert!(!here.has_blob(&id));
+        };
+        // Content changed: it no longer matches the manifest.
+        let mut bent = good.clone();
+        if let Some(c) = bent.content.as_mut() {
+            c[5] ^= 1;
+        }
+        refuse(bent, "does not match");
+        // The manifest of another blob.
+        let other = ProjectAnswer {
+            manifest: seed.manifest(&scene).unwrap().encode(),
+            ..good.clone()
+        };
+        refuse(other, "hash");
+        // A manifest of no file of the project, passed off as one.
+        let mut foreign = good.clone();
+        foreign.files[1] = Manifest::build(&b"something else"[..]).unwrap().encode();
+        refuse(foreign, "not in the project");
+        assert!(here.manifest(&scene).is_none(), "nothing of it was kept");
+        // The good one still goes in.
+        keep_project(&here, id, good).unwrap();
+        assert!(here.has_blob(&id));
     }
 }
