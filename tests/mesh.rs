@@ -151,6 +151,21 @@ fn a_joiner_learns_the_whole_mesh_from_the_peer_it_joined_through() {
     wait_until(Duration::from_secs(30), "a to connect to b", || {
         a.connected_peers().contains(&b_id)
     });
+    // c's id sorts below b's: b, the higher id, does not dial c when c's first heartbeat
+    // reaches it (only the lower id dials), so c reaches b before b's next heartbeat only by
+    // dialling it itself, from what a's sync answer says.
+    let b_key: libp2p::PeerId = b_id.parse().unwrap();
+    let key = (0..1_000_000)
+        .map(|_| libp2p::identity::Keypair::generate_ed25519())
+        .find(|k| k.public().to_peer_id() < b_key)
+        .unwrap();
+    let c_dir = root.path().join("c");
+    std::fs::create_dir_all(&c_dir).unwrap();
+    std::fs::write(
+        c_dir.join("identity.key"),
+        key.to_protobuf_encoding().unwrap(),
+    )
+    .unwrap();
     let c = Daemon::start(root.path(), "c", Some(&ticket), &["--no-render"]);
     wait_until(Duration::from_secs(30), "c to connect to b", || {
         c.connected_peers().contains(&b_id)

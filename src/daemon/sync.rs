@@ -108,9 +108,10 @@ impl Daemon {
     }
 
     /// Peer exchange: dials the peers a sync answer names that this daemon is not connected
-    /// to and did not know these addresses of, whichever id is lower. A peer that joined through one other (a ticket) would
-    /// otherwise learn of the rest only from their heartbeats, relayed by that one peer —
-    /// which, busy with many, may leave it out of its gossip mesh for a while.
+    /// to and did not know these addresses of, whichever id is lower. A peer that joined
+    /// through one other (a ticket) would otherwise learn of the rest only from their
+    /// heartbeats, relayed by that one peer — which, busy with many, may leave it out of its
+    /// gossip mesh for a while.
     pub(super) async fn learn_peers(&mut self, from: PeerId, peers: Vec<KnownPeer>) {
         let mut dialled = 0;
         for k in peers.into_iter().take(MAX_SYNC_PEERS) {
