@@ -108,7 +108,7 @@ impl Daemon {
     }
 
     /// Peer exchange: dials the peers a sync answer names that this daemon is not connected
-    /// to and did not know these addresses of, whichever id is lower. A peer that joined
+    /// to and did not know these addresses of, when its own id is the lower. A peer that joined
     /// through one other (a ticket) would otherwise learn of the rest only from their
     /// heartbeats, relayed by that one peer — which, busy with many, may leave it out of its
     /// gossip mesh for a while.
@@ -128,8 +128,10 @@ impl Daemon {
                 .filter(|a| a.len() <= MAX_ADDR_LEN)
                 .filter_map(|a| a.parse().ok())
                 .collect();
-            // Addresses known already: the redial loop is on them.
-            if addrs.is_empty() || !self.remember_addrs(k.peer, addrs.clone()) {
+            // Addresses known already: the redial loop is on them. Only the lower id dials,
+            // as for heartbeats: the other side dials when it hears of this peer, and two
+            // crossing dials would leave two connections.
+            if addrs.is_empty() || !self.remember_addrs(k.peer, addrs.clone()) || self.me > k.peer {
                 continue;
             }
             for a in addrs {
