@@ -107,40 +107,17 @@ impl Daemon {
             .collect()
     }
 
-    /// Peer exchange: dials the peers a sync answer names that this daemon is not connected
-    /// to and did not know these addresses of, when its own id is the lower. A peer that joined
-    /// through one other (a ticket) would otherwise learn of the rest only from their
-    /// heartbeats, relayed by that one peer — which, busy with many, may leave it out of its
-    /// gossip mesh for a while.
+    /// Peer exchange from a sync answer: the peers it names go through [`Daemon::learn_addrs`],
+    /// as a heartbeat's sender does. A peer that joined through one other (a ticket) would
+    /// otherwise learn of the rest only from their heartbeats, relayed by that one peer —
+    /// which, busy with many, may leave it out of its gossip mesh for a while.
     pub(super) async fn learn_peers(&mut self, from: PeerId, peers: Vec<KnownPeer>) {
         let mut dialled = 0;
         for k in peers.into_iter().take(MAX_SYNC_PEERS) {
-            if k.peer == self.me
-                || self.banned.contains(&k.peer)
-                || self.peers.peers.get(&k.peer).is_some_and(|s| s.connected)
-            {
-                continue;
+            let addrs = &k.addrs[..k.addrs.len().min(MAX_PEER_ADDRS)];
+            if self.learn_addrs(k.peer, addrs).await {
+                dialled += 1;
             }
-            let addrs: Vec<libp2p::Multiaddr> = k
-                .addrs
-                .iter()
-                .take(MAX_PEER_ADDRS)
-                .filter(|a| a.len() <= MAX_ADDR_LEN)
-                .filter_map(|a| a.parse().ok())
-                .collect();
-            // Addresses known already: the redial loop is on them. Only the lower id dials,
-            // as for heartbeats: the other side dials when it hears of this peer, and two
-            // crossing dials would leave two connections.
-            if addrs.is_empty() || !self.remember_addrs(k.peer, addrs.clone()) || self.me > k.peer {
-                continue;
-            }
-            for a in addrs {
-                let _ = self
-                    .net
-                    .dial(a.with_p2p(k.peer).unwrap_or_else(|a| a))
-                    .await;
-            }
-            dialled += 1;
         }
         if dialled > 0 {
             info!(%from, peers = dialled, "peer exchange: dialling peers learned in sync");
@@ -227,22 +204,30 @@ impl Daemon {
         }
     }
 
-    /// Peer exchange: a heartbeat says where its sender listens. Unknown addresses of a peer
-    /// we are not connected to are remembered (the redial loop retries them) and, when our id
-    /// is the lower one, dialled at once — one side only, so two dials never cross.
-    pub(super) async fn learn_addrs(&mut self, peer: PeerId, addrs: &[String]) {
-        if peer == self.me || self.peers.peers.get(&peer).is_some_and(|s| s.connected) {
-            return;
+    /// Peer exchange: a heartbeat or a sync answer says where a peer listens. Unknown
+    /// addresses of a peer we are not connected to are remembered (the redial loop retries
+    /// them) and, when our id is the lower one, dialled at once — one side only, so two dials
+    /// never cross. Returns whether it dialled. Addresses over [`MAX_ADDR_LEN`] bytes or that
+    /// do not parse are skipped.
+    pub(super) async fn learn_addrs(&mut self, peer: PeerId, addrs: &[String]) -> bool {
+        if peer == self.me
+            || self.banned.contains(&peer)
+            || self.peers.peers.get(&peer).is_some_and(|s| s.connected)
+        {
+            return false;
         }
-        let addrs: Vec<libp2p::Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
-        if !self.remember_addrs(peer, addrs.clone()) {
-            return;
+        let addrs: Vec<libp2p::Multiaddr> = addrs
+            .iter()
+            .filter(|a| a.len() <= MAX_ADDR_LEN)
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        if !self.remember_addrs(peer, addrs.clone()) || self.me > peer {
+            return false;
         }
-        if self.me < peer {
-            for a in addrs.into_iter().take(4) {
-                let _ = self.net.dial(a.with_p2p(peer).unwrap_or_else(|a| a)).await;
-            }
+        for a in addrs.into_iter().take(MAX_PEER_ADDRS) {
+            let _ = self.net.dial(a.with_p2p(peer).unwrap_or_else(|a| a)).await;
         }
+        true
     }
 
     /// Adds addresses to what we know of `peer` (kept for redials). Returns whether any was

@@ -511,9 +511,12 @@ impl AskPlan {
         } else {
             holders.to_vec()
         };
+        // A set: with hundreds of peers, a scan of `order` per other peer would cost every
+        // chunk attempt a quadratic number of comparisons.
+        let listed: HashSet<PeerId> = order.iter().copied().collect();
         let others: Vec<PeerId> = ask_order(others, turn, c)
             .into_iter()
-            .filter(|p| not_seed(p) && !order.contains(p))
+            .filter(|p| not_seed(p) && !listed.contains(p))
             .collect();
         let seeds_first = mode.small && !seeds.is_empty();
         let first = if seeds_first {
@@ -557,12 +560,8 @@ fn keep_project(store: &Store, id: BlobId, answer: ProjectAnswer) -> Result<u64,
             .map_err(|e| e.to_string())?;
         return Ok(0);
     };
-    if content.len() as u64 != manifest.size
-        || manifest.offsets().any(|(offset, c)| {
-            let (start, end) = (offset as usize, offset as usize + c.len as usize);
-            ChunkId::of(&content[start..end]) != c.id
-        })
-    {
+    // Chunked and hashed here as the server did, the content must give the same manifest.
+    if Manifest::build(&content[..]).ok().as_ref() != Some(&manifest) {
         return Err("its content does not match the manifest".into());
     }
     let project = ProjectManifest::decode(&content).ok();
