@@ -64,12 +64,30 @@ enum Got {
     Deferred,
 }
 
+/// The seed request slots of one fetch ([`SEED_SLOTS`]).
+#[derive(Default)]
+struct SeedSlots {
+    busy: std::sync::atomic::AtomicUsize,
+    /// Notified (one waiter, or a stored permit) each time a slot is given back: a deferred
+    /// chunk asks again then, not only when its backoff ends.
+    freed: tokio::sync::Notify,
+}
+
 /// A taken seed request slot, given back when dropped.
-struct SeedSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+struct SeedSlot<'a>(&'a SeedSlots);
+
+impl SeedSlots {
+    /// Takes a slot whether or not one is free; returns it and how many were taken before.
+    fn take(&self) -> (SeedSlot<'_>, usize) {
+        let before = self.busy.fetch_add(1, Ordering::AcqRel);
+        (SeedSlot(self), before)
+    }
+}
 
 impl Drop for SeedSlot<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
     }
 }
 
@@ -148,7 +166,7 @@ pub struct FetchCtx {
     spread: bool,
     rotation: usize,
     /// Requests at the seeds in flight (bounded by [`SEED_SLOTS`]).
-    seed_requests: Arc<std::sync::atomic::AtomicUsize>,
+    seed_slots: Arc<SeedSlots>,
     /// Largest blob worth fetching (a thumbnail), checked against its manifest before any
     /// chunk is asked for.
     max_size: Option<u64>,
@@ -190,7 +208,7 @@ impl FetchCtx {
             stats: Arc::default(),
             spread: true,
             rotation: rand::random::<u32>() as usize,
-            seed_requests: Arc::default(),
+            seed_slots: Arc::default(),
             max_size: None,
         }
     }
@@ -250,7 +268,8 @@ impl FetchCtx {
             f.set_len(manifest.size)?;
         }
         self.fill(&manifest, &partial, id, resume).await?;
-        store.commit(&partial, &manifest)?;
+        let (to, tmp) = (store.clone(), partial.clone());
+        blocking(move || to.commit(&tmp, &manifest)).await??;
         Ok(store.blob_path(&id))
     }
 
@@ -271,7 +290,9 @@ impl FetchCtx {
             for p in ask {
                 match self.client.blob(p, BlobRequest::Project(id)).await {
                     Ok(BlobResponse::Project(answer)) => {
-                        match keep_project(&self.store, id, answer) {
+                        let store = self.store.clone();
+                        let kept = blocking(move || keep_project(&store, id, answer)).await?;
+                        match kept {
                             // Its manifest only: the content comes as usual.
                             Ok(0) => break,
                             Ok(bytes) => {
@@ -384,9 +405,9 @@ impl FetchCtx {
     /// Fetches one chunk. Swarming ([`FetchCtx::swarm`]): first from [`ASK_PER_ATTEMPT`] of
     /// the holders (in [`ask_order`], a different few each attempt), then from a seed,
     /// if this fetch has fewer than [`SEED_SLOTS`] requests at the seeds; otherwise the chunk
-    /// is deferred (a later attempt waits a little first). After [`MAX_DEFERRALS`] attempts
-    /// a seed is asked regardless; when no seed has it, the other holders and then every
-    /// other peer are asked. A chunk
+    /// is deferred (its next attempt starts when a seed slot frees or after a backoff,
+    /// whichever comes first). After [`MAX_DEFERRALS`] attempts a seed is asked regardless;
+    /// when no seed has it, the other holders and then every other peer are asked. A chunk
     /// of a `small` blob ([`SEEDS_FIRST_BYTES`]) is asked of the seeds first. Ordered
     /// ([`FetchCtx::new`]): every provider in turn. Every answer is checked against the
     /// chunk's hash; a peer that sends wrong bytes is not asked again.
@@ -398,8 +419,12 @@ impl FetchCtx {
         small: bool,
     ) -> Result<Got, FetchError> {
         if attempt > 0 {
-            let ms = (25 * attempt as u64).min(400);
-            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            // Deferred: wait for holders to get the chunk, or for a seed slot to free.
+            let backoff = std::time::Duration::from_millis((25 * attempt as u64).min(400));
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.seed_slots.freed.notified() => {}
+            }
         }
         let turn = self
             .rotation
@@ -424,8 +449,7 @@ impl FetchCtx {
             }
         }
         if !self.seeds.is_empty() {
-            let busy = self.seed_requests.fetch_add(1, Ordering::AcqRel);
-            let _slot = SeedSlot(&self.seed_requests);
+            let (_slot, busy) = self.seed_slots.take();
             if plan.may_defer && busy >= SEED_SLOTS && attempt < MAX_DEFERRALS {
                 return Ok(Got::Deferred);
             }
@@ -547,6 +571,16 @@ pub fn ask_order(peers: &[PeerId], rotation: usize, c: &ChunkRef) -> Vec<PeerId>
     (0..n).map(|k| peers[start.wrapping_add(k) % n]).collect()
 }
 
+/// Runs `f` (file syncs, hashing) on the blocking pool: an fsync under load can take 100 ms,
+/// and the runtime's threads also carry the network loop.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, FetchError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FetchError::Io(std::io::Error::other(e.to_string())))
+}
+
 /// Checks and keeps what a [`ProjectAnswer`] for project manifest `id` holds: the blob's
 /// manifest; its content, written as the blob; and the files' manifests, each of which must
 /// be the manifest of one of the project's files. Returns the content's bytes (0 without).
@@ -611,6 +645,38 @@ mod tests {
 
     use super::*;
     use crate::net::BlobServer;
+
+    #[tokio::test]
+    async fn a_freed_seed_slot_wakes_a_deferred_chunk_at_once() {
+        let slots = SeedSlots::default();
+        let (a, before_a) = slots.take();
+        let (b, before_b) = slots.take();
+        assert_eq!((before_a, before_b), (0, 1));
+        let (c, busy) = slots.take();
+        assert_eq!(busy, SEED_SLOTS, "all taken: the third chunk is deferred");
+        drop(c);
+        // The deferral's own give-back left a wake-up: the chunk's next attempt does not
+        // wait out its backoff when a slot may be free.
+        let wait = std::time::Duration::from_secs(5);
+        tokio::time::timeout(wait, slots.freed.notified())
+            .await
+            .expect("a slot given back wakes the next waiter");
+        // A waiter that is already waiting is woken when a slot is given back.
+        let waiter = async {
+            slots.freed.notified().await;
+            slots.busy.load(Ordering::Acquire)
+        };
+        let release = async {
+            tokio::task::yield_now().await;
+            drop(a);
+        };
+        let (busy, ()) = tokio::time::timeout(wait, async { tokio::join!(waiter, release) })
+            .await
+            .expect("woken when a slot is given back");
+        assert_eq!(busy, 1, "one slot free when the waiter wakes");
+        drop(b);
+        assert_eq!(slots.busy.load(Ordering::Acquire), 0);
+    }
 
     fn chunk(i: u32) -> ChunkRef {
         ChunkRef {
