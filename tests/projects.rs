@@ -528,3 +528,114 @@ fn no_deps_sends_only_the_blend_and_says_so() {
         String::from_utf8_lossy(&run.stderr)
     );
 }
+
+/// Builds `dir/shots/shot.blend`: four spheres with materials linked (not appended) from
+/// Blender's own `sample_materials.blend` (the Material Library VX add-on's, copied to
+/// `dir/lib/`) and a world lit by Blender's own `forest.exr` studio light (copied to
+/// `dir/hdri/`), both by relative paths; Cycles, 96×64, 8 samples, 3 frames of camera
+/// motion. The library and the image are files nobody here made: Debian's `blender`
+/// package ships them.
+fn scene_with_blenders_own_library(dir: &Path) -> std::path::PathBuf {
+    const SCRIPT: &str = r#"
+import bpy, os, shutil, sys
+proj = sys.argv[sys.argv.index("--") + 1]
+scripts = bpy.utils.system_resource("SCRIPTS")
+lib_src = os.path.join(scripts, "addons", "materials_library_vx", "sample_materials.blend")
+hdri_src = os.path.join(bpy.utils.system_resource("DATAFILES"), "studiolights", "world", "forest.exr")
+for p in (lib_src, hdri_src):
+    if not os.path.isfile(p):
+        raise SystemExit("this Blender does not ship %s (Debian's blender 3.4 does)" % p)
+for sub in ("shots", "lib", "hdri"):
+    os.makedirs(os.path.join(proj, sub), exist_ok=True)
+lib = os.path.join(proj, "lib", "sample_materials.blend")
+hdri = os.path.join(proj, "hdri", "forest.exr")
+shutil.copyfile(lib_src, lib)
+shutil.copyfile(hdri_src, hdri)
+bpy.ops.wm.read_factory_settings(use_empty=True)
+bpy.context.preferences.filepaths.save_version = 0
+bpy.ops.wm.save_as_mainfile(filepath=os.path.join(proj, "shots", "shot.blend"))
+names = ["Car Paint", "Polished Walnut", "Brushed Metal", "Chocolate Swirl"]
+with bpy.data.libraries.load(lib, link=True, relative=True) as (src, dst):
+    dst.materials = [n for n in names if n in src.materials]
+if len(dst.materials) != len(names):
+    raise SystemExit("the library lacks some of %s" % names)
+scene = bpy.context.scene
+for i, m in enumerate(dst.materials):
+    bpy.ops.mesh.primitive_uv_sphere_add(radius=0.9, location=(2.0 * i - 3.0, 0, 0))
+    bpy.context.object.data.materials.append(m)
+    bpy.ops.object.shade_smooth()
+world = bpy.data.worlds.new("World")
+scene.world = world
+world.use_nodes = True
+env = world.node_tree.nodes.new("ShaderNodeTexEnvironment")
+env.image = bpy.data.images.load(hdri)
+env.image.filepath = bpy.path.relpath(hdri)
+world.node_tree.links.new(env.outputs["Color"], world.node_tree.nodes["Background"].inputs["Color"])
+bpy.ops.object.camera_add(location=(0, -9, 1.5), rotation=(1.45, 0, 0))
+cam = bpy.context.object
+scene.camera = cam
+cam.keyframe_insert("location", frame=1)
+cam.location.x = 1.0
+cam.keyframe_insert("location", frame=3)
+scene.render.engine = "CYCLES"
+scene.cycles.samples = 8
+scene.cycles.use_denoising = False
+scene.render.resolution_x, scene.render.resolution_y = 96, 64
+scene.render.resolution_percentage = 100
+scene.frame_start, scene.frame_end = 1, 3
+bpy.ops.wm.save_mainfile()
+"#;
+    let out = Command::new(blender())
+        .args(["-b", "--factory-startup", "-noaudio"])
+        .args(["--python-exit-code", "1", "--python-expr", SCRIPT, "--"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "making the scene failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    dir.join("shots/shot.blend")
+}
+
+#[test]
+fn blenders_own_material_library_and_hdri_render_identically_on_a_peer() {
+    let root = tempfile::tempdir().unwrap();
+    let proj = root.path().join("proj");
+    let shot = scene_with_blenders_own_library(&proj);
+    let reference = root.path().join("reference");
+    reference_render(&shot, &reference, 1, 3);
+
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let out = root.path().join("out");
+    let resp = a.cli_json(&[
+        "submit",
+        shot.to_str().unwrap(),
+        "1-3",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(resp["missing"], Value::Array(vec![]), "{resp}");
+    // The shot, the linked library and the HDRI.
+    assert_eq!(resp["files"], 3, "{resp}");
+    let id = resp["id"].as_str().unwrap().to_string();
+    // No renderer can use the submitter's paths.
+    std::fs::rename(&proj, root.path().join("proj-moved")).unwrap();
+
+    let b = Daemon::start(root.path(), "b", Some(&a.ticket()), &[]);
+    wait_until(BIG, "all frames written", || {
+        a.job(&id)["frames_written"] == 3
+    });
+    assert_eq!(project_of(&b, &id)["files"], 3);
+    for f in 1..=3 {
+        let name = format!("frame_{f:04}.png");
+        let diff = image_diff(&out.join(&name), &reference.join(&name));
+        assert!(
+            diff < 1.0,
+            "{name} differs from Blender's own render of the original (mean diff {diff:.2})"
+        );
+    }
+    assert!(!b.log().contains("missing dependency"));
+}
