@@ -156,8 +156,7 @@ impl Daemon {
             (_, Some(a)) => (a.spec.name.clone(), a.control),
             (Some(e), None) => {
                 let over = self.settle.is_over(id)
-                    || crate::ledger::job_progress(e, &self.view(), &self.policy).state
-                        == JobState::Failed;
+                    || crate::ledger::job_state(e, &self.view(), &self.policy) == JobState::Failed;
                 if !over {
                     return Err(format!(
                         "job {} is still running: `meshd cancel` it first",

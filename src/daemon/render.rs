@@ -16,9 +16,7 @@ use tracing::{info, warn};
 use super::slots::{Active, ProgressMsg, slot_fits};
 use super::{Daemon, SceneState, TaskDone};
 use crate::ids::JobId;
-use crate::ledger::{
-    FrameState, FrameUpdate, JobEntry, JobState, choose_claim, job_progress, sign,
-};
+use crate::ledger::{FrameState, FrameUpdate, JobEntry, JobState, choose_claim, job_state, sign};
 use crate::net::GossipMsg;
 use crate::render::settings::DeviceKind;
 use crate::render::{BlenderInfo, FrameError, ProjectLayout, Unchecked, Worker, WorkerConfig};
@@ -109,7 +107,7 @@ impl Daemon {
     }
 
     pub(super) fn job_running(&self, entry: &JobEntry) -> bool {
-        job_progress(entry, &self.view(), &self.policy).state == JobState::Running
+        job_state(entry, &self.view(), &self.policy) == JobState::Running
     }
 
     /// Whether some slot of this peer can render the job, with a Blender the job accepts.

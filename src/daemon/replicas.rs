@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::{Daemon, TaskDone};
 use crate::ids::{BlobId, JobId};
-use crate::ledger::{JobState, job_progress, replica_holders};
+use crate::ledger::{JobState, job_state, replica_holders};
 
 /// Copies fetched at once.
 const PARALLEL: usize = 4;
@@ -77,7 +77,7 @@ impl Daemon {
             let wanted = *wanted_job.entry(*job).or_insert_with(|| {
                 !catch_up
                     || !connected.contains(&submitter)
-                    || job_progress(entry, &view, &self.policy).state == JobState::Running
+                    || job_state(entry, &view, &self.policy) == JobState::Running
             });
             let Some(state) = entry.frames.get(frame).filter(|_| wanted) else {
                 continue;

@@ -12,7 +12,7 @@ use super::slots::{SlotSpec, slot_fits};
 use super::{Daemon, SceneState};
 use crate::ids::JobId;
 use crate::ledger::tail::{BackupChoice, Running, choose_backup};
-use crate::ledger::{JobState, PeerView, RunState, job_progress, peer_blocked};
+use crate::ledger::{JobState, PeerView, RunState, job_state, peer_blocked};
 
 /// Least time between two looks for a straggler.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -75,7 +75,7 @@ impl Daemon {
                 || !matches!(self.scenes.get(&id), Some(SceneState::Ready(..)))
                 || !slot_fits(&e.spec.settings.device, spec)
                 || peer_blocked(e, &self.me, &self.policy)
-                || job_progress(e, &view, &self.policy).state != JobState::Running
+                || job_state(e, &view, &self.policy) != JobState::Running
             {
                 continue;
             }

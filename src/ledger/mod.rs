@@ -43,7 +43,8 @@ pub use frameset::{FrameSet, FrameSetError, MAX_FRAME, MAX_FRAMES_PER_JOB};
 pub use job::JobSpec;
 pub use policy::{
     ClaimChoice, FrameStatus, JobProgress, JobState, PeerView, RetryPolicy, choose_claim,
-    fitting_renderers, frame_status, frame_status_in, job_progress, peer_blocked, replica_holders,
+    fitting_renderers, frame_status, frame_status_in, job_progress, job_state, peer_blocked,
+    pending_up_to, replica_holders,
 };
 pub use sign::{Invalid, Sig};
 pub use state::{FrameUpdate, JobEntry, Ledger, LedgerError};

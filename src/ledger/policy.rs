@@ -253,6 +253,72 @@ pub fn job_progress(entry: &JobEntry, view: &impl PeerView, policy: &RetryPolicy
     }
 }
 
+/// The state [`job_progress`] gives, without counting every frame: the scan of the
+/// unfinished frames stops at the first one that settles it (a frame in flight, or one
+/// pending or done while a live renderer may still take the job), so a running job of
+/// 100,000 frames costs a few frames, not all of them. The scheduler asks this on every
+/// claim; only `status` needs the counts.
+pub fn job_state(entry: &JobEntry, view: &impl PeerView, policy: &RetryPolicy) -> JobState {
+    let unfinished = &entry.tally.unfinished;
+    if unfinished.is_empty() {
+        return JobState::Done;
+    }
+    if entry.control.run == RunState::Cancelled {
+        return JobState::Cancelled;
+    } else if entry.control.run == RunState::Paused {
+        return JobState::Paused;
+    }
+    // Failed with frames pending and none in flight only when every live renderer that
+    // fits the job is blocked on it.
+    let live = fitting_renderers(entry, view);
+    let counts = failures_by_peer(entry);
+    let all_blocked = !live.is_empty() && live.iter().all(|p| blocked_in(counts, p, policy));
+    let (mut pending, mut failed) = (false, 0);
+    for frame in unfinished {
+        let status = entry
+            .frames
+            .get(frame)
+            .map_or(FrameStatus::Pending, |state| {
+                frame_status_in(entry, state, view, policy)
+            });
+        match status {
+            FrameStatus::InFlight(_) => return JobState::Running,
+            FrameStatus::Failed => failed += 1,
+            FrameStatus::Pending | FrameStatus::Done(_) if !all_blocked => {
+                return JobState::Running;
+            }
+            FrameStatus::Pending => pending = true,
+            FrameStatus::Done(_) => {}
+        }
+    }
+    if failed == unfinished.len() || pending {
+        JobState::Failed
+    } else {
+        JobState::Running
+    }
+}
+
+/// The job's pending frames, counted up to `limit` (the count [`job_progress`] gives, or
+/// `limit` if that is more).
+pub fn pending_up_to(
+    entry: &JobEntry,
+    view: &impl PeerView,
+    policy: &RetryPolicy,
+    limit: usize,
+) -> usize {
+    let mut n = 0;
+    for frame in &entry.tally.unfinished {
+        if n >= limit {
+            break;
+        }
+        let pending = entry.frames.get(frame).is_none_or(|state| {
+            frame_status_in(entry, state, view, policy) == FrameStatus::Pending
+        });
+        n += usize::from(pending);
+    }
+    n
+}
+
 /// A frame this peer should claim, with the claim to announce.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClaimChoice {
@@ -283,10 +349,20 @@ pub fn leave_to_faster(
     pending: usize,
     view: &impl PeerView,
 ) -> bool {
+    faster_capacity(id, entry, me, live, view).is_some_and(|c| c >= pending as f64)
+}
+
+/// The frames the live peers faster than `me` finish between them in the time `me` takes
+/// for one ([`leave_to_faster`]); `None` when `me` has no result in the job yet.
+fn faster_capacity(
+    id: &JobId,
+    entry: &JobEntry,
+    me: &PeerId,
+    live: &[PeerId],
+    view: &impl PeerView,
+) -> Option<f64> {
     let means = mean_render_ms(entry);
-    let Some(&mine) = means.get(me).filter(|m| **m > 0.0) else {
-        return false;
-    };
+    let &mine = means.get(me).filter(|m| **m > 0.0)?;
     let mut capacity = 0.0;
     for p in live.iter().filter(|p| *p != me) {
         let Some(&theirs) = means.get(p).filter(|t| **t > 0.0 && **t < mine) else {
@@ -315,11 +391,8 @@ pub fn leave_to_faster(
         for left in busy {
             capacity += ((mine - left) / theirs).floor().max(0.0);
         }
-        if capacity >= pending as f64 {
-            return true;
-        }
     }
-    capacity >= pending as f64
+    Some(capacity)
 }
 
 /// The rendezvous hash `blake3(job ‖ frame ‖ peer)` (frame little-endian).
@@ -386,8 +459,7 @@ pub fn choose_claim(
         if blocked_in(counts, me, policy) || entry.tally.excluded.contains_key(me) {
             continue;
         }
-        let progress = job_progress(entry, view, policy);
-        if progress.state != JobState::Running {
+        if job_state(entry, view, policy) != JobState::Running {
             continue;
         }
         let unblocked: Vec<PeerId> = live
@@ -395,8 +467,13 @@ pub fn choose_claim(
             .filter(|p| !blocked_in(counts, p, policy))
             .copied()
             .collect();
-        if leave_to_faster(id, entry, me, &unblocked, progress.pending, view) {
-            continue;
+        // Left to faster peers when they finish the pending frames first: the pending
+        // frames are counted only up to what they can finish.
+        if let Some(capacity) = faster_capacity(id, entry, me, &unblocked, view) {
+            let can = capacity.floor() as usize;
+            if pending_up_to(entry, view, policy, can.saturating_add(1)) <= can {
+                continue;
+            }
         }
         // Others who could try a frame `me` failed: live, fitting the job, not blocked on it.
         let others: Vec<&PeerId> = live
@@ -1006,6 +1083,65 @@ mod tests {
             (1, 1, JobState::Failed)
         );
         assert_eq!(choose(&l, 0, &view, 8), None);
+    }
+
+    /// One random update of a frame: a claim, a failure or a result, by peer 0-3.
+    fn arb_update(frames: u32) -> impl Strategy<Value = (u32, FrameState)> {
+        (1..=frames, 0..3u8, 0..4u8, 1..3u64, 1..4u32).prop_map(|(frame, kind, p, inc, epoch)| {
+            let state = match kind {
+                0 => FrameState::from_claim(claim(p, inc, epoch)),
+                1 => failure(p, epoch),
+                _ => FrameState::from_done(Done {
+                    incarnation: inc,
+                    claim_sig: Default::default(),
+                    sig: Default::default(),
+                    epoch,
+                    peer: peer(p),
+                    output: BlobId::of(&[p, frame as u8]),
+                    render_ms: 10,
+                    thumb: None,
+                }),
+            };
+            (frame, state)
+        })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `job_state` (which stops at the first frame that settles it) and
+        /// `pending_up_to` agree with the full count of `job_progress` on any ledger and
+        /// view.
+        #[test]
+        fn job_state_and_pending_up_to_agree_with_the_full_count(
+            frames in 1..7u32,
+            updates in proptest::collection::vec(arb_update(6), 0..24),
+            live in proptest::collection::vec((0..4u8, 1..3u64), 0..5),
+            unfit in proptest::collection::btree_set(0..4u8, 0..3),
+            per_frame in 1..4usize,
+            per_peer in 1..4usize,
+        ) {
+            let (mut l, id) = one_job(&format!("1-{frames}"));
+            for (frame, state) in updates.into_iter().filter(|(f, _)| *f <= frames) {
+                // Some random updates are refused; the ledger stays as it was.
+                let _ = l.apply(&FrameUpdate { job: id, frame, state });
+            }
+            let mut view = View::with(&live);
+            view.unfit = unfit.into_iter().map(peer).collect();
+            let policy = RetryPolicy {
+                max_failures_per_frame: per_frame,
+                max_failures_per_peer_job: per_peer,
+            };
+            let entry = l.job(&id).unwrap();
+            let full = job_progress(entry, &view, &policy);
+            prop_assert_eq!(job_state(entry, &view, &policy), full.state);
+            for limit in 0..=frames as usize + 1 {
+                prop_assert_eq!(
+                    pending_up_to(entry, &view, &policy, limit),
+                    full.pending.min(limit)
+                );
+            }
+        }
     }
 
     #[test]
