@@ -77,43 +77,42 @@ bpy.ops.wm.save_mainfile()
     scene
 }
 
-#[test]
-fn project_renders_identically_on_a_peer_that_never_saw_its_paths() {
-    let root = tempfile::tempdir().unwrap();
-    let proj = root.path().join("proj");
-    make_project(&proj, 3, 96, 64, 4);
-    let reference = root.path().join("reference");
-    reference_render(&proj.join("shots/shot.blend"), &reference, 1, 3);
+/// Submits frames 1-3 of `shot`, in the project folder `proj`, from a submitter that does
+/// not render: it must find `files` files and none missing. Then renames the folder, so
+/// that no path of it resolves, lets a new peer render the job, and checks every frame
+/// against Blender's own render of the original. Returns the submitter, the renderer and
+/// the submit answer.
+fn renders_like_blender_after_the_folder_moves(
+    root: &Path,
+    proj: &Path,
+    shot: &Path,
+    files: u64,
+) -> (Daemon, Daemon, Value) {
+    let reference = root.join("reference");
+    reference_render(shot, &reference, 1, 3);
 
-    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
-    let out = root.path().join("out");
+    let a = Daemon::start(root, "a", None, &["--no-render"]);
+    let out = root.join("out");
     let resp = a.cli_json(&[
         "submit",
-        proj.join("shots/shot.blend").to_str().unwrap(),
+        shot.to_str().unwrap(),
         "1-3",
         "--out",
         out.to_str().unwrap(),
         "--json",
     ]);
     assert_eq!(resp["missing"], Value::Array(vec![]), "{resp}");
-    // shot, library, its texture, the floor (absolute path), two UDIM tiles, three frames.
-    assert_eq!(resp["files"], 9, "{resp}");
-    assert_eq!(resp["root"], proj.to_str().unwrap(), "{resp}");
+    assert_eq!(resp["files"], files, "{resp}");
     let id = resp["id"].as_str().unwrap().to_string();
-    assert_eq!(a.job(&id)["blender_version"], resp["blender"]);
 
     // The artist's folder is renamed before any renderer exists: no path of it resolves.
-    let moved = root.path().join("proj-renamed");
-    std::fs::rename(&proj, &moved).unwrap();
+    std::fs::rename(proj, root.join("proj-renamed")).unwrap();
 
-    let b = Daemon::start(root.path(), "b", Some(&a.ticket()), &[]);
+    let b = Daemon::start(root, "b", Some(&a.ticket()), &[]);
     wait_until(BIG, "all frames written", || {
         a.job(&id)["frames_written"] == 3
     });
-    let p = project_of(&b, &id);
-    assert_eq!(p["state"], "ready", "{p}");
-    assert_eq!(p["files"], 9);
-    assert!(p["bytes_fetched"].as_u64().unwrap() > 0, "{p}");
+    assert_eq!(project_of(&b, &id)["files"], files);
     for f in 1..=3 {
         let name = format!("frame_{f:04}.png");
         let diff = image_diff(&out.join(&name), &reference.join(&name));
@@ -123,6 +122,27 @@ fn project_renders_identically_on_a_peer_that_never_saw_its_paths() {
         );
     }
     assert!(!b.log().contains("missing dependency"));
+    (a, b, resp)
+}
+
+#[test]
+fn project_renders_identically_on_a_peer_that_never_saw_its_paths() {
+    let root = tempfile::tempdir().unwrap();
+    let proj = root.path().join("proj");
+    make_project(&proj, 3, 96, 64, 4);
+    // shot, library, its texture, the floor (absolute path), two UDIM tiles, three frames.
+    let (a, b, resp) = renders_like_blender_after_the_folder_moves(
+        root.path(),
+        &proj,
+        &proj.join("shots/shot.blend"),
+        9,
+    );
+    assert_eq!(resp["root"], proj.to_str().unwrap(), "{resp}");
+    let id = resp["id"].as_str().unwrap();
+    assert_eq!(a.job(id)["blender_version"], resp["blender"]);
+    let p = project_of(&b, id);
+    assert_eq!(p["state"], "ready", "{p}");
+    assert!(p["bytes_fetched"].as_u64().unwrap() > 0, "{p}");
 }
 
 #[test]
@@ -604,38 +624,6 @@ fn blenders_own_material_library_and_hdri_render_identically_on_a_peer() {
     let root = tempfile::tempdir().unwrap();
     let proj = root.path().join("proj");
     let shot = scene_with_blenders_own_library(&proj);
-    let reference = root.path().join("reference");
-    reference_render(&shot, &reference, 1, 3);
-
-    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
-    let out = root.path().join("out");
-    let resp = a.cli_json(&[
-        "submit",
-        shot.to_str().unwrap(),
-        "1-3",
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(resp["missing"], Value::Array(vec![]), "{resp}");
     // The shot, the linked library and the HDRI.
-    assert_eq!(resp["files"], 3, "{resp}");
-    let id = resp["id"].as_str().unwrap().to_string();
-    // No renderer can use the submitter's paths.
-    std::fs::rename(&proj, root.path().join("proj-moved")).unwrap();
-
-    let b = Daemon::start(root.path(), "b", Some(&a.ticket()), &[]);
-    wait_until(BIG, "all frames written", || {
-        a.job(&id)["frames_written"] == 3
-    });
-    assert_eq!(project_of(&b, &id)["files"], 3);
-    for f in 1..=3 {
-        let name = format!("frame_{f:04}.png");
-        let diff = image_diff(&out.join(&name), &reference.join(&name));
-        assert!(
-            diff < 1.0,
-            "{name} differs from Blender's own render of the original (mean diff {diff:.2})"
-        );
-    }
-    assert!(!b.log().contains("missing dependency"));
+    renders_like_blender_after_the_folder_moves(root.path(), &proj, &shot, 3);
 }
