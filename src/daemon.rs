@@ -449,8 +449,8 @@ impl Daemon {
         }
     }
 
-    /// Joins frame deltas made here into the ledger and persists what changed. Returns the
-    /// changed keys.
+    /// Publishes this peer's heartbeat: its incarnation, Blender and devices, what it renders
+    /// now, its addresses and the jobs whose projects it holds.
     async fn send_heartbeat(&mut self) {
         self.hb_seq += 1;
         let hb = Heartbeat {

@@ -73,3 +73,71 @@ fn an_idle_fast_peer_backs_up_a_straggler_and_the_slow_render_stops() {
     assert!(!log.contains("frame failed"), "{log}");
     assert!(!log.contains("frame done job="), "{log}");
 }
+
+#[test]
+fn peers_does_not_list_a_render_whose_frame_is_done_since_the_renderers_heartbeat() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "hb.blend", 6, 32, 18, 1);
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let b = Daemon::start(
+        root.path(),
+        "b",
+        Some(&a.ticket()),
+        &["--simulate-render", "2"],
+    );
+    wait_until(Duration::from_secs(30), "b can render", || {
+        a.renderers() == 1
+    });
+    let out = root.path().join("out");
+    let id = submit(&a, &scene, "1-6", &out, &[]);
+    let short = id[..12].to_string();
+    let b_id = b.peer_id();
+    let rendering = || -> Vec<String> {
+        let peers = a.cli_json(&["peers", "--json"]);
+        peers["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == b_id.as_str())
+            .map(|p| {
+                let list = p["rendering"].as_array().unwrap();
+                list.iter()
+                    .map(|r| r.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // b heartbeats every 5 s (a quarter of the default lease) and renders a frame in 2 s.
+    let mut frame = None;
+    wait_until(
+        Duration::from_secs(30),
+        "a heartbeat of b listing a render",
+        || {
+            frame = rendering().iter().find_map(|r| {
+                let rest = r.strip_prefix(&format!("{short}:"))?;
+                rest.split(' ').next()?.parse::<u64>().ok()
+            });
+            frame.is_some()
+        },
+    );
+    let frame = frame.unwrap();
+    wait_until(Duration::from_secs(10), "that frame done", || {
+        a.job(&id)["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["frame"] == frame && f["state"] == "done")
+    });
+    // b's next heartbeat is 3 s away or more: the last one still lists the frame, which
+    // has a result now.
+    let label = format!("{short}:{frame}");
+    let now = rendering();
+    assert!(
+        !now.iter()
+            .any(|r| *r == label || r.starts_with(&format!("{label} "))),
+        "frame {frame} is done but peers lists it as rendering: {now:?}"
+    );
+    wait_until(Duration::from_secs(60), "every frame written", || {
+        a.job(&id)["frames_written"] == 6
+    });
+}

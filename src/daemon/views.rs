@@ -291,7 +291,10 @@ impl Daemon {
                 frames_rendered: rendered.get(id).copied().unwrap_or(0),
                 last_seen_secs: s.heard.map(|t| now.saturating_duration_since(t).as_secs()),
                 rendering: hb
-                    .map(|h| h.rendering.iter().map(in_flight_label).collect())
+                    .map(|h| {
+                        let going = h.rendering.iter().filter(|f| self.may_still_render(f));
+                        going.map(in_flight_label).collect()
+                    })
                     .unwrap_or_default(),
                 devices: hb.map(|h| h.devices.clone()).unwrap_or_default(),
                 rented: rented.get(&id.to_string()).cloned(),
@@ -301,6 +304,17 @@ impl Daemon {
             peers,
             gossip: self.net.gossip_traffic(),
         }
+    }
+
+    /// Whether a render a peer's last heartbeat reported may still go on: not when its frame
+    /// has a result since, or its job is archived (the peer stops such a render when it
+    /// hears of the result; its next heartbeat, up to 5 s later, would say so).
+    fn may_still_render(&self, f: &InFlight) -> bool {
+        if self.ledger.archived(&f.job).is_some() {
+            return false;
+        }
+        let frame = self.ledger.job(&f.job).and_then(|e| e.frames.get(&f.frame));
+        frame.is_none_or(|s| s.canonical().is_none())
     }
 
     /// Samples done/total of a frame in flight on `peer`, from our own slots or its heartbeat.
