@@ -269,10 +269,16 @@ pub fn job_state(entry: &JobEntry, view: &impl PeerView, policy: &RetryPolicy) -
         return JobState::Paused;
     }
     // Failed with frames pending and none in flight only when every live renderer that
-    // fits the job is blocked on it.
-    let live = fitting_renderers(entry, view);
-    let counts = failures_by_peer(entry);
-    let all_blocked = !live.is_empty() && live.iter().all(|p| blocked_in(counts, p, policy));
+    // fits the job is blocked on it: asked only when a frame that is not in flight comes
+    // up (a running job's first unfinished frame is mostly in flight).
+    let mut blocked = None;
+    let mut all_blocked = || {
+        *blocked.get_or_insert_with(|| {
+            let live = fitting_renderers(entry, view);
+            let counts = failures_by_peer(entry);
+            !live.is_empty() && live.iter().all(|p| blocked_in(counts, p, policy))
+        })
+    };
     let (mut pending, mut failed) = (false, 0);
     for frame in unfinished {
         let status = entry
@@ -284,7 +290,7 @@ pub fn job_state(entry: &JobEntry, view: &impl PeerView, policy: &RetryPolicy) -
         match status {
             FrameStatus::InFlight(_) => return JobState::Running,
             FrameStatus::Failed => failed += 1,
-            FrameStatus::Pending | FrameStatus::Done(_) if !all_blocked => {
+            FrameStatus::Pending | FrameStatus::Done(_) if !all_blocked() => {
                 return JobState::Running;
             }
             FrameStatus::Pending => pending = true,

@@ -220,12 +220,9 @@ impl Store {
 impl BlobServer for Store {
     fn serve(&self, req: &BlobRequest) -> BlobResponse {
         match req {
-            BlobRequest::Manifest(id) => match self.manifests.get(id.0) {
-                Ok(Some(bytes)) if self.is_whole(id) || self.is_compact(id) => {
-                    BlobResponse::Manifest(bytes.to_vec())
-                }
-                _ => BlobResponse::NotFound,
-            },
+            BlobRequest::Manifest(id) => self
+                .served_manifest(id)
+                .map_or(BlobResponse::NotFound, BlobResponse::Manifest),
             BlobRequest::Chunk(id) => self.serve_chunk(id),
             BlobRequest::Project(id) => self.serve_project(id),
         }
@@ -233,12 +230,17 @@ impl BlobServer for Store {
 }
 
 impl Store {
+    /// The encoded manifest of a blob this store can serve all of (whole, or compact).
+    fn served_manifest(&self, id: &BlobId) -> Option<Vec<u8>> {
+        let bytes = self.manifests.get(id.0).ok()??;
+        (self.is_whole(id) || self.is_compact(id)).then(|| bytes.to_vec())
+    }
+
     /// A project manifest held whole, its content when small, and the manifests of its files
     /// known here (the scene's first) up to [`PROJECT_FILES_BYTES`].
     fn serve_project(&self, id: &BlobId) -> BlobResponse {
-        let manifest = match self.manifests.get(id.0) {
-            Ok(Some(bytes)) if self.is_whole(id) || self.is_compact(id) => bytes.to_vec(),
-            _ => return BlobResponse::NotFound,
+        let Some(manifest) = self.served_manifest(id) else {
+            return BlobResponse::NotFound;
         };
         let content = self.read_blob(id, PROJECT_INLINE_BYTES);
         let mut files = Vec::new();
