@@ -48,6 +48,16 @@ fn bad_input_is_refused_and_changes_nothing() {
     gz.write_all(b"not blender at all, just gzip").unwrap();
     std::fs::write(r.join("fake.blend"), gz.finish().unwrap()).unwrap();
     std::fs::create_dir(r.join("dir.blend")).unwrap();
+    // Blender would refuse to render it: no camera, and no sequencer edit to show instead.
+    let nocam = r.join("nocam.blend");
+    edit_scene(
+        &good,
+        &nocam,
+        "bpy.data.objects.remove(bpy.data.objects['Camera'])",
+    );
+    // Cameras, but none set as the scene's: `blender -b -a` says "Cannot render, no camera".
+    let unset = r.join("unset.blend");
+    edit_scene(&good, &unset, "bpy.context.scene.camera = None");
     let p = |n: &str| r.join(n).to_str().unwrap().to_string();
     let g = good.to_str().unwrap();
 
@@ -97,6 +107,22 @@ fn bad_input_is_refused_and_changes_nothing() {
         (vec![g.into(), "a-b".into()], "number"),
         (vec![g.into(), "1-10x0".into()], "step"),
         (vec![g.into(), "1,,3".into()], "empty"),
+        (
+            vec![p("nocam.blend"), "1".into()],
+            "scene 'Scene' has no camera, so Blender cannot render it",
+        ),
+        (
+            vec![p("unset.blend"), "1".into()],
+            r#"name one with --camera ("Camera")"#,
+        ),
+        (
+            vec![g.into(), "1".into(), "--camera".into(), "Top".into()],
+            r#"camera "Top" is not in scene "Scene"; give --camera one of "Camera""#,
+        ),
+        (
+            vec![g.into(), "1".into(), "--scene".into(), "Final".into()],
+            r#"scene "Final" is not in the .blend; give --scene one of "Scene""#,
+        ),
         (
             vec![
                 g.into(),

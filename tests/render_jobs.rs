@@ -85,6 +85,9 @@ fn failing_job_ends_failed_with_the_reason() {
             "1-4",
             "--camera",
             "NoSuchCamera",
+            // Without the dependency walk submit cannot see that the camera is not there
+            // (with it, submit refuses: tests/bad_input.rs); the renderers find out.
+            "--no-deps",
             "--wait",
         ])
         .arg("--out")

@@ -244,6 +244,12 @@ async fn submit(
     } else {
         let found = discover_deps(&ctx.env, &scene).await.map_err(bad)?;
         warnings.extend(found.errors.iter().map(|e| format!("not inspected: {e}")));
+        found
+            .check_settings(
+                req.settings.scene.as_deref(),
+                req.settings.camera.as_deref(),
+            )
+            .map_err(bad)?;
         let size = found.output_size(req.settings.scene.as_deref(), req.settings.resolution_pct);
         (found.deps, Some(found.blender), size)
     };

@@ -50,7 +50,7 @@ pub struct Discovery {
     /// Datablocks the walker could not inspect (reported, not fatal).
     #[serde(default)]
     pub errors: Vec<String>,
-    /// Each scene's resolution settings.
+    /// Each scene's resolution settings and cameras.
     #[serde(default)]
     pub sizes: Vec<SceneSize>,
     /// The scene Blender opens the file with.
@@ -58,7 +58,7 @@ pub struct Discovery {
     pub active: Option<String>,
 }
 
-/// A scene's resolution settings, as the walk found them.
+/// A scene's resolution settings and cameras, as the walk found them.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct SceneSize {
     pub name: String,
@@ -67,6 +67,13 @@ pub struct SceneSize {
     pub pct: u32,
     /// Rendering a border cropped to it: the size is not worth predicting.
     pub crop: bool,
+    /// Names of the camera objects in the scene (what `--camera` may name).
+    #[serde(default)]
+    pub cameras: Vec<String>,
+    /// Why Blender would refuse to render the scene through its own camera (it has none and
+    /// neither the sequencer nor the compositor makes the frame without one).
+    #[serde(default)]
+    pub no_camera: Option<String>,
 }
 
 impl Discovery {
@@ -82,6 +89,54 @@ impl Discovery {
         let pct = pct.map_or(s.pct, u32::from);
         let (w, h) = (s.x * pct / 100, s.y * pct / 100);
         (w > 0 && h > 0).then_some((w, h))
+    }
+
+    /// Refuses job settings that no renderer could apply: a `--scene` the file lacks, a
+    /// `--camera` that is not a camera of the scene, a scene Blender would not render for want
+    /// of a camera. Passes what the walk could not tell (no scene list).
+    pub fn check_settings(&self, scene: Option<&str>, camera: Option<&str>) -> Result<(), String> {
+        let Some(name) = scene.or(self.active.as_deref()) else {
+            return Ok(());
+        };
+        if self.sizes.is_empty() {
+            return Ok(());
+        }
+        let Some(s) = self.sizes.iter().find(|s| s.name == name) else {
+            let names: Vec<String> = self.sizes.iter().map(|s| format!("{:?}", s.name)).collect();
+            return Err(format!(
+                "scene {name:?} is not in the .blend; give --scene one of {}",
+                names.join(", ")
+            ));
+        };
+        match camera {
+            Some(cam) if !s.cameras.iter().any(|c| c == cam) => Err(if s.cameras.is_empty() {
+                format!(
+                    "camera {cam:?} is not in scene {name:?}, which has no camera: add one in Blender"
+                )
+            } else {
+                let names: Vec<String> = s.cameras.iter().map(|c| format!("{c:?}")).collect();
+                format!(
+                    "camera {cam:?} is not in scene {name:?}; give --camera one of {}",
+                    names.join(", ")
+                )
+            }),
+            Some(_) => Ok(()),
+            None => match &s.no_camera {
+                Some(why) if s.cameras.is_empty() => Err(format!(
+                    "{why}, so Blender cannot render it: add a camera in Blender and save, or \
+                     name a scene that has one with --scene"
+                )),
+                Some(why) => {
+                    let names: Vec<String> = s.cameras.iter().map(|c| format!("{c:?}")).collect();
+                    Err(format!(
+                        "{why} set, so Blender cannot render it: name one with --camera ({}), \
+                         or make one the active camera in Blender and save",
+                        names.join(", ")
+                    ))
+                }
+                None => Ok(()),
+            },
+        }
     }
 }
 
@@ -180,6 +235,8 @@ mod tests {
             y: 1081,
             pct: 50,
             crop,
+            cameras: vec![],
+            no_camera: None,
         };
         let d = Discovery {
             blender: "3.4.1".into(),
@@ -198,5 +255,68 @@ mod tests {
         assert_eq!(d.output_size(Some("Other"), None), None);
         let none = Discovery { active: None, ..d };
         assert_eq!(none.output_size(None, None), None);
+    }
+
+    #[test]
+    fn settings_no_renderer_could_apply_are_refused() {
+        let scene = |name: &str, cameras: &[&str], no_camera: Option<&str>| SceneSize {
+            name: name.into(),
+            x: 64,
+            y: 64,
+            pct: 100,
+            crop: false,
+            cameras: cameras.iter().map(|c| c.to_string()).collect(),
+            no_camera: no_camera.map(String::from),
+        };
+        let d = Discovery {
+            blender: "3.4.1".into(),
+            deps: vec![],
+            errors: vec![],
+            sizes: vec![
+                scene("Shot", &["Cam", "Side"], None),
+                scene("Edit", &[], None),
+                scene("Empty", &[], Some("scene 'Empty' has no camera")),
+                scene("Unset", &["Cam"], Some("scene 'Unset' has no camera")),
+            ],
+            active: Some("Empty".into()),
+        };
+        let err = d.check_settings(None, None).unwrap_err();
+        assert!(
+            err.starts_with("scene 'Empty' has no camera, so Blender cannot render it"),
+            "{err}"
+        );
+        assert_eq!(d.check_settings(Some("Shot"), None), Ok(()));
+        assert_eq!(d.check_settings(Some("Shot"), Some("Side")), Ok(()));
+        assert_eq!(
+            d.check_settings(Some("Edit"), None),
+            Ok(()),
+            "the sequencer makes it"
+        );
+        assert_eq!(
+            d.check_settings(Some("Unset"), None).unwrap_err(),
+            "scene 'Unset' has no camera set, so Blender cannot render it: name one with \
+             --camera (\"Cam\"), or make one the active camera in Blender and save"
+        );
+        assert_eq!(d.check_settings(Some("Unset"), Some("Cam")), Ok(()));
+        assert_eq!(
+            d.check_settings(Some("Shot"), Some("Top")).unwrap_err(),
+            r#"camera "Top" is not in scene "Shot"; give --camera one of "Cam", "Side""#
+        );
+        assert!(
+            d.check_settings(Some("Empty"), Some("Cam"))
+                .unwrap_err()
+                .contains("which has no camera")
+        );
+        assert_eq!(
+            d.check_settings(Some("Final"), None).unwrap_err(),
+            r#"scene "Final" is not in the .blend; give --scene one of "Shot", "Edit", "Empty", "Unset""#
+        );
+        let unknown = Discovery {
+            sizes: vec![],
+            ..d.clone()
+        };
+        assert_eq!(unknown.check_settings(Some("Final"), Some("Top")), Ok(()));
+        let no_active = Discovery { active: None, ..d };
+        assert_eq!(no_active.check_settings(None, Some("Top")), Ok(()));
     }
 }

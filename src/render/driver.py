@@ -189,8 +189,9 @@ def apply_settings(cfg):
             if cam is None or cam.type != "CAMERA":
                 raise ValueError("camera %r not found in scene %r" % (cfg["camera"], scene.name))
             scene.camera = cam
-        if scene.camera is None:
-            raise ValueError("scene %r has no camera" % scene.name)
+        problem = project_module().camera_problem(scene)
+        if problem:
+            raise ValueError(problem)
         if cfg.get("engine"):
             set_engine(scene, cfg["engine"])
         set_format(scene, cfg["format"], cfg.get("color_depth"))
@@ -249,21 +250,27 @@ def render_frame(scene, frame, out, track):
     return path, None
 
 
+def project_module():
+    """meshd's project module, which meshd writes next to the job file."""
+    import os
+
+    argv = sys.argv[sys.argv.index("--") + 1 :]
+    here = os.path.dirname(os.path.abspath(argv[argv.index("--meshd-config") + 1]))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import meshd_project
+
+    return meshd_project
+
+
 def check_project(cfg):
     """Remap the project's paths into this machine's copy and list what did not resolve."""
     layout = cfg.get("project")
     if not layout:
         return []
-    import os
-
-    # meshd writes meshd_project.py next to the job file.
-    argv = sys.argv[sys.argv.index("--") + 1 :]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(argv[argv.index("--meshd-config") + 1])))
     try:
-        import meshd_project
-
         layout = dict(layout, root_here=str(layout["root_here"]))
-        return list(meshd_project.prepare(layout))
+        return list(project_module().prepare(layout))
     except Exception as e:
         traceback.print_exc()
         return ["cannot check the project's files: %s: %s" % (e.__class__.__name__, e)]

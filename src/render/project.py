@@ -579,8 +579,9 @@ def discover():
 
 
 def scene_sizes():
-    """Each scene's output resolution settings: the submitter checks every frame it is
-    sent against them (a frame of another size is no frame of this job)."""
+    """Each scene's output resolution settings (the submitter checks every frame it is sent
+    against them: a frame of another size is no frame of this job) and cameras (a job that
+    Blender would refuse to render is refused at submit)."""
     out = []
     for s in bpy.data.scenes:
         r = s.render
@@ -591,9 +592,58 @@ def scene_sizes():
                 "y": int(r.resolution_y),
                 "pct": int(r.resolution_percentage),
                 "crop": bool(r.use_border and r.use_crop_to_border),
+                "cameras": sorted(o.name for o in s.objects if o.type == "CAMERA"),
+                "no_camera": camera_problem(s),
             }
         )
     return out
+
+
+# ---------------------------------------------------------------- cameras
+#
+# Blender's own rule, as `blender -b FILE -a` applies it (render_pipeline.cc): a frame needs
+# the scene camera unless the sequencer makes it, or the compositor makes it from no Render
+# Layers node. (The render operator of the UI would fall back to the first camera of the view
+# layer; the command line says "Cannot render, no camera", and so does meshd.)
+
+
+def top_strips(scene):
+    ed = scene.sequence_editor
+    if ed is None:
+        return []
+    for attr in ("strips", "sequences"):  # 4.4+ / before (5.0 has only strips)
+        if hasattr(ed, attr):
+            return list(getattr(ed, attr))
+    return []
+
+
+def sequencer_renders(scene):
+    """RE_seq_render_active: the sequencer is on and has a top-level strip other than sound."""
+    return bool(scene.render.use_sequencer) and any(s.type != "SOUND" for s in top_strips(scene))
+
+
+def compositor_tree(scene):
+    """The compositing node tree Blender runs, or None (5.0: compositing_node_group)."""
+    if not scene.render.use_compositing:
+        return None
+    if hasattr(scene, "compositing_node_group"):
+        return scene.compositing_node_group
+    return scene.node_tree if getattr(scene, "use_nodes", False) else None
+
+
+def camera_problem(scene):
+    """Why Blender would refuse to render `scene` for want of a camera, or None."""
+    if sequencer_renders(scene):
+        return None
+    tree = compositor_tree(scene)
+    if tree is not None:
+        for node in tree.nodes:
+            if node.bl_idname == "CompositorNodeRLayers" and not node.mute:
+                source = node.scene or scene
+                if source.camera is None:
+                    return "scene %r has no camera" % source.name
+        return None
+    return None if scene.camera is not None else "scene %r has no camera" % scene.name
 
 
 # ---------------------------------------------------------------- remap + verify

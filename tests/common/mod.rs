@@ -615,19 +615,14 @@ impl Drop for TestLan {
 pub const AUTORUN_MARKER: &str =
     "import os, pathlib\npathlib.Path(os.environ['TMPDIR'], 'autorun.ran').write_text('ran')\n";
 
-/// Saves a copy of `scene` as `out` with extra Blender Python run before saving (`setup`,
-/// may be empty) and a text block holding `autorun`, registered to run when the file loads
-/// with scripts allowed.
-pub fn with_python_setup(scene: &Path, out: &Path, setup: &str, autorun: &str) {
+/// Saves a copy of `scene` as `out` after running Blender Python `setup` on it (`bpy` is
+/// imported).
+pub fn edit_scene(scene: &Path, out: &Path, setup: &str) {
     let script = out.with_extension("py");
     std::fs::write(
         &script,
         format!(
-            "import bpy\n{setup}\n\
-             t = bpy.data.texts.new('autorun.py')\n\
-             t.write({autorun:?})\n\
-             t.use_module = True\n\
-             bpy.ops.wm.save_as_mainfile(filepath={out:?})\n",
+            "import bpy\n{setup}\nbpy.ops.wm.save_as_mainfile(filepath={out:?})\n",
             out = out.to_str().unwrap(),
         ),
     )
@@ -635,7 +630,7 @@ pub fn with_python_setup(scene: &Path, out: &Path, setup: &str, autorun: &str) {
     let st = Command::new(blender())
         .args(["-b", "--factory-startup", "-noaudio"])
         .arg(scene)
-        .arg("--python")
+        .args(["--python-exit-code", "1", "--python"])
         .arg(&script)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -645,6 +640,22 @@ pub fn with_python_setup(scene: &Path, out: &Path, setup: &str, autorun: &str) {
         st.success() && out.is_file(),
         "cannot make {}",
         out.display()
+    );
+}
+
+/// Saves a copy of `scene` as `out` with extra Blender Python run before saving (`setup`,
+/// may be empty) and a text block holding `autorun`, registered to run when the file loads
+/// with scripts allowed.
+pub fn with_python_setup(scene: &Path, out: &Path, setup: &str, autorun: &str) {
+    edit_scene(
+        scene,
+        out,
+        &format!(
+            "{setup}\n\
+             t = bpy.data.texts.new('autorun.py')\n\
+             t.write({autorun:?})\n\
+             t.use_module = True\n"
+        ),
     );
 }
 
