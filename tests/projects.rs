@@ -508,6 +508,73 @@ fn blender_version_is_recorded_and_required() {
     assert_eq!(job["project"]["state"], "none", "not even fetched");
 }
 
+/// Blender reads files of its own and older versions; a newer file loads silently without
+/// what it does not know, or crashes. So a scene saved by a Blender newer than the
+/// submitting machine's is refused at submit; sent without the walk (`--no-deps`) it waits
+/// for a renderer with that Blender or newer, and one with an older Blender never takes it.
+#[test]
+fn a_scene_saved_by_a_newer_blender_is_not_rendered_by_an_older_one() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "v.blend", 2, 64, 48, 1);
+    // The same file as Blender 9.99 would have saved it: the header names the version
+    // (`BLENDER-v304` up to 4.x, `BLENDER17-01v0500` from 5.0).
+    let newer = root.path().join("newer.blend");
+    let mut bytes = std::fs::read(&scene).unwrap();
+    if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        bytes = zstd::decode_all(&bytes[..]).unwrap(); // 5.0 compresses by default
+    }
+    if bytes[7].is_ascii_digit() {
+        bytes[13..17].copy_from_slice(b"0999");
+    } else {
+        bytes[9..12].copy_from_slice(b"999");
+    }
+    std::fs::write(&newer, &bytes).unwrap();
+
+    let a = Daemon::start(root.path(), "a", None, &[]);
+    let out = root.path().join("out");
+    let run = submit_full(
+        &a,
+        &[
+            newer.to_str().unwrap(),
+            "1-2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{err}");
+    assert!(
+        err.contains("newer.blend was saved by Blender 9.99, newer than this machine's Blender"),
+        "{err}"
+    );
+
+    let id = submit(&a, &newer, "1-2", &out, &["--no-deps"]);
+    assert_eq!(a.job(&id)["require_blender"], "9.99+");
+    wait_until(BIG, "the job says which Blender it waits for", || {
+        a.job(&id)["waiting"]
+            .as_str()
+            .is_some_and(|w| w.contains("it needs Blender 9.99 or newer"))
+    });
+    // The original file needs this machine's own version or newer, and renders meanwhile.
+    let ok = submit(
+        &a,
+        &scene,
+        "1",
+        &root.path().join("out2"),
+        &["--name", "ok"],
+    );
+    let job = a.job(&ok);
+    let mine = job["blender_version"].as_str().unwrap();
+    let series: Vec<&str> = mine.split('.').take(2).collect();
+    assert_eq!(job["require_blender"], format!("{}+", series.join(".")));
+    wait_until(BIG, "the other job done", || {
+        a.job(&ok)["frames_written"] == 1
+    });
+    let job = a.job(&id);
+    assert_eq!(job["frames_done"], 0, "{job}");
+    assert_eq!(job["frames_in_flight"], 0, "{job}");
+}
+
 #[test]
 fn no_deps_sends_only_the_blend_and_says_so() {
     let root = tempfile::tempdir().unwrap();

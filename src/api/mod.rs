@@ -26,7 +26,7 @@ mod cloud;
 pub mod dashboard;
 pub mod types;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -38,7 +38,8 @@ use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::daemon::ApiRequest;
-use crate::ledger::{FrameSet, JobSpec, job::JOB_SPEC_VERSION};
+use crate::ledger::job::{BlenderReq, JOB_SPEC_VERSION};
+use crate::ledger::{FrameSet, JobSpec};
 use crate::store::Store;
 use types::{
     ControlRequest, ControlResponse, ErrorBody, FetchRequest, InviteResponse, PeersResponse,
@@ -211,17 +212,15 @@ async fn submit(
     if !req.path.is_absolute() || !req.out_dir.is_absolute() {
         return Err(bad("scene and output paths must be absolute".into()));
     }
-    crate::render::check_blend_file(&req.path).map_err(|e| bad(e.to_string()))?;
+    let header = crate::render::check_blend_file(&req.path).map_err(|e| bad(e.to_string()))?;
     let frames: FrameSet = req
         .frames
         .parse()
         .map_err(|e: crate::ledger::FrameSetError| bad(e.to_string()))?;
     if let Some(v) = &req.require_blender
-        && crate::ledger::job::parse_major_minor(v).is_none()
+        && BlenderReq::parse(v).is_none()
     {
-        return Err(bad(format!(
-            "--blender-version {v:?} is not MAJOR.MINOR: give it like 4.2"
-        )));
+        return Err(bad(BlenderReq::parse_error(v)));
     }
     let scene = std::fs::canonicalize(&req.path)
         .map_err(|e| bad(format!("cannot resolve {}: {e}", req.path.display())))?;
@@ -232,7 +231,20 @@ async fn submit(
         )));
     }
 
-    // 1. What the scene needs, found by this machine's Blender.
+    // 1. What the scene needs, found by this machine's Blender, which must be at least as
+    //    new as the one that saved the file.
+    let saved_by = header.saved_by;
+    let too_old = |mine: &str| {
+        let (a, b) = saved_by?;
+        (!BlenderReq::AtLeast(a, b).admits(mine)).then(|| {
+            format!(
+                "{} was saved by Blender {a}.{b}, newer than this machine's Blender {mine}, \
+                 which cannot read it faithfully: install Blender {a}.{b} or newer here (or \
+                 start `meshd join --blender PATH`), or submit with --no-deps",
+                req.path.display()
+            )
+        })
+    };
     let mut warnings = Vec::new();
     let (deps, blender, size) = if req.no_deps {
         warnings.push(
@@ -242,7 +254,12 @@ async fn submit(
         );
         (Vec::new(), None, None)
     } else {
-        let found = discover_deps(&ctx.env, &scene).await.map_err(bad)?;
+        let found = discover_deps(&ctx.env, &scene)
+            .await
+            .map_err(|(e, mine)| bad(mine.as_deref().and_then(too_old).unwrap_or(e)))?;
+        if let Some(e) = too_old(&found.blender) {
+            return Err(bad(e));
+        }
         warnings.extend(found.errors.iter().map(|e| format!("not inspected: {e}")));
         found
             .check_settings(
@@ -254,6 +271,18 @@ async fn submit(
         (found.deps, Some(found.blender), size)
     };
     let plan = crate::transfer::project::plan(&scene, &deps).map_err(|e| bad(e.to_string()))?;
+    // Renderers need a Blender as new as the newest that saved the scene or a library.
+    let require_blender = req.require_blender.or_else(|| {
+        let libraries = deps
+            .iter()
+            .filter(|d| d.kind == "library" && d.exists)
+            .filter_map(|d| crate::render::check_blend_file(Path::new(&d.path)).ok());
+        let (a, b) = std::iter::once(header)
+            .chain(libraries)
+            .filter_map(|h| h.saved_by)
+            .max()?;
+        Some(format!("{a}.{b}+"))
+    });
 
     // 2. Missing files are named before anything is stored or sent.
     if req.strict && !plan.missing.is_empty() {
@@ -295,7 +324,7 @@ async fn submit(
             .unwrap_or(0),
         priority: req.priority,
         blender_version: blender.clone(),
-        require_blender: req.require_blender,
+        require_blender,
         size,
         sig: Default::default(),
     };
@@ -315,24 +344,29 @@ async fn submit(
     Ok(Json(resp))
 }
 
-/// Runs the dependency walk in this machine's Blender.
+/// Runs the dependency walk in this machine's Blender. An error says what failed, and the
+/// version of the Blender that failed when it said.
 async fn discover_deps(
     env: &SubmitEnv,
     scene: &std::path::Path,
-) -> Result<crate::render::discover::Discovery, String> {
+) -> Result<crate::render::discover::Discovery, (String, Option<String>)> {
     let blender = crate::render::find_blender(env.blender.as_deref()).map_err(|e| {
-        format!(
+        let e = format!(
             "this daemon has no Blender to find the files the scene needs ({e}); install \
              Blender (or start `meshd join --blender PATH`), or submit with --no-deps to send \
              only the .blend"
-        )
+        );
+        (e, None)
     })?;
     let work = env
         .scratch
         .join(format!("discover-{:016x}", rand::random::<u64>()));
     let result = crate::render::discover::discover(&blender, scene, &work).await;
     let _ = std::fs::remove_dir_all(&work);
-    result.map_err(|e| format!("cannot list the scene's dependencies: {e}"))
+    result.map_err(|e| {
+        let mine = e.blender().map(String::from);
+        (format!("cannot list the scene's dependencies: {e}"), mine)
+    })
 }
 
 struct ImportedProject {

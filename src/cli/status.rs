@@ -127,7 +127,11 @@ pub async fn status(
                 let req = j
                     .require_blender
                     .as_deref()
-                    .map(|r| format!(" (renders only on Blender {r})"))
+                    .map(|r| {
+                        let r = crate::ledger::job::BlenderReq::parse(r)
+                            .map_or_else(|| super::printable(r), |r| r.to_string());
+                        format!(" (renders only on Blender {r})")
+                    })
                     .unwrap_or_default();
                 println!("submitted from Blender {}{req}", super::printable(v));
             }

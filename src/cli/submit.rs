@@ -108,8 +108,10 @@ pub struct SubmitArgs {
     /// (for a daemon without Blender, or a self-contained file). Renderers will lack them.
     #[arg(long)]
     pub no_deps: bool,
-    /// Only peers whose Blender has this MAJOR.MINOR (e.g. 4.2) render the job.
-    #[arg(long, value_name = "X.Y")]
+    /// Only peers with this Blender render the job: `4.2` (that series) or `4.2+` (4.2 or
+    /// newer). Default: the version that saved the .blend and its libraries, or newer (an
+    /// older Blender cannot read them faithfully).
+    #[arg(long, value_name = "X.Y[+]")]
     pub blender_version: Option<String>,
     /// Print the submitted job as JSON.
     #[arg(long)]
@@ -217,9 +219,9 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
         );
     }
     if let Some(v) = &args.blender_version
-        && crate::ledger::job::parse_major_minor(v).is_none()
+        && crate::ledger::job::BlenderReq::parse(v).is_none()
     {
-        bail!("--blender-version {v:?} is not MAJOR.MINOR: give it like 4.2");
+        bail!("{}", crate::ledger::job::BlenderReq::parse_error(v));
     }
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let out_dir = match &args.out {

@@ -65,7 +65,7 @@ pub(super) struct RenderDone {
 pub(super) fn simulated_blender() -> BlenderInfo {
     BlenderInfo {
         path: PathBuf::from("simulated"),
-        version: "simulated".into(),
+        version: crate::ledger::job::SIMULATED_BLENDER.into(),
         devices: vec![crate::render::DeviceInfo {
             kind: DeviceKind::Cpu,
             name: "simulated CPU".into(),

@@ -11,6 +11,7 @@ use crate::api::types::{
     StatusResponse,
 };
 use crate::ids::JobId;
+use crate::ledger::job::BlenderReq;
 use crate::ledger::{
     FrameStatus, JobSpec, JobState, fitting_renderers, frame_status_in, job_progress,
 };
@@ -20,6 +21,7 @@ use crate::net::InFlight;
 fn no_renderer_reason(spec: &JobSpec) -> String {
     let mut needs = Vec::new();
     if let Some(v) = &spec.require_blender {
+        let v = BlenderReq::parse(v).map_or_else(|| v.clone(), |r| r.to_string());
         needs.push(format!("Blender {v}"));
     }
     let d = &spec.settings.device;

@@ -31,7 +31,9 @@ pub struct JobSpec {
     pub priority: i32,
     /// Version of the submitting machine's Blender ("4.2.3"), when it had one.
     pub blender_version: Option<String>,
-    /// Only peers whose Blender has this major.minor ("4.2") render the job.
+    /// Only peers whose Blender fits this [`BlenderReq`] render the job: "4.2" (that
+    /// series) or "4.2+" (4.2 or newer; what submit sets from the version that saved the
+    /// files, since an older Blender cannot read them faithfully).
     pub require_blender: Option<String>,
     /// Width and height of every frame, as the submitting machine's Blender computed them
     /// (None without one, or with a cropped border): frames of another size are refused.
@@ -76,9 +78,11 @@ impl JobSpec {
             return Err("blender version is not a short printable string".into());
         }
         if let Some(v) = &self.require_blender
-            && parse_major_minor(v).is_none()
+            && BlenderReq::parse(v).is_none()
         {
-            return Err(format!("required Blender version {v:?} is not MAJOR.MINOR"));
+            return Err(format!(
+                "required Blender version {v:?} is not MAJOR.MINOR or MAJOR.MINOR+"
+            ));
         }
         if self.frames.is_empty() {
             return Err("job has no frames".into());
@@ -90,13 +94,63 @@ impl JobSpec {
     pub fn blender_fits(&self, version: &str) -> bool {
         match &self.require_blender {
             None => true,
-            Some(want) => parse_major_minor(want).is_some_and(|w| {
-                let v = version.split_whitespace().next().unwrap_or("");
-                let mut it = v.split('.');
-                let major = it.next().and_then(|x| x.parse::<u16>().ok());
-                let minor = it.next().and_then(|x| x.parse::<u16>().ok());
-                major.zip(minor) == Some(w)
-            }),
+            Some(_) if version == SIMULATED_BLENDER => true,
+            Some(want) => BlenderReq::parse(want).is_some_and(|r| r.admits(version)),
+        }
+    }
+}
+
+/// The Blender version a `--simulate-render` peer advertises: it runs no Blender, so every
+/// job's Blender requirement admits it.
+pub const SIMULATED_BLENDER: &str = "simulated";
+
+/// Which Blender versions may render a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlenderReq {
+    /// `"4.2"`: that series only (4.2.x).
+    Series(u16, u16),
+    /// `"4.2+"`: 4.2 or newer.
+    AtLeast(u16, u16),
+}
+
+impl BlenderReq {
+    /// `"4.2"` or `"4.2+"`; anything else is `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.strip_suffix('+') {
+            Some(base) => parse_major_minor(base).map(|(a, b)| Self::AtLeast(a, b)),
+            None => parse_major_minor(s).map(|(a, b)| Self::Series(a, b)),
+        }
+    }
+
+    /// What to tell a user who gave `s` that [`parse`](Self::parse) refused.
+    pub fn parse_error(s: &str) -> String {
+        format!(
+            "--blender-version {s:?} is not MAJOR.MINOR or MAJOR.MINOR+: give it like 4.2 \
+             (that series) or 4.2+ (4.2 or newer)"
+        )
+    }
+
+    /// Whether Blender `version` ("4.2.3", "5.0.1 Alpha") fits.
+    pub fn admits(self, version: &str) -> bool {
+        let v = version.split_whitespace().next().unwrap_or("");
+        let mut it = v.split('.');
+        let major = it.next().and_then(|x| x.parse::<u16>().ok());
+        let minor = it.next().and_then(|x| x.parse::<u16>().ok());
+        let Some(have) = major.zip(minor) else {
+            return false;
+        };
+        match self {
+            Self::Series(a, b) => have == (a, b),
+            Self::AtLeast(a, b) => have >= (a, b),
+        }
+    }
+}
+
+impl std::fmt::Display for BlenderReq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Series(a, b) => write!(f, "{a}.{b}"),
+            Self::AtLeast(a, b) => write!(f, "{a}.{b} or newer"),
         }
     }
 }
@@ -131,5 +185,25 @@ mod tests {
         assert!(spec.validate().is_ok());
         spec.require_blender = Some("4".into());
         assert!(spec.validate().is_err());
+    }
+
+    #[test]
+    fn at_least_admits_that_version_and_newer() {
+        assert_eq!(BlenderReq::parse("4.2+"), Some(BlenderReq::AtLeast(4, 2)));
+        for bad in ["4+", "+", "4.2++", "4.2.1+", "+4.2"] {
+            assert_eq!(BlenderReq::parse(bad), None, "{bad:?}");
+        }
+        let mut spec = crate::ledger::state::tests::spec("1-3", 0, 1);
+        spec.require_blender = Some("4.3+".into());
+        assert!(spec.validate().is_ok());
+        for yes in ["4.3.0", "4.5.1 LTS", "5.0.1 Alpha", "4.10.0"] {
+            assert!(spec.blender_fits(yes), "{yes}");
+        }
+        for no in ["4.2.9", "3.4.1", "garbage", ""] {
+            assert!(!spec.blender_fits(no), "{no}");
+        }
+        assert!(spec.blender_fits(SIMULATED_BLENDER));
+        assert_eq!(BlenderReq::AtLeast(4, 3).to_string(), "4.3 or newer");
+        assert_eq!(BlenderReq::Series(4, 2).to_string(), "4.2");
     }
 }

@@ -1,8 +1,12 @@
-//! A cheap check that a path holds a `.blend` file, done before Blender is started.
+//! A cheap check that a path holds a `.blend` file, done before Blender is started, and
+//! which Blender saved it.
 //!
 //! A `.blend` starts with the 7 bytes `BLENDER`. Blender can save it gzip-compressed
 //! (magic `1f 8b`, before 3.0) or zstd-compressed (magic `28 b5 2f fd`, 3.0 and later);
-//! then only the first few decompressed bytes are read.
+//! then only the first few decompressed bytes are read. The header names the version of
+//! the Blender that saved the file: `BLENDER-v304` (pointer size `_`/`-`, endianness
+//! `v`/`V`, version 3.4) up to 4.x, `BLENDER17-01v0500` (header size 17, format 01,
+//! version 5.0) from 5.0.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -33,8 +37,20 @@ pub enum BlendFileError {
     NotBlend { path: PathBuf, what: String },
 }
 
-/// Checks that `path` is a readable, non-empty `.blend` file, plain or gzip/zstd-compressed.
-pub fn check_blend_file(path: &Path) -> Result<(), BlendFileError> {
+/// What a `.blend` file's header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlendHeader {
+    /// MAJOR.MINOR of the Blender that saved the file; `None` for a header this code does
+    /// not know (a future format).
+    pub saved_by: Option<(u16, u16)>,
+}
+
+/// The longest header read: `BLENDER17-01v0500`.
+const HEADER_LEN: usize = 17;
+
+/// Checks that `path` is a readable, non-empty `.blend` file, plain or gzip/zstd-compressed,
+/// and reads its header.
+pub fn check_blend_file(path: &Path) -> Result<BlendHeader, BlendFileError> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -49,33 +65,56 @@ pub fn check_blend_file(path: &Path) -> Result<(), BlendFileError> {
         return Err(BlendFileError::Empty(path.to_path_buf()));
     }
     let mut file = File::open(path).map_err(|e| unreadable(path, e))?;
-    let head = read_up_to(&mut file, 16).map_err(|e| unreadable(path, e))?;
+    let head = read_up_to(&mut file, HEADER_LEN).map_err(|e| unreadable(path, e))?;
     let not_blend = |what: &str| BlendFileError::NotBlend {
         path: path.to_path_buf(),
         what: what.to_string(),
     };
 
     if head.starts_with(BLEND_MAGIC) {
-        return Ok(());
+        return Ok(header(&head));
     }
     let inner = if head.starts_with(&GZIP_MAGIC) {
         let file = File::open(path).map_err(|e| unreadable(path, e))?;
         let mut dec = flate2::read::GzDecoder::new(file);
-        read_up_to(&mut dec, BLEND_MAGIC.len())
+        read_up_to(&mut dec, HEADER_LEN)
             .map_err(|e| not_blend(&format!("corrupt gzip data: {e}")))?
     } else if head.starts_with(&ZSTD_MAGIC) {
         let file = File::open(path).map_err(|e| unreadable(path, e))?;
         let mut dec = zstd::stream::read::Decoder::new(file)
             .map_err(|e| not_blend(&format!("corrupt zstd data: {e}")))?;
-        read_up_to(&mut dec, BLEND_MAGIC.len())
+        read_up_to(&mut dec, HEADER_LEN)
             .map_err(|e| not_blend(&format!("corrupt zstd data: {e}")))?
     } else {
         return Err(not_blend("no BLENDER header"));
     };
     if inner.starts_with(BLEND_MAGIC) {
-        Ok(())
+        Ok(header(&inner))
     } else {
         Err(not_blend("compressed, but no BLENDER header inside"))
+    }
+}
+
+/// Parses the version out of a header that starts with `BLENDER`.
+fn header(head: &[u8]) -> BlendHeader {
+    let digits = |b: &[u8]| -> Option<u16> {
+        if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(b).ok()?.parse().ok()
+    };
+    let rest = &head[BLEND_MAGIC.len()..];
+    let version = match rest {
+        // 5.0+: header size, '-', format version, endianness, four digits.
+        [s1, s2, b'-', _, _, b'v' | b'V', v @ ..] if s1.is_ascii_digit() && s2.is_ascii_digit() => {
+            v.get(..4).and_then(digits)
+        }
+        // Up to 4.x: pointer size, endianness, three digits.
+        [b'_' | b'-', b'v' | b'V', v @ ..] => v.get(..3).and_then(digits),
+        _ => None,
+    };
+    BlendHeader {
+        saved_by: version.map(|v| (v / 100, v % 100)),
     }
 }
 
@@ -115,7 +154,28 @@ mod tests {
     fn plain_blend_ok() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "a.blend", &blend_bytes());
-        check_blend_file(&p).unwrap();
+        assert_eq!(check_blend_file(&p).unwrap().saved_by, Some((3, 4)));
+    }
+
+    #[test]
+    fn the_header_names_the_blender_that_saved_the_file() {
+        let cases: [(&[u8], _); 7] = [
+            (b"BLENDER-v304REND", Some((3, 4))),
+            (b"BLENDER_V293REND", Some((2, 93))),
+            (b"BLENDER-v403", Some((4, 3))),
+            (b"BLENDER17-01v0500REND", Some((5, 0))),
+            (b"BLENDER17-01v1203", Some((12, 3))),
+            (b"BLENDER-v3", None),
+            (b"BLENDER?v304", None),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(
+                header(bytes).saved_by,
+                want,
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
     }
 
     #[test]
@@ -126,7 +186,7 @@ mod tests {
         let gz = enc.finish().unwrap();
         assert_eq!(&gz[..2], &GZIP_MAGIC);
         let p = write(d.path(), "gz.blend", &gz);
-        check_blend_file(&p).unwrap();
+        assert_eq!(check_blend_file(&p).unwrap().saved_by, Some((3, 4)));
     }
 
     #[test]
@@ -135,7 +195,7 @@ mod tests {
         let z = zstd::bulk::compress(&blend_bytes(), 3).unwrap();
         assert_eq!(&z[..4], &ZSTD_MAGIC);
         let p = write(d.path(), "z.blend", &z);
-        check_blend_file(&p).unwrap();
+        assert_eq!(check_blend_file(&p).unwrap().saved_by, Some((3, 4)));
     }
 
     #[test]

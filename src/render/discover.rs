@@ -38,7 +38,22 @@ pub enum DiscoverError {
     #[error("Blender did not list the scene's files within {0:?}")]
     Timeout(Duration),
     #[error("Blender could not list the scene's files ({status}): {tail}")]
-    NoResult { status: String, tail: String },
+    NoResult {
+        status: String,
+        tail: String,
+        /// The version Blender printed as it started ("3.4.1"), if it did.
+        blender: Option<String>,
+    },
+}
+
+impl DiscoverError {
+    /// The version of the Blender that failed, when it said.
+    pub fn blender(&self) -> Option<&str> {
+        match self {
+            Self::NoResult { blender, .. } => blender.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// What the walk found.
@@ -187,9 +202,20 @@ pub async fn discover(
                 .trim()
                 .to_string(),
         };
+        // Blender's first line in the background: "Blender 3.4.1" (5.0: "Blender 5.0.1 ...").
+        let blender = stdout.lines().find_map(|l| {
+            let v = l
+                .trim()
+                .strip_prefix("Blender ")?
+                .split_whitespace()
+                .next()?;
+            v.starts_with(|c: char| c.is_ascii_digit())
+                .then(|| v.to_string())
+        });
         DiscoverError::NoResult {
             status: out.status.to_string(),
             tail,
+            blender,
         }
     })
 }

@@ -51,7 +51,7 @@ pub mod thumb;
 pub mod verify;
 pub mod worker;
 
-pub use blendfile::{BlendFileError, check_blend_file};
+pub use blendfile::{BlendFileError, BlendHeader, check_blend_file};
 pub use probe::{BlenderInfo, DeviceInfo, ProbeError, find_blender, probe};
 pub use sandbox::Sandbox;
 pub use worker::{
