@@ -372,10 +372,15 @@ impl Stray {
             .unwrap();
         assert!(st.success());
         let stray = Stray(dir.to_path_buf());
+        // bwrap is up before the process it starts inside: wait for that one too.
         wait_until(
             Duration::from_secs(10),
-            "the planted sandbox to run",
-            || !bwraps_naming(dir).is_empty(),
+            "the planted sandbox to run a process",
+            || {
+                bwraps_naming(dir)
+                    .iter()
+                    .any(|p| !descendants(*p).is_empty())
+            },
         );
         stray
     }
