@@ -257,22 +257,23 @@ fn a_frame_past_the_timeout_fails_instead_of_hanging() {
         failure.contains("1s") || failure.contains("time"),
         "the reason names the timeout: {job}"
     );
-    // `meshd retry`: the failed frames again, as a new job writing to the same dir.
+    // `meshd retry`: the frames without a result again, as a new job writing to the same
+    // dir. The peer gave up after 3 failed attempts, so a frame may never have been tried:
+    // nobody renders it in the failed job either, so it goes too (it was left out, and lost).
     let failed_before = job["frames"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|f| f["state"] == "failed")
-        .count() as u64;
+        .count();
+    assert!(failed_before >= 1, "{job}");
     let again = d.cli_json(&["retry", &id, "--json"]);
     assert_eq!(again["name"], "slow retry", "{again}");
     let retry = d.job(again["id"].as_str().unwrap());
-    let total = retry["frames_total"].as_u64().unwrap();
-    assert!(
-        failed_before >= 1 && (failed_before..=3).contains(&total),
-        "{failed_before} failed, {total} retried: {retry}"
-    );
+    assert_eq!(retry["frames_total"], 3, "{failed_before} failed: {retry}");
     assert_eq!(retry["out_dir"], job["out_dir"]);
+    // The failed job is cancelled: a renderer joining later renders none of it twice.
+    assert_eq!(d.job(&id)["state"], "cancelled");
     let none = d.cli(&["retry", again["id"].as_str().unwrap()]);
     assert!(
         !none.status.success(),

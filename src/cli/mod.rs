@@ -118,7 +118,8 @@ pub enum Command {
     /// Forget a job that is over on this machine: its state and bookkeeping go, its files
     /// with the next `meshd gc`. Written output files stay.
     Rm(control::JobArg),
-    /// Render a job's failed frames again, as a new job writing to the same output dir.
+    /// Render a job's failed frames again, as a new job writing to the same output dir (a
+    /// failed job: every frame without a result; the job is cancelled)
     Retry(control::JobArg),
     /// GPUs rented from Vast.ai and Clore.ai.
     #[command(subcommand)]

@@ -9,7 +9,7 @@ use super::Daemon;
 use crate::api::types::{ControlAction, ControlResponse, FramesQuery, StatusQuery};
 use crate::ids::JobId;
 use crate::ledger::job::MAX_JOB_NAME;
-use crate::ledger::{JobControl, RunState, sign};
+use crate::ledger::{JobControl, JobState, RunState, sign};
 use crate::net::GossipMsg;
 
 impl Daemon {
@@ -90,7 +90,7 @@ impl Daemon {
         if now.run.is_final() {
             return Err(format!("job {name} is over; submit it again"));
         }
-        let mut next = match action {
+        let next = match action {
             ControlAction::Cancel => now.next(RunState::Cancelled, now.priority),
             ControlAction::Pause => now.next(RunState::Paused, now.priority),
             ControlAction::Resume => now.next(RunState::Active, now.priority),
@@ -98,10 +98,7 @@ impl Daemon {
             ControlAction::Remove => return self.remove(&id),
             ControlAction::Retry => return self.retry_failed(sel).await,
         };
-        sign::sign_control(&self.identity, &id, &mut next);
-        self.merge_control_from(None, id, next).await;
-        let _ = self.store.flush();
-        self.publish(GossipMsg::Control(id, next)).await;
+        let next = self.make_control(id, next).await;
         Ok(ControlResponse {
             id: id.to_hex(),
             name,
@@ -110,8 +107,20 @@ impl Daemon {
         })
     }
 
+    /// Signs a control change of a job submitted here, applies it and tells the mesh.
+    async fn make_control(&mut self, id: JobId, mut next: JobControl) -> JobControl {
+        sign::sign_control(&self.identity, &id, &mut next);
+        self.merge_control_from(None, id, next).await;
+        let _ = self.store.flush();
+        self.publish(GossipMsg::Control(id, next)).await;
+        next
+    }
+
     /// `meshd retry JOB` (and the dashboard's button): the failed frames of a job submitted
     /// here, rendered again as a new job (`<name> retry`) writing to the same output dir.
+    /// Once the job has failed (no renderer left that may take its frames) its pending
+    /// frames go too, since nobody will render them either, and the job is cancelled so that
+    /// a renderer joining later does not render them a second time.
     pub(super) async fn retry_failed(&mut self, sel: &str) -> Result<ControlResponse, String> {
         let id = self.find_job(sel)?;
         let spec = self
@@ -135,12 +144,13 @@ impl Daemon {
             job: Some(id.to_hex()),
             frames: Some(FramesQuery::All),
         };
-        let failed: Vec<u32> = self
-            .status_view(&q)
+        let view = self.status_view(&q);
+        let over = view.jobs.iter().any(|j| j.state == JobState::Failed);
+        let failed: Vec<u32> = view
             .jobs
             .iter()
             .flat_map(|j| j.frames.iter())
-            .filter(|f| f.state == "failed")
+            .filter(|f| f.state == "failed" || (over && f.state == "pending"))
             .map(|f| f.frame)
             .collect();
         if failed.is_empty() {
@@ -156,6 +166,13 @@ impl Daemon {
             .map_or(spec.created_unix_ms + 1, |d| d.as_millis() as u64);
         let resp = self.submit(again, out_dir).await?;
         info!(job = %id.short(), retry = %resp.id, frames = resp.frames_total, "failed frames submitted again");
+        if let Some(now) = self.ledger.job(&id).map(|e| e.control)
+            && over
+            && !now.run.is_final()
+        {
+            self.make_control(id, now.next(RunState::Cancelled, now.priority))
+                .await;
+        }
         Ok(ControlResponse {
             id: resp.id,
             name: resp.name,

@@ -79,7 +79,9 @@ pub fn check_image(
         ));
     }
     if let Some(what) = blank {
-        return Err(format!("output {name} is entirely {what}"));
+        return Err(format!(
+            "output {name} is entirely {what} (if the frame is meant to be, submit with --allow-blank)"
+        ));
     }
     Ok(Checked { size, image })
 }
@@ -308,7 +310,7 @@ mod tests {
         let p = save(d.path(), "frame_0003.png", black, ImageFormat::Png);
         assert_eq!(
             verify_image(&p, Some((16, 16)), false).unwrap_err(),
-            "output frame_0003.png is entirely black"
+            "output frame_0003.png is entirely black (if the frame is meant to be, submit with --allow-blank)"
         );
         assert_eq!(verify_image(&p, Some((16, 16)), true), Ok((16, 16)));
 
@@ -322,7 +324,7 @@ mod tests {
         );
         assert_eq!(
             verify_image(&p, None, false).unwrap_err(),
-            "output frame_0004.png is entirely transparent"
+            "output frame_0004.png is entirely transparent (if the frame is meant to be, submit with --allow-blank)"
         );
         assert!(verify_image(&p, None, true).is_ok());
 
@@ -338,7 +340,7 @@ mod tests {
         assert!(
             verify_image(&p, None, false)
                 .unwrap_err()
-                .ends_with("entirely black")
+                .contains("entirely black")
         );
 
         // One visible pixel is enough.
@@ -363,14 +365,14 @@ mod tests {
         assert!(
             verify_image(&p, None, false)
                 .unwrap_err()
-                .ends_with("entirely black")
+                .contains("entirely black")
         );
         let b16 = DynamicImage::ImageRgb16(ImageBuffer::new(8, 8));
         let p = save(d.path(), "b16.png", b16, ImageFormat::Png);
         assert!(
             verify_image(&p, None, false)
                 .unwrap_err()
-                .ends_with("entirely black")
+                .contains("entirely black")
         );
     }
 

@@ -372,7 +372,11 @@ async fn black_frames_rejected_unless_allowed() {
         .await
         .unwrap()
         .unwrap_err();
-    assert_eq!(e.reason(), "output frame_0003.png is entirely black");
+    assert_eq!(
+        e.reason(),
+        "output frame_0003.png is entirely black (if the frame is meant to be, submit with \
+         --allow-blank)"
+    );
     let mut c = config(scene, &d.path().join("w2"));
     c.settings.allow_blank = true;
     let r = timeout(LIMIT, Worker::new(c).render(3, d.path(), None))
