@@ -271,18 +271,9 @@ async fn submit(
         (found.deps, Some(found.blender), size)
     };
     let plan = crate::transfer::project::plan(&scene, &deps).map_err(|e| bad(e.to_string()))?;
-    // Renderers need a Blender as new as the newest that saved the scene or a library.
-    let require_blender = req.require_blender.or_else(|| {
-        let libraries = deps
-            .iter()
-            .filter(|d| d.kind == "library" && d.exists)
-            .filter_map(|d| crate::render::check_blend_file(Path::new(&d.path)).ok());
-        let (a, b) = std::iter::once(header)
-            .chain(libraries)
-            .filter_map(|h| h.saved_by)
-            .max()?;
-        Some(format!("{a}.{b}+"))
-    });
+    let require_blender = req
+        .require_blender
+        .or_else(|| newest_saver(header, &deps).map(|(a, b)| format!("{a}.{b}+")));
 
     // 2. Missing files are named before anything is stored or sent.
     if req.strict && !plan.missing.is_empty() {
@@ -342,6 +333,22 @@ async fn submit(
     resp.missing = plan.missing;
     resp.warnings = warnings;
     Ok(Json(resp))
+}
+
+/// The newest Blender (MAJOR, MINOR) that saved the scene (`header`) or one of its
+/// libraries: renderers need that one or newer, as an older one cannot read them faithfully.
+fn newest_saver(
+    header: crate::render::BlendHeader,
+    deps: &[crate::transfer::project::Dependency],
+) -> Option<(u16, u16)> {
+    let libraries = deps
+        .iter()
+        .filter(|d| d.kind == "library" && d.exists)
+        .filter_map(|d| crate::render::check_blend_file(Path::new(&d.path)).ok());
+    std::iter::once(header)
+        .chain(libraries)
+        .filter_map(|h| h.saved_by)
+        .max()
 }
 
 /// Runs the dependency walk in this machine's Blender. An error says what failed, and the

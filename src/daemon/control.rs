@@ -146,18 +146,18 @@ impl Daemon {
         };
         let view = self.status_view(&q);
         let over = view.jobs.iter().any(|j| j.state == JobState::Failed);
-        let failed: Vec<u32> = view
+        let frames: Vec<u32> = view
             .jobs
             .iter()
             .flat_map(|j| j.frames.iter())
             .filter(|f| f.state == "failed" || (over && f.state == "pending"))
             .map(|f| f.frame)
             .collect();
-        if failed.is_empty() {
+        if frames.is_empty() {
             return Err(format!("job {} has no failed frames", spec.name));
         }
         let mut again = spec.clone();
-        again.frames = crate::ledger::FrameSet::from_frames(failed).map_err(|e| e.to_string())?;
+        again.frames = crate::ledger::FrameSet::from_frames(frames).map_err(|e| e.to_string())?;
         let mut name: String = spec.name.chars().take(MAX_JOB_NAME - 6).collect();
         name.push_str(" retry");
         again.name = name;

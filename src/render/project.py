@@ -503,11 +503,15 @@ def walk_nodes(w):
     each(w, "camera", bpy.data.cameras, camera)
 
 
-def strips_of(scene):
+def strips_of(scene, top_level=False):
+    """The strips of the scene's sequencer: all of them (inside meta strips too), or only
+    the top-level ones."""
     ed = scene.sequence_editor
     if ed is None:
         return []
-    for attr in ("strips_all", "sequences_all"):  # 4.5+ / before (5.0 has only strips_all)
+    # 4.4+ / before (5.0 has only the strips* names)
+    names = ("strips", "sequences") if top_level else ("strips_all", "sequences_all")
+    for attr in names:
         if hasattr(ed, attr):
             return list(getattr(ed, attr))
     return []
@@ -607,19 +611,11 @@ def scene_sizes():
 # layer; the command line says "Cannot render, no camera", and so does meshd.)
 
 
-def top_strips(scene):
-    ed = scene.sequence_editor
-    if ed is None:
-        return []
-    for attr in ("strips", "sequences"):  # 4.4+ / before (5.0 has only strips)
-        if hasattr(ed, attr):
-            return list(getattr(ed, attr))
-    return []
-
-
 def sequencer_renders(scene):
     """RE_seq_render_active: the sequencer is on and has a top-level strip other than sound."""
-    return bool(scene.render.use_sequencer) and any(s.type != "SOUND" for s in top_strips(scene))
+    return bool(scene.render.use_sequencer) and any(
+        s.type != "SOUND" for s in strips_of(scene, top_level=True)
+    )
 
 
 def compositor_tree(scene):
