@@ -12,7 +12,7 @@ mod sshd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -642,41 +642,47 @@ fn a_missing_or_wrong_key_or_a_short_budget_is_one_line_and_rents_nothing() {
     assert!(!a.log().contains(VAST_KEY) && !a.log().contains("not-the-key"));
 }
 
-/// Serves `body` to every GET on 127.0.0.1 (a download site for the node); the URL and a
-/// count of requests served.
-fn serve_file(body: Vec<u8>) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+/// Serves `body` to every GET on 127.0.0.1 (a download site for the node); its base URL and
+/// the paths asked for, in order.
+fn serve_file(body: Vec<u8>) -> (String, Arc<Mutex<Vec<String>>>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "http://{}/blender-4.2.3-linux-x64.tar.xz",
-        listener.local_addr().unwrap()
-    );
-    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = served.clone();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let paths = served.clone();
     std::thread::spawn(move || {
         for mut conn in listener.incoming().flatten() {
             let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
             let _ = conn.write_all(head.as_bytes());
             let _ = conn.write_all(&body);
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            paths.lock().unwrap().push(path);
         }
     });
     (url, served)
 }
 
-#[test]
-fn a_machine_without_blender_gets_one_installed_and_renders_with_it() {
-    // The machine's PATH holds the tools a bare image has, and no Blender.
+/// Rents a machine for a 2-frame job; the machine's PATH holds the tools a bare image has
+/// and, if given, an `image_blender`: a `blender` that says that `--version` and renders
+/// nothing. Blender releases are served from 127.0.0.1, where `download_env` (called with
+/// the site's base URL) says. The node must install a Blender and render the job with it.
+/// Returns the paths the node asked the site for and the job's submitting Blender version;
+/// `None` where the rig cannot run here.
+fn a_node_installs_blender_and_renders(
+    image_blender: Option<&str>,
+    download_env: impl FnOnce(&str) -> (&'static str, String),
+) -> Option<(Vec<String>, String)> {
     let tools = [
         "sh", "mkdir", "cat", "chmod", "mv", "ls", "head", "rm", "tail", "nohup", "curl", "tar",
         "xz",
     ];
-    let Some(rig) = vast_rig_with(0.40, |root| {
+    let rig = vast_rig_with(0.40, |root| {
         let bin = root.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         for t in tools {
@@ -684,18 +690,22 @@ fn a_machine_without_blender_gets_one_installed_and_renders_with_it() {
                 std::os::unix::fs::symlink(path, bin.join(t)).unwrap();
             }
         }
+        if let Some(v) = image_blender {
+            let old = bin.join("blender");
+            std::fs::write(&old, format!("#!/bin/sh\necho 'Blender {v}'\nexit 1\n")).unwrap();
+            std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
         format!("SetEnv PATH={}", bin.display())
-    }) else {
-        return;
-    };
+    })?;
     if tools.iter().any(|t| which(t).is_none()) {
         eprintln!("SKIPPED: needs curl, tar and xz");
-        return;
+        return None;
     }
     let root = rig.root.path();
     // A Blender release as download.blender.org ships it: one top directory with `blender`
     // in it; here it starts this machine's Blender.
-    let pkg = root.join("pkg").join("blender-4.2.3-linux-x64");
+    let pkg = root.join("pkg").join("blender-release-linux-x64");
     std::fs::create_dir_all(&pkg).unwrap();
     let launcher = pkg.join("blender");
     let real = blender();
@@ -717,26 +727,22 @@ fn a_machine_without_blender_gets_one_installed_and_renders_with_it() {
         .arg(&tarball)
         .arg("-C")
         .arg(root.join("pkg"))
-        .arg("blender-4.2.3-linux-x64")
+        .arg("blender-release-linux-x64")
         .status()
         .unwrap()
         .success();
     assert!(ok, "tar");
-    let (url, served) = serve_file(std::fs::read(&tarball).unwrap());
-    let env = cloud_env(
-        root,
-        Some(&rig.fake.url),
-        None,
-        &[("MESHD_CLOUD_BLENDER_URL", url.as_str())],
-    );
+    let (site, served) = serve_file(std::fs::read(&tarball).unwrap());
+    let (var, value) = download_env(&site);
+    let env = cloud_env(root, Some(&rig.fake.url), None, &[(var, value.as_str())]);
     let a = start(root, "a", &["--no-render", "--lease-secs", "5"], &env);
     let scene = make_scene(root, "bare.blend", 2, 64, 36, 4);
     let out = root.join("out");
     let job = submit(&a, &scene, "1-2", &out, &[]);
+    let version = a.job(&job)["blender_version"].as_str().unwrap().to_string();
     let port = rig.node_port.to_string();
     let o = rent(&a, "vast", Some(port.as_str()), &["--job", &job]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
     let instance = rentals(&a)[0]["instance"].as_u64().unwrap();
     let installed = root
         .join("nodes")
@@ -756,6 +762,37 @@ fn a_machine_without_blender_gets_one_installed_and_renders_with_it() {
     wait_until(Duration::from_secs(30), "the machine released", || {
         vast_live(&rig.fake).is_empty()
     });
+    let paths = served.lock().unwrap().clone();
+    Some((paths, version))
+}
+
+#[test]
+fn a_machine_without_blender_gets_one_installed_and_renders_with_it() {
+    let Some((paths, _)) = a_node_installs_blender_and_renders(None, |site| {
+        let url = format!("{site}/blender-4.2.3-linux-x64.tar.xz");
+        ("MESHD_CLOUD_BLENDER_URL", url)
+    }) else {
+        return;
+    };
+    assert_eq!(paths, ["/blender-4.2.3-linux-x64.tar.xz"]);
+}
+
+/// An image's Blender older than the job needs (its files were saved by a newer one) would
+/// take no frame: the machine installs the job's own Blender release instead, from the
+/// releases site laid out as download.blender.org is.
+#[test]
+fn a_machine_whose_blender_is_too_old_for_the_job_installs_the_jobs_own() {
+    let Some((paths, version)) = a_node_installs_blender_and_renders(Some("2.93.4"), |site| {
+        ("MESHD_CLOUD_BLENDER_RELEASES", format!("{site}/release"))
+    }) else {
+        return;
+    };
+    let series: Vec<&str> = version.split('.').take(2).collect();
+    let want = format!(
+        "/release/Blender{}/blender-{version}-linux-x64.tar.xz",
+        series.join(".")
+    );
+    assert_eq!(paths, [want]);
 }
 
 fn which(tool: &str) -> Option<PathBuf> {

@@ -45,6 +45,7 @@ fn a_machine_reached_over_ssh_joins_the_mesh_and_renders() {
         listen_ip: "127.0.0.1".into(),
         node_port: free_port(),
         blender_url: None,
+        blender_req: None,
     };
     // Whatever happens below, the node's daemon is stopped at the end.
     struct StopNode<'a>(&'a tokio::runtime::Runtime, &'a Remote, String);

@@ -49,9 +49,13 @@ pub struct NodeSettings {
     pub remote_dir: String,
     /// `MESHD_CLOUD_LISTEN_IP`: the address the node's daemon listens on inside the machine.
     pub listen_ip: String,
-    /// `MESHD_CLOUD_BLENDER_URL`: a Blender release (`.tar.xz`) installed on a machine
-    /// whose image has none.
-    pub blender_url: String,
+    /// `MESHD_CLOUD_BLENDER_URL`: the Blender release (`.tar.xz`) installed on a machine
+    /// whose image has none that fits; default: the job's submitting Blender (4.2.3 without
+    /// one) from `blender_releases`.
+    pub blender_url: Option<String>,
+    /// `MESHD_CLOUD_BLENDER_RELEASES`: where Blender's releases are, laid out as
+    /// download.blender.org lays them out (`BlenderX.Y/blender-X.Y.Z-linux-x64.tar.xz`).
+    pub blender_releases: String,
     /// `MESHD_CLOUD_NODE_BINARY`: the meshd uploaded to nodes (default: this one).
     pub binary: Option<PathBuf>,
     /// `MESHD_CLOUD_POLL_SECS`: how often rentals are checked against the provider.
@@ -63,8 +67,35 @@ pub struct NodeSettings {
 /// The default image: CUDA's runtime on Ubuntu 24.04 (glibc new enough for a meshd built
 /// on Debian 12); Blender is installed on first start.
 pub const DEFAULT_IMAGE: &str = "nvidia/cuda:12.6.3-runtime-ubuntu24.04";
-pub const DEFAULT_BLENDER_URL: &str =
-    "https://download.blender.org/release/Blender4.2/blender-4.2.3-linux-x64.tar.xz";
+pub const BLENDER_RELEASES: &str = "https://download.blender.org/release";
+/// Installed for machines rented without a job (or for a job sent without a Blender).
+pub const DEFAULT_BLENDER_VERSION: &str = "4.2.3";
+
+impl NodeSettings {
+    /// The Blender release a machine installs when its image has none that fits: the
+    /// configured URL, else the official Linux build of `version` (the job's submitting
+    /// Blender, "4.2.3"; the default one when it is `None` or not X.Y.Z).
+    pub fn blender_url_for(&self, version: Option<&str>) -> String {
+        if let Some(url) = &self.blender_url {
+            return url.clone();
+        }
+        let release = |v: &str| -> Option<(String, String)> {
+            let v = v.split_whitespace().next()?;
+            let parts: Vec<&str> = v.split('.').collect();
+            let digits = |p: &&str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit());
+            (parts.len() == 3 && parts.iter().all(digits))
+                .then(|| (format!("{}.{}", parts[0], parts[1]), v.to_string()))
+        };
+        let (series, full) = version
+            .and_then(release)
+            .or_else(|| release(DEFAULT_BLENDER_VERSION))
+            .unwrap_or_default();
+        format!(
+            "{}/Blender{series}/blender-{full}-linux-x64.tar.xz",
+            self.blender_releases
+        )
+    }
+}
 
 impl CloudConfig {
     /// Reads the environment and the config file (the environment wins).
@@ -117,8 +148,11 @@ impl CloudConfig {
             image: get("MESHD_CLOUD_IMAGE").unwrap_or_else(|| DEFAULT_IMAGE.into()),
             remote_dir: get("MESHD_CLOUD_REMOTE_DIR").unwrap_or_else(|| ".meshd".into()),
             listen_ip: get("MESHD_CLOUD_LISTEN_IP").unwrap_or_else(|| "0.0.0.0".into()),
-            blender_url: get("MESHD_CLOUD_BLENDER_URL")
-                .unwrap_or_else(|| DEFAULT_BLENDER_URL.into()),
+            blender_url: get("MESHD_CLOUD_BLENDER_URL"),
+            blender_releases: get("MESHD_CLOUD_BLENDER_RELEASES")
+                .unwrap_or_else(|| BLENDER_RELEASES.into())
+                .trim_end_matches('/')
+                .to_string(),
             binary: get("MESHD_CLOUD_NODE_BINARY").map(PathBuf::from),
             poll_secs: num("MESHD_CLOUD_POLL_SECS", 30),
             start_timeout_secs: num("MESHD_CLOUD_START_TIMEOUT_SECS", 900),
@@ -217,5 +251,38 @@ mod tests {
         assert!(!err.contains("=k"), "{err}");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_file(&p).unwrap()["MESHD_VAST_API_KEY"], "k");
+    }
+
+    #[test]
+    fn machines_install_the_jobs_own_blender_release() {
+        let c = CloudConfig::from_sources(|_| None, &HashMap::new()).node;
+        let official = "https://download.blender.org/release";
+        assert_eq!(
+            c.blender_url_for(Some("3.4.1")),
+            format!("{official}/Blender3.4/blender-3.4.1-linux-x64.tar.xz")
+        );
+        assert_eq!(
+            c.blender_url_for(Some("4.5.1 LTS")),
+            format!("{official}/Blender4.5/blender-4.5.1-linux-x64.tar.xz")
+        );
+        let default = format!("{official}/Blender4.2/blender-4.2.3-linux-x64.tar.xz");
+        assert_eq!(c.blender_url_for(None), default);
+        assert_eq!(c.blender_url_for(Some("4.2")), default, "not X.Y.Z");
+        assert_eq!(c.blender_url_for(Some("5.0.1-rc")), default);
+        let mirror = CloudConfig::from_sources(
+            |k| (k == "MESHD_CLOUD_BLENDER_RELEASES").then(|| "http://127.0.0.1:9/r/".into()),
+            &HashMap::new(),
+        )
+        .node;
+        assert_eq!(
+            mirror.blender_url_for(Some("3.4.1")),
+            "http://127.0.0.1:9/r/Blender3.4/blender-3.4.1-linux-x64.tar.xz"
+        );
+        let fixed = CloudConfig::from_sources(
+            |k| (k == "MESHD_CLOUD_BLENDER_URL").then(|| "http://x/b.tar.xz".into()),
+            &HashMap::new(),
+        )
+        .node;
+        assert_eq!(fixed.blender_url_for(Some("3.4.1")), "http://x/b.tar.xz");
     }
 }

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::account::Account;
 use super::offers::{self, Offer};
-use super::rental::{self, Activity};
+use super::rental::{self, Activity, JobBlender};
 use super::ssh::SshKey;
 use crate::api::types::CloudRentRequest;
 use crate::ids::JobId;
@@ -18,6 +18,8 @@ use crate::ids::JobId;
 pub struct Prepared {
     pub req: CloudRentRequest,
     pub job: Option<JobId>,
+    /// The Blender the job's machines should run (default without a job).
+    pub blender: JobBlender,
     /// Machines to rent.
     pub count: usize,
     /// Offers to rent them from, best first: the first `count`, then those that may stand in
@@ -33,12 +35,12 @@ pub async fn prepare(
     key_dir: PathBuf,
 ) -> Result<Prepared, String> {
     validate(&req)?;
-    let job = match &req.job {
-        None => None,
+    let (job, blender) = match &req.job {
+        None => (None, JobBlender::default()),
         Some(j) => {
             let id: JobId = j.parse().map_err(|_| format!("{j:?} is not a job id"))?;
-            wait_for_job(&mut activity, &id).await?;
-            Some(id)
+            let blender = wait_for_job(&mut activity, &id).await?;
+            (Some(id), blender)
         }
     };
     let mut found = account
@@ -59,6 +61,7 @@ pub async fn prepare(
     Ok(Prepared {
         req,
         job,
+        blender,
         count,
         offers,
         key,
@@ -105,11 +108,14 @@ pub fn plan(ranked: Vec<Offer>, req: &CloudRentRequest) -> Result<(usize, Vec<Of
 
 /// A job named by a rent must be running here (the daemon reports it within a heartbeat
 /// of its submission).
-async fn wait_for_job(activity: &mut watch::Receiver<Activity>, id: &JobId) -> Result<(), String> {
+async fn wait_for_job(
+    activity: &mut watch::Receiver<Activity>,
+    id: &JobId,
+) -> Result<JobBlender, String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        if activity.borrow().running_jobs.contains(id) {
-            return Ok(());
+        if let Some(b) = activity.borrow().running_jobs.get(id) {
+            return Ok(b.clone());
         }
         if tokio::time::timeout_at(deadline, activity.changed())
             .await

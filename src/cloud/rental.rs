@@ -130,8 +130,19 @@ pub struct Activity {
     /// Live peers, by id, with what each reports under way: frames in flight, projects
     /// still being fetched, a Blender probe.
     pub live: HashMap<String, usize>,
-    /// Jobs that are not over yet.
-    pub running_jobs: HashSet<JobId>,
+    /// Jobs that are not over yet, with the Blender their machines should run.
+    pub running_jobs: HashMap<JobId, JobBlender>,
+}
+
+/// The Blender a job's machines should run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobBlender {
+    /// The submitting machine's Blender ("4.2.3"): the one a machine installs when its
+    /// image has none that fits.
+    pub version: Option<String>,
+    /// The job's requirement ("4.2+", "4.2"; see [`crate::ledger::job::BlenderReq`]): an
+    /// image's Blender is used only if it fits.
+    pub require: Option<String>,
 }
 
 /// Why a machine is given back.
@@ -236,7 +247,7 @@ pub fn review(
         } else if r
             .group
             .job
-            .is_some_and(|j| !activity.running_jobs.contains(&j))
+            .is_some_and(|j| !activity.running_jobs.contains_key(&j))
         {
             Some(Why::JobOver)
         } else if budget.contains(&r.id) {
@@ -588,10 +599,10 @@ mod tests {
         let l = listed(vec![vast(77, &r.label, InstanceState::Running)]);
         let mut busy = Activity::default();
         busy.live.insert("peer1".into(), 1);
-        busy.running_jobs.insert(job);
+        busy.running_jobs.insert(job, JobBlender::default());
         assert!(run(std::slice::from_ref(&r), &l, &busy, &[], &[], 1010.0).is_empty());
         let over = Activity {
-            running_jobs: HashSet::new(),
+            running_jobs: HashMap::new(),
             ..busy.clone()
         };
         let a = run(std::slice::from_ref(&r), &l, &over, &[], &[], 1010.0);
@@ -638,7 +649,7 @@ mod tests {
         r.group.idle_release_secs = 1;
         let l = listed(vec![vast(77, &r.label, InstanceState::Running)]);
         let mut act = Activity::default();
-        act.running_jobs.insert(job);
+        act.running_jobs.insert(job, JobBlender::default());
         let quiet = run(
             std::slice::from_ref(&r),
             &l,

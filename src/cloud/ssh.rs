@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::ledger::job::BlenderReq;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -144,16 +145,35 @@ pub struct Bootstrap {
     pub listen_ip: String,
     /// The port the node's daemon listens on (the one the provider maps).
     pub node_port: u16,
-    /// A Blender release (`.tar.xz`) to install when the machine has none.
+    /// A Blender release (`.tar.xz`) to install when the machine has none that fits.
     pub blender_url: Option<String>,
+    /// The job's Blender requirement ("4.2+", "4.2"): an image's Blender that does not fit
+    /// it is passed over for the one from `blender_url`.
+    pub blender_req: Option<String>,
 }
 
-/// A script that prints the path of the machine's Blender: the image's, else one installed
-/// from `url` into `dir/blender` (with the libraries it needs, where apt-get is there).
-fn find_blender(dir: &str, url: Option<&str>) -> String {
+/// A script that prints the path of the machine's Blender: the image's if it fits `req`
+/// (a [`BlenderReq`] string), else one installed from `url` into `dir/blender` (with the
+/// libraries it needs, where apt-get is there). Plain `sh`: a bare image has no sed or awk.
+fn find_blender(dir: &str, url: Option<&str>, req: Option<&str>) -> String {
     let mut s = format!(
         "B=$(command -v blender || ls -d /opt/blender*/blender /usr/local/blender*/blender {dir}/blender/blender 2>/dev/null | head -n 1)\n"
     );
+    if let Some(req) = req.and_then(BlenderReq::parse) {
+        // `blender --version` starts with "Blender 4.2.3".
+        let fits = match req {
+            BlenderReq::Series(a, b) => format!("[ \"$M\" -eq {a} ] && [ \"$m\" -eq {b} ]"),
+            BlenderReq::AtLeast(a, b) => {
+                format!("[ \"$M\" -gt {a} ] || {{ [ \"$M\" -eq {a} ] && [ \"$m\" -ge {b} ]; }}")
+            }
+        };
+        s.push_str(&format!(
+            "if [ -n \"$B\" ]; then\n\
+             v=$(\"$B\" --version 2>/dev/null | head -n 1); v=${{v#Blender }}; M=${{v%%.*}}; r=${{v#*.}}; m=${{r%%.*}}\n\
+             case \"$M$m\" in ''|*[!0-9]*) B='' ;; *) {fits} || B='' ;; esac\n\
+             fi\n"
+        ));
+    }
     if let Some(url) = url {
         s.push_str(&format!(
             "if [ -z \"$B\" ]; then\n\
@@ -161,7 +181,7 @@ fn find_blender(dir: &str, url: Option<&str>) -> String {
              if command -v apt-get >/dev/null; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need \
              libxi6 libxxf86vm1 libxfixes3 libxrender1 libgl1 libxkbcommon0 libsm6 libx11-6) > {dir}/install.log 2>&1; fi\n\
              rm -rf {dir}/blender.part && mkdir -p {dir}/blender.part && curl -fsSL --connect-timeout 30 --speed-time 60 --speed-limit 10000 {url} | tar -xJ --strip-components=1 -C {dir}/blender.part >> {dir}/install.log 2>&1 \
-             && mv {dir}/blender.part {dir}/blender && B={dir}/blender/blender\n\
+             && rm -rf {dir}/blender && mv {dir}/blender.part {dir}/blender && B={dir}/blender/blender\n\
              fi\n",
             url = quote(url)
         ));
@@ -216,7 +236,7 @@ pub async fn bootstrap(remote: &Remote, b: &Bootstrap) -> Result<String, SshErro
     let blender = remote
         .run(
             "looking for Blender",
-            &find_blender(&dir, b.blender_url.as_deref()),
+            &find_blender(&dir, b.blender_url.as_deref(), b.blender_req.as_deref()),
             b"",
         )
         .await?;
@@ -297,4 +317,47 @@ pub async fn stop(remote: &Remote, remote_dir: &str) -> Result<(), SshError> {
         )
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `find_blender` prints on a machine whose only Blender says `version`, given
+    /// `req` and no URL to install one from.
+    fn found(version: &str, req: Option<&str>) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let fake = bin.join("blender");
+        std::fs::write(&fake, format!("#!/bin/sh\necho '{version}'\n")).unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let script = find_blender(dir.path().to_str().unwrap(), None, req);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if printed == fake.to_str().unwrap() {
+            "image".into()
+        } else {
+            printed
+        }
+    }
+
+    #[test]
+    fn an_image_blender_is_used_only_if_it_fits_the_job() {
+        assert_eq!(found("Blender 3.4.1", None), "image");
+        assert_eq!(found("Blender 4.2.3", Some("4.2+")), "image");
+        assert_eq!(found("Blender 4.5.1 LTS", Some("4.2+")), "image");
+        assert_eq!(found("Blender 5.0.1", Some("4.2+")), "image");
+        assert_eq!(found("Blender 3.6.0", Some("4.2+")), "");
+        assert_eq!(found("Blender 4.1.1", Some("4.2+")), "");
+        assert_eq!(found("Blender 4.2.3", Some("4.2")), "image");
+        assert_eq!(found("Blender 4.5.0", Some("4.2")), "");
+        assert_eq!(found("not blender at all", Some("4.2+")), "");
+    }
 }

@@ -16,6 +16,7 @@ use crate::cloud::CloudConfig;
 use crate::cloud::handle::CloudHandle;
 use crate::cloud::manager::{self, CloudEnv};
 use crate::cloud::rental::Activity;
+use crate::cloud::rental::JobBlender;
 
 pub(super) type Started = (
     watch::Sender<Activity>,
@@ -89,8 +90,14 @@ impl Daemon {
         let running_jobs = self
             .ledger
             .jobs()
-            .map(|(id, _)| *id)
-            .filter(|id| !self.settle.is_over(id))
+            .filter(|(id, _)| !self.settle.is_over(id))
+            .map(|(id, e)| {
+                let blender = JobBlender {
+                    version: e.spec.blender_version.clone(),
+                    require: e.spec.require_blender.clone(),
+                };
+                (*id, blender)
+            })
             .collect();
         self.activity.send_if_modified(|a| {
             let next = Activity { live, running_jobs };
