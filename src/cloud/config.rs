@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{CloudError, Provider};
+use crate::ledger::job::BlenderReq;
 
 /// Where the config file is, as the error messages say it.
 pub const FILE_HINT: &str = "~/.config/meshd/cloud.env";
@@ -74,11 +75,20 @@ pub const DEFAULT_BLENDER_VERSION: &str = "4.2.3";
 impl NodeSettings {
     /// The Blender release a machine installs when its image has none that fits: the
     /// configured URL, else the official Linux build of `version` (the job's submitting
-    /// Blender, "4.2.3"; the default one when it is `None` or not X.Y.Z).
-    pub fn blender_url_for(&self, version: Option<&str>) -> String {
+    /// Blender, "4.2.3"), else of the default version, or of X.Y.0 where the job's
+    /// requirement `require` ("X.Y+", "X.Y") does not admit the default.
+    pub fn blender_url_for(&self, version: Option<&str>, require: Option<&str>) -> String {
         if let Some(url) = &self.blender_url {
             return url.clone();
         }
+        let fallback = match require.and_then(BlenderReq::parse) {
+            Some(r @ (BlenderReq::AtLeast(a, b) | BlenderReq::Series(a, b)))
+                if !r.admits(DEFAULT_BLENDER_VERSION) =>
+            {
+                format!("{a}.{b}.0")
+            }
+            _ => DEFAULT_BLENDER_VERSION.to_string(),
+        };
         let release = |v: &str| -> Option<(String, String)> {
             let v = v.split_whitespace().next()?;
             let parts: Vec<&str> = v.split('.').collect();
@@ -88,7 +98,7 @@ impl NodeSettings {
         };
         let (series, full) = version
             .and_then(release)
-            .or_else(|| release(DEFAULT_BLENDER_VERSION))
+            .or_else(|| release(&fallback))
             .unwrap_or_default();
         format!(
             "{}/Blender{series}/blender-{full}-linux-x64.tar.xz",
@@ -258,24 +268,34 @@ mod tests {
         let c = CloudConfig::from_sources(|_| None, &HashMap::new()).node;
         let official = "https://download.blender.org/release";
         assert_eq!(
-            c.blender_url_for(Some("3.4.1")),
+            c.blender_url_for(Some("3.4.1"), Some("3.4+")),
             format!("{official}/Blender3.4/blender-3.4.1-linux-x64.tar.xz")
         );
         assert_eq!(
-            c.blender_url_for(Some("4.5.1 LTS")),
+            c.blender_url_for(Some("4.5.1 LTS"), None),
             format!("{official}/Blender4.5/blender-4.5.1-linux-x64.tar.xz")
         );
         let default = format!("{official}/Blender4.2/blender-4.2.3-linux-x64.tar.xz");
-        assert_eq!(c.blender_url_for(None), default);
-        assert_eq!(c.blender_url_for(Some("4.2")), default, "not X.Y.Z");
-        assert_eq!(c.blender_url_for(Some("5.0.1-rc")), default);
+        assert_eq!(c.blender_url_for(None, None), default);
+        assert_eq!(c.blender_url_for(Some("4.2"), None), default, "not X.Y.Z");
+        assert_eq!(c.blender_url_for(Some("5.0.1-rc"), None), default);
+        assert_eq!(c.blender_url_for(None, Some("3.4+")), default, "4.2 fits");
+        // Sent without a Blender (--no-deps): the first release that fits the requirement.
+        assert_eq!(
+            c.blender_url_for(None, Some("4.3+")),
+            format!("{official}/Blender4.3/blender-4.3.0-linux-x64.tar.xz")
+        );
+        assert_eq!(
+            c.blender_url_for(None, Some("3.6")),
+            format!("{official}/Blender3.6/blender-3.6.0-linux-x64.tar.xz")
+        );
         let mirror = CloudConfig::from_sources(
             |k| (k == "MESHD_CLOUD_BLENDER_RELEASES").then(|| "http://127.0.0.1:9/r/".into()),
             &HashMap::new(),
         )
         .node;
         assert_eq!(
-            mirror.blender_url_for(Some("3.4.1")),
+            mirror.blender_url_for(Some("3.4.1"), None),
             "http://127.0.0.1:9/r/Blender3.4/blender-3.4.1-linux-x64.tar.xz"
         );
         let fixed = CloudConfig::from_sources(
@@ -283,6 +303,9 @@ mod tests {
             &HashMap::new(),
         )
         .node;
-        assert_eq!(fixed.blender_url_for(Some("3.4.1")), "http://x/b.tar.xz");
+        assert_eq!(
+            fixed.blender_url_for(Some("3.4.1"), Some("3.4+")),
+            "http://x/b.tar.xz"
+        );
     }
 }

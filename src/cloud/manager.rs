@@ -360,7 +360,10 @@ impl Manager {
                     remote_dir: node.remote_dir.clone(),
                     listen_ip: node.listen_ip.clone(),
                     node_port: req.node_port,
-                    blender_url: Some(node.blender_url_for(p.blender.version.as_deref())),
+                    blender_url: Some(node.blender_url_for(
+                        p.blender.version.as_deref(),
+                        p.blender.require.as_deref(),
+                    )),
                     blender_req: p.blender.require.clone(),
                 },
                 net: self.env.net.clone(),
