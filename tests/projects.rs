@@ -508,18 +508,10 @@ fn blender_version_is_recorded_and_required() {
     assert_eq!(job["project"]["state"], "none", "not even fetched");
 }
 
-/// Blender reads files of its own and older versions; a newer file loads silently without
-/// what it does not know, or crashes. So a scene saved by a Blender newer than the
-/// submitting machine's is refused at submit; sent without the walk (`--no-deps`) it waits
-/// for a renderer with that Blender or newer, and one with an older Blender never takes it.
-#[test]
-fn a_scene_saved_by_a_newer_blender_is_not_rendered_by_an_older_one() {
-    let root = tempfile::tempdir().unwrap();
-    let scene = make_scene(root.path(), "v.blend", 2, 64, 48, 1);
-    // The same file as Blender 9.99 would have saved it: the header names the version
-    // (`BLENDER-v304` up to 4.x, `BLENDER17-01v0500` from 5.0).
-    let newer = root.path().join("newer.blend");
-    let mut bytes = std::fs::read(&scene).unwrap();
+/// Writes `from` to `to` as Blender 9.99 would have saved it: the header names the version
+/// (`BLENDER-v304` up to 4.x, `BLENDER17-01v0500` from 5.0).
+fn as_if_saved_by_9_99(from: &Path, to: &Path) {
+    let mut bytes = std::fs::read(from).unwrap();
     if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         bytes = zstd::decode_all(&bytes[..]).unwrap(); // 5.0 compresses by default
     }
@@ -528,9 +520,38 @@ fn a_scene_saved_by_a_newer_blender_is_not_rendered_by_an_older_one() {
     } else {
         bytes[9..12].copy_from_slice(b"999");
     }
-    std::fs::write(&newer, &bytes).unwrap();
+    std::fs::write(to, &bytes).unwrap();
+}
+
+/// Blender reads files of its own and older versions; a newer file loads silently without
+/// what it does not know, or crashes. So a scene saved by a Blender newer than the
+/// submitting machine's is refused at submit; sent without the walk (`--no-deps`) it waits
+/// for a renderer with that Blender or newer, and one with an older Blender never takes it.
+#[test]
+fn a_scene_saved_by_a_newer_blender_is_not_rendered_by_an_older_one() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "v.blend", 2, 64, 48, 1);
+    let newer = root.path().join("newer.blend");
+    as_if_saved_by_9_99(&scene, &newer);
+    // A shot linking objects from a library that Blender 9.99 saved.
+    let lib = make_scene(root.path(), "lib.blend", 2, 64, 48, 1);
+    let shot = root.path().join("shot.blend");
+    edit_scene(
+        &scene,
+        &shot,
+        &format!(
+            "with bpy.data.libraries.load({lib:?}, link=True) as (src, dst):\n    \
+             dst.objects = [n for n in src.objects if n != 'Camera']\n\
+             for o in dst.objects:\n    bpy.context.scene.collection.objects.link(o)\n"
+        ),
+    );
+    as_if_saved_by_9_99(&lib, &lib);
 
     let a = Daemon::start(root.path(), "a", None, &[]);
+    let refused = submit_full(&a, &[shot.to_str().unwrap(), "1"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("lib.blend was saved by Blender 9.99"), "{err}");
     let out = root.path().join("out");
     let run = submit_full(
         &a,

@@ -233,18 +233,18 @@ async fn submit(
 
     // 1. What the scene needs, found by this machine's Blender, which must be at least as
     //    new as the one that saved the file.
-    let saved_by = header.saved_by;
-    let too_old = |mine: &str| {
-        let (a, b) = saved_by?;
+    let too_old = |saver: Option<((u16, u16), &Path)>, mine: &str| {
+        let ((a, b), file) = saver?;
         (!BlenderReq::AtLeast(a, b).admits(mine)).then(|| {
             format!(
                 "{} was saved by Blender {a}.{b}, newer than this machine's Blender {mine}, \
                  which cannot read it faithfully: install Blender {a}.{b} or newer here (or \
                  start `meshd join --blender PATH`), or submit with --no-deps",
-                req.path.display()
+                file.display()
             )
         })
     };
+    let scene_saver = header.saved_by.map(|v| (v, req.path.as_path()));
     let mut warnings = Vec::new();
     let (deps, blender, size) = if req.no_deps {
         warnings.push(
@@ -254,10 +254,16 @@ async fn submit(
         );
         (Vec::new(), None, None)
     } else {
-        let found = discover_deps(&ctx.env, &scene)
-            .await
-            .map_err(|(e, mine)| bad(mine.as_deref().and_then(too_old).unwrap_or(e)))?;
-        if let Some(e) = too_old(&found.blender) {
+        let found = discover_deps(&ctx.env, &scene).await.map_err(|(e, mine)| {
+            let why = mine.and_then(|m| too_old(scene_saver, &m));
+            bad(why.unwrap_or(e))
+        })?;
+        // The scene and every library it links, read by this Blender.
+        let newest = newest_saver(header, &req.path, &found.deps);
+        if let Some(e) = too_old(
+            newest.as_ref().map(|(v, f)| (*v, f.as_path())),
+            &found.blender,
+        ) {
             return Err(bad(e));
         }
         warnings.extend(found.errors.iter().map(|e| format!("not inspected: {e}")));
@@ -271,9 +277,10 @@ async fn submit(
         (found.deps, Some(found.blender), size)
     };
     let plan = crate::transfer::project::plan(&scene, &deps).map_err(|e| bad(e.to_string()))?;
-    let require_blender = req
-        .require_blender
-        .or_else(|| newest_saver(header, &deps).map(|(a, b)| format!("{a}.{b}+")));
+    let require_blender = req.require_blender.or_else(|| {
+        let ((a, b), _) = newest_saver(header, &req.path, &deps)?;
+        Some(format!("{a}.{b}+"))
+    });
 
     // 2. Missing files are named before anything is stored or sent.
     if req.strict && !plan.missing.is_empty() {
@@ -335,20 +342,25 @@ async fn submit(
     Ok(Json(resp))
 }
 
-/// The newest Blender (MAJOR, MINOR) that saved the scene (`header`) or one of its
-/// libraries: renderers need that one or newer, as an older one cannot read them faithfully.
+/// The newest Blender (MAJOR, MINOR) that saved the scene (`header`, of `scene`) or one of
+/// its libraries, and that file: renderers need that Blender or newer, as an older one
+/// cannot read the file faithfully.
 fn newest_saver(
     header: crate::render::BlendHeader,
+    scene: &Path,
     deps: &[crate::transfer::project::Dependency],
-) -> Option<(u16, u16)> {
+) -> Option<((u16, u16), PathBuf)> {
     let libraries = deps
         .iter()
         .filter(|d| d.kind == "library" && d.exists)
-        .filter_map(|d| crate::render::check_blend_file(Path::new(&d.path)).ok());
-    std::iter::once(header)
+        .filter_map(|d| {
+            let h = crate::render::check_blend_file(Path::new(&d.path)).ok()?;
+            Some((h, PathBuf::from(&d.path)))
+        });
+    std::iter::once((header, scene.to_path_buf()))
         .chain(libraries)
-        .filter_map(|h| h.saved_by)
-        .max()
+        .filter_map(|(h, f)| Some((h.saved_by?, f)))
+        .max_by_key(|(v, _)| *v)
 }
 
 /// Runs the dependency walk in this machine's Blender. An error says what failed, and the

@@ -96,7 +96,14 @@ impl NodeSettings {
             (parts.len() == 3 && parts.iter().all(digits))
                 .then(|| (format!("{}.{}", parts[0], parts[1]), v.to_string()))
         };
+        // The submitting Blender, unless it does not fit the job (a library saved by a newer one).
+        let fits = |v: &&str| {
+            require
+                .and_then(BlenderReq::parse)
+                .is_none_or(|r| r.admits(v))
+        };
         let (series, full) = version
+            .filter(fits)
             .and_then(release)
             .or_else(|| release(&fallback))
             .unwrap_or_default();
@@ -280,6 +287,11 @@ mod tests {
         assert_eq!(c.blender_url_for(Some("4.2"), None), default, "not X.Y.Z");
         assert_eq!(c.blender_url_for(Some("5.0.1-rc"), None), default);
         assert_eq!(c.blender_url_for(None, Some("3.4+")), default, "4.2 fits");
+        assert_eq!(
+            c.blender_url_for(Some("3.4.1"), Some("4.3+")),
+            format!("{official}/Blender4.3/blender-4.3.0-linux-x64.tar.xz"),
+            "the submitting Blender does not fit (a library newer than the scene)"
+        );
         // Sent without a Blender (--no-deps): the first release that fits the requirement.
         assert_eq!(
             c.blender_url_for(None, Some("4.3+")),
