@@ -548,11 +548,14 @@ fn a_scene_saved_by_a_newer_blender_is_not_rendered_by_an_older_one() {
     as_if_saved_by_9_99(&lib, &lib);
 
     let a = Daemon::start(root.path(), "a", None, &[]);
-    let refused = submit_full(&a, &[shot.to_str().unwrap(), "1"]);
+    let out = root.path().join("out");
+    let refused = submit_full(
+        &a,
+        &[shot.to_str().unwrap(), "1", "--out", out.to_str().unwrap()],
+    );
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{err}");
     assert!(err.contains("lib.blend was saved by Blender 9.99"), "{err}");
-    let out = root.path().join("out");
     let run = submit_full(
         &a,
         &[
