@@ -141,10 +141,12 @@ fn text(o: &std::process::Output) -> String {
 /// Everything a rent needs: a fake Vast whose one offer is a real sshd, and a daemon that
 /// only submits (so the rented node renders everything).
 struct VastRig {
+    // Fields drop in this order: the nodes are killed while their pid files still exist
+    // (after `root` they are gone, and a failed test left its node daemon running).
+    _nodes: NodesDown,
     root: tempfile::TempDir,
     fake: fake_cloud::FakeVast,
     _sshd: sshd::Sshd,
-    _nodes: NodesDown,
     node_port: u16,
 }
 
