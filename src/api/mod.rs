@@ -233,8 +233,8 @@ async fn submit(
 
     // 1. What the scene needs, found by this machine's Blender, which must be at least as
     //    new as the one that saved the file.
-    let too_old = |saver: Option<((u16, u16), &Path)>, mine: &str| {
-        let ((a, b), file) = saver?;
+    let too_old = |saver: Option<&((u16, u16), PathBuf)>, mine: &str| {
+        let &((a, b), ref file) = saver?;
         (!BlenderReq::AtLeast(a, b).admits(mine)).then(|| {
             format!(
                 "{} was saved by Blender {a}.{b}, newer than this machine's Blender {mine}, \
@@ -244,26 +244,24 @@ async fn submit(
             )
         })
     };
-    let scene_saver = header.saved_by.map(|v| (v, req.path.as_path()));
+    let scene_saver = header.saved_by.map(|v| (v, req.path.clone()));
     let mut warnings = Vec::new();
-    let (deps, blender, size) = if req.no_deps {
+    // `newest`: the newest Blender that saved the scene or a library it links, and that file.
+    let (deps, blender, size, newest) = if req.no_deps {
         warnings.push(
             "--no-deps: only the .blend is sent; textures, linked libraries and caches it \
              needs will be missing on renderers"
                 .to_string(),
         );
-        (Vec::new(), None, None)
+        (Vec::new(), None, None, scene_saver)
     } else {
         let found = discover_deps(&ctx.env, &scene).await.map_err(|(e, mine)| {
-            let why = mine.and_then(|m| too_old(scene_saver, &m));
+            let why = mine.and_then(|m| too_old(scene_saver.as_ref(), &m));
             bad(why.unwrap_or(e))
         })?;
         // The scene and every library it links, read by this Blender.
         let newest = newest_saver(header, &req.path, &found.deps);
-        if let Some(e) = too_old(
-            newest.as_ref().map(|(v, f)| (*v, f.as_path())),
-            &found.blender,
-        ) {
+        if let Some(e) = too_old(newest.as_ref(), &found.blender) {
             return Err(bad(e));
         }
         warnings.extend(found.errors.iter().map(|e| format!("not inspected: {e}")));
@@ -274,13 +272,12 @@ async fn submit(
             )
             .map_err(bad)?;
         let size = found.output_size(req.settings.scene.as_deref(), req.settings.resolution_pct);
-        (found.deps, Some(found.blender), size)
+        (found.deps, Some(found.blender), size, newest)
     };
     let plan = crate::transfer::project::plan(&scene, &deps).map_err(|e| bad(e.to_string()))?;
-    let require_blender = req.require_blender.or_else(|| {
-        let ((a, b), _) = newest_saver(header, &req.path, &deps)?;
-        Some(format!("{a}.{b}+"))
-    });
+    let require_blender = req
+        .require_blender
+        .or_else(|| newest.map(|((a, b), _)| format!("{a}.{b}+")));
 
     // 2. Missing files are named before anything is stored or sent.
     if req.strict && !plan.missing.is_empty() {

@@ -152,42 +152,42 @@ pub struct Bootstrap {
     pub blender_req: Option<String>,
 }
 
-/// A script that prints the path of the machine's Blender: the image's if it fits `req`
-/// (a [`BlenderReq`] string), else one installed from `url` into `dir/blender` (with the
-/// libraries it needs, where apt-get is there). Plain `sh`: a bare image has no sed or awk.
-fn find_blender(dir: &str, url: Option<&str>, req: Option<&str>) -> String {
-    let mut s = format!(
-        "B=$(command -v blender || ls -d /opt/blender*/blender /usr/local/blender*/blender {dir}/blender/blender 2>/dev/null | head -n 1)\n"
-    );
-    if let Some(req) = req.and_then(BlenderReq::parse) {
-        // `blender --version` starts with "Blender 4.2.3".
-        let fits = match req {
-            BlenderReq::Series(a, b) => format!("[ \"$M\" -eq {a} ] && [ \"$m\" -eq {b} ]"),
-            BlenderReq::AtLeast(a, b) => {
-                format!("[ \"$M\" -gt {a} ] || {{ [ \"$M\" -eq {a} ] && [ \"$m\" -ge {b} ]; }}")
-            }
-        };
-        s.push_str(&format!(
-            "if [ -n \"$B\" ]; then\n\
-             v=$(\"$B\" --version 2>/dev/null | head -n 1); v=${{v#Blender }}; M=${{v%%.*}}; r=${{v#*.}}; m=${{r%%.*}}\n\
-             case \"$M$m\" in ''|*[!0-9]*) B='' ;; *) {fits} || B='' ;; esac\n\
-             fi\n"
-        ));
-    }
-    if let Some(url) = url {
-        s.push_str(&format!(
-            "if [ -z \"$B\" ]; then\n\
-             need=''; command -v curl >/dev/null || need='curl ca-certificates'; command -v xz >/dev/null || need=\"$need xz-utils\"\n\
-             if command -v apt-get >/dev/null; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need \
-             libxi6 libxxf86vm1 libxfixes3 libxrender1 libgl1 libxkbcommon0 libsm6 libx11-6) > {dir}/install.log 2>&1; fi\n\
-             rm -rf {dir}/blender.part && mkdir -p {dir}/blender.part && curl -fsSL --connect-timeout 30 --speed-time 60 --speed-limit 10000 {url} | tar -xJ --strip-components=1 -C {dir}/blender.part >> {dir}/install.log 2>&1 \
-             && rm -rf {dir}/blender && mv {dir}/blender.part {dir}/blender && B={dir}/blender/blender\n\
-             fi\n",
-            url = quote(url)
-        ));
-    }
-    s.push_str("echo \"$B\"\n");
-    s
+/// A script that prints the machine's own Blender (the image's, or one installed earlier
+/// into `dir/blender`) as `path=PATH` and the first line of its `--version` as `version=`;
+/// nothing if there is none.
+fn find_blender(dir: &str) -> String {
+    format!(
+        "B=$(command -v blender || ls -d /opt/blender*/blender /usr/local/blender*/blender {dir}/blender/blender 2>/dev/null | head -n 1)\n\
+         if [ -n \"$B\" ]; then echo \"path=$B\"; echo \"version=$(\"$B\" --version 2>/dev/null | head -n 1)\"; fi\n"
+    )
+}
+
+/// The Blender [`find_blender`] printed, if it fits the job's requirement `req` (any
+/// Blender does without one). `blender --version` starts with "Blender 4.2.3".
+fn fitting_blender(found: &str, req: Option<BlenderReq>) -> Option<String> {
+    let field = |key: &str| {
+        found
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key).map(str::to_string))
+    };
+    let path = field("path=").filter(|p| !p.is_empty())?;
+    let version = field("version=").unwrap_or_default();
+    let version = version.strip_prefix("Blender ").unwrap_or("");
+    req.is_none_or(|r| r.admits(version)).then_some(path)
+}
+
+/// A script that installs the Blender release at `url` into `dir/blender` (with the
+/// libraries it needs, where apt-get is there) and prints its path; nothing if it fails.
+fn install_blender(dir: &str, url: &str) -> String {
+    format!(
+        "need=''; command -v curl >/dev/null || need='curl ca-certificates'; command -v xz >/dev/null || need=\"$need xz-utils\"\n\
+         if command -v apt-get >/dev/null; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need \
+         libxi6 libxxf86vm1 libxfixes3 libxrender1 libgl1 libxkbcommon0 libsm6 libx11-6) > {dir}/install.log 2>&1; fi\n\
+         rm -rf {dir}/blender.part && mkdir -p {dir}/blender.part\n\
+         if curl -fsSL --connect-timeout 30 --speed-time 60 --speed-limit 10000 {url} | tar -xJ --strip-components=1 -C {dir}/blender.part >> {dir}/install.log 2>&1 \
+         && rm -rf {dir}/blender && mv {dir}/blender.part {dir}/blender; then echo {dir}/blender/blender; fi\n",
+        url = quote(url)
+    )
 }
 
 /// Single-quotes `s` for a POSIX shell.
@@ -233,14 +233,20 @@ pub async fn bootstrap(remote: &Remote, b: &Bootstrap) -> Result<String, SshErro
             ),
         });
     }
-    let blender = remote
-        .run(
-            "looking for Blender",
-            &find_blender(&dir, b.blender_url.as_deref(), b.blender_req.as_deref()),
-            b"",
-        )
+    let found = remote
+        .run("looking for Blender", &find_blender(&dir), b"")
         .await?;
-    let blender = blender.lines().last().unwrap_or("").trim().to_string();
+    let req = b.blender_req.as_deref().and_then(BlenderReq::parse);
+    let blender = match (fitting_blender(&found, req), &b.blender_url) {
+        (Some(path), _) => path,
+        (None, Some(url)) => {
+            let installed = remote
+                .run("installing Blender", &install_blender(&dir, url), b"")
+                .await?;
+            installed.lines().last().unwrap_or("").trim().to_string()
+        }
+        (None, None) => String::new(),
+    };
     if blender.is_empty() {
         return Err(SshError::Remote {
             what: "looking for Blender".into(),
@@ -323,7 +329,7 @@ pub async fn stop(remote: &Remote, remote_dir: &str) -> Result<(), SshError> {
 mod tests {
     use super::*;
 
-    /// What `find_blender` prints on a machine whose only Blender says `version`, given
+    /// What `find_blender` finds on a machine whose only Blender says `version`, given
     /// `req` and no URL to install one from.
     fn found(version: &str, req: Option<&str>) -> String {
         let dir = tempfile::tempdir().unwrap();
@@ -333,18 +339,18 @@ mod tests {
         std::fs::write(&fake, format!("#!/bin/sh\necho '{version}'\n")).unwrap();
         std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let script = find_blender(dir.path().to_str().unwrap(), None, req);
+        let script = find_blender(dir.path().to_str().unwrap());
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(&script)
             .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
             .output()
             .unwrap();
-        let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if printed == fake.to_str().unwrap() {
-            "image".into()
-        } else {
-            printed
+        let printed = String::from_utf8_lossy(&out.stdout);
+        match fitting_blender(&printed, req.and_then(BlenderReq::parse)) {
+            Some(p) if p == fake.to_str().unwrap() => "image".into(),
+            Some(p) => p,
+            None => String::new(),
         }
     }
 
