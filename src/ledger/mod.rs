@@ -29,6 +29,7 @@ pub mod frame;
 pub mod frameset;
 pub mod job;
 pub mod page;
+pub mod pick;
 pub mod policy;
 pub mod sign;
 pub mod sorted;

@@ -431,8 +431,9 @@ pub fn replica_holders(job: &JobId, frame: u32, candidates: &[PeerId], r: usize)
 /// [blocked](peer_blocked) on it, and faster peers would not finish its pending frames
 /// sooner ([`leave_to_faster`]). Its candidates are its `Pending` frames in ascending
 /// order, less those `me` has failed while another live renderer that fits the job and is
-/// not blocked on it has not. Of the first `window` candidates (at least 1) `me` takes the one with the least
-/// `blake3(job ‖ frame ‖ me)`, so peers choosing at once mostly pick different frames. The
+/// not blocked on it has not. Of the first `window` candidates (at least 1) `me` takes its
+/// [`pick_frame`](super::pick::pick_frame), so peers choosing at once with the same view
+/// take different frames. The
 /// claim's epoch is one above the highest epoch the frame's state mentions (1 for a fresh
 /// frame), so it beats every earlier claim. The first job with a candidate wins.
 pub fn choose_claim(
@@ -445,7 +446,6 @@ pub fn choose_claim(
     window: usize,
 ) -> Option<ClaimChoice> {
     let window = window.max(1);
-    let me_bytes = me.to_bytes();
     let live = view.live_renderers();
 
     let mut jobs: Vec<(&JobId, &JobEntry)> = ledger.jobs().collect();
@@ -481,14 +481,20 @@ pub fn choose_claim(
                 continue;
             }
         }
-        // Others who could try a frame `me` failed: live, fitting the job, not blocked on it.
-        let others: Vec<&PeerId> = live
+        // Others who could take the job's frames now, or try a frame `me` failed: live,
+        // fitting the job, not blocked on it nor excluded.
+        let others: Vec<PeerId> = live
             .iter()
-            .filter(|p| *p != me && !blocked_in(counts, p, policy) && view.fits(p, entry))
+            .filter(|p| {
+                *p != me
+                    && !blocked_in(counts, p, policy)
+                    && !entry.tally.excluded.contains_key(p)
+                    && view.fits(p, entry)
+            })
+            .copied()
             .collect();
 
-        let mut best: Option<([u8; 32], u32)> = None;
-        let mut taken = 0;
+        let mut candidates = Vec::new();
         for &frame in &entry.tally.unfinished {
             if let Some(state) = entry.frames.get(&frame) {
                 if frame_status_in(entry, state, view, policy) != FrameStatus::Pending {
@@ -499,16 +505,12 @@ pub fn choose_claim(
                     continue;
                 }
             }
-            let rank = rendezvous(id, frame, &me_bytes);
-            if best.is_none_or(|(b, _)| rank < b) {
-                best = Some((rank, frame));
-            }
-            taken += 1;
-            if taken == window {
+            candidates.push(frame);
+            if candidates.len() == window {
                 break;
             }
         }
-        if let Some((_, frame)) = best {
+        if let Some(frame) = super::pick::pick_frame(id, me, &others, &candidates) {
             let epoch = entry
                 .frames
                 .get(&frame)
@@ -1250,5 +1252,28 @@ mod tests {
             4,
         );
         assert_eq!(c.map(|c| (c.job, c.claim.epoch)), Some((old_low, 2)));
+    }
+
+    #[test]
+    fn renderers_choosing_at_once_claim_different_frames() {
+        // A job starts: 32 renderers with the same view choose before hearing each other.
+        let (mut l, id) = one_job("1-400");
+        let all: Vec<(u8, u64)> = (0..32).map(|p| (p, 1)).collect();
+        let view = View::with(&all);
+        let window = 64;
+        let picks: BTreeSet<u32> = (0..32)
+            .map(|p| choose(&l, p, &view, window).unwrap().frame)
+            .collect();
+        assert_eq!(picks.len(), 32, "{picks:?}");
+        // Mid-job: the frames taken are claimed; two peers that finish at once still
+        // choose apart.
+        for (p, f) in picks.iter().enumerate() {
+            let c = claim(p as u8, 1, 1);
+            apply(&mut l, id, *f, FrameState::from_claim(c));
+        }
+        let a = choose(&l, 3, &view, window).unwrap().frame;
+        let b = choose(&l, 17, &view, window).unwrap().frame;
+        assert_ne!(a, b);
+        assert!(!picks.contains(&a) && !picks.contains(&b));
     }
 }
