@@ -21,10 +21,23 @@ use tokio::process::Command;
 use super::probe::{PYTHON_EXIT_CODE, private_env};
 use crate::transfer::project::Dependency;
 
-/// The embedded walker / remapper, shared with the render driver.
-pub const PROJECT_PY: &str = include_str!("project.py");
-/// File name the module gets next to the driver, so `import meshd_project` finds it.
-pub const PROJECT_PY_NAME: &str = "meshd_project.py";
+/// The embedded walker (`meshd_project.py`, the discovery script), its path helpers and the
+/// remapper, shared with the render driver: file name each gets, and its text. They import
+/// each other from the folder they are written to.
+const PROJECT_MODULES: [(&str, &str); 3] = [
+    ("meshd_project.py", include_str!("project.py")),
+    ("meshd_paths.py", include_str!("project_paths.py")),
+    ("meshd_remap.py", include_str!("project_remap.py")),
+];
+
+/// Writes the project modules into `dir` (next to the driver, so `import meshd_project`
+/// finds them); returns the path of the discovery script.
+pub fn write_project_modules(dir: &Path) -> std::io::Result<PathBuf> {
+    for (name, text) in PROJECT_MODULES {
+        std::fs::write(dir.join(name), text)?;
+    }
+    Ok(dir.join(PROJECT_MODULES[0].0))
+}
 const MARKER: &str = "@@MESHD@@ ";
 /// Loading a big production file can take a while; a walk that takes longer is stuck.
 const DISCOVER_TIMEOUT: Duration = Duration::from_secs(300);
@@ -163,8 +176,7 @@ pub async fn discover(
 ) -> Result<Discovery, DiscoverError> {
     let io = |e| DiscoverError::Io(work.to_path_buf(), e);
     std::fs::create_dir_all(work.join("tmp")).map_err(io)?;
-    let script = work.join(PROJECT_PY_NAME);
-    std::fs::write(&script, PROJECT_PY).map_err(io)?;
+    let script = write_project_modules(work).map_err(io)?;
     let mut cmd = Command::new(blender);
     cmd.args(["-b", "--factory-startup", "-Y", "-noaudio"])
         .arg(scene)

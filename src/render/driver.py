@@ -250,17 +250,16 @@ def render_frame(scene, frame, out, track):
     return path, None
 
 
-def project_module():
-    """meshd's project module, which meshd writes next to the job file."""
+def project_module(name="meshd_project"):
+    """One of meshd's project modules, which meshd writes next to the job file."""
+    import importlib
     import os
 
     argv = sys.argv[sys.argv.index("--") + 1 :]
     here = os.path.dirname(os.path.abspath(argv[argv.index("--meshd-config") + 1]))
     if here not in sys.path:
         sys.path.insert(0, here)
-    import meshd_project
-
-    return meshd_project
+    return importlib.import_module(name)
 
 
 def check_project(cfg):
@@ -270,7 +269,7 @@ def check_project(cfg):
         return []
     try:
         layout = dict(layout, root_here=str(layout["root_here"]))
-        return list(project_module().prepare(layout))
+        return list(project_module("meshd_remap").prepare(layout))
     except Exception as e:
         traceback.print_exc()
         return ["cannot check the project's files: %s: %s" % (e.__class__.__name__, e)]

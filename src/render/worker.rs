@@ -9,7 +9,7 @@ use thiserror::Error;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::blendfile::{BlendFileError, check_blend_file};
-use super::discover::{PROJECT_PY, PROJECT_PY_NAME};
+use super::discover::write_project_modules;
 use super::probe::{PYTHON_EXIT_CODE, private_env};
 pub use super::process::FrameLog;
 use super::process::{Blender, Outcome, one_line};
@@ -443,7 +443,7 @@ impl Worker {
         }
         let driver = c.work_dir.join("meshd_driver.py");
         std::fs::write(&driver, DRIVER_PY).map_err(io)?;
-        std::fs::write(c.work_dir.join(PROJECT_PY_NAME), PROJECT_PY).map_err(io)?;
+        write_project_modules(&c.work_dir).map_err(io)?;
         let job = c.work_dir.join("meshd_job.json");
         std::fs::write(
             &job,

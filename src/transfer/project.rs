@@ -10,7 +10,7 @@
 //! submitting machine, so the layout mirrors the artist's disk below it: `//`-relative paths
 //! (and relative paths inside libraries) resolve on a renderer without any change. Absolute
 //! paths are mapped into the layout by the Blender driver after load, using [`ProjectManifest::root`]
-//! (the submitter's root) — see `src/render/project.py`.
+//! (the submitter's root) — see `src/render/project_remap.py`.
 //!
 //! Everything here is pure: no I/O beyond what the caller hands in.
 
