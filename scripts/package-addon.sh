@@ -16,5 +16,9 @@ with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
             if f.endswith(".py"):
                 path = os.path.join(root, f)
                 z.write(path, os.path.relpath(path, "addon"))
+    # meshd's own walker, so the add-on lists the open file's dependencies as the daemon
+    # would (under the names the walker imports itself by).
+    z.write("src/render/project.py", "meshd_blender/meshd_project.py")
+    z.write("src/render/project_paths.py", "meshd_blender/meshd_paths.py")
 PY
 echo "$out"

@@ -255,6 +255,7 @@ pub async fn run(
         crate::api::SubmitEnv {
             blender: cfg.blender.clone(),
             scratch: cfg.data_dir.join("tmp"),
+            data_dir: std::fs::canonicalize(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone()),
         },
         cloud.clone(),
     );

@@ -43,11 +43,9 @@ fn install(zip: &Path) -> String {
     )
 }
 
-#[test]
-fn the_add_on_submits_the_open_file_to_the_local_daemon() {
-    let root = tempfile::tempdir().unwrap();
-    let r = root.path();
-    let zip = r.join("meshd-blender-addon.zip");
+/// The add-on's zip, as scripts/package-addon.sh makes it, in `root`.
+fn package(root: &Path) -> std::path::PathBuf {
+    let zip = root.join("meshd-blender-addon.zip");
     let st = Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/scripts/package-addon.sh"
@@ -56,6 +54,14 @@ fn the_add_on_submits_the_open_file_to_the_local_daemon() {
     .output()
     .unwrap();
     assert!(st.status.success() && zip.is_file(), "{st:?}");
+    zip
+}
+
+#[test]
+fn the_add_on_submits_the_open_file_to_the_local_daemon() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let zip = package(r);
     let scene = make_scene(r, "shot.blend", 4, 64, 48, 1);
     let d = Daemon::start(r, "d", None, &[]);
     let out = r.join("frames");
@@ -113,4 +119,83 @@ fn the_add_on_submits_the_open_file_to_the_local_daemon() {
     let (ok, log) = blender_with(r, &scene, &script);
     assert!(ok, "{log}");
     assert!(log.contains("no meshd daemon is running"), "{log}");
+}
+
+/// The add-on lists the open file's dependencies in the artist's own Blender, with meshd's
+/// walker, and sends the list with the job: a submitting daemon with no Blender (or an older
+/// one than the artist's) still sends the whole project, and a peer that never saw its
+/// paths renders it as Blender does.
+#[test]
+fn the_add_on_lists_the_project_itself_so_the_daemon_needs_no_blender() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let zip = package(r);
+    let proj = r.join("proj");
+    make_project(&proj, 2, 64, 48, 1);
+    let scene = proj.join("shots/shot.blend");
+    let reference = r.join("reference");
+    reference_render(&scene, &reference, 1, 2);
+    let sub = Daemon::start_env(
+        r,
+        "sub",
+        None,
+        &["--no-render"],
+        &[("BLENDER", "/nonexistent/blender")],
+    );
+    // Without the add-on's list this daemon could send only the .blend.
+    let o = sub.cli(&[
+        "submit",
+        scene.to_str().unwrap(),
+        "1",
+        "--out",
+        "/nonexistent/out",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no Blender"), "{err}");
+
+    let out = r.join("frames");
+    let script = format!(
+        "{install}\
+         prefs = bpy.context.preferences.addons['meshd_blender'].preferences\n\
+         prefs.data_dir = {data:?}\n\
+         s = bpy.context.scene.meshd\n\
+         s.out_dir = {out:?}\n\
+         result = bpy.ops.meshd.submit()\n\
+         print('JOB', s.job_id, s.job_status)\n\
+         print('BLENDER', bpy.app.version_string)\n\
+         sys.exit(0 if result == {{'FINISHED'}} else 1)\n",
+        install = install(&zip),
+        data = sub.dir.to_str().unwrap(),
+        out = out.to_str().unwrap(),
+    );
+    let (ok, log) = blender_with(r, &scene, &script);
+    assert!(ok, "the submit operator failed:\n{log}");
+    let id = log
+        .lines()
+        .find_map(|l| l.strip_prefix("JOB "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no job id printed:\n{log}"))
+        .to_string();
+    // The job records the Blender that listed its files: the artist's.
+    let artists = log
+        .lines()
+        .find_map(|l| l.strip_prefix("BLENDER "))
+        .unwrap_or_else(|| panic!("no version printed:\n{log}"));
+    assert_eq!(sub.job(&id)["blender_version"], artists);
+
+    // The project moves away; a renderer that never saw its paths joins.
+    std::fs::rename(&proj, r.join("proj-moved")).unwrap();
+    let renderer = Daemon::start(r, "renderer", Some(&sub.ticket()), &[]);
+    wait_until(Duration::from_secs(180), "both frames written", || {
+        sub.job(&id)["frames_written"] == 2
+    });
+    for f in 1..=2 {
+        let name = format!("frame_{f:04}.png");
+        let diff = image_diff(&out.join(&name), &reference.join(&name));
+        assert!(
+            diff < 1.0,
+            "{name} differs from Blender's own render of the original (mean diff {diff:.2})"
+        );
+    }
+    assert!(!renderer.log().contains("missing dependency"));
 }

@@ -95,3 +95,53 @@ fn a_flood_of_half_open_connections_from_one_address_is_bounded() {
         !member.connected_peers().is_empty()
     });
 }
+
+/// A .blend may name any file as a texture. One that names the submitting daemon's keys,
+/// directly or through a symbolic link in the project folder, would have them sent to every
+/// renderer (rented machines included): submit refuses it, one line, and nothing is stored.
+#[test]
+fn a_scene_that_names_the_daemons_keys_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let d = Daemon::start(r, "d", None, &["--no-render"]);
+    let project = r.join("project");
+    std::fs::create_dir(&project).unwrap();
+    let base = make_scene(&project, "base.blend", 1, 32, 24, 1);
+    let key = std::fs::canonicalize(d.dir.join("identity.key")).unwrap();
+    std::os::unix::fs::symlink(&key, project.join("wood.png")).unwrap();
+    let out = r.join("out");
+    for (scene, path) in [
+        ("direct.blend", key.to_str().unwrap()),
+        ("linked.blend", "//wood.png"),
+    ] {
+        let scene = project.join(scene);
+        edit_scene(
+            &base,
+            &scene,
+            &format!(
+                "img = bpy.data.images.new('Leak', 4, 4)\n\
+                 img.source = 'FILE'\n\
+                 img.filepath = {path:?}\n\
+                 img.use_fake_user = True"
+            ),
+        );
+        let o = d.cli(&[
+            "submit",
+            scene.to_str().unwrap(),
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{scene:?} was submitted: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains("Image \"Leak\"") && err.contains("data dir") && err.contains("keys"),
+            "{err}"
+        );
+    }
+    assert_eq!(d.status()["jobs"].as_array().map(Vec::len), Some(0));
+    assert!(!out.exists(), "nothing written");
+    // The scene without the image goes through: the refusal is about the file.
+    submit(&d, &base, "1", &out, &[]);
+}

@@ -154,7 +154,24 @@ def request_of(context):
         "strict": False,
         "no_deps": False,
         "require_blender": None,
+        "listed": listed(),
     }
+
+
+def listed():
+    """The open file's external files, found here with meshd's own walker (packaged with the
+    add-on from meshd's sources): the daemon then needs no Blender of its own to find them,
+    and an older one cannot misread a file this Blender saved. None if the walker is not
+    there or fails: the daemon walks the file itself then."""
+    try:
+        from . import meshd_project
+    except ImportError:
+        return None
+    try:
+        return meshd_project.discovery()
+    except Exception as e:
+        print(f"meshd-addon: cannot list the file's dependencies here ({e}); the daemon will")
+        return None
 
 
 def refresh(prefs, s):

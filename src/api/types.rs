@@ -95,6 +95,11 @@ pub struct SubmitRequest {
     /// Only peers whose Blender has this major.minor render the job.
     #[serde(default)]
     pub require_blender: Option<String>,
+    /// The scene's files as the submitting Blender found them (the add-on walks the open
+    /// file with meshd's own walker, `project.py`): used instead of running this daemon's
+    /// Blender, which may be older than the artist's, or absent.
+    #[serde(default)]
+    pub listed: Option<crate::render::discover::Discovery>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

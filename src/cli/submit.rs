@@ -259,6 +259,7 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
         strict: args.strict,
         no_deps: args.no_deps,
         require_blender: args.blender_version.clone(),
+        listed: None,
     };
     let resp: SubmitResponse = match client.post_or_refusal("/v1/jobs", &req).await? {
         Ok(resp) => resp,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use super::probe::{PYTHON_EXIT_CODE, private_env};
@@ -69,11 +69,15 @@ impl DiscoverError {
     }
 }
 
-/// What the walk found.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+/// What the walk found: the `deps` event of `project.py`, from a Blender this daemon ran
+/// ([`discover`]) or from the add-on, which walks the open file in the artist's Blender.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Discovery {
     /// Version of the Blender that walked the file, e.g. "3.4.1".
     pub blender: String,
+    /// The .blend walked (absolute, '/' separators).
+    #[serde(default)]
+    pub scene: Option<String>,
     pub deps: Vec<Dependency>,
     /// Datablocks the walker could not inspect (reported, not fatal).
     #[serde(default)]
@@ -87,7 +91,7 @@ pub struct Discovery {
 }
 
 /// A scene's resolution settings and cameras, as the walk found them.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SceneSize {
     pub name: String,
     pub x: u32,
@@ -278,6 +282,7 @@ mod tests {
         };
         let d = Discovery {
             blender: "3.4.1".into(),
+            scene: None,
             deps: vec![],
             errors: vec![],
             sizes: vec![scene("Shot", false), scene("Cropped", true)],
@@ -308,6 +313,7 @@ mod tests {
         };
         let d = Discovery {
             blender: "3.4.1".into(),
+            scene: None,
             deps: vec![],
             errors: vec![],
             sizes: vec![

@@ -476,23 +476,27 @@ def emit(obj):
     sys.stdout.flush()
 
 
-def discover():
+def discovery():
+    """What the open file needs: the `deps` event. The add-on sends it with a job from the
+    artist's Blender (the `listed` field of `POST /v1/jobs`)."""
     try:
         w = walk()
         deps, errors = w.deps, w.errors
     except Exception as e:  # walk() guards everything; this is only a last resort
         deps, errors = [], ["walk: %s: %s" % (e.__class__.__name__, e)]
-    emit(
-        {
-            "event": "deps",
-            "blender": bpy.app.version_string,
-            "scene": norm(bpy.data.filepath) if bpy.data.filepath else "",
-            "deps": deps,
-            "errors": errors,
-            "sizes": scene_sizes(),
-            "active": bpy.context.scene.name if bpy.context.scene else None,
-        }
-    )
+    return {
+        "event": "deps",
+        "blender": bpy.app.version_string,
+        "scene": norm(bpy.data.filepath) if bpy.data.filepath else "",
+        "deps": deps,
+        "errors": errors,
+        "sizes": scene_sizes(),
+        "active": bpy.context.scene.name if bpy.context.scene else None,
+    }
+
+
+def discover():
+    emit(discovery())
 
 
 def scene_sizes():
