@@ -1,9 +1,10 @@
-//! CLI conventions: shell completions, man pages from the clap definitions, and `meshd join`
-//! defaults from `$XDG_CONFIG_HOME/meshd/config.toml`, with flags winning over the file.
+//! CLI conventions: shell completions, man pages from the clap definitions, `meshd join`
+//! defaults from `$XDG_CONFIG_HOME/meshd/config.toml`, with flags winning over the file, and
+//! a quiet end when the output's reader leaves early.
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -98,4 +99,30 @@ fn join_takes_defaults_from_the_config_file_and_flags_win() {
         "{err}"
     );
     assert!(!data.join("mesh.key").exists(), "nothing started");
+}
+
+/// `meshd status --json | head -1` and the like: when the reader leaves before the output
+/// is written, the command ends quietly (killed by SIGPIPE, as Unix tools are), not with a
+/// panic and its backtrace or an error about a broken pipe.
+#[test]
+fn a_reader_that_leaves_early_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::start(root.path(), "d", None, &["--no-render"]);
+    for args in [&["status", "--json"][..], &["peers", "--json"], &["man"]] {
+        let mut child = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&d.dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before anything is written
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?} printed: {err}");
+    }
 }
