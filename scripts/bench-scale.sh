@@ -14,10 +14,10 @@
 #     delivered to all peers), and heartbeat bytes per peer per second.
 #
 # Usage: scripts/bench-scale.sh [PEERS=32 FRAMES=400 BASE=4]
-# Environment: MESHD_BIN=PATH (else target/release/meshd is built), BENCH_KEEP=1 (keep logs and the job's
-# status.json),
-# BENCH_LOG=FILTER (the daemons' RUST_LOG, default warn), BENCH_FOR=SECS (stop after SECS and
-# print the rate frames reach the output instead: for jobs too big to finish here).
+# Environment: MESHD_BIN=PATH (else target/release/meshd is built), BENCH_KEEP=1 (keep the
+# logs and the job's status.json), BENCH_LOG=FILTER (the daemons' RUST_LOG, default warn),
+# BENCH_FOR=SECS (stop after SECS and print the rate frames reach the output instead: for jobs
+# too big to finish here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -148,7 +148,7 @@ while :; do
 done
 makespan=$(awk -v a="$(now)" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')
 # Who rendered what, in how long: for a look at the schedule afterwards.
-[ "${BENCH_KEEP:-0}" = 1 ] && cli submitter status "$job" --json >"$work/status.json" 2>/dev/null
+if [ "${BENCH_KEEP:-0}" = 1 ]; then cli submitter status "$job" --json >"$work/status.json" 2>/dev/null || true; fi
 job_cpu=$(awk -v a="$(cpu_secs)" -v b="$cpu0" 'BEGIN { print a - b }')
 if [ "$partial" = 0 ]; then
     # The job ended when its last frame landed in the output: the newest frame file's

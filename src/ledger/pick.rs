@@ -11,15 +11,18 @@
 //!
 //! [`pick_frame`] removes the collisions between peers that see the same candidates and
 //! the same choosers. It plays a *serial dictatorship* every peer can compute alone: the
-//! choosers line up by a hash of (job, peer), and each in turn takes the free candidate it
-//! ranks first. `me` plays the game up to its own turn and takes what is left to it. With
-//! the same inputs every peer reaches the same assignment, so their frames differ. When
-//! views differ (a claim not yet heard somewhere) the assignments differ only around the
-//! frames concerned: a collision is possible again, not certain.
+//! choosers (the peers with a free render slot for the job, or a render of it about to end)
+//! line up by a hash of (job, peer), and each in turn takes the free candidate it ranks
+//! first, once per turn they have (free slot or ending render).
+//! `me` plays the game up to its own turn and takes what is left to it. With the same inputs
+//! every peer reaches the same assignment, so their frames differ. A peer whose claim is
+//! seen leaves the line with its frame, so a claim heard by some peers and not yet by others
+//! changes the others' assignments little. When views differ otherwise a collision is
+//! possible again, not certain.
 //!
-//! It costs one blake3 per chooser and one 64-bit mix per (chooser before `me`, candidate):
-//! at most about `2 n²` mixes for `n` choosers and `2n` candidates, some 10 µs at 32 peers
-//! and 1 ms at 500.
+//! It costs one blake3 per chooser and one 64-bit mix per (turn before `me`, candidate): at
+//! most about `2 n²` mixes for `n` choosers and `2n` candidates, some 10 µs at 32 peers and
+//! 1 ms at 500.
 
 use libp2p_identity::PeerId;
 
@@ -57,36 +60,37 @@ fn favourite(key: u64, candidates: &[u32], taken: &[bool]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
-/// The frame of `candidates` that `me` takes when `choosers` (the peers that may claim
-/// these frames now; `me` counts whether listed or not) choose at once: see the module
-/// docs. When the choosers before `me` leave nothing (fewer candidates than choosers, at a
-/// job's tail), `me` takes the candidate it ranks first: some of those choosers are busy
-/// or waiting, and a frame nobody takes would wait for ever. `None` only without
-/// candidates.
+/// The frame of `candidates` that `me` takes when `choosers` (other peers that may claim
+/// these frames now, each with its free render slots; `me` is left out if listed) choose at
+/// once: see the module docs. When the choosers before `me` take every candidate, `me` takes
+/// the candidate it ranks first: some of them may be busy with another job or waiting, and
+/// a frame nobody takes would wait. `None` only without candidates.
 pub fn pick_frame(
     job: &JobId,
     me: &PeerId,
-    choosers: &[PeerId],
+    choosers: &[(PeerId, usize)],
     candidates: &[u32],
 ) -> Option<u32> {
     let mine = key(job, me);
-    let mut before: Vec<u64> = choosers
+    let mut before: Vec<(u64, usize)> = choosers
         .iter()
-        .filter(|p| *p != me)
-        .map(|p| key(job, p))
-        .filter(|k| *k < mine)
+        .filter(|(p, _)| p != me)
+        .map(|(p, turns)| (key(job, p), *turns))
+        .filter(|(k, _)| *k < mine)
         .collect();
     before.sort_unstable();
-    before.dedup();
+    before.dedup_by_key(|(k, _)| *k);
     let mut taken = vec![false; candidates.len()];
     let mut left = candidates.len();
-    for k in before {
-        if left == 0 {
-            break;
-        }
-        if let Some(i) = favourite(k, candidates, &taken) {
-            taken[i] = true;
-            left -= 1;
+    'line: for (k, turns) in before {
+        for _ in 0..turns {
+            if left == 0 {
+                break 'line;
+            }
+            if let Some(i) = favourite(k, candidates, &taken) {
+                taken[i] = true;
+                left -= 1;
+            }
         }
     }
     let i = match favourite(mine, candidates, &taken) {
@@ -99,23 +103,31 @@ pub fn pick_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::frame::tests::peer;
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
-    fn peers(n: usize) -> Vec<PeerId> {
-        (0..n).map(|_| PeerId::random()).collect()
+    /// `n` choosers with one free slot each.
+    fn line(first: u8, n: usize) -> Vec<(PeerId, usize)> {
+        (0..n)
+            .map(|i| (peer(first.wrapping_add(i as u8)), 1))
+            .collect()
+    }
+
+    fn picks(job: &JobId, choosers: &[(PeerId, usize)], candidates: &[u32]) -> Vec<u32> {
+        choosers
+            .iter()
+            .map(|(p, _)| pick_frame(job, p, choosers, candidates).unwrap())
+            .collect()
     }
 
     #[test]
     fn choosers_with_the_same_view_take_different_frames() {
         let job = JobId([7; 32]);
         for n in [2, 5, 32, 50] {
-            let choosers = peers(n);
+            let choosers = line(0, n);
             let candidates: Vec<u32> = (1..=2 * n as u32).collect();
-            let picked: BTreeSet<u32> = choosers
-                .iter()
-                .map(|p| pick_frame(&job, p, &choosers, &candidates).unwrap())
-                .collect();
+            let picked: BTreeSet<u32> = picks(&job, &choosers, &candidates).into_iter().collect();
             assert_eq!(picked.len(), n, "{n} choosers");
         }
     }
@@ -123,56 +135,69 @@ mod tests {
     #[test]
     fn with_fewer_frames_than_choosers_everyone_still_takes_one() {
         let job = JobId([1; 32]);
-        let choosers = peers(10);
-        let picked: BTreeSet<u32> = choosers
-            .iter()
-            .map(|p| pick_frame(&job, p, &choosers, &[4, 9, 12]).unwrap())
-            .collect();
-        assert!(picked.iter().all(|f| [4, 9, 12].contains(f)));
-        assert_eq!(pick_frame(&job, &choosers[0], &choosers, &[]), None);
-        // Alone: the frame it ranks first, listed or not.
-        let me = PeerId::random();
-        assert!(pick_frame(&job, &me, &[], &[5, 6]).is_some());
+        let choosers = line(0, 10);
+        let picked: BTreeSet<u32> = picks(&job, &choosers, &[4, 9, 12]).into_iter().collect();
+        assert_eq!(picked, BTreeSet::from([4, 9, 12]));
+        assert_eq!(pick_frame(&job, &choosers[0].0, &choosers, &[]), None);
+        // Alone: the frame it ranks first.
+        assert!(pick_frame(&job, &peer(200), &[], &[5, 6]).is_some());
     }
 
     #[test]
-    fn the_plain_hash_choice_collides_where_the_pick_does_not() {
-        // What the pick replaced: each peer took the candidate of least hash(peer, frame).
-        let job = JobId([3; 32]);
-        let mut collisions = 0;
-        for _ in 0..20 {
-            let choosers = peers(32);
-            let candidates: Vec<u32> = (1..=64).collect();
-            let plain: BTreeSet<u32> = choosers
-                .iter()
-                .map(|p| {
-                    let k = key(&job, p);
-                    *candidates.iter().min_by_key(|f| rank(k, **f)).unwrap()
-                })
-                .collect();
-            collisions += 32 - plain.len();
-        }
-        assert!(collisions > 20, "{collisions} collisions in 20 rounds");
+    fn a_peer_with_two_free_slots_takes_two_frames_in_its_turn() {
+        // Peer 0 has two GPUs: its second slot chooses after its first claim is merged.
+        let job = JobId([9; 32]);
+        let mut choosers = line(0, 6);
+        choosers[0].1 = 2;
+        let candidates: Vec<u32> = (1..=12).collect();
+        let others: Vec<u32> = choosers[1..]
+            .iter()
+            .map(|(p, _)| pick_frame(&job, p, &choosers, &candidates).unwrap())
+            .collect();
+        let first = pick_frame(&job, &choosers[0].0, &choosers, &candidates).unwrap();
+        let rest: Vec<u32> = candidates.iter().copied().filter(|f| *f != first).collect();
+        let mut after = choosers.clone();
+        after[0].1 = 1;
+        let second = pick_frame(&job, &after[0].0, &after, &rest).unwrap();
+        let all: BTreeSet<u32> = others.iter().copied().chain([first, second]).collect();
+        assert_eq!(all.len(), 7, "{others:?} {first} {second}");
     }
 
     proptest! {
         #[test]
         fn same_view_no_collision_and_a_candidate_always(
+            first in any::<u8>(),
             n in 1usize..40,
             frames in proptest::collection::btree_set(0u32..10_000, 1..100),
             seed in any::<[u8; 32]>(),
         ) {
             let job = JobId(seed);
-            let choosers = peers(n);
+            let choosers = line(first, n);
             let candidates: Vec<u32> = frames.into_iter().collect();
-            let picks: Vec<u32> = choosers
-                .iter()
-                .map(|p| pick_frame(&job, p, &choosers, &candidates).unwrap())
-                .collect();
+            let picks = picks(&job, &choosers, &candidates);
             prop_assert!(picks.iter().all(|f| candidates.contains(f)));
             // Every candidate is taken once before any is taken twice.
             let distinct: BTreeSet<&u32> = picks.iter().collect();
             prop_assert_eq!(distinct.len(), n.min(candidates.len()));
+        }
+
+        #[test]
+        fn a_claim_heard_by_some_does_not_move_the_others(
+            n in 3usize..30,
+            seed in any::<[u8; 32]>(),
+        ) {
+            // Peer 0 claimed its frame; peers that heard it drop it and peer 0 from the line,
+            // peers that did not still see both. Both kinds pick the same frames.
+            let job = JobId(seed);
+            let choosers = line(0, n);
+            let candidates: Vec<u32> = (1..=2 * n as u32).collect();
+            let before = picks(&job, &choosers, &candidates);
+            let claimed = before[0];
+            let heard: Vec<(PeerId, usize)> = choosers[1..].to_vec();
+            let rest: Vec<u32> = candidates.iter().copied().filter(|f| *f != claimed).collect();
+            for (i, (p, _)) in heard.iter().enumerate() {
+                prop_assert_eq!(pick_frame(&job, p, &heard, &rest), Some(before[i + 1]));
+            }
         }
     }
 }

@@ -424,6 +424,10 @@ pub fn replica_holders(job: &JobId, frame: u32, candidates: &[PeerId], r: usize)
     ranked.into_iter().take(r).map(|(_, p)| p).collect()
 }
 
+/// A render expected to end within this many milliseconds counts as ending now: its peer
+/// chooses its next frame along with the peers choosing now ([`choose_claim`]).
+const ENDING_MS: f64 = 250.0;
+
 /// Picks the next frame for `me` (running as `incarnation`) to claim, or `None`.
 ///
 /// Jobs are tried by priority (highest first), then `created_unix_ms` (oldest first), then
@@ -431,7 +435,8 @@ pub fn replica_holders(job: &JobId, frame: u32, candidates: &[PeerId], r: usize)
 /// [blocked](peer_blocked) on it, and faster peers would not finish its pending frames
 /// sooner ([`leave_to_faster`]). Its candidates are its `Pending` frames in ascending
 /// order, less those `me` has failed while another live renderer that fits the job and is
-/// not blocked on it has not. Of the first `window` candidates (at least 1) `me` takes its
+/// not blocked on it has not, among the first `window` (at least 1) unfinished frames (more
+/// if none of those is a candidate). Of them `me` takes its
 /// [`pick_frame`](super::pick::pick_frame), so peers choosing at once with the same view
 /// take different frames. The
 /// claim's epoch is one above the highest epoch the frame's state mentions (1 for a fresh
@@ -494,8 +499,15 @@ pub fn choose_claim(
             .copied()
             .collect();
 
+        // The window is the first `window` unfinished frames, in flight or not (extended
+        // until it holds a candidate): a claim heard by some peers and not yet by others
+        // takes a candidate away without bringing a new one in, so their views differ by
+        // that frame only.
         let mut candidates = Vec::new();
-        for &frame in &entry.tally.unfinished {
+        for (seen, &frame) in entry.tally.unfinished.iter().enumerate() {
+            if seen >= window && !candidates.is_empty() {
+                break;
+            }
             if let Some(state) = entry.frames.get(&frame) {
                 if frame_status_in(entry, state, view, policy) != FrameStatus::Pending {
                     continue;
@@ -506,11 +518,34 @@ pub fn choose_claim(
                 }
             }
             candidates.push(frame);
-            if candidates.len() == window {
-                break;
-            }
         }
-        if let Some(frame) = super::pick::pick_frame(id, me, &others, &candidates) {
+        // Who chooses along with `me`: the others with a free slot for the job, and those
+        // whose heartbeat reports a render of it about to end (they choose within a gossip
+        // round trip too). A peer whose fresh claim is seen renders, and leaves the line
+        // with its frame.
+        let means = mean_render_ms(entry);
+        let choosers: Vec<(PeerId, usize)> = others
+            .iter()
+            .map(|p| {
+                let open = entry.tally.open_claims_by(p, |inc| view.claim_live(p, inc));
+                let ending = means.get(p).map_or(0, |&mean| {
+                    view.in_flight(p)
+                        .iter()
+                        .filter(|r| {
+                            r.job == *id
+                                && entry.frames.get(&r.frame).is_some_and(|s| {
+                                    s.canonical().is_none()
+                                        && s.claim.as_ref().is_some_and(|c| c.peer == *p)
+                                })
+                                && remaining_ms(mean, r.elapsed_ms, r.progress) <= ENDING_MS
+                        })
+                        .count()
+                });
+                (*p, view.slots(p).saturating_sub(open) + ending)
+            })
+            .filter(|(_, turns)| *turns > 0)
+            .collect();
+        if let Some(frame) = super::pick::pick_frame(id, me, &choosers, &candidates) {
             let epoch = entry
                 .frames
                 .get(&frame)
@@ -1255,25 +1290,69 @@ mod tests {
     }
 
     #[test]
+    fn peers_finishing_frames_at_once_choose_apart() {
+        // Peers 0 to 5 render 1-second frames; 0 and 1 are about to finish theirs (their
+        // heartbeats say so), the others have just begun. Each of 0 and 1 sees the other's
+        // claim still open: without the heartbeat both would pick their favourite alone.
+        let (mut l, id) = one_job("1-400");
+        for p in 0..6u8 {
+            l.apply(&result(id, p, 300 + u32::from(p), 1000)).unwrap();
+            apply(
+                &mut l,
+                id,
+                1 + u32::from(p),
+                FrameState::from_claim(claim(p, 1, 1)),
+            );
+        }
+        let mut view = View::with(&(0..6).map(|p| (p, 1)).collect::<Vec<_>>());
+        view.running = (0..6u8)
+            .map(|p| super::super::tail::Running {
+                peer: peer(p),
+                job: id,
+                frame: 1 + u32::from(p),
+                elapsed_ms: if p < 2 { 990 } else { 100 },
+                progress: None,
+            })
+            .collect();
+        let a = choose(&l, 0, &view, 12).unwrap().frame;
+        let b = choose(&l, 1, &view, 12).unwrap().frame;
+        assert_ne!(a, b);
+        // Their picks are those of a line of the two of them (peers 2 to 5 are busy).
+        let candidates: Vec<u32> = (7..=12).collect();
+        let line = [(peer(0), 1), (peer(1), 1)];
+        assert_eq!(
+            Some(a),
+            super::super::pick::pick_frame(&id, &peer(0), &line, &candidates)
+        );
+        assert_eq!(
+            Some(b),
+            super::super::pick::pick_frame(&id, &peer(1), &line, &candidates)
+        );
+    }
+
+    #[test]
     fn renderers_choosing_at_once_claim_different_frames() {
         // A job starts: 32 renderers with the same view choose before hearing each other.
         let (mut l, id) = one_job("1-400");
         let all: Vec<(u8, u64)> = (0..32).map(|p| (p, 1)).collect();
         let view = View::with(&all);
         let window = 64;
-        let picks: BTreeSet<u32> = (0..32)
+        let picks: Vec<u32> = (0..32)
             .map(|p| choose(&l, p, &view, window).unwrap().frame)
             .collect();
-        assert_eq!(picks.len(), 32, "{picks:?}");
-        // Mid-job: the frames taken are claimed; two peers that finish at once still
-        // choose apart.
-        for (p, f) in picks.iter().enumerate() {
-            let c = claim(p as u8, 1, 1);
-            apply(&mut l, id, *f, FrameState::from_claim(c));
+        let distinct: BTreeSet<u32> = picks.iter().copied().collect();
+        assert_eq!(distinct.len(), 32, "{picks:?}");
+        // Half of the claims arrive: those peers render (their slot is taken) and leave the
+        // line with their frames; the others, choosing now, take the frames they took above.
+        for p in 0..16u8 {
+            let c = claim(p, 1, 1);
+            apply(&mut l, id, picks[p as usize], FrameState::from_claim(c));
         }
-        let a = choose(&l, 3, &view, window).unwrap().frame;
-        let b = choose(&l, 17, &view, window).unwrap().frame;
-        assert_ne!(a, b);
-        assert!(!picks.contains(&a) && !picks.contains(&b));
+        for p in 16..32u8 {
+            assert_eq!(
+                choose(&l, p, &view, window).unwrap().frame,
+                picks[p as usize]
+            );
+        }
     }
 }

@@ -77,6 +77,16 @@ impl Tally {
             .sum()
     }
 
+    /// Open claims of `peer` made by incarnations `live` accepts (its running one: claims of
+    /// an incarnation that died are not being rendered).
+    pub fn open_claims_by(&self, peer: &PeerId, live: impl Fn(u64) -> bool) -> usize {
+        self.open_claims
+            .range((*peer, 0)..=(*peer, u64::MAX))
+            .filter(|((_, incarnation), _)| live(*incarnation))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// Mean render milliseconds of each peer's results that count.
     pub fn mean_render_ms(&self) -> BTreeMap<PeerId, f64> {
         self.renders
