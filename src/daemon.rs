@@ -255,7 +255,9 @@ pub async fn run(
         crate::api::SubmitEnv {
             blender: cfg.blender.clone(),
             scratch: cfg.data_dir.join("tmp"),
-            data_dir: std::fs::canonicalize(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone()),
+            protected: std::iter::once(cfg.data_dir.clone())
+                .chain(directories::BaseDirs::new().map(|d| d.config_dir().join("meshd")))
+                .collect(),
         },
         cloud.clone(),
     );

@@ -24,6 +24,7 @@
 
 mod cloud;
 pub mod dashboard;
+mod guard;
 pub mod types;
 
 use std::path::{Path, PathBuf};
@@ -65,9 +66,9 @@ pub struct SubmitEnv {
     pub blender: Option<PathBuf>,
     /// A private scratch directory (under the data dir).
     pub scratch: PathBuf,
-    /// The data dir, symbolic links resolved: it holds this daemon's keys, and no file in it
-    /// is sent with a job.
-    pub data_dir: PathBuf,
+    /// Directories no file of a job may come from: the data dir (this daemon's keys, token
+    /// and database) and meshd's config dir (the cloud API keys).
+    pub protected: Vec<PathBuf>,
 }
 
 type ApiResult<T> = Result<Json<T>, (StatusCode, Json<ErrorBody>)>;
@@ -260,7 +261,7 @@ async fn submit(
     } else {
         let found = match req.listed.take() {
             // Walked by the submitting Blender (the add-on), which has the file open.
-            Some(found) => listed_by_submitter(found, &scene).map_err(bad)?,
+            Some(found) => guard::listed_by_submitter(found, &scene).map_err(bad)?,
             None => discover_deps(&ctx.env, &scene).await.map_err(|(e, mine)| {
                 let why = mine.and_then(|m| too_old(scene_saver.as_ref(), &m));
                 bad(why.unwrap_or(e))
@@ -283,8 +284,10 @@ async fn submit(
     };
     let plan = crate::transfer::project::plan(&scene, &deps).map_err(|e| bad(e.to_string()))?;
     // A .blend may name any file as a texture: one that names this daemon's keys would send
-    // them to every renderer.
-    if let Some(e) = in_data_dir(&ctx.env.data_dir, &scene, &plan.files, &deps) {
+    // them to every renderer. Checked by name here, with what needs the file, and again on
+    // each file as it is read (`import_project`), whatever its name has come to point at.
+    let protected = Arc::new(guard::Protected::new(&ctx.env.protected));
+    if let Some(e) = protected.refusal(&scene, &plan.files, &deps) {
         return Err(bad(e));
     }
     let require_blender = req
@@ -313,7 +316,7 @@ async fn submit(
     // 3. Every file into the store, then the project manifest.
     let store = ctx.store.clone();
     let plan2 = plan.clone();
-    let project = tokio::task::spawn_blocking(move || import_project(&store, &plan2))
+    let project = tokio::task::spawn_blocking(move || import_project(&store, &plan2, &protected))
         .await
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(bad)?;
@@ -349,78 +352,6 @@ async fn submit(
     resp.missing = plan.missing;
     resp.warnings = warnings;
     Ok(Json(resp))
-}
-
-/// A file list the submitting Blender made ([`SubmitRequest::listed`]), if it is one of
-/// `scene` by a Blender that says its version.
-fn listed_by_submitter(
-    found: crate::render::discover::Discovery,
-    scene: &Path,
-) -> Result<crate::render::discover::Discovery, String> {
-    if !BlenderReq::AtLeast(0, 0).admits(&found.blender) {
-        return Err(format!(
-            "the file list sent with the job names no Blender version ({:?}): update the \
-             meshd add-on",
-            found.blender
-        ));
-    }
-    let walked = found.scene.as_deref().map(std::fs::canonicalize);
-    match walked {
-        Some(Ok(walked)) if walked == scene => Ok(found),
-        _ => Err(format!(
-            "the file list sent with the job is not of {} (it lists {}): save the file and \
-             submit again",
-            scene.display(),
-            found.scene.as_deref().unwrap_or("no file")
-        )),
-    }
-}
-
-/// Why a job must not be made of `files` (the project plan's, the scene among them): one
-/// of them lies inside `data_dir` once symbolic links are followed, or is one of its files
-/// under another name (a hard link). `None` when none does (a file that cannot be resolved
-/// counts as outside: reading it fails later anyway).
-fn in_data_dir(
-    data_dir: &Path,
-    scene: &Path,
-    files: &[(String, PathBuf)],
-    deps: &[crate::transfer::project::Dependency],
-) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    // The keys, the token, the mesh id: the data dir's own files.
-    let own: std::collections::HashSet<(u64, u64)> = std::fs::read_dir(data_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| (m.dev(), m.ino()))
-        .collect();
-    let dir = data_dir.display();
-    files.iter().find_map(|(_, path)| {
-        let real = std::fs::canonicalize(path).ok()?;
-        let linked = std::fs::metadata(&real).is_ok_and(|m| own.contains(&(m.dev(), m.ino())));
-        if !real.starts_with(data_dir) && !linked {
-            return None;
-        }
-        Some(if path == scene {
-            format!(
-                "the scene {} is one of this daemon's own files (its data dir {dir} holds its \
-                 keys): meshd sends none of them; copy the project out of it and submit the copy",
-                path.display()
-            )
-        } else {
-            let owner = deps
-                .iter()
-                .find(|d| Path::new(&d.path) == path)
-                .map_or_else(|| "the scene".to_string(), |d| d.owner.clone());
-            format!(
-                "{owner} names {}, one of this daemon's own files (its data dir {dir} holds its \
-                 keys): meshd sends none of them; point it at a file outside {dir}",
-                path.display()
-            )
-        })
-    })
 }
 
 /// The newest Blender (MAJOR, MINOR) that saved the scene (`header`, of `scene`) or one of
@@ -482,14 +413,23 @@ struct ImportedProject {
 fn import_project(
     store: &Store,
     plan: &crate::transfer::project::ProjectPlan,
+    protected: &guard::Protected,
 ) -> Result<ImportedProject, String> {
     use crate::transfer::project::{ProjectFile, ProjectManifest};
     let mut files = Vec::with_capacity(plan.files.len());
     let mut pins = Vec::with_capacity(plan.files.len() + 1);
     for (rel, abs) in &plan.files {
+        let cannot = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", abs.display());
+        let mut file = std::fs::File::open(abs).map_err(|e| cannot(&e))?;
+        if protected.holds_file(&file) {
+            return Err(format!(
+                "{} is one of this daemon's own files (it holds keys): meshd sends none of them",
+                abs.display()
+            ));
+        }
         let (blob, pin) = store
-            .import_copy_pinned(abs)
-            .map_err(|e| format!("cannot read {}: {e}", abs.display()))?;
+            .import_open_pinned(&mut file)
+            .map_err(|e| cannot(&e))?;
         pins.push(pin);
         let size = store.manifest(&blob).map(|m| m.size).unwrap_or(0);
         files.push(ProjectFile {
@@ -560,80 +500,4 @@ pub fn serve(
             tracing::error!("local API stopped: {e}");
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::render::discover::Discovery;
-
-    fn listing(blender: &str, scene: Option<&Path>) -> Discovery {
-        Discovery {
-            blender: blender.into(),
-            scene: scene.map(|p| p.to_str().unwrap().to_string()),
-            deps: vec![],
-            errors: vec![],
-            sizes: vec![],
-            active: None,
-        }
-    }
-
-    #[test]
-    fn a_listing_counts_only_for_its_own_file_and_a_blender_version() {
-        let dir = tempfile::tempdir().unwrap();
-        let shot = dir.path().join("shot.blend");
-        let other = dir.path().join("other.blend");
-        std::fs::write(&shot, b"x").unwrap();
-        std::fs::write(&other, b"x").unwrap();
-        let shot = std::fs::canonicalize(&shot).unwrap();
-        assert!(listed_by_submitter(listing("4.3.0", Some(&shot)), &shot).is_ok());
-        let e = listed_by_submitter(listing("4.3.0", Some(&other)), &shot).unwrap_err();
-        assert!(e.contains("is not of") && e.contains("other.blend"), "{e}");
-        let e = listed_by_submitter(listing("4.3.0", None), &shot).unwrap_err();
-        assert!(e.contains("no file"), "{e}");
-        let e = listed_by_submitter(listing("Blender", Some(&shot)), &shot).unwrap_err();
-        assert!(e.contains("names no Blender version"), "{e}");
-    }
-
-    #[test]
-    fn files_in_the_data_dir_are_named_with_what_needs_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        std::fs::write(data.join("identity.key"), b"secret").unwrap();
-        let data = std::fs::canonicalize(&data).unwrap();
-        let shot = dir.path().join("shot.blend");
-        std::fs::write(&shot, b"x").unwrap();
-        let link = dir.path().join("wood.png");
-        std::os::unix::fs::symlink(data.join("identity.key"), &link).unwrap();
-        let dep = crate::transfer::project::Dependency {
-            path: link.to_str().unwrap().into(),
-            raw: "//wood.png".into(),
-            owner: "Image \"Wood\"".into(),
-            kind: "image".into(),
-            exists: true,
-        };
-        let files = vec![("shot.blend".into(), shot.clone())];
-        assert_eq!(in_data_dir(&data, &shot, &files, &[]), None);
-        let with_link = vec![files[0].clone(), ("wood.png".into(), link.clone())];
-        let e = in_data_dir(&data, &shot, &with_link, std::slice::from_ref(&dep)).unwrap();
-        assert!(
-            e.starts_with("Image \"Wood\" names") && e.contains("data dir"),
-            "{e}"
-        );
-        // A hard link to the key, outside the data dir, is the key all the same.
-        let hard = dir.path().join("hard.png");
-        std::fs::hard_link(data.join("identity.key"), &hard).unwrap();
-        let e = in_data_dir(&data, &shot, &[("hard.png".into(), hard)], &[]);
-        assert!(e.unwrap().contains("one of this daemon's own files"));
-        let inside = data.join("shot.blend");
-        std::fs::write(&inside, b"x").unwrap();
-        let e = in_data_dir(
-            &data,
-            &inside,
-            &[("shot.blend".into(), inside.clone())],
-            &[],
-        );
-        assert!(e.unwrap().starts_with("the scene"));
-    }
 }

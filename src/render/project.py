@@ -38,7 +38,9 @@ import re
 import sys
 
 # Discovery runs this file as Blender's --python script: its siblings import from its folder.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_here = os.path.dirname(os.path.abspath(__file__))
+if _here not in sys.path:
+    sys.path.insert(0, _here)
 
 import bpy  # noqa: E402
 

@@ -107,6 +107,14 @@ impl Store {
         self.import_owned_pinned(&tmp)
     }
 
+    /// Like [`import_copy_pinned`](Self::import_copy_pinned), from a file already open: what
+    /// is stored is what `file` is, whatever its name points at by now.
+    pub fn import_open_pinned(&self, file: &mut File) -> Result<(BlobId, Pin), StoreError> {
+        let tmp = self.temp_path();
+        std::io::copy(file, &mut File::create(&tmp)?)?;
+        self.import_owned_pinned(&tmp)
+    }
+
     /// Moves `path` (which must be on the data dir's filesystem) into the store.
     pub fn import_owned(&self, path: &Path) -> Result<BlobId, StoreError> {
         self.import_owned_pinned(path).map(|(id, _)| id)
