@@ -2,18 +2,6 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = meshd::cli::parse();
-    // A command whose reader leaves early (`meshd status --json | head`, `| grep -q`) ends
-    // quietly, as Unix tools do: Rust ignores SIGPIPE, so its next print would fail, or panic.
-    // Not the daemon, whose writes to sockets and to Blender must fail with EPIPE, not kill
-    // it. The other commands write only to the terminal and, through std's sockets (which send
-    // with MSG_NOSIGNAL), to the daemon.
-    #[cfg(unix)]
-    if !matches!(cli.command, meshd::cli::Command::Join(_)) {
-        // SAFETY: called before any thread starts; restores the default disposition.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         let default = if matches!(cli.command, meshd::cli::Command::Join(_)) {
             "info"

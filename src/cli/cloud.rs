@@ -197,11 +197,11 @@ async fn offers(data_dir: &std::path::Path, a: OffersArgs) -> anyhow::Result<i32
             provider: a.filter.provider,
             offers: rows,
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(0);
     }
     if rows.is_empty() {
-        println!(
+        outln!(
             "no {} offers match: loosen the filters",
             a.filter.provider.name()
         );
@@ -223,7 +223,7 @@ fn print_table(rows: &[OfferRow], estimates: bool, count: u32) {
             "COST"
         ));
     }
-    println!("{header}");
+    outln!("{header}");
     for r in rows {
         let o = r.offer;
         let gpu: String = crate::cloud::clean(o.model.as_deref().unwrap_or(&o.gpu))
@@ -254,9 +254,9 @@ fn print_table(rows: &[OfferRow], estimates: bool, count: u32) {
                 None => line.push_str(&format!(" {:>9} {:>9}", "?", "?")),
             }
         }
-        println!("{line}");
+        outln!("{line}");
     }
-    println!(
+    outln!(
         "SPEED: Blender Open Data score (OptiX, 4.x) of the whole machine; $/h/1k: dollars per hour per 1,000 points, lower is better{}",
         if estimates {
             format!(

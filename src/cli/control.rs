@@ -27,7 +27,7 @@ pub async fn run(data_dir: &Path, arg: JobArg, action: ControlAction) -> anyhow:
         )
         .await?;
     if arg.json {
-        println!("{}", serde_json::to_string(&r)?);
+        outln!("{}", serde_json::to_string(&r)?);
         return Ok(0);
     }
     let what = match action {
@@ -37,7 +37,7 @@ pub async fn run(data_dir: &Path, arg: JobArg, action: ControlAction) -> anyhow:
         ControlAction::Priority(p) => format!("now at priority {p}"),
         ControlAction::Remove => "forgotten here".to_string(),
         ControlAction::Retry => {
-            println!(
+            outln!(
                 "failed frames submitted again as job {} ({})",
                 super::printable(&r.name),
                 &r.id[..12]
@@ -45,6 +45,6 @@ pub async fn run(data_dir: &Path, arg: JobArg, action: ControlAction) -> anyhow:
             return Ok(0);
         }
     };
-    println!("job {} ({}) {what}", super::printable(&r.name), &r.id[..12]);
+    outln!("job {} ({}) {what}", super::printable(&r.name), &r.id[..12]);
     Ok(0)
 }

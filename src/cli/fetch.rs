@@ -37,11 +37,11 @@ pub async fn run(data_dir: &Path, args: FetchArgs) -> anyhow::Result<i32> {
         )
         .await?;
     if args.json {
-        println!("{}", serde_json::to_string(&resp)?);
+        outln!("{}", serde_json::to_string(&resp)?);
         return Ok(0);
     }
     if args.no_wait {
-        println!(
+        outln!(
             "writing the {} frames of {} into {}",
             resp.frames_total,
             super::printable(&resp.name),

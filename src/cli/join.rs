@@ -218,15 +218,15 @@ pub async fn run(data_dir: PathBuf, args: JoinArgs) -> anyhow::Result<i32> {
     let founding = !joined && !crate::daemon::has_mesh(&cfg.data_dir);
     crate::daemon::run(cfg, shutdown, move |invite| {
         if joined {
-            println!("joined mesh {}", invite.mesh_id);
+            outln!("joined mesh {}", invite.mesh_id);
         } else if founding {
-            println!("mesh {} is up", invite.mesh_id);
-            println!(
+            outln!("mesh {} is up", invite.mesh_id);
+            outln!(
                 "invite other machines with:\n  meshd join {}",
                 invite.ticket
             );
         } else {
-            println!(
+            outln!(
                 "mesh {} is up again; `meshd invite` prints a ticket for other machines",
                 invite.mesh_id
             );

@@ -2,6 +2,8 @@
 
 use crate::api::types::ControlAction;
 
+#[macro_use]
+mod out;
 mod client;
 mod cloud;
 pub mod config;
@@ -189,13 +191,15 @@ fn man(out: Option<&std::path::Path>) -> anyhow::Result<i32> {
     use anyhow::Context;
     let cmd = Cli::command();
     let Some(dir) = out else {
-        clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut page)?;
+        out::write_bytes(&page);
         return Ok(0);
     };
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     clap_mangen::generate_to(cmd, dir)
         .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
-    println!("man pages written to {}", dir.display());
+    outln!("man pages written to {}", dir.display());
     Ok(0)
 }
 
@@ -209,7 +213,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Logs { job, frame, json } => status::logs(&data_dir, &job, frame, json).await,
         Command::Dashboard { print_url } => status::dashboard(&data_dir, print_url).await,
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "meshd", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "meshd", &mut script);
+            out::write_bytes(&script);
             Ok(0)
         }
         Command::Man { out } => man(out.as_deref()),

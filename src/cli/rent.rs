@@ -117,13 +117,13 @@ pub async fn rent(data_dir: &Path, a: RentArgs) -> anyhow::Result<i32> {
     }
     if a.no_wait {
         if a.json {
-            println!("{}", serde_json::to_string(&resp)?);
+            outln!("{}", serde_json::to_string(&resp)?);
         }
         return Ok(0);
     }
     let rentals = follow(&client, &resp, !a.json).await?;
     if a.json {
-        println!("{}", serde_json::to_string(&rentals)?);
+        outln!("{}", serde_json::to_string(&rentals)?);
     }
     Ok(outcome(&rentals))
 }
@@ -171,7 +171,7 @@ pub(super) async fn release_group(client: &ApiClient, group: u64) -> anyhow::Res
 
 /// "renting 2 machines on Vast.ai (1 fewer than asked: ...)".
 pub fn announce(resp: &CloudRentResponse, provider: Provider) {
-    println!(
+    outln!(
         "renting {} machine{} on {} (group {})",
         resp.rentals.len(),
         if resp.rentals.len() == 1 { "" } else { "s" },
@@ -218,7 +218,7 @@ pub async fn follow(
             .collect();
         for r in &mine {
             if print && seen.insert(r.id, r.phase) != Some(r.phase) {
-                println!("{}", describe(r));
+                outln!("{}", describe(r));
             }
         }
         let settled = mine.len() == resp.rentals.len()
@@ -267,16 +267,23 @@ pub async fn list(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let client = ApiClient::connect(data_dir)?;
     let list: CloudListResponse = client.get("/v1/cloud").await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(0);
     }
     if list.rentals.is_empty() {
-        println!("nothing rented");
+        outln!("nothing rented");
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<4} {:<6} {:>10} {:<22} {:>8} {:>8} {:<13} {:<14} NOTE",
-        "ID", "CLOUD", "INSTANCE", "GPU", "$/h", "SPENT", "STATE", "PEER"
+        "ID",
+        "CLOUD",
+        "INSTANCE",
+        "GPU",
+        "$/h",
+        "SPENT",
+        "STATE",
+        "PEER"
     );
     for r in &list.rentals {
         let gpu: String = crate::cloud::clean(&format!("{}x {}", r.gpus, r.gpu))
@@ -292,7 +299,7 @@ pub async fn list(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
                 .rev()
                 .collect()
         });
-        println!(
+        outln!(
             "{:<4} {:<6} {:>10} {:<22} {:>8.3} {:>8} {:<13} {:<14} {}",
             r.id,
             r.provider.tag(),
@@ -305,9 +312,10 @@ pub async fn list(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
             crate::cloud::clean(r.note.as_deref().unwrap_or(""))
         );
     }
-    println!(
+    outln!(
         "billed now: ${:.3}/h; spent: ${:.2}",
-        list.usd_per_hour, list.spent_usd
+        list.usd_per_hour,
+        list.spent_usd
     );
     Ok(0)
 }
@@ -321,11 +329,11 @@ pub async fn release(data_dir: &Path, ids: Vec<u64>, all: bool, json: bool) -> a
     };
     let out: CloudReleaseResponse = client.post("/v1/cloud/release", &req).await?;
     if json {
-        println!("{}", serde_json::to_string(&out)?);
+        outln!("{}", serde_json::to_string(&out)?);
     } else if out.released.is_empty() {
-        println!("nothing to release");
+        outln!("nothing to release");
     } else {
-        println!(
+        outln!(
             "releasing rental{} {}",
             if out.released.len() == 1 { "" } else { "s" },
             out.released

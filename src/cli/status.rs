@@ -54,11 +54,11 @@ pub async fn status(
         bail!("no job matches '{sel}': run `meshd status` to list jobs");
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&resp)?);
+        outln!("{}", serde_json::to_string_pretty(&resp)?);
         return Ok(0);
     }
     if let Some(c) = &resp.cloud {
-        println!(
+        outln!(
             "rented: {} machine{} at ${:.3}/h; ${:.2} spent (meshd cloud list)",
             c.machines,
             if c.machines == 1 { "" } else { "s" },
@@ -67,15 +67,20 @@ pub async fn status(
         );
     }
     if resp.jobs.is_empty() {
-        println!("no jobs yet: submit one with `meshd submit scene.blend 1-250`");
+        outln!("no jobs yet: submit one with `meshd submit scene.blend 1-250`");
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<12}  {:<20}  {:<8}  {:>11}  {:>9}  {:>6}",
-        "JOB", "NAME", "STATE", "DONE", "RENDERING", "FAILED"
+        "JOB",
+        "NAME",
+        "STATE",
+        "DONE",
+        "RENDERING",
+        "FAILED"
     );
     for j in &resp.jobs {
-        println!(
+        outln!(
             "{:<12}  {:<20}  {:<8}  {:>11}  {:>9}  {:>6}",
             short(&j.id),
             super::printable(&j.name),
@@ -85,18 +90,18 @@ pub async fn status(
             j.frames_failed
         );
         if let Some(f) = &j.failure {
-            println!("  failed: {}", super::printable(f));
+            outln!("  failed: {}", super::printable(f));
         }
         if let Some(w) = &j.waiting {
-            println!("  {}", super::printable(w));
+            outln!("  {}", super::printable(w));
         }
         let p = &j.project;
         match p.state.as_str() {
-            "fetching" => println!(
+            "fetching" => outln!(
                 "  fetching project: {} received",
                 super::submit::human_bytes(p.bytes_fetched)
             ),
-            "retrying" => println!(
+            "retrying" => outln!(
                 "  project fetch failed, retrying: {}",
                 super::printable(p.error.as_deref().unwrap_or("-"))
             ),
@@ -106,7 +111,7 @@ pub async fn status(
     if job.is_some() {
         for j in &resp.jobs {
             if let Some(out) = &j.out_dir {
-                println!(
+                outln!(
                     "\n{}: {} of {} frames written to {}",
                     super::printable(&j.name),
                     j.frames_written.unwrap_or(0),
@@ -116,7 +121,7 @@ pub async fn status(
             }
             let p = &j.project;
             if let (Some(files), Some(bytes)) = (p.files, p.bytes) {
-                println!(
+                outln!(
                     "project: {files} files, {}; {} fetched from peers, {} already here",
                     super::submit::human_bytes(bytes),
                     super::submit::human_bytes(p.bytes_fetched),
@@ -133,7 +138,7 @@ pub async fn status(
                         format!(" (renders only on Blender {r})")
                     })
                     .unwrap_or_default();
-                println!("submitted from Blender {}{req}", super::printable(v));
+                outln!("submitted from Blender {}{req}", super::printable(v));
             }
             for f in &j.frames {
                 let who = f.peer.as_deref().map(short_peer).unwrap_or("-");
@@ -141,12 +146,15 @@ pub async fn status(
                     .render_ms
                     .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
                     .unwrap_or_default();
-                println!(
+                outln!(
                     "  frame {:>6}  {:<9}  {:<8}  {}",
-                    f.frame, f.state, who, time
+                    f.frame,
+                    f.state,
+                    who,
+                    time
                 );
                 for r in &f.failures {
-                    println!("      failed: {}", super::printable(r));
+                    outln!("      failed: {}", super::printable(r));
                 }
             }
         }
@@ -158,12 +166,16 @@ pub async fn peers(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let client = ApiClient::connect(data_dir)?;
     let resp: PeersResponse = client.get("/v1/peers").await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&resp)?);
+        outln!("{}", serde_json::to_string_pretty(&resp)?);
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<54}  {:<9}  {:<8}  {:<7}  {:>6}  ADDRESSES",
-        "PEER", "STATE", "BLENDER", "DEVICE", "FRAMES"
+        "PEER",
+        "STATE",
+        "BLENDER",
+        "DEVICE",
+        "FRAMES"
     );
     for p in &resp.peers {
         let state = if p.is_self {
@@ -173,7 +185,7 @@ pub async fn peers(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
         } else {
             "gone"
         };
-        println!(
+        outln!(
             "{:<54}  {:<9}  {:<8}  {:<7}  {:>6}  {}",
             p.id,
             state,
@@ -187,7 +199,7 @@ pub async fn peers(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
                 .memory_mib
                 .map(|m| format!(", {m} MiB"))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "    {} {}{}",
                 d.kind.blender_name(),
                 super::printable(&d.name),
@@ -195,7 +207,7 @@ pub async fn peers(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
             );
         }
         for r in &p.rendering {
-            println!("    rendering {}", super::printable(r));
+            outln!("    rendering {}", super::printable(r));
         }
     }
     Ok(0)
@@ -205,9 +217,9 @@ pub async fn invite(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let client = ApiClient::connect(data_dir)?;
     let resp: InviteResponse = client.get("/v1/invite").await?;
     if json {
-        println!("{}", serde_json::to_string(&resp)?);
+        outln!("{}", serde_json::to_string(&resp)?);
     } else {
-        println!("meshd join {}", resp.ticket);
+        outln!("meshd join {}", resp.ticket);
     }
     Ok(0)
 }
@@ -219,7 +231,7 @@ pub async fn logs(data_dir: &Path, job: &str, frame: u32, json: bool) -> anyhow:
     let query = [("job", job), ("frame", frame_s.as_str())];
     let r: crate::api::types::LogsResponse = client.get_query("/v1/logs", &query).await?;
     if json {
-        println!("{}", serde_json::to_string(&r)?);
+        outln!("{}", serde_json::to_string(&r)?);
         return Ok(0);
     }
     let by = if r.live {
@@ -227,14 +239,14 @@ pub async fn logs(data_dir: &Path, job: &str, frame: u32, json: bool) -> anyhow:
     } else {
         "last attempt by"
     };
-    println!(
+    outln!(
         "# frame {} of job {}, {by} {}",
         r.frame,
         r.job.get(..12).unwrap_or(&r.job),
         r.peer
     );
     for line in &r.lines {
-        println!("{}", super::printable(line));
+        outln!("{}", super::printable(line));
     }
     Ok(0)
 }
@@ -244,7 +256,7 @@ pub async fn dashboard(data_dir: &Path, print_url: bool) -> anyhow::Result<i32> 
     let client = ApiClient::connect(data_dir)?;
     let login: crate::api::dashboard::LoginUrl = client.post("/v1/dashboard/login", &()).await?;
     if print_url {
-        println!("{}", login.url);
+        outln!("{}", login.url);
         return Ok(0);
     }
     let opened = std::process::Command::new("xdg-open")
@@ -255,10 +267,10 @@ pub async fn dashboard(data_dir: &Path, print_url: bool) -> anyhow::Result<i32> 
         .status()
         .is_ok_and(|s| s.success());
     if opened {
-        println!("dashboard opened in your browser (the link works once)");
+        outln!("dashboard opened in your browser (the link works once)");
     } else {
-        println!("open this link in a browser on this machine (it works once, for 2 minutes):");
-        println!("  {}", login.url);
+        outln!("open this link in a browser on this machine (it works once, for 2 minutes):");
+        outln!("  {}", login.url);
     }
     Ok(0)
 }
@@ -269,25 +281,25 @@ pub async fn rotate_key(data_dir: &Path, exclude: Vec<String>, json: bool) -> an
     let req = crate::api::types::RotateKeyRequest { exclude };
     let r: crate::api::types::RotateKeyResponse = client.post("/v1/rotate-key", &req).await?;
     if json {
-        println!("{}", serde_json::to_string(&r)?);
+        outln!("{}", serde_json::to_string(&r)?);
         return Ok(0);
     }
-    println!(
+    outln!(
         "mesh {}: new key in use; {} peer{} took it from here",
         r.mesh_id,
         r.switched.len(),
         if r.switched.len() == 1 { "" } else { "s" }
     );
     for p in &r.excluded {
-        println!("excluded and disconnected: {p}");
+        outln!("excluded and disconnected: {p}");
     }
     for (p, why) in &r.not_reached {
-        println!(
+        outln!(
             "not reached: {p} ({}); unless a peer passes the key on, it must join again with a new ticket",
             super::printable(why)
         );
     }
-    println!(
+    outln!(
         "old tickets no longer work; new machines join with:\n  meshd join {}",
         r.ticket
     );
@@ -299,9 +311,9 @@ pub async fn gc(data_dir: &std::path::Path, json: bool) -> anyhow::Result<i32> {
     let client = ApiClient::connect(data_dir)?;
     let r: crate::store::gc::GcReport = client.post("/v1/gc", &()).await?;
     if json {
-        println!("{}", serde_json::to_string(&r)?);
+        outln!("{}", serde_json::to_string(&r)?);
     } else {
-        println!(
+        outln!(
             "freed {} in {} stored file{}, {} unfinished download{} and {} work dir{}; {} kept",
             super::submit::human_bytes(r.bytes_freed),
             r.blobs_removed,
@@ -313,7 +325,7 @@ pub async fn gc(data_dir: &std::path::Path, json: bool) -> anyhow::Result<i32> {
             super::submit::human_bytes(r.bytes_kept),
         );
         if r.blobs_compacted > 0 {
-            println!(
+            outln!(
                 "compacted {} old file version{}: {} no longer stored twice",
                 r.blobs_compacted,
                 if r.blobs_compacted == 1 { "" } else { "s" },

@@ -265,7 +265,7 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
         Ok(resp) => resp,
         Err(refusal) if !refusal.missing.is_empty() => {
             if args.json {
-                println!("{}", serde_json::to_string(&refusal)?);
+                outln!("{}", serde_json::to_string(&refusal)?);
             } else {
                 print_missing(&refusal.missing);
             }
@@ -275,13 +275,13 @@ pub async fn run(data_dir: &std::path::Path, args: SubmitArgs) -> anyhow::Result
         Err(refusal) => bail!("{}", refusal.error),
     };
     if args.json {
-        println!("{}", serde_json::to_string(&resp)?);
+        outln!("{}", serde_json::to_string(&resp)?);
     } else {
         print_missing(&resp.missing);
         for w in &resp.warnings {
             eprintln!("warning: {}", super::printable(w));
         }
-        println!(
+        outln!(
             "submitted job {} ({}): {} frames, {} file{} ({}) -> {}",
             &resp.id[..12],
             resp.name,
@@ -423,7 +423,7 @@ pub(super) async fn wait(client: &ApiClient, job: &SubmitResponse) -> anyhow::Re
         );
         if written == view.frames_total {
             bar.finish_and_clear();
-            println!(
+            outln!(
                 "all {} frames in {} ({:.1} s)",
                 view.frames_total,
                 job.out_dir.display(),

@@ -257,7 +257,7 @@ pub(super) async fn encode(
             super::printable(last.trim())
         );
     }
-    println!(
+    outln!(
         "{} frames at {} fps into {}",
         frames.len(),
         enc.fps,
