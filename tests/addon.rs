@@ -34,6 +34,15 @@ fn blender_with(root: &Path, scene: &Path, script: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// The job id the test script printed after `JOB `.
+fn job_id(log: &str) -> String {
+    log.lines()
+        .find_map(|l| l.strip_prefix("JOB "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no job id printed:\n{log}"))
+        .to_string()
+}
+
 fn install(zip: &Path) -> String {
     format!(
         "import bpy, sys\n\
@@ -85,12 +94,7 @@ fn the_add_on_submits_the_open_file_to_the_local_daemon() {
     );
     let (ok, log) = blender_with(r, &scene, &script);
     assert!(ok, "the submit operator failed:\n{log}");
-    let id = log
-        .lines()
-        .find_map(|l| l.strip_prefix("JOB "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no job id printed:\n{log}"))
-        .to_string();
+    let id = job_id(&log);
     wait_until(
         Duration::from_secs(120),
         "the add-on's job to be written",
@@ -170,12 +174,7 @@ fn the_add_on_lists_the_project_itself_so_the_daemon_needs_no_blender() {
     );
     let (ok, log) = blender_with(r, &scene, &script);
     assert!(ok, "the submit operator failed:\n{log}");
-    let id = log
-        .lines()
-        .find_map(|l| l.strip_prefix("JOB "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no job id printed:\n{log}"))
-        .to_string();
+    let id = job_id(&log);
     // The job records the Blender that listed its files: the artist's.
     let artists = log
         .lines()
@@ -189,13 +188,6 @@ fn the_add_on_lists_the_project_itself_so_the_daemon_needs_no_blender() {
     wait_until(Duration::from_secs(180), "both frames written", || {
         sub.job(&id)["frames_written"] == 2
     });
-    for f in 1..=2 {
-        let name = format!("frame_{f:04}.png");
-        let diff = image_diff(&out.join(&name), &reference.join(&name));
-        assert!(
-            diff < 1.0,
-            "{name} differs from Blender's own render of the original (mean diff {diff:.2})"
-        );
-    }
+    assert_like_blender(&out, &reference, 1..=2);
     assert!(!renderer.log().contains("missing dependency"));
 }

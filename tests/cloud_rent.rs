@@ -250,14 +250,7 @@ fn a_machine_rented_for_a_job_joins_renders_and_is_released_when_the_job_ends() 
     // What the rented node delivered is Blender's own render of the scene.
     let reference = root.join("reference");
     reference_render(&scene, &reference, 1, 4);
-    for f in 1..=4 {
-        let name = format!("frame_{f:04}.png");
-        let diff = image_diff(&out.join(&name), &reference.join(&name));
-        assert!(
-            diff < 1.0,
-            "{name} differs from Blender's render ({diff:.2})"
-        );
-    }
+    assert_like_blender(&out, &reference, 1..=4);
     wait_until(Duration::from_secs(30), "the machine released", || {
         vast_live(&rig.fake).is_empty()
     });

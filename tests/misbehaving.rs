@@ -113,9 +113,5 @@ fn liars_are_refused_and_disconnected_and_the_job_completes() {
     assert_frames(&out, &[1, 2, 3, 4, 5, 6], (64, 36));
     let reference = root.path().join("reference");
     reference_render(&scene, &reference, 1, 6);
-    for f in 1..=6 {
-        let name = format!("frame_{f:04}.png");
-        let diff = image_diff(&out.join(&name), &reference.join(&name));
-        assert!(diff < 1.0, "{name} differs from Blender's render by {diff}");
-    }
+    assert_like_blender(&out, &reference, 1..=6);
 }

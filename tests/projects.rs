@@ -116,14 +116,7 @@ fn renders_like_blender_after_the_folder_moves(
     let job = a.job(&id);
     assert_eq!(job["frames_written"], 3, "{}", job["failure"]);
     assert_eq!(project_of(&b, &id)["files"], files);
-    for f in 1..=3 {
-        let name = format!("frame_{f:04}.png");
-        let diff = image_diff(&out.join(&name), &reference.join(&name));
-        assert!(
-            diff < 1.0,
-            "{name} differs from Blender's own render of the original (mean diff {diff:.2})"
-        );
-    }
+    assert_like_blender(&out, &reference, 1..=3);
     assert!(!b.log().contains("missing dependency"));
     (a, b, resp)
 }

@@ -433,6 +433,20 @@ pub fn image_diff(a: &Path, b: &Path) -> f64 {
     sum as f64 / a.as_raw().len() as f64
 }
 
+/// Asserts that each of `frames` in `out` (`frame_####.png`) is Blender's own render in
+/// `reference`: a mean difference under 1 (of 255) per channel.
+pub fn assert_like_blender(out: &Path, reference: &Path, frames: impl IntoIterator<Item = u32>) {
+    for f in frames {
+        let name = format!("frame_{f:04}.png");
+        let diff = image_diff(&out.join(&name), &reference.join(&name));
+        assert!(
+            diff < 1.0,
+            "{} differs from Blender's own render (mean diff {diff:.2})",
+            out.join(&name).display()
+        );
+    }
+}
+
 /// Asserts that `dir` holds exactly `frames` as valid PNGs of `size` and nothing else.
 pub fn assert_frames(dir: &Path, frames: &[u32], size: (u32, u32)) {
     let mut names: Vec<String> = std::fs::read_dir(dir)
