@@ -700,8 +700,9 @@ bpy.ops.wm.save_mainfile()
         .unwrap();
     assert!(
         out.status.success(),
-        "making the scene failed: {}",
-        String::from_utf8_lossy(&out.stdout)
+        "making the scene failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
     dir.join("shots/shot.blend")
 }
