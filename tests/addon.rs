@@ -34,13 +34,41 @@ fn blender_with(root: &Path, scene: &Path, script: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// The job id the test script printed after `JOB `.
-fn job_id(log: &str) -> String {
-    log.lines()
+/// Runs the add-on's submit operator in a background Blender with `scene` open, against the
+/// daemon whose data dir is `data`, output to `out`, after `panel` (Python lines setting the
+/// panel's properties on `s`). Asserts it succeeded; returns the job id and Blender's
+/// output (which also prints `BLENDER <version>`).
+fn submit_with_add_on(
+    r: &Path,
+    zip: &Path,
+    scene: &Path,
+    data: &Path,
+    out: &Path,
+    panel: &str,
+) -> (String, String) {
+    let script = format!(
+        "{install}\
+         prefs = bpy.context.preferences.addons['meshd_blender'].preferences\n\
+         prefs.data_dir = {data:?}\n\
+         s = bpy.context.scene.meshd\n\
+         s.out_dir = {out:?}\n\
+         {panel}\
+         result = bpy.ops.meshd.submit()\n\
+         bpy.ops.meshd.refresh()\n\
+         print('JOB', s.job_id, s.job_status)\n\
+         print('BLENDER', bpy.app.version_string)\n\
+         sys.exit(0 if result == {{'FINISHED'}} else 1)\n",
+        install = install(zip),
+    );
+    let (ok, log) = blender_with(r, scene, &script);
+    assert!(ok, "the submit operator failed:\n{log}");
+    let id = log
+        .lines()
         .find_map(|l| l.strip_prefix("JOB "))
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or_else(|| panic!("no job id printed:\n{log}"))
-        .to_string()
+        .to_string();
+    (id, log)
 }
 
 fn install(zip: &Path) -> String {
@@ -75,26 +103,16 @@ fn the_add_on_submits_the_open_file_to_the_local_daemon() {
     let d = Daemon::start(r, "d", None, &[]);
     let out = r.join("frames");
 
-    let script = format!(
-        "{install}\
-         prefs = bpy.context.preferences.addons['meshd_blender'].preferences\n\
-         prefs.data_dir = {data:?}\n\
-         s = bpy.context.scene.meshd\n\
-         s.use_scene_range = False\n\
+    let (id, _) = submit_with_add_on(
+        r,
+        &zip,
+        &scene,
+        &d.dir,
+        &out,
+        "s.use_scene_range = False\n\
          s.frame_start, s.frame_end = 2, 3\n\
-         s.out_dir = {out:?}\n\
-         s.resolution_pct = 50\n\
-         result = bpy.ops.meshd.submit()\n\
-         bpy.ops.meshd.refresh()\n\
-         print('JOB', s.job_id, s.job_status)\n\
-         sys.exit(0 if result == {{'FINISHED'}} else 1)\n",
-        install = install(&zip),
-        data = d.dir.to_str().unwrap(),
-        out = out.to_str().unwrap(),
+         s.resolution_pct = 50\n",
     );
-    let (ok, log) = blender_with(r, &scene, &script);
-    assert!(ok, "the submit operator failed:\n{log}");
-    let id = job_id(&log);
     wait_until(
         Duration::from_secs(120),
         "the add-on's job to be written",
@@ -158,23 +176,7 @@ fn the_add_on_lists_the_project_itself_so_the_daemon_needs_no_blender() {
     assert!(!o.status.success() && err.contains("no Blender"), "{err}");
 
     let out = r.join("frames");
-    let script = format!(
-        "{install}\
-         prefs = bpy.context.preferences.addons['meshd_blender'].preferences\n\
-         prefs.data_dir = {data:?}\n\
-         s = bpy.context.scene.meshd\n\
-         s.out_dir = {out:?}\n\
-         result = bpy.ops.meshd.submit()\n\
-         print('JOB', s.job_id, s.job_status)\n\
-         print('BLENDER', bpy.app.version_string)\n\
-         sys.exit(0 if result == {{'FINISHED'}} else 1)\n",
-        install = install(&zip),
-        data = sub.dir.to_str().unwrap(),
-        out = out.to_str().unwrap(),
-    );
-    let (ok, log) = blender_with(r, &scene, &script);
-    assert!(ok, "the submit operator failed:\n{log}");
-    let id = job_id(&log);
+    let (id, log) = submit_with_add_on(r, &zip, &scene, &sub.dir, &out, "");
     // The job records the Blender that listed its files: the artist's.
     let artists = log
         .lines()

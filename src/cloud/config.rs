@@ -81,7 +81,8 @@ impl NodeSettings {
         if let Some(url) = &self.blender_url {
             return url.clone();
         }
-        let fallback = match require.and_then(BlenderReq::parse) {
+        let require = require.and_then(BlenderReq::parse);
+        let fallback = match require {
             Some(r @ (BlenderReq::AtLeast(a, b) | BlenderReq::Series(a, b)))
                 if !r.admits(DEFAULT_BLENDER_VERSION) =>
             {
@@ -97,11 +98,7 @@ impl NodeSettings {
                 .then(|| (format!("{}.{}", parts[0], parts[1]), v.to_string()))
         };
         // The submitting Blender, unless it does not fit the job (a library saved by a newer one).
-        let fits = |v: &&str| {
-            require
-                .and_then(BlenderReq::parse)
-                .is_none_or(|r| r.admits(v))
-        };
+        let fits = |v: &&str| require.is_none_or(|r| r.admits(v));
         let (series, full) = version
             .filter(fits)
             .and_then(release)

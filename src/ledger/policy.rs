@@ -355,19 +355,21 @@ pub fn leave_to_faster(
     pending: usize,
     view: &impl PeerView,
 ) -> bool {
-    faster_capacity(id, entry, me, live, view).is_some_and(|c| c >= pending as f64)
+    faster_capacity(id, entry, me, live, view, &mean_render_ms(entry))
+        .is_some_and(|c| c >= pending as f64)
 }
 
 /// The frames the live peers faster than `me` finish between them in the time `me` takes
 /// for one ([`leave_to_faster`]); `None` when `me` has no result in the job yet.
+/// `means`: [`mean_render_ms`] of the job.
 fn faster_capacity(
     id: &JobId,
     entry: &JobEntry,
     me: &PeerId,
     live: &[PeerId],
     view: &impl PeerView,
+    means: &BTreeMap<PeerId, f64>,
 ) -> Option<f64> {
-    let means = mean_render_ms(entry);
     let &mine = means.get(me).filter(|m| **m > 0.0)?;
     let mut capacity = 0.0;
     for p in live.iter().filter(|p| *p != me) {
@@ -480,7 +482,8 @@ pub fn choose_claim(
             .collect();
         // Left to faster peers when they finish the pending frames first: the pending
         // frames are counted only up to what they can finish.
-        if let Some(capacity) = faster_capacity(id, entry, me, &unblocked, view) {
+        let means = mean_render_ms(entry);
+        if let Some(capacity) = faster_capacity(id, entry, me, &unblocked, view, &means) {
             let can = capacity.floor() as usize;
             if pending_up_to(entry, view, policy, can.saturating_add(1)) <= can {
                 continue;
@@ -523,7 +526,6 @@ pub fn choose_claim(
         // whose heartbeat reports a render of it about to end (they choose within a gossip
         // round trip too). A peer whose fresh claim is seen renders, and leaves the line
         // with its frame.
-        let means = mean_render_ms(entry);
         let choosers: Vec<(PeerId, usize)> = others
             .iter()
             .map(|p| {

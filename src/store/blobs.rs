@@ -102,13 +102,11 @@ impl Store {
 
     /// Like [`import_copy`](Self::import_copy), pinned while the [`Pin`] lives.
     pub fn import_copy_pinned(&self, path: &Path) -> Result<(BlobId, Pin), StoreError> {
-        let tmp = self.temp_path();
-        std::fs::copy(path, &tmp)?;
-        self.import_owned_pinned(&tmp)
+        self.import_open_pinned(&mut File::open(path)?)
     }
 
-    /// Like [`import_copy_pinned`](Self::import_copy_pinned), from a file already open: what
-    /// is stored is what `file` is, whatever its name points at by now.
+    /// Copies open `file` into the store (what is stored is what `file` is, whatever its
+    /// name points at by now), pinned while the [`Pin`] lives.
     pub fn import_open_pinned(&self, file: &mut File) -> Result<(BlobId, Pin), StoreError> {
         let tmp = self.temp_path();
         std::io::copy(file, &mut File::create(&tmp)?)?;
