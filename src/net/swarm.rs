@@ -20,7 +20,7 @@ use super::wire::{
 };
 
 pub const SYNC_PROTOCOL: &str = "/meshd/sync/1";
-pub const BLOB_PROTOCOL: &str = "/meshd/blob/2";
+pub const BLOB_PROTOCOL: &str = "/meshd/blob/3";
 pub const IDENTIFY_PROTOCOL: &str = "/meshd/id/1";
 pub const KEY_PROTOCOL: &str = "/meshd/key/1";
 pub const LOGS_PROTOCOL: &str = "/meshd/logs/1";

@@ -15,7 +15,7 @@ use crate::ledger::{FrameUpdate, JobSpec};
 use crate::render::DeviceInfo;
 
 /// Version of the gossip envelope and the request/response bodies.
-pub const WIRE_VERSION: u16 = 8;
+pub const WIRE_VERSION: u16 = 9;
 
 /// Most projects one heartbeat announces.
 pub const MAX_HAVE_PROJECTS: usize = 64;
@@ -246,7 +246,7 @@ pub struct KnownPeer {
     pub addrs: Vec<String>,
 }
 
-/// `/meshd/blob/2` request.
+/// `/meshd/blob/3` request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlobRequest {
     /// The postcard-encoded manifest of a blob.
@@ -258,7 +258,7 @@ pub enum BlobRequest {
     Project(BlobId),
 }
 
-/// `/meshd/blob/2` response. The requester verifies every byte against the hash it asked for.
+/// `/meshd/blob/3` response. The requester verifies every byte against the hash it asked for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlobResponse {
     Manifest(Vec<u8>),
@@ -285,12 +285,27 @@ pub struct ProjectAnswer {
     /// The manifests of the project's files that the responder has, the scene's first, as
     /// many as fit in [`PROJECT_FILES_BYTES`].
     pub files: Vec<Vec<u8>>,
+    /// A small project's files whole: every chunk of every file, each once, as the
+    /// [`BlobResponse::Chunk`] or [`BlobResponse::ChunkZstd`] a chunk request would get. Sent
+    /// only when `files` holds every file's manifest, the files total at most
+    /// [`PROJECT_CHUNKS_TOTAL`] bytes and their chunks as sent at most
+    /// [`PROJECT_CHUNKS_BYTES`]; empty otherwise.
+    pub chunks: Vec<BlobResponse>,
 }
 
 /// Largest project manifest sent inline in a [`ProjectAnswer`].
 pub const PROJECT_INLINE_BYTES: u64 = 1 << 20;
 /// Bytes of file manifests one [`ProjectAnswer`] carries at most.
 pub const PROJECT_FILES_BYTES: usize = 1 << 20;
+/// Bytes of chunks (as sent, compressed where that pays) one [`ProjectAnswer`] carries at
+/// most. Every renderer gets them from the peer it asks (the submitter, at a job's start),
+/// so this bounds what a small project costs that peer's uplink per renderer: about a
+/// round trip's worth on a slow link, in exchange for the two or three round trips the
+/// files' chunks would take (a typical 1 MB `.blend` travels as 120 KB).
+pub const PROJECT_CHUNKS_BYTES: usize = 256 << 10;
+/// Largest project (its files' sizes summed) whose chunks a [`ProjectAnswer`] may carry: the
+/// requester ignores them for a bigger one, so an answer cannot make it hold more.
+pub const PROJECT_CHUNKS_TOTAL: u64 = 4 << 20;
 
 /// zstd level for chunks on the wire: level 1 compresses about 1 GB/s on one core, and an
 /// uncompressed `.blend` (Blender's default) to about an eighth.

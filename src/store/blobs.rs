@@ -20,7 +20,10 @@ use tracing::warn;
 use super::served::Packed;
 use super::{Pin, Store, StoreError};
 use crate::ids::{BlobId, ChunkId};
-use crate::net::wire::{PROJECT_FILES_BYTES, PROJECT_INLINE_BYTES, ProjectAnswer};
+use crate::net::wire::{
+    PROJECT_CHUNKS_BYTES, PROJECT_CHUNKS_TOTAL, PROJECT_FILES_BYTES, PROJECT_INLINE_BYTES,
+    ProjectAnswer,
+};
 use crate::net::{BlobRequest, BlobResponse, BlobServer};
 use crate::transfer::manifest::Manifest;
 use crate::transfer::project::ProjectManifest;
@@ -242,14 +245,16 @@ impl Store {
         (self.is_whole(id) || self.is_compact(id)).then(|| bytes.to_vec())
     }
 
-    /// A project manifest held whole, its content when small, and the manifests of its files
-    /// known here (the scene's first) up to [`PROJECT_FILES_BYTES`].
+    /// A project manifest held whole, its content when small, the manifests of its files
+    /// known here (the scene's first) up to [`PROJECT_FILES_BYTES`], and a small project's
+    /// chunks ([`Store::project_chunks`]).
     fn serve_project(&self, id: &BlobId) -> BlobResponse {
         let Some(manifest) = self.served_manifest(id) else {
             return BlobResponse::NotFound;
         };
         let content = self.read_blob(id, PROJECT_INLINE_BYTES);
         let mut files = Vec::new();
+        let mut chunks = Vec::new();
         if let Some(project) = content
             .as_deref()
             .and_then(|c| ProjectManifest::decode(c).ok())
@@ -274,12 +279,45 @@ impl Store {
                 budget -= m.len();
                 files.push(m.to_vec());
             }
+            if files.len() == blobs.len() {
+                chunks = self.project_chunks(&project);
+            }
         }
         BlobResponse::Project(ProjectAnswer {
             manifest,
             content,
             files,
+            chunks,
         })
+    }
+
+    /// Every chunk of `project`'s files, each once, as a chunk request would get it: only
+    /// when the project is at most [`PROJECT_CHUNKS_TOTAL`] bytes, this store can serve all
+    /// of it, and the answers sum to at most [`PROJECT_CHUNKS_BYTES`]; none otherwise.
+    fn project_chunks(&self, project: &ProjectManifest) -> Vec<BlobResponse> {
+        if project.total_size() > PROJECT_CHUNKS_TOTAL {
+            return Vec::new();
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut chunks = Vec::new();
+        let mut bytes = 0;
+        for blob in project.blobs() {
+            let Some(m) = self.manifest(&blob) else {
+                return Vec::new();
+            };
+            for c in m.chunks.iter().filter(|c| seen.insert(c.id)) {
+                let answer = self.serve_chunk(&c.id);
+                bytes += match &answer {
+                    BlobResponse::Chunk(b) | BlobResponse::ChunkZstd(b) => b.len(),
+                    _ => return Vec::new(),
+                };
+                if bytes > PROJECT_CHUNKS_BYTES {
+                    return Vec::new();
+                }
+                chunks.push(answer);
+            }
+        }
+        chunks
     }
 
     /// A chunk's answer: compressed when that pays, remembered for the next peer asking

@@ -17,13 +17,14 @@
 //!   anything, and asking them first would cost a round trip each.
 //! - A project starts with one request ([`FetchCtx::fetch_project`]) for its manifest blob
 //!   whole and its files' manifests, so the files' chunks are asked for after one round
-//!   trip, not three.
+//!   trip, not three. A small project's chunks come in that answer too
+//!   ([`PROJECT_CHUNKS_BYTES`](crate::net::wire::PROJECT_CHUNKS_BYTES)): nothing more to ask.
 //! - Chunks travel zstd-compressed when that pays ([`BlobResponse::chunk`]): an uncompressed
 //!   `.blend`, Blender's default, shrinks to about an eighth.
 //! - A provider that sends a chunk that does not hash right is dropped as a source for the
 //!   rest of the fetch (and of its project, when the [`FetchCtx`] is shared) and logged.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,7 @@ use tracing::{debug, warn};
 use super::manifest::{ChunkRef, Manifest};
 use super::project::ProjectManifest;
 use crate::ids::{BlobId, ChunkId};
-use crate::net::wire::ProjectAnswer;
+use crate::net::wire::{PROJECT_CHUNKS_TOTAL, ProjectAnswer};
 use crate::net::{BlobRequest, BlobResponse, Client};
 use crate::store::{Store, StoreError};
 
@@ -77,10 +78,15 @@ struct SeedSlots {
 struct SeedSlot<'a>(&'a SeedSlots);
 
 impl SeedSlots {
-    /// Takes a slot whether or not one is free; returns it and how many were taken before.
-    fn take(&self) -> (SeedSlot<'_>, usize) {
-        let before = self.busy.fetch_add(1, Ordering::AcqRel);
-        (SeedSlot(self), before)
+    /// Slots taken now.
+    fn busy(&self) -> usize {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// Takes a slot whether or not one is free.
+    fn take(&self) -> SeedSlot<'_> {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        SeedSlot(self)
     }
 }
 
@@ -170,6 +176,9 @@ pub struct FetchCtx {
     /// Largest blob worth fetching (a thumbnail), checked against its manifest before any
     /// chunk is asked for.
     max_size: Option<u64>,
+    /// Blobs a project answer brought whole ([`FetchCtx::fetch_project`]): counted as
+    /// fetched there, not as reused when the checkout asks for them.
+    arrived: Arc<Mutex<HashSet<BlobId>>>,
 }
 
 impl FetchCtx {
@@ -210,6 +219,7 @@ impl FetchCtx {
             rotation: rand::random::<u32>() as usize,
             seed_slots: Arc::default(),
             max_size: None,
+            arrived: Arc::default(),
         }
     }
 
@@ -242,8 +252,11 @@ impl FetchCtx {
             // fetch it like any other.
             match store.materialize(&id) {
                 Ok(path) => {
-                    let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                    self.stats.reused.fetch_add(len, Ordering::Relaxed);
+                    let arrived = self.arrived.lock().is_ok_and(|a| a.contains(&id));
+                    if !arrived {
+                        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                        self.stats.reused.fetch_add(len, Ordering::Relaxed);
+                    }
                     return Ok(path);
                 }
                 Err(e) => warn!("cannot rebuild blob {} locally: {e}", id.short()),
@@ -274,8 +287,9 @@ impl FetchCtx {
     }
 
     /// Makes project manifest `id` local like [`FetchCtx::fetch`], first asking for it whole,
-    /// with its files' manifests, in one answer ([`BlobRequest::Project`]): of the seeds, then
-    /// of a holder. What the answer lacks (or a peer that cannot answer) is fetched as usual.
+    /// with its files' manifests (and a small project's files), in one answer
+    /// ([`BlobRequest::Project`]): of the seeds, then of a holder. What the answer lacks (or a
+    /// peer that cannot answer) is fetched as usual.
     pub async fn fetch_project(&self, id: BlobId) -> Result<PathBuf, FetchError> {
         if !self.store.has_blob(&id) && self.store.manifest(&id).is_none() {
             let holders = self.providers.get();
@@ -294,9 +308,12 @@ impl FetchCtx {
                         let kept = blocking(move || keep_project(&store, id, answer)).await?;
                         match kept {
                             // Its manifest only: the content comes as usual.
-                            Ok(0) => break,
-                            Ok(bytes) => {
+                            Ok(Kept { bytes: 0, .. }) => break,
+                            Ok(Kept { bytes, files }) => {
                                 self.stats.fetched.fetch_add(bytes, Ordering::Relaxed);
+                                if let Ok(mut arrived) = self.arrived.lock() {
+                                    arrived.extend(files);
+                                }
                                 return Ok(self.store.blob_path(&id));
                             }
                             Err(e) => {
@@ -449,10 +466,12 @@ impl FetchCtx {
             }
         }
         if !self.seeds.is_empty() {
-            let (_slot, busy) = self.seed_slots.take();
-            if plan.may_defer && busy >= SEED_SLOTS && attempt < MAX_DEFERRALS {
+            // Deferred without taking a slot: giving one back wakes a deferred chunk, and a
+            // chunk woken by its own slot would ask again at once, round after round.
+            if plan.may_defer && self.seed_slots.busy() >= SEED_SLOTS && attempt < MAX_DEFERRALS {
                 return Ok(Got::Deferred);
             }
+            let _slot = self.seed_slots.take();
             for p in self.seeds.iter() {
                 if let Some(bytes) = self.ask(*p, c, blob).await {
                     return Ok(Got::Bytes(bytes));
@@ -581,18 +600,27 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| FetchError::Io(std::io::Error::other(e.to_string())))
 }
 
+/// What [`keep_project`] kept.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Kept {
+    /// Bytes of content: the project manifest's and its files' (0: its manifest only).
+    bytes: u64,
+    /// The files kept whole from the answer's chunks.
+    files: Vec<BlobId>,
+}
+
 /// Checks and keeps what a [`ProjectAnswer`] for project manifest `id` holds: the blob's
-/// manifest; its content, written as the blob; and the files' manifests, each of which must
-/// be the manifest of one of the project's files. Returns the content's bytes (0 without).
-/// An answer that does not check out is an error, and nothing of it is kept but what was
-/// checked before.
-fn keep_project(store: &Store, id: BlobId, answer: ProjectAnswer) -> Result<u64, String> {
+/// manifest; its content, written as the blob; the files' manifests, each of which must be
+/// the manifest of one of the project's files; and the files the answer's chunks make up
+/// ([`check_chunks`]). An answer that does not check out is an error, and nothing of it is
+/// kept but what was checked before.
+fn keep_project(store: &Store, id: BlobId, answer: ProjectAnswer) -> Result<Kept, String> {
     let manifest = Manifest::decode_verified(&answer.manifest, &id).map_err(|e| e.to_string())?;
     let Some(content) = answer.content else {
         store
             .put_manifest(&id, &manifest)
             .map_err(|e| e.to_string())?;
-        return Ok(0);
+        return Ok(Kept::default());
     };
     // Chunked and hashed here as the server did, the content must give the same manifest.
     if Manifest::build(&content[..]).ok().as_ref() != Some(&manifest) {
@@ -616,15 +644,93 @@ fn keep_project(store: &Store, id: BlobId, answer: ProjectAnswer) -> Result<u64,
         // Not a project manifest: the checkout says so when it reads it.
         None => Vec::new(),
     };
+    let chunks = check_chunks(&files, answer.chunks)?;
     let partial = store.partial_path(&id);
     let write = std::fs::write(&partial, &content).map_err(|e| e.to_string());
     write.and_then(|()| store.commit(&partial, &manifest).map_err(|e| e.to_string()))?;
-    for (blob, m) in files {
-        if store.manifest(&blob).is_none() {
-            store.put_manifest(&blob, &m).map_err(|e| e.to_string())?;
+    for (blob, m) in &files {
+        if store.manifest(blob).is_none() {
+            store.put_manifest(blob, m).map_err(|e| e.to_string())?;
         }
     }
-    Ok(content.len() as u64)
+    let mut kept = Kept {
+        bytes: content.len() as u64,
+        files: Vec::new(),
+    };
+    for (blob, size) in keep_files(store, &files, &chunks) {
+        kept.bytes += size;
+        kept.files.push(blob);
+    }
+    Ok(kept)
+}
+
+/// The chunks a [`ProjectAnswer`] carries, by id, each checked against its hash and the
+/// project's files' manifests (`files`, checked against their ids): a chunk of no file is an
+/// error. None when the files total over [`PROJECT_CHUNKS_TOTAL`] bytes, which bounds what an
+/// answer can make this peer hold.
+fn check_chunks(
+    files: &[(BlobId, Manifest)],
+    chunks: Vec<BlobResponse>,
+) -> Result<HashMap<ChunkId, Vec<u8>>, String> {
+    let mut got = HashMap::new();
+    if chunks.is_empty() || files.iter().map(|(_, m)| m.size).sum::<u64>() > PROJECT_CHUNKS_TOTAL {
+        return Ok(got);
+    }
+    let lens: HashMap<ChunkId, u32> = files
+        .iter()
+        .flat_map(|(_, m)| m.chunks.iter().map(|c| (c.id, c.len)))
+        .collect();
+    let longest = lens.values().copied().max().unwrap_or(0) as usize;
+    for answer in chunks {
+        let bytes = match answer.into_chunk(longest) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Err("it holds an answer that is not a chunk".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let id = ChunkId::of(&bytes);
+        if lens.get(&id) != Some(&(bytes.len() as u32)) {
+            return Err("it holds a chunk of no file of the project".into());
+        }
+        got.insert(id, bytes);
+    }
+    Ok(got)
+}
+
+/// Keeps as blobs the `files` whose every chunk is in `chunks`, each written in the order
+/// its manifest gives; returns them and their sizes. Files held already are left as they
+/// are, and a file this peer cannot write is left to be fetched as usual.
+fn keep_files(
+    store: &Store,
+    files: &[(BlobId, Manifest)],
+    chunks: &HashMap<ChunkId, Vec<u8>>,
+) -> Vec<(BlobId, u64)> {
+    use std::io::Write;
+    let mut kept = Vec::new();
+    for (blob, m) in files {
+        if store.has_blob(blob) || !m.chunks.iter().all(|c| chunks.contains_key(&c.id)) {
+            continue;
+        }
+        let tmp = store.temp_path();
+        let write = || -> Result<(), StoreError> {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            for bytes in m.chunks.iter().filter_map(|c| chunks.get(&c.id)) {
+                f.write_all(bytes)?;
+            }
+            f.flush()?;
+            drop(f);
+            store.commit(&tmp, m)?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            // This peer's own trouble (a full disk), not the answer's: the file is fetched
+            // as usual, and says so if it fails again.
+            let _ = std::fs::remove_file(&tmp);
+            warn!("cannot keep a file of the project from its answer: {e}");
+            break;
+        }
+        kept.push((*blob, m.size));
+    }
+    kept
 }
 
 /// Makes blob `id` local, asking `providers`. Returns the local path.
@@ -649,18 +755,18 @@ mod tests {
     #[tokio::test]
     async fn a_freed_seed_slot_wakes_a_deferred_chunk_at_once() {
         let slots = SeedSlots::default();
-        let (a, before_a) = slots.take();
-        let (b, before_b) = slots.take();
-        assert_eq!((before_a, before_b), (0, 1));
-        let (c, busy) = slots.take();
-        assert_eq!(busy, SEED_SLOTS, "all taken: the third chunk is deferred");
-        drop(c);
-        // The deferral's own give-back left a wake-up: the chunk's next attempt does not
-        // wait out its backoff when a slot may be free.
+        let a = slots.take();
+        let b = slots.take();
+        assert_eq!(
+            slots.busy(),
+            SEED_SLOTS,
+            "all taken: a third chunk is deferred"
+        );
+        // Nothing given back, nothing to wake for: the deferred chunk waits.
         let wait = std::time::Duration::from_secs(5);
-        tokio::time::timeout(wait, slots.freed.notified())
-            .await
-            .expect("a slot given back wakes the next waiter");
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(50), slots.freed.notified());
+        assert!(early.await.is_err(), "woken with every slot still taken");
         // A waiter that is already waiting is woken when a slot is given back.
         let waiter = async {
             slots.freed.notified().await;
@@ -676,6 +782,127 @@ mod tests {
         assert_eq!(busy, 1, "one slot free when the waiter wakes");
         drop(b);
         assert_eq!(slots.busy.load(Ordering::Acquire), 0);
+    }
+
+    /// Serves `store`, holding each chunk answer back 40 ms, and counts the chunk requests it
+    /// answers at once (the most seen).
+    struct SlowSeed {
+        store: Store,
+        now: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+    }
+
+    impl BlobServer for SlowSeed {
+        fn serve(&self, req: &BlobRequest) -> BlobResponse {
+            if !matches!(req, BlobRequest::Chunk(_)) {
+                return self.store.serve(req);
+            }
+            let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(40));
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            self.store.serve(req)
+        }
+    }
+
+    /// A node on 127.0.0.1 answering with `server`: its client and its address.
+    async fn node(
+        key: crate::net::MeshKey,
+        server: Arc<dyn BlobServer>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> (
+        Client,
+        libp2p::Multiaddr,
+        tokio::sync::mpsc::Receiver<crate::net::NetEvent>,
+    ) {
+        let keypair = libp2p::identity::Keypair::generate_ed25519();
+        let swarm = crate::net::swarm::build(
+            keypair.clone(),
+            crate::net::CurrentKey::new(key),
+            false,
+            "test".into(),
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        let listen: libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
+        let (client, events, _) = crate::net::node::spawn(
+            swarm,
+            keypair,
+            "test".into(),
+            &[listen],
+            server,
+            cancel.clone(),
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(addr) = client.listen_addrs().await.unwrap().into_iter().next() {
+                return (client, addr, events);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node never listened"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fetch_keeps_at_most_its_seed_slots_at_the_seed_while_others_may_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed_store = Store::open(&dir.path().join("seed")).unwrap();
+        let src = dir.path().join("big");
+        std::fs::write(&src, super::super::manifest::noise(3 << 20, 5)).unwrap();
+        let blob = seed_store.import_copy(&src).unwrap();
+        let chunks = seed_store.manifest(&blob).unwrap().chunks.len();
+        assert!(chunks > 2 * SEED_SLOTS, "{chunks} chunks");
+
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let _stop = cancel.clone().drop_guard();
+        let key = crate::net::MeshKey::generate();
+        let seed = Arc::new(SlowSeed {
+            store: seed_store,
+            now: Default::default(),
+            most: Default::default(),
+        });
+        let (seed_client, seed_addr, _seed_events) = node(key, seed.clone(), &cancel).await;
+        // A peer holding nothing yet: while it may get chunks, a busy seed's chunk waits.
+        let empty = Store::open(&dir.path().join("empty")).unwrap();
+        let (empty_client, empty_addr, _empty_events) = node(key, Arc::new(empty), &cancel).await;
+        let here = Store::open(&dir.path().join("here")).unwrap();
+        let (client, _, mut events) = node(key, Arc::new(here.clone()), &cancel).await;
+        client.dial(seed_addr).await.unwrap();
+        client.dial(empty_addr).await.unwrap();
+        let (seed_id, empty_id) = (seed_client.local_peer_id(), empty_client.local_peer_id());
+        let mut connected = HashSet::new();
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while connected.len() < 2 {
+                if let Some(crate::net::NetEvent::PeerConnected(p)) = events.recv().await {
+                    connected.insert(p);
+                }
+            }
+        })
+        .await
+        .expect("connected to the seed and the other peer");
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+
+        let ctx = FetchCtx::swarm(
+            client,
+            here.clone(),
+            Holders::new(Vec::new()),
+            vec![empty_id],
+            vec![seed_id],
+        );
+        let path = tokio::time::timeout(std::time::Duration::from_secs(60), ctx.fetch(blob))
+            .await
+            .expect("the fetch ends")
+            .unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), std::fs::read(&src).unwrap());
+        let most = seed.most.load(Ordering::SeqCst);
+        assert!(
+            most <= SEED_SLOTS,
+            "{most} chunk requests at the seed at once, over its {SEED_SLOTS} slots"
+        );
     }
 
     fn chunk(i: u32) -> ChunkRef {
@@ -779,20 +1006,30 @@ mod tests {
         assert!(!alone.may_defer);
     }
 
-    /// A store holding a project of two files (the scene and a texture) and its manifest;
-    /// returns the store, the project manifest's id and the scene's and texture's ids.
+    /// A store holding a project of two files of 300 kB of noise (the scene and a texture)
+    /// and its manifest; returns the store, the project manifest's id and the scene's and
+    /// texture's ids.
     fn project_store(dir: &std::path::Path) -> (Store, BlobId, BlobId, BlobId) {
+        let noise = |seed| super::super::manifest::noise(300_000, seed);
+        project_store_of(dir, [noise(1), noise(2)])
+    }
+
+    /// [`project_store`] with the scene's and the texture's bytes given.
+    fn project_store_of(
+        dir: &std::path::Path,
+        bytes: [Vec<u8>; 2],
+    ) -> (Store, BlobId, BlobId, BlobId) {
         use crate::transfer::project::ProjectFile;
         let store = Store::open(&dir.join("seed")).unwrap();
         let mut ids = Vec::new();
-        for (name, seed) in [("shot.blend", 1), ("tex/wood.png", 2)] {
+        for (name, bytes) in ["shot.blend", "tex/wood.png"].into_iter().zip(bytes) {
             let path = dir.join(name.replace('/', "_"));
-            std::fs::write(&path, super::super::manifest::noise(300_000, seed)).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
             let blob = store.import_copy(&path).unwrap();
             ids.push(ProjectFile {
                 path: name.into(),
                 blob,
-                size: 300_000,
+                size: bytes.len() as u64,
             });
         }
         let (scene, tex) = (ids[0].blob, ids[1].blob);
@@ -823,9 +1060,16 @@ mod tests {
         assert_eq!(answer.files.len(), 2);
 
         let here = Store::open(&dir.path().join("here")).unwrap();
-        let bytes = keep_project(&here, id, answer).unwrap();
+        assert!(
+            answer.chunks.is_empty(),
+            "600 kB of noise is over the budget"
+        );
+        let kept = keep_project(&here, id, answer).unwrap();
         assert!(here.has_blob(&id));
-        assert_eq!(bytes, std::fs::metadata(here.blob_path(&id)).unwrap().len());
+        assert_eq!(
+            kept.bytes,
+            std::fs::metadata(here.blob_path(&id)).unwrap().len()
+        );
         assert_eq!(here.manifest(&scene), seed.manifest(&scene));
         assert_eq!(here.manifest(&tex), seed.manifest(&tex));
         assert!(!here.has_blob(&scene), "the files' chunks come later");
@@ -872,5 +1116,108 @@ mod tests {
         // The good one still goes in.
         keep_project(&here, id, good).unwrap();
         assert!(here.has_blob(&id));
+    }
+
+    /// A `.blend`-like file: 1 MB that compresses about eightfold, as Blender's are.
+    fn blend_like(n: usize, seed: u64) -> Vec<u8> {
+        let noise = super::super::manifest::noise(n / 8, seed);
+        (0..n)
+            .map(|i| if i % 8 == 0 { noise[i / 8] } else { 0 })
+            .collect()
+    }
+
+    #[test]
+    fn a_small_project_comes_whole_in_one_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seed, id, scene, tex) =
+            project_store_of(dir.path(), [blend_like(1_000_000, 1), b"tiny png".to_vec()]);
+        let answer = project_answer(&seed, id);
+        let scene_chunks = seed.manifest(&scene).unwrap().chunks.len();
+        assert_eq!(answer.chunks.len(), scene_chunks + 1, "every chunk, once");
+        let sent: usize = answer
+            .chunks
+            .iter()
+            .map(|c| match c {
+                BlobResponse::Chunk(b) | BlobResponse::ChunkZstd(b) => b.len(),
+                other => panic!("not a chunk: {other:?}"),
+            })
+            .sum();
+        assert!(sent <= crate::net::wire::PROJECT_CHUNKS_BYTES, "{sent}");
+
+        let here = Store::open(&dir.path().join("here")).unwrap();
+        let kept = keep_project(&here, id, answer).unwrap();
+        let project_len = std::fs::metadata(here.blob_path(&id)).unwrap().len();
+        assert_eq!(kept.bytes, project_len + 1_000_000 + 8);
+        assert_eq!(kept.files.len(), 2);
+        for blob in [scene, tex] {
+            assert!(kept.files.contains(&blob));
+            assert_eq!(
+                std::fs::read(here.blob_path(&blob)).unwrap(),
+                std::fs::read(seed.blob_path(&blob)).unwrap()
+            );
+        }
+        // Held already: left as it is, not written again.
+        let again = keep_project(&here, id, project_answer(&seed, id)).unwrap();
+        assert!(again.files.is_empty());
+    }
+
+    #[test]
+    fn a_projects_chunks_come_only_when_small_and_all_of_them_check_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seed, id, scene, tex) = project_store_of(
+            dir.path(),
+            [blend_like(1_000_000, 1), blend_like(200_000, 2)],
+        );
+        let good = project_answer(&seed, id);
+        assert!(!good.chunks.is_empty());
+        let here = Store::open(&dir.path().join("here")).unwrap();
+        let refuse = |a: ProjectAnswer, why: &str| {
+            let e = keep_project(&here, id, a).unwrap_err();
+            assert!(e.contains(why), "{e}");
+            assert!(!here.has_blob(&id) && !here.has_blob(&scene) && !here.has_blob(&tex));
+        };
+        // A chunk of no file of the project.
+        let mut foreign = good.clone();
+        foreign.chunks[0] = BlobResponse::chunk(blend_like(100_000, 9));
+        refuse(foreign, "no file of the project");
+        // A chunk bent on the way.
+        let mut bent = good.clone();
+        if let BlobResponse::ChunkZstd(z) | BlobResponse::Chunk(z) = &mut bent.chunks[0] {
+            let last = z.len() - 1;
+            z[last] ^= 1;
+        }
+        assert!(keep_project(&here, id, bent).is_err());
+        assert!(!here.has_blob(&scene));
+        // Something else passed off as a chunk.
+        let mut other = good.clone();
+        other.chunks[0] = BlobResponse::NotFound;
+        refuse(other, "not a chunk");
+        // A missing chunk: the files it would complete are fetched as usual.
+        let mut short = good.clone();
+        short.chunks.truncate(1);
+        let kept = keep_project(&here, id, short).unwrap();
+        assert!(here.has_blob(&id));
+        assert!(kept.files.len() < 2);
+
+        // A project over PROJECT_CHUNKS_TOTAL: the server sends none, and the requester
+        // keeps none it is sent.
+        let dir = tempfile::tempdir().unwrap();
+        let big = PROJECT_CHUNKS_TOTAL as usize;
+        let (seed, id, scene, _) = project_store_of(dir.path(), [vec![0; big], b"tiny".to_vec()]);
+        let mut answer = project_answer(&seed, id);
+        assert!(answer.chunks.is_empty(), "over the total");
+        let m = seed.manifest(&scene).unwrap();
+        answer.chunks = m
+            .chunks
+            .iter()
+            .map(|c| BlobResponse::chunk(seed.read_chunk(&c.id).unwrap()))
+            .collect();
+        let here = Store::open(&dir.path().join("here")).unwrap();
+        let kept = keep_project(&here, id, answer).unwrap();
+        assert!(kept.files.is_empty() && !here.has_blob(&scene));
+
+        // Noise does not shrink: 600 kB of it is over PROJECT_CHUNKS_BYTES as sent.
+        let (seed, id, _, _) = project_store(&dir.path().join("noise"));
+        assert!(project_answer(&seed, id).chunks.is_empty());
     }
 }
