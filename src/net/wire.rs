@@ -285,12 +285,55 @@ pub struct ProjectAnswer {
     /// The manifests of the project's files that the responder has, the scene's first, as
     /// many as fit in [`PROJECT_FILES_BYTES`].
     pub files: Vec<Vec<u8>>,
-    /// A small project's files whole: every chunk of every file, each once, as the
-    /// [`BlobResponse::Chunk`] or [`BlobResponse::ChunkZstd`] a chunk request would get. Sent
-    /// only when `files` holds every file's manifest, the files total at most
-    /// [`PROJECT_CHUNKS_TOTAL`] bytes and their chunks as sent at most
+    /// A small project's files whole: every chunk of every file, each once, as a chunk
+    /// request would get it. Sent only when `files` holds every file's manifest, the files
+    /// total at most [`PROJECT_CHUNKS_TOTAL`] bytes and their chunks as sent at most
     /// [`PROJECT_CHUNKS_BYTES`]; empty otherwise.
-    pub chunks: Vec<BlobResponse>,
+    pub chunks: Vec<SentChunk>,
+}
+
+/// A chunk's bytes inside a [`ProjectAnswer`], as [`BlobResponse::Chunk`] or
+/// [`BlobResponse::ChunkZstd`] would carry them. A type of its own, not a `BlobResponse`:
+/// a response that could hold responses could nest deep enough to overflow the decoder's
+/// stack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SentChunk {
+    Raw(Vec<u8>),
+    /// One zstd frame.
+    Zstd(Vec<u8>),
+}
+
+impl SentChunk {
+    /// The chunk of a chunk answer, `None` for any other answer.
+    pub fn of(answer: BlobResponse) -> Option<SentChunk> {
+        match answer {
+            BlobResponse::Chunk(b) => Some(SentChunk::Raw(b)),
+            BlobResponse::ChunkZstd(z) => Some(SentChunk::Zstd(z)),
+            BlobResponse::Manifest(_) | BlobResponse::NotFound | BlobResponse::Project(_) => None,
+        }
+    }
+
+    /// Bytes on the wire.
+    pub fn len(&self) -> usize {
+        match self {
+            SentChunk::Raw(b) | SentChunk::Zstd(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The chunk's bytes, decompressed into at most `max_len` bytes (as
+    /// [`BlobResponse::into_chunk`]).
+    pub fn into_bytes(self, max_len: usize) -> Result<Vec<u8>, BadChunk> {
+        match self {
+            SentChunk::Raw(b) => Ok(b),
+            SentChunk::Zstd(z) => {
+                zstd::bulk::decompress(&z, max_len).map_err(|e| BadChunk(e.to_string()))
+            }
+        }
+    }
 }
 
 /// Largest project manifest sent inline in a [`ProjectAnswer`].

@@ -22,7 +22,7 @@ use super::{Pin, Store, StoreError};
 use crate::ids::{BlobId, ChunkId};
 use crate::net::wire::{
     PROJECT_CHUNKS_BYTES, PROJECT_CHUNKS_TOTAL, PROJECT_FILES_BYTES, PROJECT_INLINE_BYTES,
-    ProjectAnswer,
+    ProjectAnswer, SentChunk,
 };
 use crate::net::{BlobRequest, BlobResponse, BlobServer};
 use crate::transfer::manifest::Manifest;
@@ -294,7 +294,7 @@ impl Store {
     /// Every chunk of `project`'s files, each once, as a chunk request would get it: only
     /// when the project is at most [`PROJECT_CHUNKS_TOTAL`] bytes, this store can serve all
     /// of it, and the answers sum to at most [`PROJECT_CHUNKS_BYTES`]; none otherwise.
-    fn project_chunks(&self, project: &ProjectManifest) -> Vec<BlobResponse> {
+    fn project_chunks(&self, project: &ProjectManifest) -> Vec<SentChunk> {
         if project.total_size() > PROJECT_CHUNKS_TOTAL {
             return Vec::new();
         }
@@ -306,15 +306,14 @@ impl Store {
                 return Vec::new();
             };
             for c in m.chunks.iter().filter(|c| seen.insert(c.id)) {
-                let answer = self.serve_chunk(&c.id);
-                bytes += match &answer {
-                    BlobResponse::Chunk(b) | BlobResponse::ChunkZstd(b) => b.len(),
-                    _ => return Vec::new(),
+                let Some(chunk) = SentChunk::of(self.serve_chunk(&c.id)) else {
+                    return Vec::new();
                 };
+                bytes += chunk.len();
                 if bytes > PROJECT_CHUNKS_BYTES {
                     return Vec::new();
                 }
-                chunks.push(answer);
+                chunks.push(chunk);
             }
         }
         chunks

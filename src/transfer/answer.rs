@@ -10,8 +10,7 @@ use tracing::warn;
 use super::manifest::Manifest;
 use super::project::ProjectManifest;
 use crate::ids::{BlobId, ChunkId};
-use crate::net::BlobResponse;
-use crate::net::wire::{PROJECT_CHUNKS_TOTAL, ProjectAnswer};
+use crate::net::wire::{PROJECT_CHUNKS_TOTAL, ProjectAnswer, SentChunk};
 use crate::store::{Store, StoreError};
 
 /// What [`keep_project`] kept.
@@ -26,12 +25,14 @@ pub(super) struct Kept {
 /// Checks and keeps what a [`ProjectAnswer`] for project manifest `id` holds: the blob's
 /// manifest; its content, written as the blob; the files' manifests, each of which must be
 /// the manifest of one of the project's files; and the files the answer's chunks make up
-/// ([`check_chunks`]). An answer that does not check out is an error, and nothing of it is
-/// kept but what was checked before.
+/// ([`check_chunks`]), unless the files total over `max_files` bytes (this peer's project
+/// quota: the checkout refuses the project). An answer that does not check out is an error,
+/// and nothing of it is kept but what was checked before.
 pub(super) fn keep_project(
     store: &Store,
     id: BlobId,
     answer: ProjectAnswer,
+    max_files: u64,
 ) -> Result<Kept, String> {
     let manifest = Manifest::decode_verified(&answer.manifest, &id).map_err(|e| e.to_string())?;
     let Some(content) = answer.content else {
@@ -62,7 +63,7 @@ pub(super) fn keep_project(
         // Not a project manifest: the checkout says so when it reads it.
         None => Vec::new(),
     };
-    let chunks = check_chunks(&files, answer.chunks)?;
+    let chunks = check_chunks(&files, answer.chunks, max_files.min(PROJECT_CHUNKS_TOTAL))?;
     let partial = store.partial_path(&id);
     let write = std::fs::write(&partial, &content).map_err(|e| e.to_string());
     write.and_then(|()| store.commit(&partial, &manifest).map_err(|e| e.to_string()))?;
@@ -83,33 +84,36 @@ pub(super) fn keep_project(
 }
 
 /// The chunks a [`ProjectAnswer`] carries, by id, each checked against its hash and the
-/// project's files' manifests (`files`, checked against their ids): a chunk of no file is an
-/// error. None when the files total over [`PROJECT_CHUNKS_TOTAL`] bytes, which bounds what an
-/// answer can make this peer hold.
+/// project's files' manifests (`files`, checked against their ids): a chunk of no file, or
+/// one sent twice, is an error (each costs a decompression, so an answer may not repeat
+/// one). None when the files total over `max_files` bytes, which bounds what an answer can
+/// make this peer hold.
 fn check_chunks(
     files: &[(BlobId, Manifest)],
-    chunks: Vec<BlobResponse>,
+    chunks: Vec<SentChunk>,
+    max_files: u64,
 ) -> Result<HashMap<ChunkId, Vec<u8>>, String> {
     let mut got = HashMap::new();
-    if chunks.is_empty() || files.iter().map(|(_, m)| m.size).sum::<u64>() > PROJECT_CHUNKS_TOTAL {
+    if chunks.is_empty() || files.iter().map(|(_, m)| m.size).sum::<u64>() > max_files {
         return Ok(got);
     }
     let lens: HashMap<ChunkId, u32> = files
         .iter()
         .flat_map(|(_, m)| m.chunks.iter().map(|c| (c.id, c.len)))
         .collect();
+    if chunks.len() > lens.len() {
+        return Err("it holds more chunks than the project has".into());
+    }
     let longest = lens.values().copied().max().unwrap_or(0) as usize;
-    for answer in chunks {
-        let bytes = match answer.into_chunk(longest) {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return Err("it holds an answer that is not a chunk".into()),
-            Err(e) => return Err(e.to_string()),
-        };
+    for chunk in chunks {
+        let bytes = chunk.into_bytes(longest).map_err(|e| e.to_string())?;
         let id = ChunkId::of(&bytes);
         if lens.get(&id) != Some(&(bytes.len() as u32)) {
             return Err("it holds a chunk of no file of the project".into());
         }
-        got.insert(id, bytes);
+        if got.insert(id, bytes).is_some() {
+            return Err("it holds a chunk twice".into());
+        }
     }
     Ok(got)
 }
@@ -155,7 +159,7 @@ fn keep_files(
 mod tests {
     use super::*;
     use crate::net::wire::PROJECT_CHUNKS_BYTES;
-    use crate::net::{BlobRequest, BlobServer};
+    use crate::net::{BlobRequest, BlobResponse, BlobServer};
 
     /// A store holding a project of two files of 300 kB of noise (the scene and a texture)
     /// and its manifest; returns the store, the project manifest's id and the scene's and
@@ -215,7 +219,7 @@ mod tests {
             answer.chunks.is_empty(),
             "600 kB of noise is over the budget"
         );
-        let kept = keep_project(&here, id, answer).unwrap();
+        let kept = keep_project(&here, id, answer, u64::MAX).unwrap();
         assert!(here.has_blob(&id));
         assert_eq!(
             kept.bytes,
@@ -243,7 +247,7 @@ mod tests {
         let good = project_answer(&seed, id);
         let here = Store::open(&dir.path().join("here")).unwrap();
         let refuse = |a: ProjectAnswer, why: &str| {
-            let e = keep_project(&here, id, a).unwrap_err();
+            let e = keep_project(&here, id, a, u64::MAX).unwrap_err();
             assert!(e.contains(why), "{e}");
             assert!(!here.has_blob(&id));
         };
@@ -265,8 +269,13 @@ mod tests {
         refuse(foreign, "not in the project");
         assert!(here.manifest(&scene).is_none(), "nothing of it was kept");
         // The good one still goes in.
-        keep_project(&here, id, good).unwrap();
+        keep_project(&here, id, good, u64::MAX).unwrap();
         assert!(here.has_blob(&id));
+    }
+
+    /// A chunk as a chunk request would get it.
+    fn sent(bytes: Vec<u8>) -> SentChunk {
+        SentChunk::of(BlobResponse::chunk(bytes)).unwrap()
     }
 
     /// A `.blend`-like file: 1 MB that compresses about eightfold, as Blender's are.
@@ -285,18 +294,11 @@ mod tests {
         let answer = project_answer(&seed, id);
         let scene_chunks = seed.manifest(&scene).unwrap().chunks.len();
         assert_eq!(answer.chunks.len(), scene_chunks + 1, "every chunk, once");
-        let sent: usize = answer
-            .chunks
-            .iter()
-            .map(|c| match c {
-                BlobResponse::Chunk(b) | BlobResponse::ChunkZstd(b) => b.len(),
-                other => panic!("not a chunk: {other:?}"),
-            })
-            .sum();
+        let sent: usize = answer.chunks.iter().map(SentChunk::len).sum();
         assert!(sent <= PROJECT_CHUNKS_BYTES, "{sent}");
 
         let here = Store::open(&dir.path().join("here")).unwrap();
-        let kept = keep_project(&here, id, answer).unwrap();
+        let kept = keep_project(&here, id, answer, u64::MAX).unwrap();
         let project_len = std::fs::metadata(here.blob_path(&id)).unwrap().len();
         assert_eq!(kept.bytes, project_len + 1_000_000 + 8);
         assert_eq!(kept.files.len(), 2);
@@ -308,7 +310,7 @@ mod tests {
             );
         }
         // Held already: left as it is, not written again.
-        let again = keep_project(&here, id, project_answer(&seed, id)).unwrap();
+        let again = keep_project(&here, id, project_answer(&seed, id), u64::MAX).unwrap();
         assert!(again.files.is_empty());
     }
 
@@ -323,48 +325,57 @@ mod tests {
         assert!(!good.chunks.is_empty());
         let here = Store::open(&dir.path().join("here")).unwrap();
         let refuse = |a: ProjectAnswer, why: &str| {
-            let e = keep_project(&here, id, a).unwrap_err();
+            let e = keep_project(&here, id, a, u64::MAX).unwrap_err();
             assert!(e.contains(why), "{e}");
             assert!(!here.has_blob(&id) && !here.has_blob(&scene) && !here.has_blob(&tex));
         };
         // A chunk of no file of the project.
         let mut foreign = good.clone();
-        foreign.chunks[0] = BlobResponse::chunk(blend_like(100_000, 9));
+        foreign.chunks[0] = sent(blend_like(100_000, 9));
         refuse(foreign, "no file of the project");
+        // A chunk twice (each costs a decompression), or more chunks than the project has.
+        let mut twice = good.clone();
+        twice.chunks[1] = twice.chunks[0].clone();
+        refuse(twice, "twice");
+        let mut more = good.clone();
+        more.chunks.push(more.chunks[0].clone());
+        refuse(more, "more chunks than the project has");
         // A chunk bent on the way.
         let mut bent = good.clone();
-        if let BlobResponse::ChunkZstd(z) | BlobResponse::Chunk(z) = &mut bent.chunks[0] {
-            let last = z.len() - 1;
-            z[last] ^= 1;
-        }
-        assert!(keep_project(&here, id, bent).is_err());
+        let (SentChunk::Zstd(z) | SentChunk::Raw(z)) = &mut bent.chunks[0];
+        let last = z.len() - 1;
+        z[last] ^= 1;
+        assert!(keep_project(&here, id, bent, u64::MAX).is_err());
         assert!(!here.has_blob(&scene));
-        // Something else passed off as a chunk.
-        let mut other = good.clone();
-        other.chunks[0] = BlobResponse::NotFound;
-        refuse(other, "not a chunk");
         // A missing chunk: the files it would complete are fetched as usual.
         let mut short = good.clone();
         short.chunks.truncate(1);
-        let kept = keep_project(&here, id, short).unwrap();
+        let kept = keep_project(&here, id, short, u64::MAX).unwrap();
         assert!(here.has_blob(&id));
         assert!(kept.files.len() < 2);
+        // Over this peer's project quota: nothing kept but the project manifest (the
+        // checkout then refuses the project).
+        let small = Store::open(&dir.path().join("small")).unwrap();
+        let kept = keep_project(&small, id, good.clone(), 1_000_000).unwrap();
+        assert!(kept.files.is_empty() && !small.has_blob(&scene) && !small.has_blob(&tex));
+        assert!(small.has_blob(&id));
 
         // A project over PROJECT_CHUNKS_TOTAL: the server sends none, and the requester
         // keeps none it is sent.
         let dir = tempfile::tempdir().unwrap();
         let big = PROJECT_CHUNKS_TOTAL as usize;
-        let (seed, id, scene, _) = project_store_of(dir.path(), [vec![0; big], b"tiny".to_vec()]);
+        let (seed, id, scene, _) =
+            project_store_of(dir.path(), [blend_like(big, 3), b"tiny".to_vec()]);
         let mut answer = project_answer(&seed, id);
         assert!(answer.chunks.is_empty(), "over the total");
         let m = seed.manifest(&scene).unwrap();
         answer.chunks = m
             .chunks
             .iter()
-            .map(|c| BlobResponse::chunk(seed.read_chunk(&c.id).unwrap()))
+            .map(|c| sent(seed.read_chunk(&c.id).unwrap()))
             .collect();
         let here = Store::open(&dir.path().join("here")).unwrap();
-        let kept = keep_project(&here, id, answer).unwrap();
+        let kept = keep_project(&here, id, answer, u64::MAX).unwrap();
         assert!(kept.files.is_empty() && !here.has_blob(&scene));
 
         // Noise does not shrink: 600 kB of it is over PROJECT_CHUNKS_BYTES as sent.

@@ -66,7 +66,7 @@ pub async fn checkout(
     dir: &Path,
     max_bytes: u64,
 ) -> Result<Checkout, CheckoutError> {
-    let manifest_path = ctx.fetch_project(id).await?;
+    let manifest_path = ctx.fetch_project(id, max_bytes).await?;
     ctx.store.touch_blob(&id);
     let manifest = read_manifest(&manifest_path)?;
     let bytes = manifest.total_size();

@@ -77,9 +77,14 @@ struct SeedSlots {
 struct SeedSlot<'a>(&'a SeedSlots);
 
 impl SeedSlots {
-    /// Slots taken now.
-    fn busy(&self) -> usize {
-        self.busy.load(Ordering::Acquire)
+    /// Takes a slot if one is free.
+    fn try_take(&self) -> Option<SeedSlot<'_>> {
+        self.busy
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < SEED_SLOTS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| SeedSlot(self))
     }
 
     /// Takes a slot whether or not one is free.
@@ -288,8 +293,9 @@ impl FetchCtx {
     /// Makes project manifest `id` local like [`FetchCtx::fetch`], first asking for it whole,
     /// with its files' manifests (and a small project's files), in one answer
     /// ([`BlobRequest::Project`]): of the seeds, then of a holder. What the answer lacks (or a
-    /// peer that cannot answer) is fetched as usual.
-    pub async fn fetch_project(&self, id: BlobId) -> Result<PathBuf, FetchError> {
+    /// peer that cannot answer) is fetched as usual. Files are kept from the answer only when
+    /// they total at most `max_files` bytes (this peer's project quota).
+    pub async fn fetch_project(&self, id: BlobId, max_files: u64) -> Result<PathBuf, FetchError> {
         if !self.store.has_blob(&id) && self.store.manifest(&id).is_none() {
             let holders = self.providers.get();
             let ask: Vec<PeerId> = self
@@ -304,7 +310,8 @@ impl FetchCtx {
                 match self.client.blob(p, BlobRequest::Project(id)).await {
                     Ok(BlobResponse::Project(answer)) => {
                         let store = self.store.clone();
-                        let kept = blocking(move || keep_project(&store, id, answer)).await?;
+                        let kept =
+                            blocking(move || keep_project(&store, id, answer, max_files)).await?;
                         match kept {
                             // Its manifest only: the content comes as usual.
                             Ok(Kept { bytes: 0, .. }) => break,
@@ -467,10 +474,11 @@ impl FetchCtx {
         if !self.seeds.is_empty() {
             // Deferred without taking a slot: giving one back wakes a deferred chunk, and a
             // chunk woken by its own slot would ask again at once, round after round.
-            if plan.may_defer && self.seed_slots.busy() >= SEED_SLOTS && attempt < MAX_DEFERRALS {
-                return Ok(Got::Deferred);
-            }
-            let _slot = self.seed_slots.take();
+            let _slot = match self.seed_slots.try_take() {
+                Some(slot) => slot,
+                None if plan.may_defer && attempt < MAX_DEFERRALS => return Ok(Got::Deferred),
+                None => self.seed_slots.take(),
+            };
             for p in self.seeds.iter() {
                 if let Some(bytes) = self.ask(*p, c, blob).await {
                     return Ok(Got::Bytes(bytes));
@@ -621,18 +629,14 @@ mod tests {
     #[tokio::test]
     async fn a_freed_seed_slot_wakes_a_deferred_chunk_at_once() {
         let slots = SeedSlots::default();
-        let a = slots.take();
-        let b = slots.take();
-        assert_eq!(
-            slots.busy(),
-            SEED_SLOTS,
+        let a = slots.try_take().expect("a free slot");
+        let b = slots.try_take().expect("a free slot");
+        assert!(
+            slots.try_take().is_none(),
             "all taken: a third chunk is deferred"
         );
-        // Nothing given back, nothing to wake for: the deferred chunk waits.
+        assert_eq!(slots.busy.load(Ordering::Acquire), SEED_SLOTS);
         let wait = std::time::Duration::from_secs(5);
-        let early =
-            tokio::time::timeout(std::time::Duration::from_millis(50), slots.freed.notified());
-        assert!(early.await.is_err(), "woken with every slot still taken");
         // A waiter that is already waiting is woken when a slot is given back.
         let waiter = async {
             slots.freed.notified().await;
@@ -769,6 +773,68 @@ mod tests {
             most <= SEED_SLOTS,
             "{most} chunk requests at the seed at once, over its {SEED_SLOTS} slots"
         );
+    }
+
+    /// A `FetchCtx` of a node storing into `here`, connected to a node serving `seed`, its
+    /// seed; and the seed's client, which keeps its node running.
+    async fn connected_to(
+        seed: Arc<dyn BlobServer>,
+        here: &Store,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> (FetchCtx, Client) {
+        let key = crate::net::MeshKey::generate();
+        let (seed_client, seed_addr, mut seed_events) = node(key, seed, cancel).await;
+        tokio::spawn(async move { while seed_events.recv().await.is_some() {} });
+        let (client, _, mut events) = node(key, Arc::new(here.clone()), cancel).await;
+        client.dial(seed_addr).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while !matches!(
+                events.recv().await,
+                Some(crate::net::NetEvent::PeerConnected(_))
+            ) {}
+        })
+        .await
+        .expect("connected to the seed");
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+        let seed_id = seed_client.local_peer_id();
+        let ctx = FetchCtx::swarm(
+            client,
+            here.clone(),
+            Holders::new(Vec::new()),
+            Vec::new(),
+            vec![seed_id],
+        );
+        (ctx, seed_client)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_project_that_comes_whole_in_its_answer_counts_as_fetched_not_reused() {
+        use crate::transfer::project::{ProjectFile, ProjectManifest};
+        let dir = tempfile::tempdir().unwrap();
+        let seed = Store::open(&dir.path().join("seed")).unwrap();
+        let scene = dir.path().join("shot.blend");
+        std::fs::write(&scene, vec![7u8; 500_000]).unwrap();
+        let blob = seed.import_copy(&scene).unwrap();
+        let files = vec![ProjectFile {
+            path: "shot.blend".into(),
+            blob,
+            size: 500_000,
+        }];
+        let project = ProjectManifest::new("/p".into(), "shot.blend".into(), files).unwrap();
+        let id = seed.import_bytes(&project.encode()).unwrap();
+
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let _stop = cancel.clone().drop_guard();
+        let here = Store::open(&dir.path().join("here")).unwrap();
+        let (ctx, _seed) = connected_to(Arc::new(seed), &here, &cancel).await;
+        let work = dir.path().join("work");
+        let copy = crate::transfer::checkout::checkout(&ctx, id, &work, u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(copy.scene).unwrap(), vec![7u8; 500_000]);
+        let manifest_len = project.encode().len() as u64;
+        assert_eq!(ctx.stats.fetched(), manifest_len + 500_000);
+        assert_eq!(ctx.stats.reused(), 0, "nothing was here before");
     }
 
     fn chunk(i: u32) -> ChunkRef {
