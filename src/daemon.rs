@@ -199,6 +199,10 @@ struct Daemon {
     frames_moved: HashMap<JobId, Arc<crate::transfer::FetchStats>>,
     tasks: JoinSet<TaskDone>,
     hb_seq: u64,
+    /// Claims made while a frame of this peer is being stored (a render has just ended
+    /// and the next begun): they go out in one gossip message with that frame's result,
+    /// not one each ([`Daemon::on_stored`]), or at the next tick at the latest.
+    held_claims: Vec<crate::ledger::FrameUpdate>,
     /// Where this daemon listens, as the node reported it.
     listen_addrs: Vec<Multiaddr>,
     /// A cache collection is running.
@@ -287,6 +291,7 @@ pub async fn run(
         frames_moved: HashMap::new(),
         tasks: JoinSet::new(),
         hb_seq: 0,
+        held_claims: Vec::new(),
         listen_addrs: Vec::new(),
         collecting: false,
         started: Instant::now(),
@@ -591,6 +596,11 @@ impl Daemon {
 
     /// Periodic work: start scene fetches, claim a frame, write finished frames.
     async fn tick(&mut self) {
+        if !self.held_claims.is_empty() {
+            // A store slower than a tick: the claims wait no longer.
+            let held = std::mem::take(&mut self.held_claims);
+            self.publish(GossipMsg::Frames(held)).await;
+        }
         self.refresh_holders();
         self.fetch_scenes();
         self.claim_and_render().await;

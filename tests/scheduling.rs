@@ -141,3 +141,40 @@ fn peers_does_not_list_a_render_whose_frame_is_done_since_the_renderers_heartbea
         a.job(&id)["frames_written"] == 6
     });
 }
+
+/// A renderer goes straight on to its next frame while the last one is stored; that claim
+/// travels with the stored frame's result, in one gossip message, not two.
+#[test]
+fn a_renderer_sends_its_next_claim_with_each_result() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "pairs.blend", 8, 32, 18, 1);
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let b = Daemon::start(
+        root.path(),
+        "b",
+        Some(&a.ticket()),
+        &["--simulate-render", "0.3"],
+    );
+    wait_until(Duration::from_secs(30), "b can render", || {
+        a.renderers() == 1
+    });
+    let published = |d: &Daemon| -> u64 {
+        d.cli_json(&["peers", "--json"])["gossip"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["topic"] == "claims")
+            .map_or(0, |t| t["published_msgs"].as_u64().unwrap())
+    };
+    let before = published(&b);
+    let out = root.path().join("out");
+    let id = submit(&a, &scene, "1-8", &out, &[]);
+    wait_until(Duration::from_secs(60), "every frame written", || {
+        a.job(&id)["frames_written"] == 8
+    });
+    assert_frames(&out, &(1..=8).collect::<Vec<_>>(), (32, 18));
+    // The first claim alone, then each result with the next claim, the last result alone:
+    // 9 messages for 8 frames (16 with a message each).
+    let sent = published(&b) - before;
+    assert!(sent <= 10, "{sent} claims-topic messages for 8 frames");
+}
