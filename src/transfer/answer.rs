@@ -64,9 +64,14 @@ pub(super) fn keep_project(
         None => Vec::new(),
     };
     let chunks = check_chunks(&files, answer.chunks, max_files.min(PROJECT_CHUNKS_TOTAL))?;
-    let partial = store.partial_path(&id);
-    let write = std::fs::write(&partial, &content).map_err(|e| e.to_string());
-    write.and_then(|()| store.commit(&partial, &manifest).map_err(|e| e.to_string()))?;
+    // A file of its own, not the blob's partial file: a fetch of the same blob under way
+    // may be writing there.
+    let tmp = store.temp_path();
+    let write = std::fs::write(&tmp, &content).map_err(|e| e.to_string());
+    if let Err(e) = write.and_then(|()| store.commit(&tmp, &manifest).map_err(|e| e.to_string())) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     for (blob, m) in &files {
         if store.manifest(blob).is_none() {
             store.put_manifest(blob, m).map_err(|e| e.to_string())?;
