@@ -729,40 +729,15 @@ mod tests {
 
         let cancel = tokio_util::sync::CancellationToken::new();
         let _stop = cancel.clone().drop_guard();
-        let key = crate::net::MeshKey::generate();
         let seed = Arc::new(SlowSeed {
             store: seed_store,
             now: Default::default(),
             most: Default::default(),
         });
-        let (seed_client, seed_addr, _seed_events) = node(key, seed.clone(), &cancel).await;
         // A peer holding nothing yet: while it may get chunks, a busy seed's chunk waits.
         let empty = Store::open(&dir.path().join("empty")).unwrap();
-        let (empty_client, empty_addr, _empty_events) = node(key, Arc::new(empty), &cancel).await;
         let here = Store::open(&dir.path().join("here")).unwrap();
-        let (client, _, mut events) = node(key, Arc::new(here.clone()), &cancel).await;
-        client.dial(seed_addr).await.unwrap();
-        client.dial(empty_addr).await.unwrap();
-        let (seed_id, empty_id) = (seed_client.local_peer_id(), empty_client.local_peer_id());
-        let mut connected = HashSet::new();
-        tokio::time::timeout(std::time::Duration::from_secs(20), async {
-            while connected.len() < 2 {
-                if let Some(crate::net::NetEvent::PeerConnected(p)) = events.recv().await {
-                    connected.insert(p);
-                }
-            }
-        })
-        .await
-        .expect("connected to the seed and the other peer");
-        tokio::spawn(async move { while events.recv().await.is_some() {} });
-
-        let ctx = FetchCtx::swarm(
-            client,
-            here.clone(),
-            Holders::new(Vec::new()),
-            vec![empty_id],
-            vec![seed_id],
-        );
+        let (ctx, _nodes) = connected_to(seed.clone(), vec![Arc::new(empty)], &here, &cancel).await;
         let path = tokio::time::timeout(std::time::Duration::from_secs(60), ctx.fetch(blob))
             .await
             .expect("the fetch ends")
@@ -775,36 +750,44 @@ mod tests {
         );
     }
 
-    /// A `FetchCtx` of a node storing into `here`, connected to a node serving `seed`, its
-    /// seed; and the seed's client, which keeps its node running.
+    /// A `FetchCtx` of a node storing into `here`, connected to a node serving `seed` (its
+    /// seed) and to one node serving each of `others` (peers not known to hold anything);
+    /// and the other nodes' clients, which keep them running.
     async fn connected_to(
         seed: Arc<dyn BlobServer>,
+        others: Vec<Arc<dyn BlobServer>>,
         here: &Store,
         cancel: &tokio_util::sync::CancellationToken,
-    ) -> (FetchCtx, Client) {
+    ) -> (FetchCtx, Vec<Client>) {
         let key = crate::net::MeshKey::generate();
-        let (seed_client, seed_addr, mut seed_events) = node(key, seed, cancel).await;
-        tokio::spawn(async move { while seed_events.recv().await.is_some() {} });
         let (client, _, mut events) = node(key, Arc::new(here.clone()), cancel).await;
-        client.dial(seed_addr).await.unwrap();
+        let mut nodes = Vec::new();
+        for server in std::iter::once(seed).chain(others) {
+            let (node_client, addr, mut node_events) = node(key, server, cancel).await;
+            tokio::spawn(async move { while node_events.recv().await.is_some() {} });
+            client.dial(addr).await.unwrap();
+            nodes.push(node_client);
+        }
+        let mut connected = HashSet::new();
         tokio::time::timeout(std::time::Duration::from_secs(20), async {
-            while !matches!(
-                events.recv().await,
-                Some(crate::net::NetEvent::PeerConnected(_))
-            ) {}
+            while connected.len() < nodes.len() {
+                if let Some(crate::net::NetEvent::PeerConnected(p)) = events.recv().await {
+                    connected.insert(p);
+                }
+            }
         })
         .await
-        .expect("connected to the seed");
+        .expect("connected to every node");
         tokio::spawn(async move { while events.recv().await.is_some() {} });
-        let seed_id = seed_client.local_peer_id();
+        let ids: Vec<PeerId> = nodes.iter().map(Client::local_peer_id).collect();
         let ctx = FetchCtx::swarm(
             client,
             here.clone(),
             Holders::new(Vec::new()),
-            Vec::new(),
-            vec![seed_id],
+            ids[1..].to_vec(),
+            vec![ids[0]],
         );
-        (ctx, seed_client)
+        (ctx, nodes)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -826,7 +809,7 @@ mod tests {
         let cancel = tokio_util::sync::CancellationToken::new();
         let _stop = cancel.clone().drop_guard();
         let here = Store::open(&dir.path().join("here")).unwrap();
-        let (ctx, _seed) = connected_to(Arc::new(seed), &here, &cancel).await;
+        let (ctx, _nodes) = connected_to(Arc::new(seed), Vec::new(), &here, &cancel).await;
         let work = dir.path().join("work");
         let copy = crate::transfer::checkout::checkout(&ctx, id, &work, u64::MAX)
             .await
