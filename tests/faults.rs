@@ -94,7 +94,13 @@ fn restarted_daemon_carries_on_and_finished_job_stays_finished() {
     wait_until(Duration::from_secs(120), "a few frames done", || {
         a.job(&id)["frames_done"].as_u64().unwrap_or(0) >= 2
     });
-    // kill -9 mid-job, then start again on the same data dir.
+    // kill -9 mid-job, then start again on the same data dir. A kill in the middle of
+    // copying a frame leaves its part file: the restarted daemon clears it.
+    std::fs::write(
+        out.join(".frame_0002.png.2d38ee466ed30581.part"),
+        b"half a frame",
+    )
+    .unwrap();
     a.restart(root.path(), &[]);
     assert_eq!(
         a.job(&id)["frames_total"],

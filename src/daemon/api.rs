@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use libp2p::Multiaddr;
 use tokio::sync::oneshot;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::Daemon;
 use crate::api::types::{InviteResponse, PeersResponse, StatusResponse, SubmitResponse};
@@ -123,6 +123,16 @@ impl Daemon {
                 for (id, local) in jobs {
                     let written = self.store.written_frames(&id).unwrap_or_default();
                     self.written.insert(id, written.into_iter().collect());
+                    // A daemon killed mid-copy leaves its part file: nothing else removes it.
+                    match super::outputs::remove_stale_parts(&local.out_dir) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            info!(job = %id.short(), parts = n, "removed unfinished frame copies")
+                        }
+                        Err(e) => {
+                            warn!(dir = %local.out_dir.display(), "cannot clear unfinished frame copies: {e}")
+                        }
+                    }
                     self.local_jobs.insert(id, local);
                     self.queue_unwritten(id);
                 }

@@ -61,6 +61,43 @@ pub(super) fn write_atomically(src: &Path, out_dir: &Path, name: &str) -> std::i
     })
 }
 
+/// Whether `name` is a part file [`write_atomically`] makes for a frame:
+/// `.frame_####.<ext>.<16 hex digits>.part`.
+fn is_frame_part(name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix(".frame_")
+        .and_then(|r| r.strip_suffix(".part"))
+    else {
+        return false;
+    };
+    rest.rsplit_once('.').is_some_and(|(frame, tag)| {
+        frame.contains('.') && tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
+/// Removes the part files a daemon killed mid-copy left in `out_dir` (called at start,
+/// before this daemon writes anything there). Only regular files named as
+/// [`write_atomically`] names them are touched; a missing dir is no error. Returns how many
+/// were removed.
+pub(super) fn remove_stale_parts(out_dir: &Path) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(out_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let stale = entry.file_name().to_str().is_some_and(is_frame_part)
+            && entry.file_type().is_ok_and(|t| t.is_file());
+        if stale {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// One frame to write: its results' outputs, each with the peers to ask.
 struct Todo {
     job: JobId,
@@ -569,6 +606,44 @@ mod tests {
         fake.extend_from_slice(&[7u8; 64]);
         std::fs::write(&junk, &fake).unwrap();
         assert!(check_output(&junk, OutputFormat::Png, None).is_err());
+    }
+
+    #[test]
+    fn part_files_left_by_a_killed_copy_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let keep = [
+            "frame_0001.png",
+            ".frame_0001.png.part",
+            ".frame_0001.png.0123456789abcdeg.part",
+            ".notes.0123456789abcdef.part",
+            "frame_0002.png.0123456789abcdef.part",
+            ".frame_0003.0123456789abcdef.part",
+        ];
+        for name in keep {
+            std::fs::write(out.join(name), b"x").unwrap();
+        }
+        std::fs::write(out.join(".frame_0002.png.2d38ee466ed30581.part"), b"x").unwrap();
+        std::fs::write(out.join(".frame_0104.exr.00000000000000ff.part"), b"x").unwrap();
+        // A link with a part file's name is not followed nor removed.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let link = ".frame_0005.png.aaaaaaaaaaaaaaaa.part";
+        std::os::unix::fs::symlink(&victim, out.join(link)).unwrap();
+
+        assert_eq!(remove_stale_parts(&out).unwrap(), 2);
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
+        want.push(link.to_string());
+        want.sort();
+        assert_eq!(names, want);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(remove_stale_parts(&dir.path().join("missing")).unwrap(), 0);
     }
 
     #[test]
