@@ -122,17 +122,21 @@ impl Daemon {
             Ok(jobs) => {
                 for (id, local) in jobs {
                     let written = self.store.written_frames(&id).unwrap_or_default();
-                    self.written.insert(id, written.into_iter().collect());
-                    // A daemon killed mid-copy leaves its part file: nothing else removes it.
-                    match super::outputs::remove_stale_parts(&local.out_dir) {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            info!(job = %id.short(), parts = n, "removed unfinished frame copies")
-                        }
-                        Err(e) => {
-                            warn!(dir = %local.out_dir.display(), "cannot clear unfinished frame copies: {e}")
+                    // A daemon killed mid-copy leaves its part file, and that frame unwritten:
+                    // nothing else removes it. Jobs written whole are not looked at.
+                    let unwritten = self
+                        .ledger
+                        .job(&id)
+                        .is_some_and(|e| written.len() < e.spec.frames.len());
+                    if unwritten {
+                        match super::outputs::remove_stale_parts(&local.out_dir) {
+                            0 => {}
+                            n => {
+                                info!(job = %id.short(), parts = n, "removed unfinished frame copies")
+                            }
                         }
                     }
+                    self.written.insert(id, written.into_iter().collect());
                     self.local_jobs.insert(id, local);
                     self.queue_unwritten(id);
                 }

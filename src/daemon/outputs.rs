@@ -76,26 +76,42 @@ fn is_frame_part(name: &str) -> bool {
 }
 
 /// Removes the part files a daemon killed mid-copy left in `out_dir` (called at start,
-/// before this daemon writes anything there). Only regular files named as
-/// [`write_atomically`] names them are touched; a missing dir is no error. Returns how many
-/// were removed.
-pub(super) fn remove_stale_parts(out_dir: &Path) -> std::io::Result<usize> {
+/// before this daemon writes anything there). Only regular files of this user named as
+/// [`write_atomically`] names them are touched (in an output dir shared with other users,
+/// theirs may be copies under way). What cannot be read or removed is logged and left.
+/// Returns how many were removed.
+pub(super) fn remove_stale_parts(out_dir: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
     let entries = match std::fs::read_dir(out_dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+        Err(e) => {
+            warn!(dir = %out_dir.display(), "cannot look for unfinished frame copies: {e}");
+            return 0;
+        }
     };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
     let mut removed = 0;
-    for entry in entries {
-        let entry = entry?;
-        let stale = entry.file_name().to_str().is_some_and(is_frame_part)
-            && entry.file_type().is_ok_and(|t| t.is_file());
-        if stale {
-            std::fs::remove_file(entry.path())?;
-            removed += 1;
+    for entry in entries.flatten() {
+        if !entry.file_name().to_str().is_some_and(is_frame_part) {
+            continue;
+        }
+        // Not followed: a link is no part file of ours.
+        let ours = entry
+            .metadata()
+            .is_ok_and(|m| m.file_type().is_file() && m.uid() == me);
+        if !ours {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                warn!(file = %entry.path().display(), "cannot remove an unfinished frame copy: {e}")
+            }
         }
     }
-    Ok(removed)
+    removed
 }
 
 /// One frame to write: its results' outputs, each with the peers to ask.
@@ -632,7 +648,7 @@ mod tests {
         let link = ".frame_0005.png.aaaaaaaaaaaaaaaa.part";
         std::os::unix::fs::symlink(&victim, out.join(link)).unwrap();
 
-        assert_eq!(remove_stale_parts(&out).unwrap(), 2);
+        assert_eq!(remove_stale_parts(&out), 2);
         let mut names: Vec<String> = std::fs::read_dir(&out)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -643,7 +659,7 @@ mod tests {
         want.sort();
         assert_eq!(names, want);
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
-        assert_eq!(remove_stale_parts(&dir.path().join("missing")).unwrap(), 0);
+        assert_eq!(remove_stale_parts(&dir.path().join("missing")), 0);
     }
 
     #[test]
