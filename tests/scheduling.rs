@@ -178,3 +178,97 @@ fn a_renderer_sends_its_next_claim_with_each_result() {
     let sent = published(&b) - before;
     assert!(sent <= 10, "{sent} claims-topic messages for 8 frames");
 }
+
+/// Others learn what a renderer renders from its claims: it sends no heartbeat merely
+/// because a frame started or ended, and `meshd peers` elsewhere lists a render as soon as
+/// its claim is known there, not at the renderer's next heartbeat (every 5 s here).
+#[test]
+fn a_render_is_known_from_its_claim_and_costs_no_heartbeat() {
+    let root = tempfile::tempdir().unwrap();
+    let scene = make_scene(root.path(), "claims.blend", 6, 32, 18, 1);
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let b = Daemon::start(
+        root.path(),
+        "b",
+        Some(&a.ticket()),
+        &["--simulate-render", "2"],
+    );
+    wait_until(Duration::from_secs(30), "b can render", || {
+        a.renderers() == 1
+    });
+    let heartbeats = |d: &Daemon| -> u64 {
+        d.cli_json(&["peers", "--json"])["gossip"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["topic"] == "peers")
+            .map_or(0, |t| t["published_msgs"].as_u64().unwrap())
+    };
+    let b_id = b.peer_id();
+    let before = heartbeats(&b);
+    let started = std::time::Instant::now();
+    let out = root.path().join("out");
+    let id = submit(&a, &scene, "1-6", &out, &[]);
+    let short = id[..12].to_string();
+    // The frames a shows b holding (claimed, no result yet).
+    let held = || -> Vec<u64> {
+        a.job(&id)["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["state"] == "rendering" && f["peer"] == b_id.as_str())
+            .filter_map(|f| f["frame"].as_u64())
+            .collect()
+    };
+    // The frames a's `meshd peers` lists b rendering.
+    let listed = || -> Vec<u64> {
+        a.cli_json(&["peers", "--json"])["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == b_id.as_str())
+            .map(|p| {
+                let list = p["rendering"].as_array().unwrap();
+                list.iter()
+                    .filter_map(|r| {
+                        let rest = r.as_str()?.strip_prefix(&format!("{short}:"))?;
+                        rest.split(' ').next()?.parse().ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Each time a knows a claim of b's, a lists a render of b's that a knows a claim of
+    // (b may have moved on to its next frame in between: 2 s renders).
+    let mut checked = Vec::new();
+    while checked.len() < 3 && started.elapsed() < Duration::from_secs(60) {
+        let first = held();
+        let Some(&frame) = first.first() else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let now = listed();
+        let then = held();
+        assert!(
+            now.iter().any(|f| first.contains(f) || then.contains(f)),
+            "a knows b's claims of {first:?} and then {then:?}, but lists b rendering {now:?}"
+        );
+        checked.push(frame);
+        wait_until(Duration::from_secs(20), "b's next frame", || {
+            !held().contains(&frame)
+        });
+    }
+    assert_eq!(checked.len(), 3, "b's renders seen only as {checked:?}");
+    wait_until(Duration::from_secs(60), "every frame written", || {
+        a.job(&id)["frames_written"] == 6
+    });
+    // One heartbeat every 5 s, and one or two more at most (the job's project, a probe):
+    // not one per frame started or ended.
+    let sent = heartbeats(&b) - before;
+    let allowed = started.elapsed().as_secs() / 5 + 3;
+    assert!(
+        sent <= allowed,
+        "{sent} heartbeats in {:?} for 6 frames (at most {allowed})",
+        started.elapsed()
+    );
+}

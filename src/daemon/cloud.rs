@@ -79,11 +79,10 @@ impl Daemon {
             .map(|(p, s)| {
                 // Busy: rendering, fetching a project, or probing its Blender (a node that
                 // downloads a big project is not idle).
-                let busy = s.heartbeat.as_ref().map_or(0, |h| {
-                    h.rendering.len()
-                        + h.projects.iter().filter(|p| !p.complete).count()
-                        + usize::from(h.probing)
-                });
+                let busy = s.rendering(now, self.cfg.lease).len()
+                    + s.heartbeat.as_ref().map_or(0, |h| {
+                        h.projects.iter().filter(|p| !p.complete).count() + usize::from(h.probing)
+                    });
                 (p.to_string(), busy)
             })
             .collect();

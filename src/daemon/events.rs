@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use libp2p::PeerId;
 use tracing::{debug, warn};
 
 use super::Daemon;
@@ -42,6 +43,7 @@ impl Daemon {
                         return self.punish(g.source, why).await;
                     }
                     let changed = self.merge_from(g.source, &updates, false).await;
+                    self.note_renders(g.source, &updates, &changed);
                     self.after_ledger_change(&changed).await;
                     self.note_results(&changed, false);
                 }
@@ -106,6 +108,38 @@ impl Daemon {
             NetEvent::ListenAddr(addr) => {
                 if !self.listen_addrs.contains(&addr) {
                     self.listen_addrs.push(addr);
+                }
+            }
+        }
+    }
+}
+
+impl Daemon {
+    /// What `source`'s gossiped news says it renders: its own claim that won and still
+    /// holds (no result nor failure of its under that claim) started a render; its result or
+    /// failure ended one. Others learn of a render from its claim, not a heartbeat.
+    fn note_renders(&mut self, source: PeerId, updates: &[FrameUpdate], changed: &[(JobId, u32)]) {
+        let now = Instant::now();
+        for u in updates {
+            if !changed.contains(&(u.job, u.frame)) {
+                continue;
+            }
+            let Some(state) = self.ledger.frame(&u.job, u.frame) else {
+                continue;
+            };
+            if u.state.done.iter().any(|d| d.peer == source)
+                || u.state.failures.iter().any(|f| f.peer == source)
+            {
+                self.peers.ended(source, u.job, u.frame, now);
+            }
+            if let Some(c) = u.state.claim.as_ref().filter(|c| c.peer == source) {
+                let holds = state.claim.as_ref() == Some(c)
+                    && state.canonical().is_none()
+                    && !state.failed_at(&source, c.epoch)
+                    && !state.finished_at(&source, c.epoch);
+                if holds {
+                    self.peers
+                        .claimed(source, u.job, u.frame, c.incarnation, now);
                 }
             }
         }

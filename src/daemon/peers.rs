@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use libp2p::{Multiaddr, PeerId};
 
 use super::slots::{SlotSpec, peer_fits, slot_fits};
+use crate::ids::JobId;
 use crate::ledger::tail::Running;
 use crate::ledger::{JobEntry, PeerView};
 use crate::net::{Heartbeat, InFlight};
@@ -21,6 +22,94 @@ pub struct PeerState {
     /// Local receive time of the latest heartbeat.
     pub heard: Option<Instant>,
     pub heartbeat: Option<Heartbeat>,
+    /// Renders the peer started that its heartbeat may not show yet, learned from its
+    /// claims as they arrive (a claim goes out as its render starts): a peer sends no
+    /// heartbeat merely because a frame started or ended. At most its slots, newest last.
+    pub started: Vec<Seen>,
+    /// Renders that ended (its result or failure arrived, or another peer's claim beat its
+    /// own) that its heartbeat may still list. At most [`MAX_SLOTS`], newest last.
+    pub ended: Vec<Seen>,
+}
+
+/// A frame of a peer's, with the local time the news of it arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub job: JobId,
+    pub frame: u32,
+    pub at: Instant,
+}
+
+impl Seen {
+    fn is(&self, job: &JobId, frame: u32) -> bool {
+        self.job == *job && self.frame == frame
+    }
+}
+
+/// News heard at most this long before a heartbeat may be newer than that heartbeat
+/// (claims, results and heartbeats travel on different topics): the heartbeat does not
+/// override it. Older news the heartbeat does override.
+const REORDER: Duration = Duration::from_secs(1);
+
+/// The most render slots a peer is taken to have, whatever its heartbeat says (as many as
+/// a heartbeat may list renders).
+const MAX_SLOTS: usize = 64;
+
+impl PeerState {
+    /// Render slots the peer reported (1 until its heartbeat says), at most [`MAX_SLOTS`].
+    fn slots(&self) -> usize {
+        self.heartbeat
+            .as_ref()
+            .map_or(1, |h| h.slots as usize)
+            .clamp(1, MAX_SLOTS)
+    }
+
+    /// What the peer renders now, as of `now`: its claims heard since its heartbeat, then
+    /// what the heartbeat reported (elapsed time carried forward) and has not ended since,
+    /// at most its slots in all. Nothing once the heartbeat is older than `lease`.
+    pub fn rendering(&self, now: Instant, lease: Duration) -> Vec<InFlight> {
+        let Some((hb, heard)) = self.heartbeat.as_ref().zip(self.heard) else {
+            return Vec::new();
+        };
+        let since = now.saturating_duration_since(heard);
+        if since > lease {
+            return Vec::new();
+        }
+        let mut out: Vec<InFlight> = self
+            .started
+            .iter()
+            .rev()
+            .map(|s| InFlight {
+                job: s.job,
+                frame: s.frame,
+                current: 0,
+                total: 0,
+                elapsed_ms: now.saturating_duration_since(s.at).as_millis() as u64,
+            })
+            .collect();
+        for f in &hb.rendering {
+            let known = out.iter().any(|o| o.job == f.job && o.frame == f.frame);
+            if !known && !self.ended.iter().any(|e| e.is(&f.job, f.frame)) {
+                out.push(InFlight {
+                    elapsed_ms: f.elapsed_ms.saturating_add(since.as_millis() as u64),
+                    ..f.clone()
+                });
+            }
+        }
+        out.truncate(self.slots());
+        out
+    }
+
+    fn end(&mut self, job: JobId, frame: u32, now: Instant) {
+        self.started.retain(|s| !s.is(&job, frame));
+        self.ended.retain(|s| !s.is(&job, frame));
+        self.ended.push(Seen {
+            job,
+            frame,
+            at: now,
+        });
+        let extra = self.ended.len().saturating_sub(MAX_SLOTS);
+        self.ended.drain(..extra);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -41,8 +130,55 @@ impl PeerTable {
         {
             return;
         }
+        // It replaces news heard well before it; a render it lists is known better from it
+        // (elapsed time, progress).
+        let recent = |s: &Seen| now.saturating_duration_since(s.at) < REORDER;
+        let lists = |s: &Seen| hb.rendering.iter().any(|f| s.is(&f.job, f.frame));
+        e.started.retain(|s| recent(s) && !lists(s));
+        e.ended.retain(recent);
         e.heard = Some(now);
         e.heartbeat = Some(hb);
+    }
+
+    /// `peer`'s own claim of `frame`, made by `incarnation`, won and arrived now: it
+    /// renders that frame, and any other peer whose claim of it was beaten does not. A
+    /// claim its latest heartbeat already lists, or from an incarnation before that
+    /// heartbeat's, says nothing new.
+    pub fn claimed(
+        &mut self,
+        peer: PeerId,
+        job: JobId,
+        frame: u32,
+        incarnation: u64,
+        now: Instant,
+    ) {
+        for (p, e) in self.peers.iter_mut() {
+            if *p != peer && e.started.iter().any(|s| s.is(&job, frame)) {
+                e.end(job, frame, now);
+            }
+        }
+        let e = self.entry(peer);
+        let stale = e.heartbeat.as_ref().is_some_and(|h| {
+            h.incarnation > incarnation
+                || h.rendering.iter().any(|f| f.job == job && f.frame == frame)
+        });
+        if stale {
+            return;
+        }
+        e.ended.retain(|s| !s.is(&job, frame));
+        e.started.retain(|s| !s.is(&job, frame));
+        e.started.push(Seen {
+            job,
+            frame,
+            at: now,
+        });
+        let extra = e.started.len().saturating_sub(e.slots());
+        e.started.drain(..extra);
+    }
+
+    /// `peer`'s result or failure of `frame` arrived now: its render of it is over.
+    pub fn ended(&mut self, peer: PeerId, job: JobId, frame: u32, now: Instant) {
+        self.entry(peer).end(job, frame, now);
     }
 
     /// Drops what `peer`'s heartbeats said: it is no longer live (see `Daemon::punish`).
@@ -50,6 +186,8 @@ impl PeerTable {
         if let Some(e) = self.peers.get_mut(peer) {
             e.heard = None;
             e.heartbeat = None;
+            e.started.clear();
+            e.ended.clear();
         }
     }
 
@@ -62,13 +200,13 @@ impl PeerTable {
     }
 }
 
-/// A frame `peer` reported in flight, `since` ago, as of now.
-pub(super) fn running(peer: PeerId, f: &InFlight, since: Duration) -> Running {
+/// A frame `peer` renders, as of now.
+pub(super) fn running(peer: PeerId, f: &InFlight) -> Running {
     Running {
         peer,
         job: f.job,
         frame: f.frame,
-        elapsed_ms: f.elapsed_ms.saturating_add(since.as_millis() as u64),
+        elapsed_ms: f.elapsed_ms,
         progress: (f.total > 0).then(|| f64::from(f.current) / f64::from(f.total)),
     }
 }
@@ -162,22 +300,12 @@ impl PeerView for LiveView<'_> {
     }
 
     fn in_flight(&self, peer: &PeerId) -> Vec<Running> {
-        let Some((Some(hb), Some(heard))) = self
-            .table
-            .peers
-            .get(peer)
-            .map(|s| (s.heartbeat.as_ref(), s.heard))
-        else {
-            return Vec::new();
-        };
-        let since = self.now.saturating_duration_since(heard);
-        if since > self.lease {
-            return Vec::new();
-        }
-        hb.rendering
-            .iter()
-            .map(|f| running(*peer, f, since))
-            .collect()
+        self.table.peers.get(peer).map_or_else(Vec::new, |s| {
+            s.rendering(self.now, self.lease)
+                .iter()
+                .map(|f| running(*peer, f))
+                .collect()
+        })
     }
 
     fn live_renderers(&self) -> Vec<PeerId> {
@@ -281,6 +409,106 @@ mod tests {
         // A claim made by a newer incarnation than the last heartbeat is live.
         assert!(view(t0 + Duration::from_secs(5)).claim_live(&other, 3));
         assert!(!view(t0 + Duration::from_secs(5)).claim_live(&other, 1));
+    }
+
+    fn flight(job: JobId, frame: u32, elapsed_ms: u64) -> InFlight {
+        InFlight {
+            job,
+            frame,
+            current: 0,
+            total: 0,
+            elapsed_ms,
+        }
+    }
+
+    fn frames(t: &PeerTable, p: &PeerId, now: Instant) -> Vec<(u32, u64)> {
+        let lease = Duration::from_secs(20);
+        t.peers[p]
+            .rendering(now, lease)
+            .iter()
+            .map(|f| (f.frame, f.elapsed_ms))
+            .collect()
+    }
+
+    #[test]
+    fn a_render_is_known_from_its_claim_until_a_heartbeat_tells_better() {
+        let p = PeerId::random();
+        let job = JobId::of(b"job");
+        let mut t = PeerTable::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut beat = hb(1, 1);
+        beat.rendering = vec![flight(job, 1, 500)];
+        t.heartbeat(p, beat, t0);
+        assert_eq!(frames(&t, &p, t0 + ms(100)), vec![(1, 600)]);
+        // Frame 1 ended, 2 started: its result and claim say so at once.
+        t.ended(p, job, 1, t0 + ms(300));
+        assert_eq!(frames(&t, &p, t0 + ms(300)), vec![]);
+        t.claimed(p, job, 2, 1, t0 + ms(300));
+        assert_eq!(frames(&t, &p, t0 + ms(400)), vec![(2, 100)]);
+        // A heartbeat sent before that news, arriving after it, neither hides frame 2 nor
+        // brings frame 1 back.
+        let mut late = hb(1, 2);
+        late.rendering = vec![flight(job, 1, 700)];
+        t.heartbeat(p, late, t0 + ms(500));
+        assert_eq!(frames(&t, &p, t0 + ms(600)), vec![(2, 300)]);
+        // One that lists it knows it better (progress), and replaces the claim; the claim
+        // heard again later (gossip repeats) does not reset it.
+        let mut listing = hb(1, 3);
+        listing.rendering = vec![InFlight {
+            current: 5,
+            total: 10,
+            ..flight(job, 2, 900)
+        }];
+        t.heartbeat(p, listing, t0 + ms(1200));
+        assert!(t.peers[&p].started.is_empty());
+        t.claimed(p, job, 2, 1, t0 + ms(1300));
+        assert_eq!(frames(&t, &p, t0 + ms(1400)), vec![(2, 1100)]);
+        let lease = Duration::from_secs(20);
+        assert_eq!(t.peers[&p].rendering(t0 + ms(1400), lease)[0].current, 5);
+        // A claim heard well before a heartbeat that does not list it: that render is over.
+        t.claimed(p, job, 3, 1, t0 + ms(1500));
+        t.heartbeat(p, hb(1, 4), t0 + ms(2600));
+        assert_eq!(frames(&t, &p, t0 + ms(2700)), vec![]);
+        // A claim of an incarnation before its heartbeat's is from a render long gone.
+        t.claimed(p, job, 9, 0, t0 + ms(2700));
+        assert_eq!(frames(&t, &p, t0 + ms(2700)), vec![]);
+        // Two slots: both claims show, newest first, and never more than two.
+        let mut two = hb(1, 5);
+        two.slots = 2;
+        t.heartbeat(p, two, t0 + ms(3000));
+        for (i, f) in [4, 5, 6].into_iter().enumerate() {
+            t.claimed(p, job, f, 1, t0 + ms(3100 + 100 * i as u64));
+        }
+        assert_eq!(frames(&t, &p, t0 + ms(3400)), vec![(6, 100), (5, 200)]);
+        // Another peer's claim of frame 5 beat this one's: this one no longer renders it.
+        let q = PeerId::random();
+        t.heartbeat(q, hb(1, 1), t0 + ms(3000));
+        t.claimed(q, job, 5, 1, t0 + ms(3400));
+        assert_eq!(frames(&t, &p, t0 + ms(3400)), vec![(6, 100)]);
+        assert_eq!(frames(&t, &q, t0 + ms(3400)), vec![(5, 0)]);
+        // Nothing once its heartbeat is a lease old, nor once it is forgotten.
+        assert_eq!(frames(&t, &p, t0 + Duration::from_secs(24)), vec![]);
+        t.forget_heartbeat(&p);
+        assert!(t.peers[&p].started.is_empty() && t.peers[&p].ended.is_empty());
+    }
+
+    #[test]
+    fn what_a_peer_is_taken_to_render_stays_bounded() {
+        let p = PeerId::random();
+        let job = JobId::of(b"job");
+        let mut t = PeerTable::default();
+        let t0 = Instant::now();
+        let mut many = hb(1, 1);
+        many.slots = u32::MAX;
+        t.heartbeat(p, many, t0);
+        for f in 0..1000 {
+            t.claimed(p, job, f, 1, t0);
+            t.ended(p, job, f + 5000, t0);
+        }
+        assert_eq!(t.peers[&p].started.len(), MAX_SLOTS);
+        assert_eq!(t.peers[&p].ended.len(), MAX_SLOTS);
+        assert_eq!(frames(&t, &p, t0).len(), MAX_SLOTS);
     }
 
     #[test]

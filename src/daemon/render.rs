@@ -270,7 +270,11 @@ impl Daemon {
             started: std::time::Instant::now(),
             log,
         });
-        self.render.progress_dirty = true;
+        // Others learn of a claimed render from its claim; a backup makes none, so it goes
+        // out with the next heartbeat (at most a second from now).
+        if backup {
+            self.render.progress_dirty = true;
+        }
     }
 
     pub(super) async fn on_rendered(&mut self, done: RenderDone) {
@@ -293,14 +297,16 @@ impl Daemon {
             return;
         }
         let backup = s.active.take().is_some_and(|a| a.backup);
-        self.render.progress_dirty = true;
         match result {
+            // Its result tells others the render ended (the next claim goes with it).
             Ok(written) => self.store_frame(job, frame, epoch, backup, written),
             // A backup is best effort: the holder still renders the frame.
             Err(e) if backup => {
+                self.render.progress_dirty = true;
                 warn!(job = %job.short(), frame, "backup render failed: {}", e.reason())
             }
             Err(e) => {
+                self.render.progress_dirty = true;
                 let state = self.failure(job, frame, epoch, e.reason());
                 let update = FrameUpdate { job, frame, state };
                 self.merge_updates(std::slice::from_ref(&update));

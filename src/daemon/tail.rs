@@ -24,7 +24,7 @@ impl Daemon {
             .render
             .in_flight()
             .iter()
-            .map(|f| running(self.me, f, Duration::ZERO))
+            .map(|f| running(self.me, f))
             .collect();
         let view = self.view();
         for peer in self.peers.peers.keys() {

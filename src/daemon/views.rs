@@ -292,12 +292,12 @@ impl Daemon {
                 can_render: hb.is_some_and(|h| h.can_render),
                 frames_rendered: rendered.get(id).copied().unwrap_or(0),
                 last_seen_secs: s.heard.map(|t| now.saturating_duration_since(t).as_secs()),
-                rendering: hb
-                    .map(|h| {
-                        let going = h.rendering.iter().filter(|f| self.may_still_render(f));
-                        going.map(in_flight_label).collect()
-                    })
-                    .unwrap_or_default(),
+                rendering: s
+                    .rendering(now, self.cfg.lease)
+                    .iter()
+                    .filter(|f| self.may_still_render(f))
+                    .map(in_flight_label)
+                    .collect(),
                 devices: hb.map(|h| h.devices.clone()).unwrap_or_default(),
                 rented: rented.get(&id.to_string()).cloned(),
             });
@@ -327,10 +327,7 @@ impl Daemon {
             self.peers
                 .peers
                 .get(peer)?
-                .heartbeat
-                .as_ref()?
-                .rendering
-                .clone()
+                .rendering(Instant::now(), self.cfg.lease)
         };
         list.iter()
             .find(|f| f.job == *job && f.frame == frame && f.total > 0)

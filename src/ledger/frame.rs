@@ -299,7 +299,6 @@ impl FrameState {
         n
     }
 
-    /// Whether `peer` reported a failure at `epoch` (or released its claim there).
     /// Whether `peer` finished this frame under its claim at `epoch` (a result, counting or
     /// declared lost): that claim holds no render any more.
     pub fn finished_at(&self, peer: &PeerId, epoch: u32) -> bool {
@@ -308,6 +307,7 @@ impl FrameState {
             .any(|d| d.epoch == epoch && d.peer == *peer)
     }
 
+    /// Whether `peer` reported a failure at `epoch` (or released its claim there).
     pub fn failed_at(&self, peer: &PeerId, epoch: u32) -> bool {
         self.failures
             .iter()

@@ -341,10 +341,10 @@ pub fn mean_render_ms(entry: &JobEntry) -> BTreeMap<PeerId, f64> {
 /// Whether `me` should leave the job's last `pending` frames to faster live peers: in the
 /// time `me` takes for one frame (its mean so far), the live peers faster than it finish
 /// at least `pending` new frames between them, so a frame `me` took would be the last one
-/// in. A faster peer first finishes what it renders now: what its last heartbeat reported
-/// in flight ([`PeerView::in_flight`], with its expected time left, [`remaining_ms`]), and
-/// the claims in this job it made since (open in the ledger, which gossip brings at once,
-/// but not in its heartbeat yet: renders that have just begun). Each of its other slots
+/// in. A faster peer first finishes what it renders now ([`PeerView::in_flight`]: its claims
+/// heard since its last heartbeat, and what that heartbeat reported, with the expected time
+/// left, [`remaining_ms`]), and any other claims in this job it holds (open in the ledger
+/// but in neither: a claim that came by sync). Each of its other slots
 /// ([`PeerView::slots`]) then does `floor(time left / its mean)` frames. A peer with no
 /// result in the job yet always takes.
 pub fn leave_to_faster(

@@ -6,8 +6,8 @@
 //! the other render (each renderer stops a frame once it has a result that counts). So a
 //! slow or stuck peer does not hold up the end of a job, and nothing is taken from it.
 //!
-//! Who renders what comes from heartbeats (what each peer reports in flight, and for how
-//! long); speeds from the job's results ([`mean_render_ms`]). Among the idle peers, the
+//! Who renders what comes from each peer's claims and heartbeats (what it renders, and for
+//! how long: `daemon/peers.rs`); speeds from the job's results ([`mean_render_ms`]). Among the idle peers, the
 //! fastest take the stragglers with the most to gain, one each, so that idle peers do not
 //! all pile onto the same frame.
 
