@@ -8,6 +8,16 @@ use std::time::Duration;
 
 use common::*;
 
+/// Messages `d` published on gossip `topic` since it started.
+fn published(d: &Daemon, topic: &str) -> u64 {
+    d.cli_json(&["peers", "--json"])["gossip"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == topic)
+        .map_or(0, |t| t["published_msgs"].as_u64().unwrap())
+}
+
 #[test]
 fn an_idle_fast_peer_backs_up_a_straggler_and_the_slow_render_stops() {
     let root = tempfile::tempdir().unwrap();
@@ -158,15 +168,7 @@ fn a_renderer_sends_its_next_claim_with_each_result() {
     wait_until(Duration::from_secs(30), "b can render", || {
         a.renderers() == 1
     });
-    let published = |d: &Daemon| -> u64 {
-        d.cli_json(&["peers", "--json"])["gossip"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["topic"] == "claims")
-            .map_or(0, |t| t["published_msgs"].as_u64().unwrap())
-    };
-    let before = published(&b);
+    let before = published(&b, "claims");
     let out = root.path().join("out");
     let id = submit(&a, &scene, "1-8", &out, &[]);
     wait_until(Duration::from_secs(60), "every frame written", || {
@@ -175,7 +177,7 @@ fn a_renderer_sends_its_next_claim_with_each_result() {
     assert_frames(&out, &(1..=8).collect::<Vec<_>>(), (32, 18));
     // The first claim alone, then each result with the next claim, the last result alone:
     // 9 messages for 8 frames (16 with a message each).
-    let sent = published(&b) - before;
+    let sent = published(&b, "claims") - before;
     assert!(sent <= 10, "{sent} claims-topic messages for 8 frames");
 }
 
@@ -196,16 +198,8 @@ fn a_render_is_known_from_its_claim_and_costs_no_heartbeat() {
     wait_until(Duration::from_secs(30), "b can render", || {
         a.renderers() == 1
     });
-    let heartbeats = |d: &Daemon| -> u64 {
-        d.cli_json(&["peers", "--json"])["gossip"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["topic"] == "peers")
-            .map_or(0, |t| t["published_msgs"].as_u64().unwrap())
-    };
     let b_id = b.peer_id();
-    let before = heartbeats(&b);
+    let before = published(&b, "peers");
     let started = std::time::Instant::now();
     let out = root.path().join("out");
     let id = submit(&a, &scene, "1-6", &out, &[]);
@@ -264,7 +258,7 @@ fn a_render_is_known_from_its_claim_and_costs_no_heartbeat() {
     });
     // One heartbeat every 5 s, and one or two more at most (the job's project, a probe):
     // not one per frame started or ended.
-    let sent = heartbeats(&b) - before;
+    let sent = published(&b, "peers") - before;
     let allowed = started.elapsed().as_secs() / 5 + 3;
     assert!(
         sent <= allowed,

@@ -101,15 +101,24 @@ impl PeerState {
 
     fn end(&mut self, job: JobId, frame: u32, now: Instant) {
         self.started.retain(|s| !s.is(&job, frame));
-        self.ended.retain(|s| !s.is(&job, frame));
-        self.ended.push(Seen {
-            job,
-            frame,
-            at: now,
-        });
-        let extra = self.ended.len().saturating_sub(MAX_SLOTS);
-        self.ended.drain(..extra);
+        note(
+            &mut self.ended,
+            Seen {
+                job,
+                frame,
+                at: now,
+            },
+            MAX_SLOTS,
+        );
     }
+}
+
+/// Adds `seen` to `list` as its newest entry (once), keeping the newest `cap`.
+fn note(list: &mut Vec<Seen>, seen: Seen, cap: usize) {
+    list.retain(|s| !s.is(&seen.job, seen.frame));
+    list.push(seen);
+    let extra = list.len().saturating_sub(cap);
+    list.drain(..extra);
 }
 
 #[derive(Debug, Default)]
@@ -166,14 +175,16 @@ impl PeerTable {
             return;
         }
         e.ended.retain(|s| !s.is(&job, frame));
-        e.started.retain(|s| !s.is(&job, frame));
-        e.started.push(Seen {
-            job,
-            frame,
-            at: now,
-        });
-        let extra = e.started.len().saturating_sub(e.slots());
-        e.started.drain(..extra);
+        let slots = e.slots();
+        note(
+            &mut e.started,
+            Seen {
+                job,
+                frame,
+                at: now,
+            },
+            slots,
+        );
     }
 
     /// `peer`'s result or failure of `frame` arrived now: its render of it is over.
