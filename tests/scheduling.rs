@@ -18,6 +18,33 @@ fn published(d: &Daemon, topic: &str) -> u64 {
         .map_or(0, |t| t["published_msgs"].as_u64().unwrap())
 }
 
+/// A submitter `a` that does not render, and `b` rendering each frame in `secs` seconds,
+/// joined and seen by `a` as a renderer.
+fn submitter_and_renderer(root: &std::path::Path, secs: &str) -> (Daemon, Daemon) {
+    let a = Daemon::start(root, "a", None, &["--no-render"]);
+    let b = Daemon::start(root, "b", Some(&a.ticket()), &["--simulate-render", secs]);
+    wait_until(Duration::from_secs(30), "b can render", || {
+        a.renderers() == 1
+    });
+    (a, b)
+}
+
+/// What `a`'s `meshd peers` lists `peer` rendering (`<job>:<frame>`, maybe with samples).
+fn listed_renders(a: &Daemon, peer: &str) -> Vec<String> {
+    a.cli_json(&["peers", "--json"])["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == peer)
+        .map(|p| {
+            let list = p["rendering"].as_array().unwrap();
+            list.iter()
+                .map(|r| r.as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn an_idle_fast_peer_backs_up_a_straggler_and_the_slow_render_stops() {
     let root = tempfile::tempdir().unwrap();
@@ -88,35 +115,12 @@ fn an_idle_fast_peer_backs_up_a_straggler_and_the_slow_render_stops() {
 fn peers_does_not_list_a_render_whose_frame_is_done_since_the_renderers_heartbeat() {
     let root = tempfile::tempdir().unwrap();
     let scene = make_scene(root.path(), "hb.blend", 6, 32, 18, 1);
-    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
-    let b = Daemon::start(
-        root.path(),
-        "b",
-        Some(&a.ticket()),
-        &["--simulate-render", "2"],
-    );
-    wait_until(Duration::from_secs(30), "b can render", || {
-        a.renderers() == 1
-    });
+    let (a, b) = submitter_and_renderer(root.path(), "2");
     let out = root.path().join("out");
     let id = submit(&a, &scene, "1-6", &out, &[]);
     let short = id[..12].to_string();
     let b_id = b.peer_id();
-    let rendering = || -> Vec<String> {
-        let peers = a.cli_json(&["peers", "--json"]);
-        peers["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["id"] == b_id.as_str())
-            .map(|p| {
-                let list = p["rendering"].as_array().unwrap();
-                list.iter()
-                    .map(|r| r.as_str().unwrap().to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let rendering = || listed_renders(&a, &b_id);
     // b heartbeats every 5 s (a quarter of the default lease) and renders a frame in 2 s.
     let mut frame = None;
     wait_until(
@@ -158,16 +162,7 @@ fn peers_does_not_list_a_render_whose_frame_is_done_since_the_renderers_heartbea
 fn a_renderer_sends_its_next_claim_with_each_result() {
     let root = tempfile::tempdir().unwrap();
     let scene = make_scene(root.path(), "pairs.blend", 8, 32, 18, 1);
-    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
-    let b = Daemon::start(
-        root.path(),
-        "b",
-        Some(&a.ticket()),
-        &["--simulate-render", "0.3"],
-    );
-    wait_until(Duration::from_secs(30), "b can render", || {
-        a.renderers() == 1
-    });
+    let (a, b) = submitter_and_renderer(root.path(), "0.3");
     let before = published(&b, "claims");
     let out = root.path().join("out");
     let id = submit(&a, &scene, "1-8", &out, &[]);
@@ -188,16 +183,7 @@ fn a_renderer_sends_its_next_claim_with_each_result() {
 fn a_render_is_known_from_its_claim_and_costs_no_heartbeat() {
     let root = tempfile::tempdir().unwrap();
     let scene = make_scene(root.path(), "claims.blend", 6, 32, 18, 1);
-    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
-    let b = Daemon::start(
-        root.path(),
-        "b",
-        Some(&a.ticket()),
-        &["--simulate-render", "2"],
-    );
-    wait_until(Duration::from_secs(30), "b can render", || {
-        a.renderers() == 1
-    });
+    let (a, b) = submitter_and_renderer(root.path(), "2");
     let b_id = b.peer_id();
     let before = published(&b, "peers");
     let started = std::time::Instant::now();
@@ -216,21 +202,13 @@ fn a_render_is_known_from_its_claim_and_costs_no_heartbeat() {
     };
     // The frames a's `meshd peers` lists b rendering.
     let listed = || -> Vec<u64> {
-        a.cli_json(&["peers", "--json"])["peers"]
-            .as_array()
-            .unwrap()
+        listed_renders(&a, &b_id)
             .iter()
-            .find(|p| p["id"] == b_id.as_str())
-            .map(|p| {
-                let list = p["rendering"].as_array().unwrap();
-                list.iter()
-                    .filter_map(|r| {
-                        let rest = r.as_str()?.strip_prefix(&format!("{short}:"))?;
-                        rest.split(' ').next()?.parse().ok()
-                    })
-                    .collect()
+            .filter_map(|r| {
+                let rest = r.strip_prefix(&format!("{short}:"))?;
+                rest.split(' ').next()?.parse().ok()
             })
-            .unwrap_or_default()
+            .collect()
     };
     // Each time a knows a claim of b's, a lists a render of b's that a knows a claim of
     // (b may have moved on to its next frame in between: 2 s renders).

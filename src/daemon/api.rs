@@ -128,13 +128,13 @@ impl Daemon {
                         .ledger
                         .job(&id)
                         .is_some_and(|e| written.len() < e.spec.frames.len());
-                    if unwritten {
-                        match super::outputs::remove_stale_parts(&local.out_dir) {
-                            0 => {}
-                            n => {
-                                info!(job = %id.short(), parts = n, "removed unfinished frame copies")
-                            }
-                        }
+                    let removed = if unwritten {
+                        super::outputs::remove_stale_parts(&local.out_dir)
+                    } else {
+                        0
+                    };
+                    if removed > 0 {
+                        info!(job = %id.short(), parts = removed, "removed unfinished frame copies");
                     }
                     self.written.insert(id, written.into_iter().collect());
                     self.local_jobs.insert(id, local);

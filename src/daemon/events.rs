@@ -112,9 +112,7 @@ impl Daemon {
             }
         }
     }
-}
 
-impl Daemon {
     /// What `source`'s gossiped news says it renders: its own claim that won and still
     /// holds (no result nor failure of its under that claim) started a render; its result or
     /// failure ended one. Others learn of a render from its claim, not a heartbeat.
