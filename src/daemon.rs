@@ -244,6 +244,13 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(&InviteResponse) + Send,
 ) -> Result<(), DaemonError> {
+    // Blender runs in the job's work dir and in a sandbox that names the data dir: every
+    // path the daemon hands out must mean the same from any directory.
+    let data_dir = std::path::absolute(&cfg.data_dir).map_err(|source| DaemonError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let cfg = DaemonConfig { data_dir, ..cfg };
     let boot = setup::boot(&cfg, shutdown.child_token()).await?;
     // The data dir is ours now (locked): any sandbox naming it was left by an earlier run.
     crate::render::leftovers::kill_leftover_sandboxes(&cfg.data_dir);

@@ -142,6 +142,40 @@ fn project_renders_identically_on_a_peer_that_never_saw_its_paths() {
 }
 
 #[test]
+fn a_renderer_given_a_relative_data_dir_renders_a_project_like_blender() {
+    // `meshd --data-dir b join` run in the user's folder: Blender runs in the job's work
+    // dir, where a path relative to that folder means nothing. Every frame failed in the
+    // driver script before.
+    let root = tempfile::tempdir().unwrap();
+    let proj = root.path().join("proj");
+    make_project(&proj, 2, 64, 48, 1);
+    let shot = proj.join("shots/shot.blend");
+    let reference = root.path().join("reference");
+    reference_render(&shot, &reference, 1, 2);
+
+    let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
+    let b = Daemon::start_relative(root.path(), "b", Some(&a.ticket()), &[]);
+    let out = root.path().join("out");
+    let resp = a.cli_json(&[
+        "submit",
+        shot.to_str().unwrap(),
+        "1-2",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    let id = resp["id"].as_str().unwrap().to_string();
+    wait_until(BIG, "both frames written or the job failed", || {
+        let job = a.job(&id);
+        job["frames_written"] == 2 || job["state"] == "failed"
+    });
+    let job = a.job(&id);
+    assert_eq!(job["frames_written"], 2, "{}", job["failure"]);
+    assert_like_blender(&out, &reference, 1..=2);
+    assert!(!b.log().contains("missing dependency"));
+}
+
+#[test]
 fn missing_dependency_is_named_and_strict_refuses() {
     let root = tempfile::tempdir().unwrap();
     let proj = root.path().join("proj");

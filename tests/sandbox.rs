@@ -193,3 +193,52 @@ fn python_runs_only_for_trusted_submitters() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("--trust-submitter"), "{err}");
 }
+
+#[test]
+fn a_blender_that_runs_only_outside_the_sandbox_is_named_with_what_to_do() {
+    // A launcher script whose target lies outside what the sandbox shows (a Blender
+    // unpacked in a home dir, a Python venv): it runs for the user, and in the sandbox it
+    // fails with "not found". The daemon said only "no probe result" before.
+    let root = tempfile::tempdir().unwrap();
+    let script = |path: &Path, body: String| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let apps = root.path().join("apps");
+    script(
+        &apps.join("blender"),
+        format!("exec '{}' \"$@\"", blender().display()),
+    );
+    let launcher = root.path().join("bin/blender");
+    script(
+        &launcher,
+        format!("exec '{}' \"$@\"", apps.join("blender").display()),
+    );
+    let launcher = launcher.to_str().unwrap();
+    let probed = |d: &Daemon| {
+        wait_until(Duration::from_secs(60), "Blender's probe to end", || {
+            let log = d.plain_log();
+            log.contains("Blender found") || log.contains("will not render")
+        });
+        d.plain_log()
+    };
+
+    let mut d = Daemon::start(root.path(), "d", None, &["--blender", launcher]);
+    let log = probed(&d);
+    assert!(log.contains("runs, but not in the sandbox"), "{log}");
+    assert!(log.contains("--sandbox-read DIR"), "{log}");
+
+    // What the message says to do works.
+    d.kill();
+    std::fs::remove_file(root.path().join("d.log")).unwrap();
+    let apps = apps.to_str().unwrap();
+    d.restart(
+        root.path(),
+        &["--blender", launcher, "--sandbox-read", apps],
+    );
+    let log = probed(&d);
+    assert!(log.contains("Blender found"), "{log}");
+    assert_eq!(d.renderers(), 1);
+}

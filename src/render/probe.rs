@@ -52,6 +52,12 @@ pub enum ProbeError {
         status: String,
         tail: String,
     },
+    #[error(
+        "Blender at {path} runs, but not in the sandbox renders run in: it needs files the \
+         sandbox does not show (last output: {tail}). Name the folders it needs with \
+         --sandbox-read DIR (where a launcher script or its libraries point), or pass --no-sandbox"
+    )]
+    HiddenBySandbox { path: PathBuf, tail: String },
     #[error("Blender's probe result is malformed: {0}")]
     BadJson(String),
 }
@@ -184,7 +190,16 @@ pub async fn probe(
     if let Err(e) = dir.close() {
         tracing::debug!("cannot remove the probe dir: {e}");
     }
-    let mut info = result?;
+    let mut info = match result {
+        // A launcher script or a Python venv whose target lies outside what the sandbox
+        // shows fails there alone: say so, and what to do, rather than "no result".
+        Err(ProbeError::NoResult { path, tail, .. })
+            if sandbox.is_on() && runs_unconfined(blender).await =>
+        {
+            return Err(ProbeError::HiddenBySandbox { path, tail });
+        }
+        other => other?,
+    };
     if info
         .devices
         .iter()
@@ -295,6 +310,23 @@ async fn run_probe(
             })
         }
         other => other,
+    }
+}
+
+/// Whether `blender --version` works outside the sandbox (it loads no file and runs no
+/// script of anyone's).
+async fn runs_unconfined(blender: &Path) -> bool {
+    let run = Command::new(blender)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(30), run).await {
+        Ok(Ok(out)) => {
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Blender")
+        }
+        _ => false,
     }
 }
 

@@ -78,6 +78,17 @@ pub fn make_scene(
     out
 }
 
+/// Where a test daemon runs, and how it is told its data dir.
+#[derive(Clone, Copy)]
+enum Place<'a> {
+    /// On 127.0.0.1, its data dir an absolute path.
+    Loopback,
+    /// On 127.0.0.1, started from the test's root with its data dir relative to it.
+    Relative,
+    /// In network namespace `.0`, listening on all its interfaces, with mDNS.
+    Netns(&'a str),
+}
+
 pub struct Daemon {
     pub name: String,
     pub dir: PathBuf,
@@ -113,14 +124,13 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
-        let args = [
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api",
-            "127.0.0.1:0",
-            "--no-mdns",
-        ];
-        Self::start_with(root, name, ticket, &args, extra, None, env)
+        Self::start_with(root, name, ticket, Place::Loopback, extra, env)
+    }
+
+    /// Like [`Daemon::start`], run from `root` with its data dir given relative to it
+    /// (`--data-dir NAME`), as a user in that folder would.
+    pub fn start_relative(root: &Path, name: &str, ticket: Option<&str>, extra: &[&str]) -> Daemon {
+        Self::start_with(root, name, ticket, Place::Relative, extra, &[])
     }
 
     /// Starts a daemon inside network namespace `ns`, listening on all its interfaces, with mDNS.
@@ -131,19 +141,31 @@ impl Daemon {
         ticket: Option<&str>,
         extra: &[&str],
     ) -> Daemon {
-        let args = ["--listen", "/ip4/0.0.0.0/tcp/0", "--api", "127.0.0.1:0"];
-        Self::start_with(root, name, ticket, &args, extra, Some(ns), &[])
+        Self::start_with(root, name, ticket, Place::Netns(ns), extra, &[])
     }
 
     fn start_with(
         root: &Path,
         name: &str,
         ticket: Option<&str>,
-        net_args: &[&str],
+        place: Place,
         extra: &[&str],
-        netns: Option<&str>,
         env: &[(&str, &str)],
     ) -> Daemon {
+        let loopback = [
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "127.0.0.1:0",
+            "--no-mdns",
+        ];
+        let (net_args, netns): (&[&str], _) = match place {
+            Place::Loopback | Place::Relative => (&loopback, None),
+            Place::Netns(ns) => (
+                &["--listen", "/ip4/0.0.0.0/tcp/0", "--api", "127.0.0.1:0"],
+                Some(ns),
+            ),
+        };
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let log = root.join(format!("{name}.log"));
@@ -153,7 +175,11 @@ impl Daemon {
             .open(&log)
             .unwrap();
         let mut cmd = meshd_command(netns);
-        cmd.arg("--data-dir").arg(&dir).arg("join");
+        match place {
+            Place::Relative => cmd.current_dir(root).arg("--data-dir").arg(name),
+            Place::Loopback | Place::Netns(_) => cmd.arg("--data-dir").arg(&dir),
+        };
+        cmd.arg("join");
         if let Some(t) = ticket {
             cmd.arg(t);
         }
