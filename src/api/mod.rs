@@ -290,9 +290,15 @@ async fn submit(
     if let Some(e) = protected.refusal(&scene, &plan.files, &deps) {
         return Err(bad(e));
     }
-    let require_blender = req
-        .require_blender
-        .or_else(|| newest.map(|((a, b), _)| format!("{a}.{b}+")));
+    // By default every frame of a job comes from one Blender series, the submitting
+    // machine's: the one the artist sees the scene in (3.4 and 5.0 shade and sample
+    // differently; frames of both would flicker in one shot). Without the walk, which names
+    // that Blender, the newest that saved the files, or newer.
+    let require_blender = req.require_blender.or_else(|| {
+        let series = blender.as_deref().and_then(BlenderReq::series_of);
+        let newest = newest.map(|((a, b), _)| BlenderReq::AtLeast(a, b));
+        series.or(newest).map(BlenderReq::spec)
+    });
 
     // 2. Missing files are named before anything is stored or sent.
     if req.strict && !plan.missing.is_empty() {

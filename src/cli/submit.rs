@@ -109,8 +109,9 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub no_deps: bool,
     /// Only peers with this Blender render the job: `4.2` (that series) or `4.2+` (4.2 or
-    /// newer). Default: the version that saved the .blend and its libraries, or newer (an
-    /// older Blender cannot read them faithfully).
+    /// newer). Default: the series of this machine's Blender, so that every frame matches
+    /// what the artist sees (versions shade and sample differently); with --no-deps, the
+    /// version that saved the .blend, or newer.
     #[arg(long, value_name = "X.Y[+]")]
     pub blender_version: Option<String>,
     /// Print the submitted job as JSON.

@@ -20,9 +20,18 @@ use crate::net::InFlight;
 /// "no live peer can render this job (it needs Blender 4.2, a GPU); waiting for one".
 fn no_renderer_reason(spec: &JobSpec) -> String {
     let mut needs = Vec::new();
+    let mut hint = String::new();
     if let Some(v) = &spec.require_blender {
-        let v = BlenderReq::parse(v).map_or_else(|| v.clone(), |r| r.to_string());
-        needs.push(format!("Blender {v}"));
+        let req = BlenderReq::parse(v);
+        if let Some(BlenderReq::Series(a, b)) = req {
+            hint = format!(
+                " (or submit again with --blender-version {a}.{b}+ to let newer Blenders render it)"
+            );
+        }
+        needs.push(format!(
+            "Blender {}",
+            req.map_or_else(|| v.clone(), |r| r.to_string())
+        ));
     }
     let d = &spec.settings.device;
     if let Some(k) = d.kind {
@@ -37,7 +46,7 @@ fn no_renderer_reason(spec: &JobSpec) -> String {
         "no live peer can render this job; waiting for a renderer to join".to_string()
     } else {
         format!(
-            "no live peer can render this job (it needs {}); waiting for one to join",
+            "no live peer can render this job (it needs {}); waiting for one to join{hint}",
             needs.join(", ")
         )
     }

@@ -130,13 +130,22 @@ impl BlenderReq {
         )
     }
 
+    /// The series of Blender `version` ("4.2.3", "5.0.1 Alpha": `4.2`, `5.0`).
+    pub fn series_of(version: &str) -> Option<Self> {
+        version_major_minor(version).map(|(a, b)| Self::Series(a, b))
+    }
+
+    /// The requirement as `--blender-version` takes it (`4.2`, `4.2+`).
+    pub fn spec(self) -> String {
+        match self {
+            Self::Series(a, b) => format!("{a}.{b}"),
+            Self::AtLeast(a, b) => format!("{a}.{b}+"),
+        }
+    }
+
     /// Whether Blender `version` ("4.2.3", "5.0.1 Alpha") fits.
     pub fn admits(self, version: &str) -> bool {
-        let v = version.split_whitespace().next().unwrap_or("");
-        let mut it = v.split('.');
-        let major = it.next().and_then(|x| x.parse::<u16>().ok());
-        let minor = it.next().and_then(|x| x.parse::<u16>().ok());
-        let Some(have) = major.zip(minor) else {
+        let Some(have) = version_major_minor(version) else {
             return false;
         };
         match self {
@@ -153,6 +162,15 @@ impl std::fmt::Display for BlenderReq {
             Self::AtLeast(a, b) => write!(f, "{a}.{b} or newer"),
         }
     }
+}
+
+/// MAJOR.MINOR of a Blender version string ("4.2.3", "5.0.1 Alpha").
+fn version_major_minor(version: &str) -> Option<(u16, u16)> {
+    let v = version.split_whitespace().next().unwrap_or("");
+    let mut it = v.split('.');
+    let major = it.next().and_then(|x| x.parse::<u16>().ok());
+    let minor = it.next().and_then(|x| x.parse::<u16>().ok());
+    major.zip(minor)
 }
 
 /// `"4.2"` → `(4, 2)`; anything else (`"4"`, `"4.2.1"`, `"x.y"`) → `None`.
@@ -205,5 +223,19 @@ mod tests {
         assert!(spec.blender_fits(SIMULATED_BLENDER));
         assert_eq!(BlenderReq::AtLeast(4, 3).to_string(), "4.3 or newer");
         assert_eq!(BlenderReq::Series(4, 2).to_string(), "4.2");
+    }
+
+    #[test]
+    fn a_version_names_its_series_as_submit_takes_it() {
+        for (version, series) in [("3.4.1", "3.4"), ("5.0.1 Alpha", "5.0"), ("4.10.0", "4.10")] {
+            let req = BlenderReq::series_of(version).unwrap();
+            assert_eq!(req.spec(), series);
+            assert_eq!(BlenderReq::parse(series), Some(req));
+            assert!(req.admits(version));
+        }
+        assert_eq!(BlenderReq::series_of("garbage"), None);
+        assert_eq!(BlenderReq::series_of(""), None);
+        assert_eq!(BlenderReq::AtLeast(4, 2).spec(), "4.2+");
+        assert!(!BlenderReq::series_of("3.4.1").unwrap().admits("5.0.1"));
     }
 }
