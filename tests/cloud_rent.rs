@@ -59,6 +59,27 @@ fn machine(sshd: &sshd::Sshd, nodes: &Path, provider: &'static str) -> Machine {
     }
 }
 
+/// `dir` relative to this user's home, where a command over SSH starts, as the default
+/// remote dir (`.meshd`) is: a bootstrap that took it as absolute would look for the node's
+/// files in the wrong place.
+fn from_home(dir: &Path) -> String {
+    // SAFETY: getpwuid returns a pointer into static storage or null; read at once.
+    let home = unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        assert!(!pw.is_null(), "this user has a passwd entry");
+        std::ffi::CStr::from_ptr((*pw).pw_dir)
+            .to_string_lossy()
+            .into_owned()
+    };
+    // One `..` per directory below `/` (`/root`: one).
+    let up = Path::new(&home).components().count() - 1;
+    format!(
+        "{}{}",
+        "../".repeat(up),
+        dir.strip_prefix("/").unwrap().display()
+    )
+}
+
 /// The environment of a daemon that rents from the fakes, with its own config home.
 fn cloud_env(
     root: &Path,
@@ -72,7 +93,7 @@ fn cloud_env(
         ("XDG_CONFIG_HOME".to_string(), home.display().to_string()),
         (
             "MESHD_CLOUD_REMOTE_DIR".into(),
-            root.join("nodes").display().to_string(),
+            from_home(&root.join("nodes")),
         ),
         ("MESHD_CLOUD_LISTEN_IP".into(), "127.0.0.1".into()),
         ("MESHD_CLOUD_POLL_SECS".into(), "1".into()),

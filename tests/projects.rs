@@ -155,6 +155,11 @@ fn a_renderer_given_a_relative_data_dir_renders_a_project_like_blender() {
 
     let a = Daemon::start(root.path(), "a", None, &["--no-render"]);
     let b = Daemon::start_relative(root.path(), "b", Some(&a.ticket()), &[]);
+    // Unconfined, Blender runs in the daemon's own dir, where the relative path holds.
+    assert!(
+        b.plain_log().contains("bubblewrap sandbox"),
+        "this test needs bubblewrap (scripts/install-deps.sh installs it)"
+    );
     let out = root.path().join("out");
     let resp = a.cli_json(&[
         "submit",

@@ -218,7 +218,8 @@ fn a_blender_that_runs_only_outside_the_sandbox_is_named_with_what_to_do() {
     );
     let launcher = launcher.to_str().unwrap();
     let probed = |d: &Daemon| {
-        wait_until(Duration::from_secs(60), "Blender's probe to end", || {
+        // The probe's own bound (60 s), then `--version` in and out of the sandbox.
+        wait_until(Duration::from_secs(180), "Blender's probe to end", || {
             let log = d.plain_log();
             log.contains("Blender found") || log.contains("will not render")
         });
@@ -233,11 +234,15 @@ fn a_blender_that_runs_only_outside_the_sandbox_is_named_with_what_to_do() {
     // What the message says to do works.
     d.kill();
     std::fs::remove_file(root.path().join("d.log")).unwrap();
-    let apps = apps.to_str().unwrap();
-    d.restart(
-        root.path(),
-        &["--blender", launcher, "--sandbox-read", apps],
-    );
+    // --sandbox-read replaces MESHD_SANDBOX_READ (set for a Blender from a Python venv).
+    let mut args = vec!["--blender", launcher];
+    let env = std::env::var("MESHD_SANDBOX_READ").unwrap_or_default();
+    for dir in env.split(':').chain([apps.to_str().unwrap()]) {
+        if !dir.is_empty() {
+            args.extend(["--sandbox-read", dir]);
+        }
+    }
+    d.restart(root.path(), &args);
     let log = probed(&d);
     assert!(log.contains("Blender found"), "{log}");
     assert_eq!(d.renderers(), 1);

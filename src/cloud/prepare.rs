@@ -1,6 +1,7 @@
 //! Before renting: the request checked, the job waited for, the offers searched and ranked,
 //! and how many machines the budget allows. Runs as a task, off the cloud actor's loop.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +37,7 @@ pub async fn prepare(
 ) -> Result<Prepared, String> {
     validate(&req)?;
     let (job, blender) = match &req.job {
-        None => (None, JobBlender::default()),
+        None => (None, pool_blender(&activity.borrow())),
         Some(j) => {
             let id: JobId = j.parse().map_err(|_| format!("{j:?} is not a job id"))?;
             let blender = wait_for_job(&mut activity, &id).await?;
@@ -104,6 +105,21 @@ pub fn plan(ranked: Vec<Offer>, req: &CloudRentRequest) -> Result<(usize, Vec<Of
         offers.retain(|o| price(o, req.bid_usd_per_hour) <= cap);
     }
     Ok((n, offers))
+}
+
+/// The Blender for machines rented without a job: the one most running jobs here need
+/// (each renders on its submitter's Blender series by default), else none in particular
+/// (the image's, or the default release).
+fn pool_blender(activity: &Activity) -> JobBlender {
+    let mut needs: HashMap<&JobBlender, usize> = HashMap::new();
+    for b in activity.running_jobs.values() {
+        *needs.entry(b).or_default() += 1;
+    }
+    needs
+        .into_iter()
+        .max_by(|(a, n), (b, m)| n.cmp(m).then_with(|| a.version.cmp(&b.version)))
+        .map(|(b, _)| b.clone())
+        .unwrap_or_default()
 }
 
 /// A job named by a rent must be running here (the daemon reports it within a heartbeat
@@ -204,5 +220,25 @@ mod tests {
         assert_eq!(plan(ranked.clone(), &req(2, Some(3.0))).unwrap().0, 1);
         let err = plan(ranked, &req(1, Some(0.1))).unwrap_err();
         assert!(err.contains("raise --budget"), "{err}");
+    }
+
+    #[test]
+    fn machines_rented_without_a_job_run_the_blender_most_running_jobs_need() {
+        let needs = |v: &str| JobBlender {
+            version: Some(v.into()),
+            require: Some(v.rsplit_once('.').unwrap().0.into()),
+        };
+        let mut activity = Activity::default();
+        assert_eq!(
+            pool_blender(&activity),
+            JobBlender::default(),
+            "no job: any"
+        );
+        for (n, v) in ["3.4.1", "4.2.3", "3.4.1"].into_iter().enumerate() {
+            activity
+                .running_jobs
+                .insert(JobId::of(&[n as u8]), needs(v));
+        }
+        assert_eq!(pool_blender(&activity), needs("3.4.1"));
     }
 }

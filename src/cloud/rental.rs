@@ -135,7 +135,7 @@ pub struct Activity {
 }
 
 /// The Blender a job's machines should run.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct JobBlender {
     /// The submitting machine's Blender ("4.2.3"): the one a machine installs when its
     /// image has none that fits.

@@ -199,14 +199,30 @@ fn quote(s: &str) -> String {
 /// 0600, from stdin), starts `meshd join` in the background and waits (bounded) until its
 /// API answers. Returns the node's peer id.
 pub async fn bootstrap(remote: &Remote, b: &Bootstrap) -> Result<String, SshError> {
-    let dir = quote(&b.remote_dir);
-    remote
+    // The node's directory as an absolute path: a relative one (the default `.meshd`) is
+    // relative to the login's home, and `meshd join` runs after a `cd` into it.
+    let made = remote
         .run(
             "preparing the machine",
-            &format!("umask 077 && mkdir -p {dir}"),
+            &format!(
+                "umask 077 && mkdir -p {d} && cd {d} && pwd",
+                d = quote(&b.remote_dir)
+            ),
             b"",
         )
         .await?;
+    let here = made.lines().last().unwrap_or("").trim();
+    if !here.starts_with('/') {
+        return Err(SshError::Remote {
+            what: "preparing the machine".into(),
+            host: format!("{}:{}", remote.host, remote.port),
+            detail: format!(
+                "{} does not resolve to a directory ({here:?})",
+                b.remote_dir
+            ),
+        });
+    }
+    let dir = quote(here);
     let binary = std::fs::read(&b.binary)
         .map_err(|e| SshError::Local(format!("cannot read {}: {e}", b.binary.display())))?;
     remote

@@ -13,25 +13,18 @@ use crate::api::types::{
 use crate::ids::JobId;
 use crate::ledger::job::BlenderReq;
 use crate::ledger::{
-    FrameStatus, JobSpec, JobState, fitting_renderers, frame_status_in, job_progress,
+    FrameStatus, JobEntry, JobSpec, JobState, PeerView, fitting_renderers, frame_status_in,
+    job_progress,
 };
 use crate::net::InFlight;
 
 /// "no live peer can render this job (it needs Blender 4.2, a GPU); waiting for one".
-fn no_renderer_reason(spec: &JobSpec) -> String {
+/// `newer`: the live peers would render it with `--blender-version` this ("4.2+").
+fn no_renderer_reason(spec: &JobSpec, newer: Option<String>) -> String {
     let mut needs = Vec::new();
-    let mut hint = String::new();
     if let Some(v) = &spec.require_blender {
-        let req = BlenderReq::parse(v);
-        if let Some(BlenderReq::Series(a, b)) = req {
-            hint = format!(
-                " (or submit again with --blender-version {a}.{b}+ to let newer Blenders render it)"
-            );
-        }
-        needs.push(format!(
-            "Blender {}",
-            req.map_or_else(|| v.clone(), |r| r.to_string())
-        ));
+        let v = BlenderReq::parse(v).map_or_else(|| v.clone(), |r| r.to_string());
+        needs.push(format!("Blender {v}"));
     }
     let d = &spec.settings.device;
     if let Some(k) = d.kind {
@@ -46,10 +39,38 @@ fn no_renderer_reason(spec: &JobSpec) -> String {
         "no live peer can render this job; waiting for a renderer to join".to_string()
     } else {
         format!(
-            "no live peer can render this job (it needs {}); waiting for one to join{hint}",
-            needs.join(", ")
+            "no live peer can render this job (it needs {}); waiting for one to join{}",
+            needs.join(", "),
+            newer.map_or_else(String::new, |v| format!(
+                " (live peers have a newer Blender: `meshd submit ... --blender-version {v}` \
+                 lets them render it)"
+            ))
         )
     }
+}
+
+/// For a job that waits for its Blender series alone: "4.2+" when a live peer would
+/// render it with that requirement.
+fn newer_would_render(entry: &JobEntry, view: &impl PeerView) -> Option<String> {
+    let Some(BlenderReq::Series(a, b)) = entry
+        .spec
+        .require_blender
+        .as_deref()
+        .and_then(BlenderReq::parse)
+    else {
+        return None;
+    };
+    let wider = BlenderReq::AtLeast(a, b).spec();
+    let entry = JobEntry {
+        spec: JobSpec {
+            require_blender: Some(wider.clone()),
+            ..entry.spec.clone()
+        },
+        frames: Default::default(),
+        control: entry.control,
+        tally: Default::default(),
+    };
+    (!fitting_renderers(&entry, view).is_empty()).then_some(wider)
 }
 
 impl Daemon {
@@ -211,7 +232,7 @@ impl Daemon {
                 && progress.in_flight == 0
                 && progress.pending > 0
                 && fitting_renderers(entry, view).is_empty())
-            .then(|| no_renderer_reason(&entry.spec)),
+            .then(|| no_renderer_reason(&entry.spec, newer_would_render(entry, view))),
             cost_usd: self.cloud.job_spend(id),
             frames,
             blender_version: entry.spec.blender_version.clone(),
@@ -361,4 +382,52 @@ fn in_flight_label(f: &InFlight) -> String {
 fn short_peer(p: &PeerId) -> String {
     let s = p.to_string();
     s[s.len().saturating_sub(8)..].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::state::tests::spec;
+
+    /// One live renderer with Blender `version`.
+    struct OnePeer(&'static str);
+
+    impl PeerView for OnePeer {
+        fn claim_live(&self, _: &PeerId, _: u64) -> bool {
+            true
+        }
+        fn live_renderers(&self) -> Vec<PeerId> {
+            vec![PeerId::random()]
+        }
+        fn fits(&self, _: &PeerId, entry: &JobEntry) -> bool {
+            entry.spec.blender_fits(self.0)
+        }
+    }
+
+    fn waiting(require: &str, peer: &'static str) -> String {
+        let spec = JobSpec {
+            require_blender: Some(require.into()),
+            ..spec("1-3", 0, 1)
+        };
+        let entry = JobEntry {
+            spec,
+            frames: Default::default(),
+            control: crate::ledger::JobControl::initial(0),
+            tally: Default::default(),
+        };
+        no_renderer_reason(&entry.spec, newer_would_render(&entry, &OnePeer(peer)))
+    }
+
+    #[test]
+    fn a_job_waiting_for_its_series_says_how_to_widen_it_only_when_that_helps() {
+        let w = waiting("3.4", "5.0.1");
+        assert!(w.contains("it needs Blender 3.4)"), "{w}");
+        assert!(w.contains("--blender-version 3.4+"), "{w}");
+        // An older Blender, or a job that admits newer ones already: nothing to widen.
+        for (require, peer) in [("4.2", "3.4.1"), ("4.2+", "3.4.1")] {
+            let w = waiting(require, peer);
+            assert!(w.contains("waiting for one to join"), "{w}");
+            assert!(!w.contains("--blender-version"), "{require} {peer}: {w}");
+        }
+    }
 }

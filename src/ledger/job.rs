@@ -32,8 +32,9 @@ pub struct JobSpec {
     /// Version of the submitting machine's Blender ("4.2.3"), when it had one.
     pub blender_version: Option<String>,
     /// Only peers whose Blender fits this [`BlenderReq`] render the job: "4.2" (that
-    /// series) or "4.2+" (4.2 or newer; what submit sets from the version that saved the
-    /// files, since an older Blender cannot read them faithfully).
+    /// series; what submit sets by default, the submitting Blender's, so that every frame
+    /// looks as the artist sees the scene) or "4.2+" (4.2 or newer; with --no-deps, the
+    /// version that saved the files, since an older Blender cannot read them faithfully).
     pub require_blender: Option<String>,
     /// Width and height of every frame, as the submitting machine's Blender computed them
     /// (None without one, or with a cropped border): frames of another size are refused.

@@ -53,11 +53,16 @@ pub enum ProbeError {
         tail: String,
     },
     #[error(
-        "Blender at {path} runs, but not in the sandbox renders run in: it needs files the \
-         sandbox does not show (last output: {tail}). Name the folders it needs with \
-         --sandbox-read DIR (where a launcher script or its libraries point), or pass --no-sandbox"
+        "Blender at {path} runs, but not in the sandbox renders run in ({status}; last \
+         output: {tail}): it needs files the sandbox does not show, or environment variables \
+         the sandbox does not pass on. Name the folders it needs with --sandbox-read DIR (where a launcher \
+         script, its Python or its libraries lie), or pass --no-sandbox"
     )]
-    HiddenBySandbox { path: PathBuf, tail: String },
+    HiddenBySandbox {
+        path: PathBuf,
+        status: String,
+        tail: String,
+    },
     #[error("Blender's probe result is malformed: {0}")]
     BadJson(String),
 }
@@ -186,20 +191,28 @@ pub async fn probe(
         .prefix("probe-")
         .tempdir_in(scratch)?;
     std::fs::create_dir_all(dir.path().join("tmp"))?;
-    let result = run_probe(blender, dir.path(), sandbox).await;
+    let result = match run_probe(blender, dir.path(), sandbox).await {
+        // A launcher script or a Python venv whose target lies outside what the sandbox
+        // shows fails there alone: say so, and what to do, rather than "no result". Only
+        // when even `--version` fails in the sandbox and works outside it: a Blender that
+        // starts in the sandbox and fails later fails for another reason.
+        Err(ProbeError::NoResult { path, status, tail })
+            if sandbox.is_on()
+                && !prints_version(
+                    sandbox.command(blender, &probe_view(dir.path())),
+                    dir.path(),
+                )
+                .await
+                && prints_version(Command::new(blender), dir.path()).await =>
+        {
+            Err(ProbeError::HiddenBySandbox { path, status, tail })
+        }
+        other => other,
+    };
     if let Err(e) = dir.close() {
         tracing::debug!("cannot remove the probe dir: {e}");
     }
-    let mut info = match result {
-        // A launcher script or a Python venv whose target lies outside what the sandbox
-        // shows fails there alone: say so, and what to do, rather than "no result".
-        Err(ProbeError::NoResult { path, tail, .. })
-            if sandbox.is_on() && runs_unconfined(blender).await =>
-        {
-            return Err(ProbeError::HiddenBySandbox { path, tail });
-        }
-        other => other?,
-    };
+    let mut info = result?;
     if info
         .devices
         .iter()
@@ -272,11 +285,7 @@ async fn run_probe(
     let script = dir.join("probe.py");
     std::fs::write(&script, PROBE_PY)?;
     // In the same sandbox as the renders, so that the devices found are those they see.
-    let view = View {
-        read: Vec::new(),
-        write: vec![dir.to_path_buf()],
-    };
-    let mut cmd = sandbox.command(blender, &view);
+    let mut cmd = sandbox.command(blender, &probe_view(dir));
     cmd.args(["-b", "--factory-startup", "-noaudio", "--python-exit-code"])
         .arg(PYTHON_EXIT_CODE.to_string())
         .arg("--python")
@@ -313,16 +322,25 @@ async fn run_probe(
     }
 }
 
-/// Whether `blender --version` works outside the sandbox (it loads no file and runs no
-/// script of anyone's).
-async fn runs_unconfined(blender: &Path) -> bool {
-    let run = Command::new(blender)
-        .arg("--version")
+/// What the probe's Blender sees of the machine: its own scratch `dir`, writable.
+fn probe_view(dir: &Path) -> View {
+    View {
+        read: Vec::new(),
+        write: vec![dir.to_path_buf()],
+    }
+}
+
+/// Whether `cmd`, a Blender with the probe's environment (scratch `dir`), prints its
+/// version with `--version` (which loads no file and runs no script of anyone's).
+async fn prints_version(mut cmd: Command, dir: &Path) -> bool {
+    cmd.arg("--version")
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(Duration::from_secs(30), run).await {
+        .kill_on_drop(true);
+    private_env(&mut cmd, dir);
+    super::process::die_with_parent(&mut cmd);
+    match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
         Ok(Ok(out)) => {
             out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Blender")
         }
