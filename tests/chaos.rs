@@ -92,10 +92,18 @@ fn two_renderers_killed_at_random_one_restarted_every_frame_exactly_once() {
         if let Some(st) = waiter.0.try_wait().unwrap() {
             break st;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "`submit --wait` did not return in 10 minutes"
-        );
+        if started.elapsed() >= Duration::from_secs(600) {
+            // What the stuck job looks like, for whoever reads this failure (with the seed
+            // above and each daemon's last log lines below).
+            let job = a.cli(&["status", &id, "--json"]);
+            let peers = a.cli(&["peers", "--json"]);
+            eprintln!(
+                "status: {}\npeers: {}",
+                String::from_utf8_lossy(&job.stdout),
+                String::from_utf8_lossy(&peers.stdout)
+            );
+            panic!("`submit --wait` did not return in 10 minutes (seed {seed})");
+        }
         std::thread::sleep(Duration::from_millis(200));
     };
     let mut err = String::new();
