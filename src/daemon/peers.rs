@@ -11,7 +11,7 @@ use libp2p::{Multiaddr, PeerId};
 use super::slots::{SlotSpec, peer_fits, slot_fits};
 use crate::ids::JobId;
 use crate::ledger::tail::Running;
-use crate::ledger::{JobEntry, PeerView};
+use crate::ledger::{JobSpec, PeerView};
 use crate::net::{Heartbeat, InFlight};
 
 #[derive(Debug, Default)]
@@ -279,15 +279,13 @@ impl PeerView for LiveView<'_> {
         }
     }
 
-    fn fits(&self, peer: &PeerId, entry: &JobEntry) -> bool {
+    fn fits(&self, peer: &PeerId, spec: &JobSpec) -> bool {
         if *peer == self.me {
             // Still probing: what it will have is not known yet; count it as fitting.
             return self.probing
                 || self.local.is_some_and(|(version, slots)| {
-                    entry.spec.blender_fits(version)
-                        && slots
-                            .iter()
-                            .any(|s| slot_fits(&entry.spec.settings.device, s))
+                    spec.blender_fits(version)
+                        && slots.iter().any(|s| slot_fits(&spec.settings.device, s))
                 });
         }
         self.table
@@ -298,7 +296,7 @@ impl PeerView for LiveView<'_> {
                 h.probing
                     || h.blender
                         .as_deref()
-                        .is_some_and(|v| peer_fits(&entry.spec, v, &h.devices))
+                        .is_some_and(|v| peer_fits(spec, v, &h.devices))
             })
     }
 

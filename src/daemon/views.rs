@@ -60,17 +60,12 @@ fn newer_would_render(entry: &JobEntry, view: &impl PeerView) -> Option<String> 
     else {
         return None;
     };
-    let wider = BlenderReq::AtLeast(a, b).spec();
-    let entry = JobEntry {
-        spec: JobSpec {
-            require_blender: Some(wider.clone()),
-            ..entry.spec.clone()
-        },
-        frames: Default::default(),
-        control: entry.control,
-        tally: Default::default(),
+    let wider = JobSpec {
+        require_blender: Some(BlenderReq::AtLeast(a, b).spec()),
+        ..entry.spec.clone()
     };
-    (!fitting_renderers(&entry, view).is_empty()).then_some(wider)
+    let fits = view.live_renderers().iter().any(|p| view.fits(p, &wider));
+    fits.then(|| wider.require_blender.unwrap_or_default())
 }
 
 impl Daemon {
@@ -399,8 +394,8 @@ mod tests {
         fn live_renderers(&self) -> Vec<PeerId> {
             vec![PeerId::random()]
         }
-        fn fits(&self, _: &PeerId, entry: &JobEntry) -> bool {
-            entry.spec.blender_fits(self.0)
+        fn fits(&self, _: &PeerId, spec: &JobSpec) -> bool {
+            spec.blender_fits(self.0)
         }
     }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::control::RunState;
 use super::frame::{Claim, Done, FrameState};
+use super::job::JobSpec;
 use super::state::{JobEntry, Ledger};
 use super::tail::remaining_ms;
 use crate::ids::JobId;
@@ -23,9 +24,9 @@ pub trait PeerView {
     /// Peers (this one included) that are alive and able to render, or about to (still
     /// probing their Blender).
     fn live_renderers(&self) -> Vec<PeerId>;
-    /// Whether live renderer `peer` may render this job at all (its Blender version and
-    /// devices fit the job's requirements). Default: every renderer fits.
-    fn fits(&self, _peer: &PeerId, _entry: &JobEntry) -> bool {
+    /// Whether live renderer `peer` may render a job of this spec at all (its Blender
+    /// version and devices fit the job's requirements). Default: every renderer fits.
+    fn fits(&self, _peer: &PeerId, _spec: &JobSpec) -> bool {
         true
     }
     /// What `peer` (another peer) reports rendering now, as of now. Default: nothing known,
@@ -43,7 +44,7 @@ pub trait PeerView {
 pub fn fitting_renderers(entry: &JobEntry, view: &impl PeerView) -> Vec<PeerId> {
     view.live_renderers()
         .into_iter()
-        .filter(|p| view.fits(p, entry))
+        .filter(|p| view.fits(p, &entry.spec))
         .collect()
 }
 
@@ -497,7 +498,7 @@ pub fn choose_claim(
                 *p != me
                     && !blocked_in(counts, p, policy)
                     && !entry.tally.excluded.contains_key(p)
-                    && view.fits(p, entry)
+                    && view.fits(p, &entry.spec)
             })
             .copied()
             .collect();
@@ -605,7 +606,7 @@ mod tests {
             let set: BTreeSet<PeerId> = self.live.iter().map(|(p, _)| *p).collect();
             set.into_iter().collect()
         }
-        fn fits(&self, peer: &PeerId, _: &JobEntry) -> bool {
+        fn fits(&self, peer: &PeerId, _: &JobSpec) -> bool {
             !self.unfit.contains(peer)
         }
         fn in_flight(&self, peer: &PeerId) -> Vec<super::super::tail::Running> {

@@ -117,7 +117,7 @@ pub fn choose_backup(
     // The fastest idle peers take the stragglers with the most to gain, one each.
     let mut ranked: Vec<(f64, Vec<u8>)> = idle
         .iter()
-        .filter(|p| view.fits(p, entry))
+        .filter(|p| view.fits(p, &entry.spec))
         .map(|p| (speed(p), p.to_bytes()))
         .collect();
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));

@@ -290,12 +290,8 @@ async fn run_probe(
         .arg(PYTHON_EXIT_CODE.to_string())
         .arg("--python")
         .arg(&script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    private_env(&mut cmd, dir);
-    super::process::die_with_parent(&mut cmd);
+        .stderr(Stdio::piped());
+    probe_command(&mut cmd, dir);
     let child = cmd.spawn().map_err(|source| ProbeError::Spawn {
         path: blender.to_path_buf(),
         source,
@@ -322,6 +318,16 @@ async fn run_probe(
     }
 }
 
+/// A probe's Blender: no stdin, stdout read, its own scratch `dir`, and it dies with the
+/// daemon.
+fn probe_command(cmd: &mut Command, dir: &Path) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    private_env(cmd, dir);
+    super::process::die_with_parent(cmd);
+}
+
 /// What the probe's Blender sees of the machine: its own scratch `dir`, writable.
 fn probe_view(dir: &Path) -> View {
     View {
@@ -333,13 +339,8 @@ fn probe_view(dir: &Path) -> View {
 /// Whether `cmd`, a Blender with the probe's environment (scratch `dir`), prints its
 /// version with `--version` (which loads no file and runs no script of anyone's).
 async fn prints_version(mut cmd: Command, dir: &Path) -> bool {
-    cmd.arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    private_env(&mut cmd, dir);
-    super::process::die_with_parent(&mut cmd);
+    cmd.arg("--version").stderr(Stdio::null());
+    probe_command(&mut cmd, dir);
     match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
         Ok(Ok(out)) => {
             out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Blender")
